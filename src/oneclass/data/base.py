@@ -1,0 +1,274 @@
+"""Image sets: what every data source produces and every detector consumes.
+
+An :class:`ImageSet` is an indexable collection of raw images (uint8 ``(H, W, C)``), labels
+(0 normal, 1 anomalous, -1 unlabeled), optional ground-truth masks and names. Sources read
+lazily, so a folder of any size can be scored in bounded memory; :class:`Preprocess` turns
+a raw image into the network's input tensor, and is stored with every model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from .images import read_image, read_mask, to_channels
+
+NORMAL, ANOMALOUS, UNLABELED = 0, 1, -1
+
+
+@dataclass
+class Sample:
+    """One raw item of an image set."""
+
+    image: np.ndarray  # uint8 (H, W, C)
+    label: int
+    mask: np.ndarray | None  # bool (H, W), same size as image, or None
+    name: str
+    kind: str = "good"  # defect type ("good" for normal images)
+
+
+class ImageSet:
+    """Base class of image sources. Subclasses implement ``__len__`` and ``read``."""
+
+    labels: np.ndarray
+    names: list[str]
+    kinds: list[str]
+    has_masks: bool = False
+    description: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, i: int) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "Subset":
+        """A view on the items at ``index`` (in that order)."""
+        return Subset(self, np.asarray(index, dtype=np.int64))
+
+    def where(self, *, label: int | None = None) -> np.ndarray:
+        """Indices whose label equals ``label``."""
+        return np.flatnonzero(self.labels == label)
+
+    def channels(self, limit: int = 64) -> int:
+        """3 if any of the first ``limit`` images is colour, else 1."""
+        for i in range(min(limit, len(self))):
+            img = self.read(i).image
+            if img.shape[2] == 3 and not (
+                np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+            ):
+                return 3
+        return 1
+
+
+class Subset(ImageSet):
+    """Items of another image set, selected by index."""
+
+    def __init__(self, parent: ImageSet, index: np.ndarray):
+        self.parent, self.index = parent, index
+        self.labels = parent.labels[index]
+        self.names = [parent.names[i] for i in index]
+        self.kinds = [parent.kinds[i] for i in index]
+        self.has_masks = parent.has_masks
+        self.description = parent.description
+
+    def read(self, i: int) -> Sample:
+        return self.parent.read(int(self.index[i]))
+
+
+class ArraySet(ImageSet):
+    """Images held in memory as a uint8 array ``(N, H, W)`` or ``(N, H, W, C)``."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | Sequence[int] | None = None,
+        masks: np.ndarray | None = None,
+        names: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        description: str = "array",
+    ):
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[3] not in (1, 3):
+            raise DataError(
+                f"{description}: images must be (N, H, W) or (N, H, W, C) with C in (1, 3), "
+                f"got shape {images.shape}"
+            )
+        if images.dtype != np.uint8:
+            raise DataError(f"{description}: images must be uint8, got {images.dtype}")
+        n = len(images)
+        self.images = images
+        self.labels = np.zeros(n, np.int64) if labels is None else np.asarray(labels, np.int64)
+        if len(self.labels) != n:
+            raise DataError(f"{description}: {n} images but {len(self.labels)} labels")
+        if masks is not None and masks.shape != images.shape[:3]:
+            raise DataError(
+                f"{description}: masks of shape {masks.shape} do not match images {images.shape[:3]}"
+            )
+        self.masks = masks
+        self.has_masks = masks is not None
+        self.names = list(names) if names is not None else [f"{i:06d}" for i in range(n)]
+        self.kinds = list(kinds) if kinds is not None else [
+            "good" if lab != ANOMALOUS else "anomaly" for lab in self.labels
+        ]
+        self.description = description
+
+    def read(self, i: int) -> Sample:
+        mask = None if self.masks is None else self.masks[i].astype(bool)
+        return Sample(self.images[i], int(self.labels[i]), mask, self.names[i], self.kinds[i])
+
+
+class FileSet(ImageSet):
+    """Images read from files on demand, with optional mask files."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        mask_paths: Sequence[Path | None] | None = None,
+        kinds: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+        description: str = "",
+    ):
+        self.paths = [Path(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.mask_paths = list(mask_paths) if mask_paths is not None else [None] * len(self.paths)
+        self.has_masks = any(m is not None for m in self.mask_paths)
+        self.kinds = list(kinds) if kinds is not None else ["good"] * len(self.paths)
+        self.names = list(names) if names is not None else [str(p) for p in self.paths]
+        self.description = description
+
+    def read(self, i: int) -> Sample:
+        path = self.paths[i]
+        img = read_image(path)
+        mask = None
+        if self.mask_paths[i] is not None:
+            mask = read_mask(self.mask_paths[i])
+            if mask.shape != img.shape[:2]:
+                raise DataError(
+                    f"{self.mask_paths[i]}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                    f"{path} is {img.shape[1]}x{img.shape[0]}"
+                )
+        elif self.has_masks and self.labels[i] == NORMAL:
+            mask = np.zeros(img.shape[:2], bool)
+        return Sample(img, int(self.labels[i]), mask, self.names[i], self.kinds[i])
+
+
+@dataclass
+class Preprocess:
+    """How a raw image becomes a network input; stored with the model.
+
+    Attributes:
+        size: ``(H, W)`` the image is resized to (bilinear, antialiased), or None to keep the
+            size (then all images must share it).
+        channels: 1 or 3; images are converted (luminance or gray replicated).
+    """
+
+    size: tuple[int, int] | None = None
+    channels: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def image(self, img: np.ndarray, name: str = "image") -> torch.Tensor:
+        """uint8 ``(H, W, C)`` -> float ``(channels, H', W')`` in [0, 1]."""
+        if img.ndim != 3 or img.shape[2] not in (1, 3):
+            raise DataError(f"{name}: expected an image (H, W, 1|3), got shape {img.shape}")
+        img = to_channels(img, self.channels)
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+        if self.size is not None and tuple(x.shape[1:]) != tuple(self.size):
+            x = F.interpolate(
+                x[None], size=tuple(self.size), mode="bilinear", align_corners=False, antialias=True
+            )[0].clamp_(0.0, 1.0)
+        return x
+
+    def mask(self, mask: np.ndarray) -> torch.Tensor:
+        """bool ``(H, W)`` -> float ``(1, H', W')`` in {0, 1} (nearest neighbour)."""
+        m = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
+        if self.size is not None and tuple(m.shape[2:]) != tuple(self.size):
+            m = F.interpolate(m, size=tuple(self.size), mode="nearest")
+        return m[0]
+
+    def to_json(self) -> dict:
+        return {"size": list(self.size) if self.size else None, "channels": self.channels,
+                **({"extra": self.extra} if self.extra else {})}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Preprocess":
+        size = d.get("size")
+        return cls(tuple(size) if size else None, int(d["channels"]), dict(d.get("extra", {})))
+
+
+class Prepared(torch.utils.data.Dataset):
+    """Torch dataset over an image set: ``(x, label, mask, has_mask, index)``."""
+
+    def __init__(self, images: ImageSet, pre: Preprocess):
+        self.images, self.pre = images, pre
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        s = self.images.read(i)
+        x = self.pre.image(s.image, s.name)
+        if s.mask is not None:
+            m, has = self.pre.mask(s.mask), True
+        else:
+            m, has = torch.zeros(1, *x.shape[1:]), False
+        if self.pre.size is None and i > 0:
+            pass  # size consistency is checked when batches are collated
+        return x, s.label, m, has, i
+
+
+def collate(batch):
+    """Stack a list of ``Prepared`` items, with a clear error when sizes differ."""
+    shapes = {tuple(b[0].shape) for b in batch}
+    if len(shapes) > 1:
+        raise DataError(
+            f"images of different sizes {sorted(shapes)} in one batch: set a common size "
+            "(--set size=H,W or size=N)"
+        )
+    x = torch.stack([b[0] for b in batch])
+    y = torch.tensor([b[1] for b in batch], dtype=torch.long)
+    m = torch.stack([b[2] for b in batch])
+    has = torch.tensor([b[3] for b in batch], dtype=torch.bool)
+    idx = torch.tensor([b[4] for b in batch], dtype=torch.long)
+    return x, y, m, has, idx
+
+
+def loader(images: ImageSet, pre: Preprocess, batch_size: int = 64, workers: int = 0):
+    """Ordered batches of an image set (for scoring), read lazily."""
+    return torch.utils.data.DataLoader(
+        Prepared(images, pre), batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=collate,
+    )
+
+
+def materialize(
+    images: ImageSet, pre: Preprocess, progress: bool = False, desc: str = "loading"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Load and preprocess every image into memory.
+
+    Returns:
+        ``(x, labels, masks)``: x uint8 ``(N, C, H, W)`` (4x smaller than float), labels long
+        ``(N,)``, masks uint8 ``(N, 1, H, W)`` or None when the set has no masks.
+    """
+    from tqdm.auto import tqdm
+
+    xs, ms = [], []
+    it = loader(images, pre, batch_size=64)
+    for x, _, m, _, _ in tqdm(it, desc=desc, disable=not progress, leave=False):
+        xs.append((x * 255.0).round_().to(torch.uint8))
+        ms.append(m.to(torch.uint8))
+    if not xs:
+        raise DataError(f"{images.description or 'image set'}: no images")
+    x = torch.cat(xs)
+    y = torch.as_tensor(images.labels, dtype=torch.long)
+    masks = torch.cat(ms) if images.has_masks else None
+    return x, y, masks

@@ -1,0 +1,446 @@
+"""The Detector contract shared by every method.
+
+``fit(train, val=None)`` learns from normal (and optionally labeled) images; ``score(x)``
+returns one number per image, **higher = more anomalous**; ``anomaly_map(x)`` returns a map
+per image at the input resolution of the model (after preprocessing); ``predict(x)`` compares
+scores with ``threshold_``; ``save(dir)`` / ``load(dir)`` write and read weights
+(safetensors) plus a JSON description that rebuilds the model, never a pickle.
+
+Parameters are keyword-only and stored unchanged by ``__init__`` (scikit-learn style); every
+parameter has a default in the ``defaults`` of the class or one of its bases, and an unknown
+parameter is an error listing the valid ones. Fitted state ends in ``_``.
+
+The threshold: given explicitly (``threshold=...``), or the ``1 - contamination`` quantile of
+the scores of normal images that were held back from training (``holdout``), or of ``val``'s
+normal images when ``val`` is given. It never uses anomalies, so it cannot collapse to
+"everything anomalous" when none are labeled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .data.base import ImageSet, Preprocess, collate, materialize, Prepared, NORMAL
+from .device import resolve_device, seed_everything
+from .errors import ConfigError, DataError, ModelFileError
+from .io import atomic_dir, write_json
+from .train import LoopConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "oneclass-model"
+FORMAT_VERSION = 1
+
+ArrayLike = "ImageSet | torch.Tensor | np.ndarray"
+
+
+class Output(NamedTuple):
+    """What a model returns for a batch: image scores ``(N,)`` and maps ``(N, H, W)``."""
+
+    score: torch.Tensor
+    anomaly_map: torch.Tensor
+
+
+class InputNorm(nn.Module):
+    """Input normalisation fitted on the training images; part of the model (and its export).
+
+    With ``gcn`` the paper protocol of Deep SVDD is applied first: global contrast
+    normalisation of each image with the l1 norm (subtract the image mean, divide by the
+    mean absolute deviation). Then per-channel standardisation with the training statistics.
+    """
+
+    def __init__(self, channels: int, gcn: bool = False):
+        super().__init__()
+        self.gcn = gcn
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+
+    def _gcn(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        return x / x.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, batch: int = 1024) -> None:
+        """Fit mean and std on uint8 or float images ``(N, C, H, W)``."""
+        s = torch.zeros_like(self.mean, dtype=torch.float64)
+        s2 = torch.zeros_like(s)
+        n = 0
+        for xb in torch.split(x, batch):
+            xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
+            if self.gcn:
+                xb = self._gcn(xb)
+            s += xb.double().sum(dim=(0, 2, 3))
+            s2 += (xb.double() ** 2).sum(dim=(0, 2, 3))
+            n += xb.shape[0] * xb.shape[2] * xb.shape[3]
+        mean = s / n
+        std = (s2 / n - mean**2).clamp_min(0).sqrt().clamp_min(1e-3)
+        self.mean.copy_(mean.float())
+        self.std.copy_(std.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gcn:
+            x = self._gcn(x)
+        return (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+
+
+def _param_type_cast(default: Any, value: Any, name: str) -> Any:
+    """Parse a ``--set key=value`` string by the type of the parameter's default."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    v = value.strip()
+    try:
+        if default is None:
+            return json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false", "null") else v
+        if isinstance(default, bool):
+            if v.lower() in ("1", "true", "yes", "on"):
+                return True
+            if v.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(v)
+        if isinstance(default, int):
+            return int(v)
+        if isinstance(default, float):
+            return float(v)
+        if isinstance(default, (list, tuple)):
+            return json.loads(v) if v.startswith("[") else [type(default[0])(p) for p in v.split(",")]
+    except ValueError:
+        raise ConfigError(f"parameter {name}: cannot read {value!r} as {type(default).__name__}") from None
+    return value
+
+
+class Detector:
+    """Base class of all methods. Subclasses set ``defaults`` and implement the hooks."""
+
+    name: ClassVar[str] = ""
+    #: Default parameter values; merged over the class hierarchy.
+    defaults: ClassVar[dict[str, Any]] = {
+        "seed": 0,
+        "device": "auto",
+        "epochs": 50,
+        "batch_size": 128,
+        "lr": 1e-4,
+        "weight_decay": 5e-7,
+        "size": None,  # int, [H, W] or None (keep small images, else default_size)
+        "channels": None,  # 1, 3 or None (from the training images)
+        "holdout": 0.1,
+        "contamination": 0.05,
+        "threshold": None,
+        "score_batch_size": 64,
+    }
+    #: Size used for larger images when ``size`` is None.
+    default_size: ClassVar[int] = 128
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def all_defaults(cls) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "defaults", {}) or {})
+        return merged
+
+    def __init__(self, **params: Any):
+        defaults = self.all_defaults()
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise ConfigError(
+                f"{self.name}: unknown parameter(s) {', '.join(unknown)}; valid: "
+                f"{', '.join(sorted(defaults))}"
+            )
+        for k, v in {**defaults, **params}.items():
+            setattr(self, k, _param_type_cast(defaults[k], v, k))
+        self._check_params()
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.all_defaults()}
+
+    def _check_params(self) -> None:
+        if not (0.0 <= float(self.contamination) < 1.0):
+            raise ConfigError(f"contamination must be in [0, 1), got {self.contamination}")
+        if not (0.0 <= float(self.holdout) < 1.0):
+            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        for k in ("epochs", "batch_size", "score_batch_size"):
+            if int(getattr(self, k)) < (0 if k == "epochs" else 1):
+                raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
+        if float(self.lr) <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.size is not None:
+            self._size_tuple()
+
+    def _size_tuple(self) -> tuple[int, int] | None:
+        s = self.size
+        if s is None:
+            return None
+        if isinstance(s, str):
+            s = [int(p) for p in s.replace("x", ",").split(",")]
+        if isinstance(s, int):
+            s = [s, s]
+        if len(s) == 1:
+            s = [s[0], s[0]]
+        if len(s) != 2 or min(s) < 8:
+            raise ConfigError(f"size must be N or H,W with sides >= 8, got {self.size!r}")
+        return int(s[0]), int(s[1])
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.get_params().items() if v != self.all_defaults()[k]}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    # ------------------------------------------------------------------ hooks
+    def _build(self, input_shape: tuple[int, int, int]) -> nn.Module:
+        """Create the (unfitted) model for inputs of shape ``(C, H, W)``."""
+        raise NotImplementedError
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None,
+             loop: LoopConfig) -> None:
+        """Train ``self.model_`` on uint8 images ``x`` (N, C, H, W) with labels ``y``."""
+        raise NotImplementedError
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N,)`` for float images in [0, 1] on the model's device."""
+        raise NotImplementedError
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly maps ``(N, H, W)`` for float images in [0, 1] on the model's device."""
+        raise NotImplementedError
+
+    def _fitted_extra(self) -> dict[str, Any]:
+        """JSON-able fitted values besides the weights (saved in model.json)."""
+        return {}
+
+    def _load_fitted_extra(self, extra: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------------ fit
+    def _resolve_preprocess(self, train: ImageSet) -> Preprocess:
+        channels = self.channels or train.channels()
+        size = self._size_tuple()
+        if size is None:
+            first = train.read(0).image
+            h, w = first.shape[:2]
+            size = (h, w) if max(h, w) <= 64 else (self.default_size, self.default_size)
+        return Preprocess(size=size, channels=int(channels))
+
+    def _split_holdout(self, train: ImageSet, val: ImageSet | None):
+        if val is not None:
+            normals = val.where(label=NORMAL)
+            return train, (val.subset(normals) if len(normals) else None)
+        normal = train.where(label=NORMAL)
+        n_hold = int(round(len(normal) * float(self.holdout)))
+        if n_hold < 2 or len(normal) - n_hold < 2:
+            return train, None
+        rng = np.random.default_rng(int(self.seed))
+        held = np.sort(rng.choice(normal, size=n_hold, replace=False))
+        keep = np.setdiff1d(np.arange(len(train)), held)
+        return train.subset(keep), train.subset(held)
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, *,
+            loop: LoopConfig | None = None) -> "Detector":
+        """Train on ``train`` (labels 0 normal, 1 anomalous, -1 unlabeled).
+
+        Args:
+            train: training images; methods that cannot use labels train on normal and
+                unlabeled images only.
+            val: optional images whose normal ones set the threshold (instead of a holdout).
+            loop: run-time options (checkpoints, resume, progress, epoch callback).
+        """
+        if len(train) == 0:
+            raise DataError(f"{train.description or 'training set'}: no training images")
+        if not np.any(train.labels != 1):
+            raise DataError(f"{train.description or 'training set'}: no normal training images")
+        loop = loop or LoopConfig()
+        seed_everything(int(self.seed))
+        self.device_ = resolve_device(self.device)
+        self.preprocess_ = self._resolve_preprocess(train)
+        fit_set, hold_set = self._split_holdout(train, val)
+        t0 = time.perf_counter()
+        x, y, masks = materialize(fit_set, self.preprocess_, progress=bool(loop.progress),
+                                  desc="loading images")
+        self.input_shape_ = tuple(int(s) for s in x.shape[1:])
+        self.model_ = self._build(self.input_shape_).to(self.device_)
+        norm = getattr(self.model_, "norm", None)
+        if isinstance(norm, InputNorm):
+            keep = y != 1
+            norm.fit(x[keep])
+        self._fit(x, y, masks, loop)
+        self.model_.eval()
+        self.train_seconds_ = time.perf_counter() - t0
+        self.n_train_ = int(len(fit_set))
+        self.history_ = list(loop.history)
+        self._set_threshold(hold_set, x, y)
+        return self
+
+    def _set_threshold(self, hold_set: ImageSet | None, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.threshold is not None:
+            self.threshold_ = float(self.threshold)
+            self.threshold_source_ = "explicit"
+            return
+        q = 1.0 - float(self.contamination)
+        if hold_set is not None and len(hold_set):
+            scores = self.score(hold_set)
+            src = f"quantile {q:g} of {len(scores)} held-back normal images"
+        else:
+            scores = self.score(x[y != 1].float() / 255.0)
+            src = f"quantile {q:g} of {len(scores)} training images (too few to hold back)"
+        self.threshold_ = float(np.quantile(scores, q))
+        self.threshold_source_ = src
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise ConfigError(f"{self.name}: call fit() or load() before scoring")
+
+    def batches(self, x, batch_size: int | None = None) -> Iterator[torch.Tensor]:
+        """Float batches on the model's device from an ImageSet, tensor or array.
+
+        Tensors and arrays must be ``(N, C, H, W)`` in [0, 1] (float) or 0..255 (uint8) with
+        the model's channels and size.
+        """
+        self._check_fitted()
+        bs = int(batch_size or self.score_batch_size)
+        if isinstance(x, ImageSet):
+            dl = torch.utils.data.DataLoader(Prepared(x, self.preprocess_), batch_size=bs,
+                                             collate_fn=collate)
+            for xb, *_ in dl:
+                yield xb.to(self.device_)
+            return
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"cannot score an object of type {type(x).__name__}")
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape_):
+            raise DataError(
+                f"input of shape {tuple(x.shape)} does not match the model's input "
+                f"(N, {', '.join(map(str, self.input_shape_))}); pass an ImageSet to resize "
+                "and convert channels automatically"
+            )
+        for xb in torch.split(x, bs):
+            xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
+            yield xb.to(self.device_)
+
+    def score(self, x) -> np.ndarray:
+        """Anomaly scores ``(N,)``, higher = more anomalous."""
+        self._check_fitted()
+        self.model_.eval()
+        out = []
+        with torch.no_grad():
+            for xb in self.batches(x):
+                out.append(self._score(xb).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+    def anomaly_map(self, x) -> np.ndarray:
+        """Anomaly maps ``(N, H, W)`` at the model's input resolution."""
+        self._check_fitted()
+        self.model_.eval()
+        out = [self._map(xb).detach().float().cpu() for xb in self.batches(x)]
+        return torch.cat(out).numpy() if out else np.zeros((0, *self.input_shape_[1:]), np.float32)
+
+    def predict(self, x) -> np.ndarray:
+        """1 where the score is at or above ``threshold_``, else 0."""
+        return (self.score(x) >= self.threshold_).astype(np.int64)
+
+    # ------------------------------------------------------------------ persistence
+    def describe(self) -> dict[str, Any]:
+        """The JSON description saved next to the weights."""
+        self._check_fitted()
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "oneclass_version": __version__,
+            "method": self.name,
+            "params": self.get_params(),
+            "preprocess": self.preprocess_.to_json(),
+            "input_shape": list(self.input_shape_),
+            "fitted": {
+                "threshold": self.threshold_,
+                "threshold_source": self.threshold_source_,
+                "n_train": getattr(self, "n_train_", None),
+                "train_seconds": round(getattr(self, "train_seconds_", 0.0), 3),
+                **self._fitted_extra(),
+            },
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.json`` and ``weights.safetensors`` to the directory ``path``.
+
+        The directory is built beside the target and renamed into place, so an interrupted
+        save never leaves a half-written model.
+        """
+        from safetensors.torch import save_file
+
+        desc = self.describe()
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+
+        def fill(tmp: Path) -> None:
+            save_file(state, str(tmp / "weights.safetensors"))
+            digest = hashlib.sha256((tmp / "weights.safetensors").read_bytes()).hexdigest()
+            write_json(tmp / "model.json", {**desc, "weights_sha256": digest})
+
+        return atomic_dir(path, fill)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "Detector":
+        """Rebuild a saved model (see :func:`oneclass.load`)."""
+        from safetensors.torch import load_file
+
+        from .registry import get
+
+        path = Path(path)
+        meta_path = path / "model.json"
+        if not meta_path.is_file():
+            raise ModelFileError(f"{path}: not a saved model (no model.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise ModelFileError(f"{meta_path}: not a oneclass model description")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ModelFileError(
+                f"{meta_path}: model format version {meta.get('format_version')} (written by "
+                f"oneclass {meta.get('oneclass_version')}); this oneclass "
+                f"({__version__}) reads version {FORMAT_VERSION}"
+            )
+        klass = get(meta["method"])
+        if cls is not Detector and not issubclass(klass, cls):
+            raise ModelFileError(f"{path}: holds a {meta['method']} model, not {cls.name}")
+        wpath = path / "weights.safetensors"
+        try:
+            raw = wpath.read_bytes()
+        except OSError as exc:
+            raise ModelFileError(f"{wpath}: cannot read weights ({exc.strerror})") from None
+        if meta.get("weights_sha256") and hashlib.sha256(raw).hexdigest() != meta["weights_sha256"]:
+            raise ModelFileError(f"{wpath}: weights do not match their checksum in model.json "
+                                 "(file changed or damaged)")
+        params = dict(meta["params"])
+        params["device"] = device
+        det = klass(**params)
+        det.device_ = resolve_device(device)
+        det.preprocess_ = Preprocess.from_json(meta["preprocess"])
+        det.input_shape_ = tuple(meta["input_shape"])
+        fitted = meta["fitted"]
+        det.threshold_ = float(fitted["threshold"])
+        det.threshold_source_ = fitted["threshold_source"]
+        det.n_train_ = fitted.get("n_train")
+        det.train_seconds_ = fitted.get("train_seconds", 0.0)
+        det._load_fitted_extra(fitted)
+        det.model_ = det._build(det.input_shape_)
+        try:
+            state = load_file(str(wpath))
+            det.model_.load_state_dict(state, strict=True)
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFileError(f"{wpath}: cannot load weights ({str(exc).splitlines()[0]})") from None
+        det.model_.to(det.device_).eval()
+        return det

@@ -1,0 +1,62 @@
+"""Heatmaps: Gaussian smoothing, gradient maps for vector-output methods, normalisation.
+
+Methods whose network ends in a vector (Deep SVDD, Deep SAD, HSC, DOC) explain a score by
+its gradient with respect to the input pixels (as fcdd does for such baselines): pixels
+whose change moves the score most are where the network looks. The raw gradient is noisy,
+so its absolute value, summed over channels, is smoothed with a Gaussian.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """A normalised 1-D Gaussian of standard deviation ``sigma`` pixels."""
+    radius = max(1, int(math.ceil(truncate * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur maps ``(N, H, W)`` with a separable Gaussian (reflect padding)."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel1d(sigma).to(maps)
+    r = (len(k) - 1) // 2
+    x = maps[:, None]
+    pad_h = min(r, x.shape[2] - 1)
+    pad_w = min(r, x.shape[3] - 1)
+    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w > 0 else "replicate")
+    kw = k[r - pad_w:r + pad_w + 1] if pad_w < r else k
+    x = F.conv2d(x, kw.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect" if pad_h > 0 else "replicate")
+    kh = k[r - pad_h:r + pad_h + 1] if pad_h < r else k
+    x = F.conv2d(x, kh.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def default_sigma(h: int, w: int) -> float:
+    """Smoothing for gradient maps: about 1/32 of the shorter side, at least 1 pixel."""
+    return max(1.0, min(h, w) / 32.0)
+
+
+def gradient_map(score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 sigma: float | None = None) -> torch.Tensor:
+    """``|d score / d x|`` summed over channels and Gaussian-smoothed: ``(N, H, W)``.
+
+    Each image's map depends only on that image (the score of one image does not depend on
+    the others in eval mode), so one backward pass of the summed scores gives all maps.
+    """
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        scores = score_fn(xg)
+        (grad,) = torch.autograd.grad(scores.sum(), xg)
+    g = grad.abs().sum(dim=1)
+    s = default_sigma(*g.shape[1:]) if sigma is None else sigma
+    return gaussian_blur(g, s)

@@ -1,0 +1,81 @@
+"""Pieces shared by methods: tensors to device, autoencoder pretraining, optimizers."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..train import LoopConfig, run
+
+
+def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` on CPU -> float in [0, 1] on ``device``."""
+    return x.to(device, non_blocking=True).float().div_(255.0)
+
+
+def adam(params, lr: float, weight_decay: float, milestones: Sequence[int] = ()):
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
+    return opt, sched
+
+
+class AutoencoderTask:
+    """Pretraining of ``norm -> encoder -> decoder`` with the mean squared error.
+
+    Deep SVDD and Deep SAD initialise their encoder this way (Ruff et al. 2018, Sec. 4).
+    """
+
+    def __init__(self, norm: nn.Module, encoder: nn.Module, decoder: nn.Module,
+                 device: torch.device, lr: float, weight_decay: float):
+        self.norm, self.device = norm, device
+        self.modules = {"encoder": encoder, "decoder": decoder}
+        params = list(encoder.parameters()) + list(decoder.parameters())
+        opt, sched = adam(params, lr, weight_decay)
+        self.optimizers, self.schedulers = {"ae": opt}, {"ae": sched}
+
+    def step(self, batch):
+        x = self.norm(to_input(batch[0], self.device))
+        rec = self.modules["decoder"](self.modules["encoder"](x))
+        loss = F.mse_loss(rec, x)
+        opt = self.optimizers["ae"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"rec_loss": loss.detach()}
+
+    def end_epoch(self, epoch: int):
+        self.schedulers["ae"].step()
+        return {}
+
+
+def pretrain_autoencoder(model: nn.Module, decoder: nn.Module, x: torch.Tensor, *, epochs: int,
+                         batch_size: int, lr: float, weight_decay: float, seed: int,
+                         device: torch.device, loop: LoopConfig) -> list[dict]:
+    """Train ``model.encoder`` with ``decoder`` as an autoencoder on uint8 images ``x``."""
+    if epochs <= 0:
+        return []
+    decoder.to(device)
+    task = AutoencoderTask(model.norm, model.encoder, decoder, device, lr, weight_decay)
+    return run(task, [x], epochs=epochs, batch_size=batch_size, seed=seed + 7,
+               phase="pretrain", loop=loop)
+
+
+@torch.no_grad()
+def mean_embedding(encode, x: torch.Tensor, device: torch.device, batch: int = 512,
+                   eps: float = 0.1) -> torch.Tensor:
+    """Centre c = mean embedding of ``x``; coordinates too close to 0 are pushed to +-eps.
+
+    A coordinate of c near zero can be hit trivially by zero weights (Ruff et al. 2018).
+    """
+    total, n = None, 0
+    for xb in torch.split(x, batch):
+        z = encode(to_input(xb, device)).double()
+        total = z.sum(0) if total is None else total + z.sum(0)
+        n += len(z)
+    c = (total / n).float()
+    c[(c.abs() < eps) & (c < 0)] = -eps
+    c[(c.abs() < eps) & (c >= 0)] = eps
+    return c

@@ -1,0 +1,137 @@
+"""Deep SVDD: Ruff et al., "Deep One-Class Classification", ICML 2018.
+
+A bias-free network phi maps normal images close to a centre c fixed after an initial
+forward pass.
+
+- one-class objective:      mean ||phi(x) - c||^2 (+ weight decay)
+- soft-boundary objective:  R^2 + 1/nu * mean(max(0, ||phi(x) - c||^2 - R^2)); R is set to
+  the (1 - nu) quantile of the distances after ``warmup_epochs``.
+
+Score: ||phi(x) - c||^2 (one-class) or ||phi(x) - c||^2 - R^2 (soft-boundary).
+Map: smoothed absolute input gradient of the score (the network outputs a vector).
+Optional autoencoder pretraining initialises phi (as in the paper).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..detector import Detector, InputNorm
+from ..errors import ConfigError
+from ..heatmaps import gradient_map
+from ..nets import Decoder, Encoder
+from ..registry import register
+from ..train import LoopConfig, run
+from ._common import adam, mean_embedding, pretrain_autoencoder, to_input
+
+
+class SVDDNet(nn.Module):
+    """``norm -> encoder`` with the centre ``c`` and radius ``R`` as buffers."""
+
+    def __init__(self, input_shape: tuple[int, int, int], gcn: bool = False):
+        super().__init__()
+        c, h, w = input_shape
+        self.norm = InputNorm(c, gcn=gcn)
+        self.encoder = Encoder(c, (h, w))
+        self.register_buffer("c", torch.zeros(self.encoder.rep_dim))
+        self.register_buffer("R", torch.zeros(()))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.norm(x))
+
+    def dist(self, x: torch.Tensor) -> torch.Tensor:
+        return ((self.embed(x) - self.c) ** 2).sum(dim=1)
+
+
+class _SVDDTask:
+    def __init__(self, det: "DeepSVDD", model: SVDDNet):
+        self.det, self.model = det, model
+        self.soft = det.objective == "soft-boundary"
+        opt, sched = adam(model.encoder.parameters(), det.lr, det.weight_decay, det.lr_milestones)
+        self.modules = {"encoder": model.encoder}
+        self.optimizers, self.schedulers = {"svdd": opt}, {"svdd": sched}
+        self.epoch = 0
+
+    def extra_state(self):
+        return {"c": self.model.c, "R": self.model.R}
+
+    def load_extra_state(self, s):
+        self.model.c.copy_(s["c"])
+        self.model.R.copy_(s["R"])
+
+    def step(self, batch):
+        dist = self.model.dist(to_input(batch[0], self.det.device_))
+        if self.soft:
+            R2 = self.model.R ** 2
+            loss = R2 + (1.0 / self.det.nu) * torch.relu(dist - R2).mean()
+        else:
+            loss = dist.mean()
+        opt = self.optimizers["svdd"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if self.soft and self.epoch >= self.det.warmup_epochs:
+            # Ruff et al.: R solves the soft-boundary problem for fixed phi: the (1 - nu)
+            # quantile of the distances of the current batch.
+            with torch.no_grad():
+                self.model.R.fill_(torch.quantile(dist.detach().sqrt(), 1 - self.det.nu))
+        return {"loss": loss.detach()}
+
+    def end_epoch(self, epoch: int):
+        self.epoch = epoch + 1
+        self.schedulers["svdd"].step()
+        return {"R": float(self.model.R)} if self.soft else {}
+
+
+@register("deep_svdd")
+class DeepSVDD(Detector):
+    """Deep SVDD, one-class or soft-boundary (see module docstring)."""
+
+    defaults = {
+        "objective": "one-class",  # or "soft-boundary"
+        "nu": 0.1,
+        "warmup_epochs": 10,
+        "lr_milestones": [],
+        "pretrain_epochs": 20,
+        "pretrain_lr": 1e-4,
+        "pretrain_weight_decay": 5e-4,
+        "gcn": False,
+        "heatmap_sigma": None,
+    }
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.objective not in ("one-class", "soft-boundary"):
+            raise ConfigError(
+                f"objective must be 'one-class' or 'soft-boundary', got {self.objective!r}")
+        if not (0.0 < float(self.nu) <= 1.0):
+            raise ConfigError(f"nu must be in (0, 1], got {self.nu}")
+
+    def _build(self, input_shape):
+        return SVDDNet(input_shape, gcn=bool(self.gcn))
+
+    def _fit(self, x, y, masks, loop: LoopConfig) -> None:
+        x = x[y != 1]  # Deep SVDD is unsupervised: labeled anomalies are not used
+        model: SVDDNet = self.model_
+        dev = self.device_
+        decoder = Decoder(model.encoder, x.shape[1])
+        pretrain_autoencoder(model, decoder, x, epochs=int(self.pretrain_epochs),
+                             batch_size=int(self.batch_size), lr=float(self.pretrain_lr),
+                             weight_decay=float(self.pretrain_weight_decay),
+                             seed=int(self.seed), device=dev, loop=loop)
+        model.eval()
+        model.c.copy_(mean_embedding(model.embed, x, dev))
+        task = _SVDDTask(self, model)
+        run(task, [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
+            seed=int(self.seed), phase="train", loop=loop)
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.model_.dist(x)
+        return d - self.model_.R ** 2 if self.objective == "soft-boundary" else d
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
+        return gradient_map(self._score, x, self.heatmap_sigma)
+
+    def _fitted_extra(self):
+        return {"radius": float(self.model_.R)}

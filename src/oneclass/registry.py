@@ -1,0 +1,55 @@
+"""The method registry: ``register`` / ``create`` / ``available`` (after timm's registry)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .detector import Detector
+
+_METHODS: dict[str, type["Detector"]] = {}
+T = TypeVar("T", bound=type)
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator that registers a Detector subclass under ``name``."""
+
+    def deco(cls: T) -> T:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name  # type: ignore[attr-defined]
+        _METHODS[name] = cls  # type: ignore[assignment]
+        return cls
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    from . import methods  # noqa: F401  (importing registers every method)
+
+
+def available() -> list[str]:
+    """Names of the registered methods, sorted."""
+    _ensure_loaded()
+    return sorted(_METHODS)
+
+
+def get(name: str) -> type["Detector"]:
+    """The Detector class registered under ``name``."""
+    _ensure_loaded()
+    key = name.strip().lower().replace("-", "_")
+    if key not in _METHODS:
+        close = difflib.get_close_matches(key, list(_METHODS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"unknown method {name!r}{hint}; available: {', '.join(sorted(_METHODS))}"
+        )
+    return _METHODS[key]
+
+
+def create(name: str, **params) -> "Detector":
+    """Build an unfitted detector: ``create("deep_svdd", epochs=10)``."""
+    return get(name)(**params)

@@ -1,0 +1,181 @@
+"""The generic training loop: epochs, seeds, progress, per-epoch log, checkpoint / resume.
+
+It knows nothing about any one method. A method hands it a :class:`Task`: the modules and
+optimizers to checkpoint and a ``step(batch)`` that does one optimisation step and returns
+its losses. The loop owns everything else:
+
+- data order: epoch ``e`` is shuffled with a generator seeded by ``(seed, e)``, and torch's
+  global RNG is re-seeded the same way, so a run resumed at epoch ``e`` continues exactly as
+  an uninterrupted one would (bit-for-bit on CPU);
+- a NaN / Inf loss stops training with an error naming the epoch and the loss;
+- after every epoch a checkpoint is written atomically (when a directory is given);
+- with ``torch.distributed`` initialised, each rank takes its share of every epoch and only
+  rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .errors import ModelFileError, TrainingError
+from .io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class Task(Protocol):
+    """What a method gives the loop."""
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, object]
+
+    def step(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch; returns scalar losses (detached or not)."""
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """Called after each epoch (scheduler steps, radius updates); extra values to log."""
+
+
+@dataclass
+class LoopConfig:
+    """Run-time options of a training loop (not model parameters)."""
+
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    progress: bool | None = None  # None: only when stderr is a terminal
+    on_epoch: Callable[[dict], None] | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+def _state(task: Task, epoch: int, phase: str) -> dict:
+    state = {"phase": phase, "epoch": epoch}
+    for k, m in task.modules.items():
+        m = getattr(m, "module", m)  # unwrap DDP
+        state[f"module.{k}"] = m.state_dict()
+    for k, o in task.optimizers.items():
+        state[f"optim.{k}"] = o.state_dict()
+    for k, s in task.schedulers.items():
+        state[f"sched.{k}"] = s.state_dict()  # type: ignore[attr-defined]
+    extra = getattr(task, "extra_state", None)
+    if extra is not None:
+        state["extra"] = extra()
+    return state
+
+
+def _load(task: Task, state: dict) -> None:
+    for k, m in task.modules.items():
+        getattr(m, "module", m).load_state_dict(state[f"module.{k}"])
+    for k, o in task.optimizers.items():
+        o.load_state_dict(state[f"optim.{k}"])
+    for k, s in task.schedulers.items():
+        s.load_state_dict(state[f"sched.{k}"])  # type: ignore[attr-defined]
+    if "extra" in state and hasattr(task, "load_extra_state"):
+        task.load_extra_state(state["extra"])  # type: ignore[attr-defined]
+
+
+def run(
+    task: Task,
+    data: Sequence[torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    phase: str = "train",
+    loop: LoopConfig | None = None,
+    drop_last: bool = False,
+) -> list[dict]:
+    """Train ``task`` for ``epochs`` over the tensors ``data`` (indexed together on dim 0).
+
+    Returns:
+        The per-epoch log: one dict per epoch with the mean of each loss and the seconds.
+    """
+    loop = loop or LoopConfig()
+    rank, world = _rank_world()
+    n = len(data[0])
+    if n == 0:
+        raise TrainingError(f"{phase}: no training images")
+    ckpt = Path(loop.checkpoint_dir) / f"{phase}.pt" if loop.checkpoint_dir else None
+    start = 0
+    if ckpt is not None and loop.resume and ckpt.exists():
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelFileError(f"{ckpt}: cannot read checkpoint ({exc})") from None
+        _load(task, state)
+        start = int(state["epoch"])
+        log.info("%s: resumed after epoch %d of %d", phase, start, epochs)
+    show = loop.progress if loop.progress is not None else sys.stderr.isatty()
+    show = show and rank == 0
+    history: list[dict] = []
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        torch.manual_seed(_epoch_seed(seed, epoch) + 1)
+        order = torch.randperm(n, generator=g)
+        if world > 1:  # every rank sees the same number of batches
+            per = n // world
+            order = order[rank * per:(rank + 1) * per]
+        for m in task.modules.values():
+            m.train()
+        sums: dict[str, float] = {}
+        count = 0
+        batches = list(torch.split(order, batch_size))
+        if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+            batches = batches[:-1]
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(batches), desc=f"{phase} {epoch + 1}/{epochs}", leave=False,
+                       file=sys.stderr)
+        for idx in batches:
+            losses = task.step([t[idx] for t in data])
+            for k, v in losses.items():
+                fv = float(v)
+                if not math.isfinite(fv):
+                    raise TrainingError(
+                        f"{phase}: loss '{k}' became {fv} in epoch {epoch + 1}; lower the "
+                        "learning rate (--set lr=...) or check the input images"
+                    )
+                sums[k] = sums.get(k, 0.0) + fv * len(idx)
+            count += len(idx)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+        if bar is not None:
+            bar.close()
+        record = {"phase": phase, "epoch": epoch + 1}
+        record.update({k: v / max(count, 1) for k, v in sums.items()})
+        record.update(task.end_epoch(epoch) or {})
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(record)
+        loop.history.append(record)
+        if rank == 0:
+            log.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in record.items()))
+            if loop.on_epoch:
+                loop.on_epoch(record)
+            if ckpt is not None:
+                state = _state(task, epoch + 1, phase)
+                atomic_write(ckpt, lambda p: torch.save(state, p))
+    return history
