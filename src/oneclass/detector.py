@@ -281,17 +281,23 @@ class Detector:
         return self
 
     def _set_threshold(self, hold_set: ImageSet | None, x: torch.Tensor, y: torch.Tensor) -> None:
+        q = 1.0 - float(self.contamination)
+        if hold_set is not None and len(hold_set):
+            ref = hold_set
+            src = f"quantile {q:g} of {len(hold_set)} held-back normal images"
+        else:
+            ref = x[y != 1].float() / 255.0
+            src = f"quantile {q:g} of {len(ref)} training images (too few to hold back)"
+        # The colour scale of heatmap overlays: from the median to the maximum of the maps
+        # of normal images, so normal regions look cold and anomalies saturate.
+        few = ref.subset(np.arange(min(len(ref), 64))) if isinstance(ref, ImageSet) else ref[:64]
+        maps = self.anomaly_map(few)
+        self.map_scale_ = [float(np.median(maps)), float(maps.max())]
         if self.threshold is not None:
             self.threshold_ = float(self.threshold)
             self.threshold_source_ = "explicit"
             return
-        q = 1.0 - float(self.contamination)
-        if hold_set is not None and len(hold_set):
-            scores = self.score(hold_set)
-            src = f"quantile {q:g} of {len(scores)} held-back normal images"
-        else:
-            scores = self.score(x[y != 1].float() / 255.0)
-            src = f"quantile {q:g} of {len(scores)} training images (too few to hold back)"
+        scores = self.score(ref)
         self.threshold_ = float(np.quantile(scores, q))
         self.threshold_source_ = src
 
@@ -366,6 +372,7 @@ class Detector:
             "fitted": {
                 "threshold": self.threshold_,
                 "threshold_source": self.threshold_source_,
+                "map_scale": getattr(self, "map_scale_", None),
                 "n_train": getattr(self, "n_train_", None),
                 "train_seconds": round(getattr(self, "train_seconds_", 0.0), 3),
                 **self._fitted_extra(),
@@ -434,6 +441,7 @@ class Detector:
         det.threshold_ = float(fitted["threshold"])
         det.threshold_source_ = fitted["threshold_source"]
         det.n_train_ = fitted.get("n_train")
+        det.map_scale_ = fitted.get("map_scale")
         det.train_seconds_ = fitted.get("train_seconds", 0.0)
         det._load_fitted_extra(fitted)
         det.model_ = det._build(det.input_shape_)

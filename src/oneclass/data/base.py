@@ -181,7 +181,7 @@ class Preprocess:
         if img.ndim != 3 or img.shape[2] not in (1, 3):
             raise DataError(f"{name}: expected an image (H, W, 1|3), got shape {img.shape}")
         img = to_channels(img, self.channels)
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
         if self.size is not None and tuple(x.shape[1:]) != tuple(self.size):
             x = F.interpolate(
                 x[None], size=tuple(self.size), mode="bilinear", align_corners=False, antialias=True
@@ -190,7 +190,7 @@ class Preprocess:
 
     def mask(self, mask: np.ndarray) -> torch.Tensor:
         """bool ``(H, W)`` -> float ``(1, H', W')`` in {0, 1} (nearest neighbour)."""
-        m = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
+        m = torch.from_numpy(np.array(mask, dtype=np.float32, copy=True))[None, None]
         if self.size is not None and tuple(m.shape[2:]) != tuple(self.size):
             m = F.interpolate(m, size=tuple(self.size), mode="nearest")
         return m[0]

@@ -1,0 +1,230 @@
+"""Command line: each subcommand is a thin call into the library.
+
+``main(argv)`` returns the exit code, so tests run the CLI in-process. User errors
+(:class:`OneclassError`) print one line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, OneclassError
+
+log = logging.getLogger("oneclass")
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = value
+    return out
+
+
+def _read_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+    try:
+        cfg = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{p}: config must be a mapping of parameters")
+    return cfg
+
+
+def _progress(args) -> bool | None:
+    return False if args.quiet else None
+
+
+def cmd_methods(args) -> int:
+    from .registry import available, get
+
+    for name in available():
+        doc = (get(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<12} {doc}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .runs import train
+
+    cfg = _read_config(args.config)
+    method = args.method or cfg.get("method")
+    spec = args.data or cfg.get("data")
+    if not method:
+        raise ConfigError("no method given: use --method NAME (see `oneclass methods`)")
+    if not spec:
+        raise ConfigError("no data given: use --data SPEC (a folder, mnist:C, elpv, ...)")
+    params = dict(cfg.get("params", {k: v for k, v in cfg.items()
+                                      if k not in ("method", "data", "data_root")}))
+    params.update(_parse_sets(args.set))
+    if args.epochs is not None:
+        params["epochs"] = args.epochs
+    if args.seed is not None:
+        params["seed"] = args.seed
+    if args.device:
+        params["device"] = args.device
+    root = args.data_root or cfg.get("data_root")
+    det = train(method, spec, Path(args.out), params, data_root=root, resume=args.resume,
+                progress=_progress(args))
+    print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s; "
+          f"threshold {det.threshold_:.6g} ({det.threshold_source_}); model in {args.out}/model")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .runs import evaluate, format_metrics
+
+    m = evaluate(Path(args.run), args.data, args.data_root, args.device or "auto")
+    print(format_metrics(m))
+    print(f"metrics written to {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .runs import predict
+
+    r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
+                heatmaps=not args.no_heatmaps, device=args.device or "auto",
+                progress=_progress(args))
+    print(f"scored {r['scored']} images ({r['skipped']} already done), {r['anomalous']} "
+          f"anomalous; results in {r['csv']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .runs import report
+
+    path = report(Path(args.run), args.data, args.data_root, top=args.top,
+                  device=args.device or "auto")
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .runs import evaluate, format_metrics, report, train
+
+    out = Path(args.out)
+    params: dict[str, Any] = _parse_sets(args.set)
+    if args.epochs is not None:
+        params["epochs"] = args.epochs
+    print(f"oneclass demo: {args.method} on ELPV solar cells (normal cells for training; "
+          "held-back normal and defective cells for testing)")
+    det = train(args.method, args.data, out, params, progress=_progress(args))
+    print(f"trained in {det.train_seconds_:.1f} s")
+    m = evaluate(out, args.data)
+    print(format_metrics(m))
+    path = report(out, args.data)
+    print(f"report: {path}")
+    print(f"image AUROC: {m['image_auroc']:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="oneclass", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(sp, quiet=True, device=True):
+        if quiet:
+            sp.add_argument("-q", "--quiet", action="store_true",
+                            help="no progress bars or per-epoch log")
+        if device:
+            sp.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+
+    s = sub.add_parser("methods", help="list the registered methods")
+    s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("train", help="train a method and save the model in a run directory")
+    s.add_argument("--method", help="method name (see `oneclass methods`)")
+    s.add_argument("--data", help="folder, mnist:C, fashion-mnist:C, cifar10:C, elpv, synthetic")
+    s.add_argument("--out", required=True, help="run directory to write")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--config", help="JSON or TOML file with method, data and params")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a method parameter (repeatable)")
+    s.add_argument("--data-root", help="folder of the benchmark npz files")
+    s.add_argument("--resume", action="store_true", help="continue from the run's checkpoints")
+    common(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="score the test split; write RUN/metrics.json")
+    s.add_argument("run")
+    s.add_argument("--data", help="data spec (default: the one the run was trained on)")
+    s.add_argument("--data-root")
+    common(s)
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("predict", help="score images or folders; write predictions.csv and heatmaps")
+    s.add_argument("run")
+    s.add_argument("inputs", nargs="+", metavar="INPUT")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true", help="skip images already in predictions.csv")
+    s.add_argument("--no-heatmaps", action="store_true")
+    common(s)
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("report", help="write RUN/report.html")
+    s.add_argument("run")
+    s.add_argument("--data")
+    s.add_argument("--data-root")
+    s.add_argument("--top", type=int, default=8, help="examples per gallery")
+    common(s)
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("demo", help="train, evaluate and report on the ELPV solar cells")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--method", default="deep_svdd")
+    s.add_argument("--data", default="elpv")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    common(s, device=False)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"oneclass {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
+        format="%(message)s", stream=sys.stderr, force=True)
+    try:
+        return int(args.func(args) or 0)
+    except OneclassError as exc:
+        print(f"oneclass: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("oneclass: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("oneclass: error: out of memory; use a smaller size or batch size", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

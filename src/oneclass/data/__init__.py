@@ -1,0 +1,57 @@
+"""Data sources, chosen by a specification string.
+
+- a folder in MVTec AD layout (``train/good``, ``test/<type>``, ``ground_truth/<type>``);
+- a plain folder (or a single image file): normal when training, unlabeled otherwise;
+- ``mnist:C``, ``fashion-mnist:C``, ``cifar10:C``: one-vs-rest with class C normal;
+- ``elpv`` / ``elpv:mono`` / ``elpv:poly``: solar cells from the elpv-dataset package;
+- ``synthetic`` / ``synthetic:TEXTURE``: generated defect images with masks (tests, demos).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from .base import ANOMALOUS, NORMAL, UNLABELED, ArraySet, FileSet, ImageSet, Preprocess, Sample
+from .classic import CLASSES, one_vs_rest
+from .folder import is_mvtec, mvtec, plain
+
+SPLITS = ("train", "test")
+
+
+def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
+    """Load the ``split`` ("train" or "test") of the data named by ``spec``."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+    spec = str(spec)
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir() and is_mvtec(path):
+            return mvtec(path, split)
+        return plain(path, split)
+    name, _, arg = spec.partition(":")
+    key = name.lower()
+    if key in ("mnist", "fashion-mnist", "fashion_mnist", "fmnist", "cifar10", "cifar-10"):
+        if not arg.strip().isdigit():
+            raise DataError(f"{spec}: give the normal class as {name}:C with C in 0..9")
+        return one_vs_rest(key, int(arg), split, root)
+    if key == "elpv":
+        from .elpv import elpv
+
+        return elpv(split, arg or None)
+    if key == "synthetic":
+        from .synthetic import make_defects
+
+        texture = arg or "stripes"
+        if split == "train":
+            return make_defects(200, 0, size=64, seed=1, texture=texture)
+        return make_defects(40, 40, size=64, seed=2, texture=texture)
+    if ":" in spec or not any(sep in spec for sep in "/\\."):
+        raise DataError(
+            f"{spec}: not a folder and not a known dataset (mnist:C, fashion-mnist:C, "
+            "cifar10:C, elpv, synthetic)")
+    raise DataError(f"{spec}: no such file or folder")
+
+
+__all__ = ["load", "ImageSet", "ArraySet", "FileSet", "Preprocess", "Sample", "NORMAL",
+           "ANOMALOUS", "UNLABELED", "CLASSES"]

@@ -1,0 +1,104 @@
+"""Image folders: the MVTec AD layout, and plain folders of images.
+
+MVTec AD layout::
+
+    root/train/good/*.png                      normal training images
+    root/test/good/*.png                       normal test images
+    root/test/<type>/*.png                     anomalous test images of a defect type
+    root/ground_truth/<type>/<stem>_mask.png   their pixel masks (optional as a whole)
+
+When ``ground_truth/`` exists every anomalous test image needs its mask and every mask its
+image; a missing one is an error naming the file. Without ``ground_truth/`` pixel metrics
+are simply not computed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from .base import ANOMALOUS, NORMAL, UNLABELED, FileSet
+from .images import is_image_file
+
+NORMAL_DIRS = ("good", "ok", "normal")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files below ``folder``, sorted; symbolic links to folders are not followed."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames) if is_image_file(Path(f))]
+    return out
+
+
+def is_mvtec(root: Path) -> bool:
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def _subdirs(p: Path) -> list[Path]:
+    return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _mask_index(gt: Path) -> dict[tuple[str, str], Path]:
+    index = {}
+    for kind_dir in _subdirs(gt):
+        for m in list_images(kind_dir):
+            stem = m.stem[:-5] if m.stem.endswith("_mask") else m.stem
+            index[(kind_dir.name, stem)] = m
+    return index
+
+
+def mvtec(root: Path, split: str) -> FileSet:
+    """The ``train`` or ``test`` split of an MVTec-layout folder."""
+    root = Path(root)
+    if split == "train":
+        good = root / "train" / "good"
+        folder = good if good.is_dir() else root / "train"
+        paths = list_images(folder)
+        if not paths:
+            raise DataError(f"{folder}: no training images (expected PNG/JPEG files)")
+        return FileSet(paths, [NORMAL] * len(paths), kinds=["good"] * len(paths),
+                       names=[str(p.relative_to(root)) for p in paths],
+                       description=f"{root} (train)")
+    test = root / "test"
+    gt = root / "ground_truth"
+    masks = _mask_index(gt) if gt.is_dir() else None
+    paths, labels, mpaths, kinds = [], [], [], []
+    for kind_dir in _subdirs(test):
+        kind = kind_dir.name
+        normal = kind.lower() in NORMAL_DIRS
+        for p in list_images(kind_dir):
+            paths.append(p)
+            labels.append(NORMAL if normal else ANOMALOUS)
+            kinds.append("good" if normal else kind)
+            if masks is None or normal:
+                mpaths.append(None)
+                continue
+            m = masks.pop((kind, p.stem), None)
+            if m is None:
+                raise DataError(
+                    f"{p}: anomalous test image has no mask (expected "
+                    f"{gt / kind / (p.stem + '_mask.png')})")
+            mpaths.append(m)
+    if masks:
+        (kind, stem), m = sorted(masks.items())[0]
+        raise DataError(f"{m}: mask has no image (expected {test / kind / stem}.png or similar)")
+    if not paths:
+        raise DataError(f"{test}: no test images")
+    return FileSet(paths, labels, mpaths if masks is not None else None, kinds,
+                   names=[str(p.relative_to(root)) for p in paths],
+                   description=f"{root} (test)")
+
+
+def plain(root: Path, split: str) -> FileSet:
+    """All images below ``root``: normal when training, unlabeled otherwise."""
+    root = Path(root)
+    paths = list_images(root) if root.is_dir() else [root]
+    if not paths:
+        raise DataError(f"{root}: no images found (looked for {', '.join(('png', 'jpg', 'bmp', 'tif'))})")
+    label = NORMAL if split == "train" else UNLABELED
+    return FileSet(paths, [label] * len(paths), names=[str(p) for p in paths],
+                   kinds=["good" if label == NORMAL else "unknown"] * len(paths),
+                   description=str(root))
