@@ -10,9 +10,10 @@ import argparse
 import json
 import logging
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import ConfigError, OneclassError
 
@@ -134,6 +135,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_suite
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    only = args.only.split(",") if args.only else None
+    run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
+              overrides=_parse_sets(args.set) or None)
+    print(f"results: {Path(args.out) / 'results.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="oneclass", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=_version())
@@ -188,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=8, help="examples per gallery")
     common(s)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
+    s.add_argument("suite", help="suite name: classic, svdd-mnist, svdd-cifar10, smoke")
+    s.add_argument("--out", default="runs/bench")
+    s.add_argument("--data-root")
+    s.add_argument("--seeds", default="0", help="comma-separated seeds")
+    s.add_argument("--only", help="comma-separated data specs to run (e.g. mnist:0,mnist:1)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter of every run")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="train, evaluate and report on the ELPV solar cells")
     s.add_argument("--out", default="runs/demo")

@@ -22,15 +22,16 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
-from .data.base import ImageSet, Preprocess, collate, materialize, Prepared, NORMAL
+from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, materialize
 from .device import resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError
 from .io import atomic_dir, write_json
@@ -245,7 +246,7 @@ class Detector:
         return train.subset(keep), train.subset(held)
 
     def fit(self, train: ImageSet, val: ImageSet | None = None, *,
-            loop: LoopConfig | None = None) -> "Detector":
+            loop: LoopConfig | None = None) -> Detector:
         """Train on ``train`` (labels 0 normal, 1 anomalous, -1 unlabeled).
 
         Args:
@@ -398,7 +399,7 @@ class Detector:
         return atomic_dir(path, fill)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "Detector":
+    def load(cls, path: str | Path, device: str = "auto") -> Detector:
         """Rebuild a saved model (see :func:`oneclass.load`)."""
         from safetensors.torch import load_file
 

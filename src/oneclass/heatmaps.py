@@ -9,7 +9,7 @@ so its absolute value, summed over channels, is smoothed with a Gaussian.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

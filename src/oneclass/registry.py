@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .detector import Detector
 
-_METHODS: dict[str, type["Detector"]] = {}
+_METHODS: dict[str, type[Detector]] = {}
 T = TypeVar("T", bound=type)
 
 
@@ -37,7 +38,7 @@ def available() -> list[str]:
     return sorted(_METHODS)
 
 
-def get(name: str) -> type["Detector"]:
+def get(name: str) -> type[Detector]:
     """The Detector class registered under ``name``."""
     _ensure_loaded()
     key = name.strip().lower().replace("-", "_")
@@ -50,6 +51,6 @@ def get(name: str) -> type["Detector"]:
     return _METHODS[key]
 
 
-def create(name: str, **params) -> "Detector":
+def create(name: str, **params) -> Detector:
     """Build an unfitted detector: ``create("deep_svdd", epochs=10)``."""
     return get(name)(**params)

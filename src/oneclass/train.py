@@ -19,9 +19,10 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -177,5 +178,5 @@ def run(
                 loop.on_epoch(record)
             if ckpt is not None:
                 state = _state(task, epoch + 1, phase)
-                atomic_write(ckpt, lambda p: torch.save(state, p))
+                atomic_write(ckpt, lambda p, s=state: torch.save(s, p))
     return history

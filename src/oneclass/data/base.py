@@ -8,9 +8,9 @@ a raw image into the network's input tensor, and is stored with every model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class ImageSet:
     def read(self, i: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> "Subset":
+    def subset(self, index: Sequence[int] | np.ndarray) -> Subset:
         """A view on the items at ``index`` (in that order)."""
         return Subset(self, np.asarray(index, dtype=np.int64))
 
@@ -200,7 +200,7 @@ class Preprocess:
                 **({"extra": self.extra} if self.extra else {})}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Preprocess":
+    def from_json(cls, d: dict) -> Preprocess:
         size = d.get("size")
         return cls(tuple(size) if size else None, int(d["channels"]), dict(d.get("extra", {})))
 

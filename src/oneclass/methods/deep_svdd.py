@@ -45,7 +45,7 @@ class SVDDNet(nn.Module):
 
 
 class _SVDDTask:
-    def __init__(self, det: "DeepSVDD", model: SVDDNet):
+    def __init__(self, det: DeepSVDD, model: SVDDNet):
         self.det, self.model = det, model
         self.soft = det.objective == "soft-boundary"
         opt, sched = adam(model.encoder.parameters(), det.lr, det.weight_decay, det.lr_milestones)
