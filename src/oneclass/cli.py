@@ -236,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(message)s", stream=sys.stderr, force=True)
     try:
+        return _run(args)
+    finally:
+        for h in logging.getLogger().handlers[:]:  # the stream may close after we return
+            logging.getLogger().removeHandler(h)
+
+
+def _run(args) -> int:
+    try:
         return int(args.func(args) or 0)
     except OneclassError as exc:
         print(f"oneclass: error: {exc}", file=sys.stderr)

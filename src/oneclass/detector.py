@@ -113,7 +113,9 @@ def _param_type_cast(default: Any, value: Any, name: str) -> Any:
         if isinstance(default, float):
             return float(v)
         if isinstance(default, (list, tuple)):
-            return json.loads(v) if v.startswith("[") else [type(default[0])(p) for p in v.split(",")]
+            if v.startswith("["):
+                return json.loads(v)
+            return [json.loads(p) for p in v.split(",") if p.strip()]
     except ValueError:
         raise ConfigError(f"parameter {name}: cannot read {value!r} as {type(default).__name__}") from None
     return value

@@ -17,6 +17,10 @@ from typing import Any
 
 from .errors import OneclassError
 
+# mkstemp/mkdtemp create private (0600/0700) entries; give results the usual umask-based mode.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _explain(exc: OSError, path: Path) -> OneclassError:
     if exc.errno == errno.ENOSPC:
@@ -41,6 +45,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -79,9 +84,11 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     old = path.with_name(f".{path.name}.old")
     try:
         fill(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        for f in tmp.rglob("*"):
+            if f.is_file():  # fill may create subfolders; opening those would fail
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)

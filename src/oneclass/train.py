@@ -174,9 +174,9 @@ def run(
         if rank == 0:
             log.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in record.items()))
-            if loop.on_epoch:
-                loop.on_epoch(record)
             if ckpt is not None:
                 state = _state(task, epoch + 1, phase)
                 atomic_write(ckpt, lambda p, s=state: torch.save(s, p))
+            if loop.on_epoch:
+                loop.on_epoch(record)
     return history

@@ -32,7 +32,7 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
     name, _, arg = spec.partition(":")
     key = name.lower()
     if key in ("mnist", "fashion-mnist", "fashion_mnist", "fmnist", "cifar10", "cifar-10"):
-        if not arg.strip().isdigit():
+        if not arg.strip().isdecimal():  # isdigit() accepts '²', which int() rejects
             raise DataError(f"{spec}: give the normal class as {name}:C with C in 0..9")
         return one_vs_rest(key, int(arg), split, root)
     if key == "elpv":

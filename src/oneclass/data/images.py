@@ -27,7 +27,11 @@ def _open(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
-            img.load()
+            try:
+                img.load()
+            except BaseException:
+                img.close()  # do not leak the file handle of a corrupt or truncated image
+                raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

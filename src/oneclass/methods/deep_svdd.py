@@ -26,6 +26,17 @@ from ..train import LoopConfig, run
 from ._common import adam, mean_embedding, pretrain_autoencoder, to_input
 
 
+def one_class_loss(dist: torch.Tensor) -> torch.Tensor:
+    """One-class Deep SVDD objective (Eq. 4 without weight decay): mean squared distance."""
+    return dist.mean()
+
+
+def soft_boundary_loss(dist: torch.Tensor, radius: torch.Tensor, nu: float) -> torch.Tensor:
+    """Soft-boundary Deep SVDD objective (Eq. 3): R^2 + 1/nu * mean(max(0, d - R^2))."""
+    r2 = radius**2
+    return r2 + torch.relu(dist - r2).mean() / nu
+
+
 class SVDDNet(nn.Module):
     """``norm -> encoder`` with the centre ``c`` and radius ``R`` as buffers."""
 
@@ -63,10 +74,9 @@ class _SVDDTask:
     def step(self, batch):
         dist = self.model.dist(to_input(batch[0], self.det.device_))
         if self.soft:
-            R2 = self.model.R ** 2
-            loss = R2 + (1.0 / self.det.nu) * torch.relu(dist - R2).mean()
+            loss = soft_boundary_loss(dist, self.model.R, float(self.det.nu))
         else:
-            loss = dist.mean()
+            loss = one_class_loss(dist)
         opt = self.optimizers["svdd"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

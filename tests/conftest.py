@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny synthetic data made on the fly (no files from ../shared)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from oneclass.data.synthetic import make_defects, write_mvtec
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def defects_train():
+    """120 normal 24x24 grayscale texture images."""
+    return make_defects(120, 0, size=24, seed=1)
+
+
+@pytest.fixture(scope="session")
+def defects_test():
+    """30 normal and 30 anomalous images with masks."""
+    return make_defects(30, 30, size=24, seed=2)
+
+
+@pytest.fixture(scope="session")
+def mvtec_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvtec")
+    return write_mvtec(root / "toy", n_train=60, n_test_good=10, n_test_defect=12, size=24,
+                       seed=3)
+
+
+def fast_params(name: str) -> dict:
+    """Small settings for a method so the contract tests stay quick."""
+    import oneclass
+
+    params = {"epochs": 3, "batch_size": 32, "seed": 0}
+    small = {"pretrain_epochs": 2}
+    defaults = oneclass.registry.get(name).all_defaults()
+    params.update({k: v for k, v in small.items() if k in defaults})
+    return params
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,88 @@
+"""The command line, end to end on a tiny MVTec-layout folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from oneclass.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(mvtec_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "r"
+    code = main(["train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out", str(run),
+                 "--epochs", "3", "--set", "pretrain_epochs=1", "--set", "batch_size=16",
+                 "--seed", "1", "-q"])
+    assert code == 0
+    return run
+
+
+def test_train_writes_model_config_and_log(run_dir):
+    assert (run_dir / "model" / "model.json").is_file()
+    assert (run_dir / "model" / "weights.safetensors").is_file()
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["method"] == "deep_svdd" and cfg["params"]["epochs"] == 3
+    assert cfg["params"]["seed"] == 1 and cfg["params"]["pretrain_epochs"] == 1
+    lines = (run_dir / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["phase"] for x in lines] == ["pretrain"] + ["train"] * 3
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_eval_writes_metrics_with_pixel_scores(run_dir, capsys):
+    assert main(["eval", str(run_dir), "-q"]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for k in ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "aupro"):
+        assert isinstance(m[k], float) and 0.0 <= m[k] <= 1.0, k
+    assert m["n_test"] == 22 and m["n_anomalous"] == 12
+    assert "image_auroc" in capsys.readouterr().out
+
+
+def test_predict_writes_csv_and_heatmaps_and_resumes(run_dir, mvtec_dir, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", str(run_dir), str(mvtec_dir / "test"), "--out", str(out), "-q"]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 22
+    assert {r["label"] for r in rows} <= {"0", "1"}
+    assert len(list((out / "heatmaps").glob("*.png"))) == 22
+    # An interrupted run leaves a partial CSV; --resume scores only the rest.
+    with open(out / "predictions.csv", "w") as fh:
+        fh.write("path,score,label\n" + "".join(
+            f"{r['path']},{r['score']},{r['label']}\n" for r in rows[:5]))
+    assert main(["predict", str(run_dir), str(mvtec_dir / "test"), "--out", str(out), "-q",
+                 "--resume", "--no-heatmaps"]) == 0
+    again = list(csv.DictReader(open(out / "predictions.csv")))
+    assert sorted(r["path"] for r in again) == sorted(r["path"] for r in rows)
+
+
+def test_report_is_written(run_dir):
+    assert main(["report", str(run_dir), "--top", "3"]) == 0
+    html = (run_dir / "report.html").read_text()
+    assert "Most anomalous" in html and html.count("data:image/png;base64,") >= 6
+
+
+def test_methods_lists_deep_svdd(capsys):
+    assert main(["methods"]) == 0
+    assert "deep_svdd" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--method", "nope", "--data", "synthetic", "--out", "{tmp}/x"], "unknown method"),
+    (["train", "--method", "deep_svdd", "--data", "{tmp}/missing", "--out", "{tmp}/x"],
+     "no such file"),
+    (["train", "--method", "deep_svdd", "--data", "synthetic", "--out", "{tmp}/x",
+      "--set", "lr"], "expected key=value"),
+    (["train", "--method", "deep_svdd", "--data", "synthetic", "--out", "{tmp}/x",
+      "--set", "lrr=1"], "unknown parameter"),
+    (["train", "--method", "deep_svdd", "--data", "{tmp}", "--out", "{tmp}/x"], "no images"),
+    (["eval", "{tmp}"], "not a saved model"),
+    (["train", "--method", "deep_svdd", "--data", "mnist:x", "--out", "{tmp}/x"], "mnist:C"),
+])
+def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,131 @@
+"""The Detector contract, run over every registered method."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import oneclass
+from oneclass.errors import ConfigError, DataError, ModelFileError
+from oneclass.metrics import auroc
+
+from .conftest import fast_params
+
+METHODS = oneclass.available()
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def fitted(request, defects_train):
+    det = oneclass.create(request.param, **fast_params(request.param))
+    det.fit(defects_train)
+    return det
+
+
+def test_registry_lists_methods():
+    assert "deep_svdd" in METHODS
+    assert METHODS == sorted(METHODS)
+
+
+def test_unknown_method_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="available: .*deep_svdd"):
+        oneclass.create("deep_svd")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_unknown_parameter_lists_valid_ones(name):
+    with pytest.raises(ConfigError, match="unknown parameter.*valid: .*epochs"):
+        oneclass.create(name, epochz=3)
+
+
+def test_scores_and_maps_are_finite_and_informative(fitted, defects_test):
+    scores = fitted.score(defects_test)
+    assert scores.shape == (len(defects_test),)
+    assert np.isfinite(scores).all()
+    assert scores.std() > 0, "constant scores: hypersphere collapse"
+    maps = fitted.anomaly_map(defects_test.subset(range(6)))
+    assert maps.shape == (6, 24, 24)
+    assert np.isfinite(maps).all() and maps.std() > 0
+    # Trained for a few epochs on textures only, the method must still rank defects higher.
+    assert auroc(defects_test.labels, scores) > 0.6
+
+
+def test_predict_uses_threshold_and_records_its_source(fitted, defects_test):
+    scores = fitted.score(defects_test)
+    assert np.array_equal(fitted.predict(defects_test), (scores >= fitted.threshold_).astype(int))
+    assert "held-back normal images" in fitted.threshold_source_
+
+
+def test_threshold_does_not_flag_everything_without_anomalies(fitted):
+    from oneclass.data.synthetic import make_defects
+
+    normals = make_defects(40, 0, size=24, seed=9)
+    assert fitted.predict(normals).mean() < 0.5
+
+
+def test_explicit_threshold(defects_train):
+    det = oneclass.create(METHODS[0], **fast_params(METHODS[0]), threshold=1.5)
+    det.fit(defects_train)
+    assert det.threshold_ == 1.5 and det.threshold_source_ == "explicit"
+
+
+def test_save_load_gives_identical_scores_and_maps(fitted, defects_test, tmp_path):
+    fitted.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["method"] == fitted.name and meta["format"] == "oneclass-model"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json",
+                                                                  "weights.safetensors"]
+    loaded = oneclass.load(tmp_path / "m")
+    sub = defects_test.subset(range(10))
+    assert np.array_equal(loaded.score(defects_test), fitted.score(defects_test))
+    assert np.array_equal(loaded.anomaly_map(sub), fitted.anomaly_map(sub))
+    assert loaded.threshold_ == fitted.threshold_
+    assert loaded.get_params() == fitted.get_params()
+
+
+def test_same_seed_same_scores(defects_train, defects_test):
+    name = METHODS[0]
+    a = oneclass.create(name, **fast_params(name)).fit(defects_train).score(defects_test)
+    b = oneclass.create(name, **fast_params(name)).fit(defects_train).score(defects_test)
+    c = oneclass.create(name, **{**fast_params(name), "seed": 1}).fit(defects_train)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c.score(defects_test))
+
+
+def test_tampered_weights_are_refused(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    w = tmp_path / "m" / "weights.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-5] ^= 0xFF
+    w.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        oneclass.load(tmp_path / "m")
+
+
+def test_model_from_another_version_is_refused(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    p = tmp_path / "m" / "model.json"
+    meta = json.loads(p.read_text())
+    meta["format_version"] = 99
+    p.write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="format version 99"):
+        oneclass.load(tmp_path / "m")
+
+
+def test_wrong_tensor_shape_is_a_clear_error(fitted):
+    with pytest.raises(DataError, match="does not match the model's input"):
+        fitted.score(torch.zeros(2, 3, 24, 24))
+
+
+def test_tensor_and_imageset_inputs_agree(fitted, defects_test):
+    sub = defects_test.subset(range(8))
+    x = torch.stack([torch.from_numpy(sub.read(i).image.copy()).permute(2, 0, 1)
+                     for i in range(8)])
+    np.testing.assert_allclose(fitted.score(x), fitted.score(sub), rtol=1e-5, atol=1e-6)
+
+
+def test_unfitted_detector_refuses_to_score(defects_test):
+    with pytest.raises(ConfigError, match="fit"):
+        oneclass.create(METHODS[0]).score(defects_test)

@@ -1,0 +1,92 @@
+"""Deep SVDD: objectives, bias-free networks, centre guard, soft boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import oneclass
+from oneclass.methods._common import mean_embedding
+from oneclass.methods.deep_svdd import one_class_loss, soft_boundary_loss
+from oneclass.metrics import auroc
+from oneclass.nets import Decoder, Encoder
+
+
+def test_one_class_loss_is_mean_squared_distance():
+    z = torch.tensor([[1.0, 2.0], [0.0, -1.0], [3.0, 0.5]])
+    c = torch.tensor([0.5, 0.5])
+    dist = ((z - c) ** 2).sum(1)
+    expected = ((0.5**2 + 1.5**2) + (0.5**2 + 1.5**2) + (2.5**2 + 0.0)) / 3
+    assert torch.isclose(one_class_loss(dist), torch.tensor(expected))
+
+
+def test_soft_boundary_loss_matches_paper_formula():
+    dist = torch.tensor([0.5, 1.0, 4.0, 9.0])
+    R, nu = torch.tensor(1.5), 0.25
+    # R^2 + 1/nu * mean(max(0, d - R^2)): only 4 and 9 exceed 2.25
+    expected = 2.25 + (1 / 0.25) * ((4 - 2.25) + (9 - 2.25)) / 4
+    assert torch.isclose(soft_boundary_loss(dist, R, nu), torch.tensor(expected))
+
+
+def test_networks_are_bias_free_and_match_the_paper_sizes():
+    for shape, rep in [((1, 28, 28), 32), ((3, 32, 32), 128), ((1, 64, 96), 128)]:
+        enc = Encoder(shape[0], shape[1:])
+        assert enc.rep_dim == rep
+        for m in enc.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                assert m.bias is None
+            if isinstance(m, torch.nn.BatchNorm2d):
+                assert not m.affine
+        x = torch.randn(2, *shape)
+        assert enc(x).shape == (2, rep)
+        assert Decoder(enc, shape[0])(enc(x)).shape == x.shape
+    assert Encoder(1, (28, 28)).widths == (8, 4)
+    assert Encoder(3, (32, 32)).widths == (32, 64, 128)
+
+
+def test_centre_coordinates_near_zero_are_pushed_to_eps():
+    x = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    fixed = torch.tensor([0.05, -0.05, 0.5, -0.01])
+    c = mean_embedding(lambda xb: fixed.expand(len(xb), 4), x, torch.device("cpu"))
+    assert torch.allclose(c, torch.tensor([0.1, -0.1, 0.5, -0.1]))
+
+
+def test_learns_to_rank_defects(defects_train, defects_test):
+    det = oneclass.create("deep_svdd", epochs=10, pretrain_epochs=5, batch_size=32)
+    det.fit(defects_train)
+    assert auroc(defects_test.labels, det.score(defects_test)) > 0.75
+
+
+def test_soft_boundary_sets_radius_and_scores_relative_to_it(defects_train, defects_test):
+    det = oneclass.create("deep_svdd", objective="soft-boundary", nu=0.1, warmup_epochs=1,
+                          epochs=4, pretrain_epochs=2, batch_size=32)
+    det.fit(defects_train)
+    R = float(det.model_.R)
+    assert R > 0
+    sub = defects_test.subset(range(5))
+    with torch.no_grad():
+        x = next(det.batches(sub))
+        d = det.model_.dist(x).numpy()
+    np.testing.assert_allclose(det.score(sub), d - R**2, rtol=1e-5, atol=1e-6)
+
+
+def test_labeled_anomalies_are_not_used_for_training(defects_train, defects_test):
+    from oneclass.data.base import ArraySet
+
+    mixed = ArraySet(np.concatenate([defects_train.images, defects_test.images[30:]]),
+                     np.concatenate([defects_train.labels, defects_test.labels[30:]]))
+    a = oneclass.create("deep_svdd", epochs=2, pretrain_epochs=1, batch_size=32, holdout=0.0)
+    b = oneclass.create("deep_svdd", epochs=2, pretrain_epochs=1, batch_size=32, holdout=0.0)
+    np.testing.assert_array_equal(a.fit(mixed).score(defects_test),
+                                  b.fit(defects_train).score(defects_test))
+
+
+def test_gradient_map_points_at_the_defect(defects_train, defects_test):
+    det = oneclass.create("deep_svdd", epochs=10, pretrain_epochs=5, batch_size=32)
+    det.fit(defects_train)
+    anomalous = defects_test.subset(np.flatnonzero(defects_test.labels == 1))
+    maps = det.anomaly_map(anomalous)
+    masks = np.stack([anomalous.read(i).mask for i in range(len(anomalous))])
+    inside = np.array([m[k].mean() for m, k in zip(maps, masks)])
+    outside = np.array([m[~k].mean() for m, k in zip(maps, masks)])
+    assert (inside > outside).mean() > 0.6

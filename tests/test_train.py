@@ -1,0 +1,68 @@
+"""The generic training loop: NaN guard, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import oneclass
+from oneclass.errors import TrainingError
+from oneclass.train import LoopConfig, run
+
+
+class _Task:
+    """A one-parameter task whose loss becomes NaN at a chosen epoch."""
+
+    def __init__(self, nan_epoch: int):
+        self.w = torch.nn.Linear(1, 1)
+        self.modules = {"w": self.w}
+        self.optimizers = {"o": torch.optim.SGD(self.w.parameters(), lr=0.1)}
+        self.schedulers = {}
+        self.epoch, self.nan_epoch = 0, nan_epoch
+
+    def step(self, batch):
+        loss = self.w(batch[0]).pow(2).mean()
+        if self.epoch + 1 == self.nan_epoch:
+            loss = loss * float("nan")
+        return {"loss": loss.detach()}
+
+    def end_epoch(self, epoch):
+        self.epoch = epoch + 1
+        return {}
+
+
+def test_nan_loss_names_the_epoch():
+    with pytest.raises(TrainingError, match="loss 'loss' became nan in epoch 3"):
+        run(_Task(3), [torch.randn(10, 1)], epochs=5, batch_size=4, seed=0)
+
+
+def test_history_has_one_record_per_epoch():
+    hist = run(_Task(0), [torch.randn(10, 1)], epochs=4, batch_size=4, seed=0)
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert all(np.isfinite(h["loss"]) for h in hist)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(defects_train, defects_test,
+                                                              tmp_path):
+    params = dict(epochs=4, pretrain_epochs=2, batch_size=32, seed=3)
+    full = oneclass.create("deep_svdd", **params).fit(defects_train).score(defects_test)
+
+    def stop_after_second_train_epoch(rec):
+        if rec["phase"] == "train" and rec["epoch"] == 2:
+            raise _Stop
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Stop):
+        oneclass.create("deep_svdd", **params).fit(
+            defects_train, loop=LoopConfig(checkpoint_dir=ckpt, on_epoch=stop_after_second_train_epoch))
+    assert (ckpt / "pretrain.pt").exists() and (ckpt / "train.pt").exists()
+    state = torch.load(ckpt / "train.pt", weights_only=True)
+    assert state["epoch"] == 2
+    resumed = oneclass.create("deep_svdd", **params).fit(
+        defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True))
+    assert np.array_equal(resumed.score(defects_test), full)
