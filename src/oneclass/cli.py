@@ -71,7 +71,8 @@ def cmd_train(args) -> int:
     if not spec:
         raise ConfigError("no data given: use --data SPEC (a folder, mnist:C, elpv, ...)")
     params = dict(cfg.get("params", {k: v for k, v in cfg.items()
-                                      if k not in ("method", "data", "data_root")}))
+                                      if k not in ("method", "data", "data_root", "outliers",
+                                                   "anomalies")}))
     params.update(_parse_sets(args.set))
     if args.epochs is not None:
         params["epochs"] = args.epochs
@@ -81,7 +82,9 @@ def cmd_train(args) -> int:
         params["device"] = args.device
     root = args.data_root or cfg.get("data_root")
     det = train(method, spec, Path(args.out), params, data_root=root, resume=args.resume,
-                progress=_progress(args))
+                progress=_progress(args), outliers=args.outliers or cfg.get("outliers"),
+                anomalies=args.anomalies or cfg.get("anomalies"),
+                anomaly_limit=args.anomaly_limit)
     print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s; "
           f"threshold {det.threshold_:.6g} ({det.threshold_source_}); model in {args.out}/model")
     return 0
@@ -174,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a method parameter (repeatable)")
     s.add_argument("--data-root", help="folder of the benchmark npz files")
     s.add_argument("--resume", action="store_true", help="continue from the run's checkpoints")
+    s.add_argument("--outliers", metavar="SPEC",
+                   help="outlier exposure images (another folder or dataset, e.g. cifar10)")
+    s.add_argument("--anomalies", metavar="SPEC",
+                   help="labeled anomalies from this spec's test split (left out of eval)")
+    s.add_argument("--anomaly-limit", type=int, default=5, metavar="N",
+                   help="labeled anomalies per defect type (default 5)")
     common(s)
     s.set_defaults(func=cmd_train)
 

@@ -140,8 +140,12 @@ class Detector:
         "threshold": None,
         "score_batch_size": 64,
     }
-    #: Size used for larger images when ``size`` is None.
+    #: Whether ``fit(outliers=...)`` is used (outlier exposure).
+    uses_outliers: ClassVar[bool] = False
+    #: Side used for images larger than 64 pixels when ``size`` is None.
     default_size: ClassVar[int] = 128
+    #: With ``keep_aspect``, larger images keep their aspect ratio at about default_size^2 pixels.
+    keep_aspect: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -231,7 +235,14 @@ class Detector:
         if size is None:
             first = train.read(0).image
             h, w = first.shape[:2]
-            size = (h, w) if max(h, w) <= 64 else (self.default_size, self.default_size)
+            d = self.default_size
+            if max(h, w) <= 64:
+                size = (h, w)
+            elif self.keep_aspect:  # about d*d pixels, sides multiples of 16
+                a = (h / w) ** 0.5
+                size = (max(16, round(d * a / 16) * 16), max(16, round(d / a / 16) * 16))
+            else:
+                size = (d, d)
         return Preprocess(size=size, channels=int(channels))
 
     def _split_holdout(self, train: ImageSet, val: ImageSet | None):
@@ -248,13 +259,15 @@ class Detector:
         return train.subset(keep), train.subset(held)
 
     def fit(self, train: ImageSet, val: ImageSet | None = None, *,
-            loop: LoopConfig | None = None) -> Detector:
+            outliers: ImageSet | None = None, loop: LoopConfig | None = None) -> Detector:
         """Train on ``train`` (labels 0 normal, 1 anomalous, -1 unlabeled).
 
         Args:
             train: training images; methods that cannot use labels train on normal and
                 unlabeled images only.
             val: optional images whose normal ones set the threshold (instead of a holdout).
+            outliers: optional outlier-exposure images (other data; methods that use outlier
+                exposure treat them as anomalies, the others ignore them).
             loop: run-time options (checkpoints, resume, progress, epoch callback).
         """
         if len(train) == 0:
@@ -270,12 +283,17 @@ class Detector:
         x, y, masks = materialize(fit_set, self.preprocess_, progress=bool(loop.progress),
                                   desc="loading images")
         self.input_shape_ = tuple(int(s) for s in x.shape[1:])
+        self._outliers = None
+        if outliers is not None and self.uses_outliers:
+            self._outliers = materialize(outliers, self.preprocess_, progress=bool(loop.progress),
+                                         desc="loading outliers")[0]
         self.model_ = self._build(self.input_shape_).to(self.device_)
         norm = getattr(self.model_, "norm", None)
         if isinstance(norm, InputNorm):
             keep = y != 1
             norm.fit(x[keep])
         self._fit(x, y, masks, loop)
+        self._outliers = None
         self.model_.eval()
         self.train_seconds_ = time.perf_counter() - t0
         self.n_train_ = int(len(fit_set))

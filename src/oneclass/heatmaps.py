@@ -60,3 +60,31 @@ def gradient_map(score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     g = grad.abs().sum(dim=1)
     s = default_sigma(*g.shape[1:]) if sigma is None else sigma
     return gaussian_blur(g, s)
+
+
+def receptive_upsample_matrix(n_out: int, n_in: int, r: int, j: int, s: float,
+                              sigma: float) -> torch.Tensor:
+    """``(n_out, n_in)`` weights: a Gaussian (std ``sigma``) over each output unit's field.
+
+    Row ``i`` holds ``exp(-(y - c_i)^2 / (2 sigma^2))`` for input coordinates ``y`` within the
+    receptive field (extent ``r``) centred at ``c_i = s + i * j``, and 0 outside it.
+    """
+    y = torch.arange(n_in, dtype=torch.float32)
+    c = s + j * torch.arange(n_out, dtype=torch.float32)
+    d = y[None, :] - c[:, None]
+    w = torch.exp(-0.5 * (d / sigma) ** 2)
+    return w * (d.abs() <= r / 2)
+
+
+def receptive_upsample(maps: torch.Tensor, rf, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """FCDD's heatmap upsampling: ``(N, u, v)`` -> ``(N, H, W)``.
+
+    Each low-resolution value is spread over its receptive field with a fixed Gaussian
+    kernel, as the strided transposed convolution of Liznerski et al. (2021, Sec. 3): the
+    transposed convolution with a separable kernel is the product ``Gy^T A Gx`` computed
+    here, which also handles fields centred between pixels and exports as two matmuls.
+    """
+    u, v = maps.shape[-2:]
+    gy = receptive_upsample_matrix(u, size[0], rf.r[0], rf.j[0], rf.s[0], sigma).to(maps)
+    gx = receptive_upsample_matrix(v, size[1], rf.r[1], rf.j[1], rf.s[1], sigma).to(maps)
+    return gy.t() @ maps @ gx

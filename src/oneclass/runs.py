@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from .metrics import image_metrics, pixel_metrics
 from .registry import create
 from .train import LoopConfig
 
+log = logging.getLogger(__name__)
+
 
 def read_config(run: Path) -> dict[str, Any]:
     p = Path(run) / "config.json"
@@ -35,24 +38,65 @@ def read_config(run: Path) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
+    """Up to ``limit`` anomalous images per defect type from the test split of ``spec``."""
+    from .errors import DataError
+
+    test = data_mod.load(spec, "test", root=root)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    kinds = sorted({k for k, lab in zip(test.kinds, test.labels) if lab == 1})
+    for kind in kinds:
+        idx = np.array([i for i, (k, lab) in enumerate(zip(test.kinds, test.labels))
+                        if lab == 1 and k == kind])
+        chosen += sorted(rng.permutation(idx)[:limit].tolist())
+    if not chosen:
+        raise DataError(f"{spec}: no anomalous test images to use as labeled anomalies")
+    return test.subset(chosen)
+
+
+def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
+    """The test split of ``spec`` without the images the run trained on as labeled anomalies."""
+    test = data_mod.load(spec, "test", root=root)
+    used = set(cfg.get("anomalies_used") or [])
+    if used and cfg.get("anomalies") == spec:
+        test = test.subset([i for i, n in enumerate(test.names) if n not in used])
+    return test
+
+
 def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
           data_root: str | None = None, resume: bool = False, progress: bool | None = None,
-          ) -> Detector:
-    """Train ``method`` on ``data_spec`` and write the run directory ``out``."""
+          outliers: str | None = None, anomalies: str | None = None,
+          anomaly_limit: int = 5) -> Detector:
+    """Train ``method`` on ``data_spec`` and write the run directory ``out``.
+
+    Args:
+        outliers: data spec of outlier-exposure images (methods that use them).
+        anomalies: data spec whose test split gives labeled anomalies: ``anomaly_limit`` per
+            defect type are added to training and left out of this run's evaluation.
+    """
     out = Path(out)
     det = create(method, **params)
     config = {"method": det.name, "data": data_spec, "data_root": data_root,
-              "params": det.get_params()}
+              "params": det.get_params(), "outliers": outliers, "anomalies": anomalies,
+              "anomaly_limit": anomaly_limit if anomalies else None}
     if resume and (out / "config.json").exists():
-        old = read_config(out)
+        old = {k: v for k, v in read_config(out).items() if k != "anomalies_used"}
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than the run's "
                               "config.json; use a new --out or the same options")
     elif (out / "model").exists() and not resume:
         pass  # retraining into an existing run replaces its model atomically at the end
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config)
     train_set = data_mod.load(data_spec, "train", root=data_root)
+    if anomalies:
+        picked = pick_anomalies(anomalies, int(anomaly_limit), int(det.seed), data_root)
+        config["anomalies_used"] = list(picked.names)
+        train_set = data_mod.concat(train_set, picked)
+    outlier_set = data_mod.load(outliers, "train", root=data_root) if outliers else None
+    if outlier_set is not None and not det.uses_outliers:
+        log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
+    write_json(out / "config.json", config)
     log_path = out / "train_log.jsonl"
     if not resume:
         log_path.unlink(missing_ok=True)
@@ -63,7 +107,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
 
     ckpt = out / "checkpoints"
     loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
-    det.fit(train_set, loop=loop)
+    det.fit(train_set, outliers=outlier_set, loop=loop)
     det.save(out / "model")
     shutil.rmtree(ckpt, ignore_errors=True)
     return det
@@ -86,7 +130,7 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     if not spec:
         raise ConfigError(f"{run}: no data given and none recorded; pass --data SPEC")
     root = data_root or cfg.get("data_root")
-    test = data_mod.load(spec, "test", root=root)
+    test = test_set(spec, root, cfg)
     t0 = time.perf_counter()
     scores = det.score(test)
     seconds = time.perf_counter() - t0
@@ -249,7 +293,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
     if metrics.get("data") != spec:
         metrics = evaluate(run, spec, root, device)
-    test = data_mod.load(spec, "test", root=root)
+    test = test_set(spec, root, cfg)
     scores = det.score(test)
     order = np.argsort(-scores, kind="stable")
     k = min(top, len(order))

@@ -3,6 +3,7 @@
 - a folder in MVTec AD layout (``train/good``, ``test/<type>``, ``ground_truth/<type>``);
 - a plain folder (or a single image file): normal when training, unlabeled otherwise;
 - ``mnist:C``, ``fashion-mnist:C``, ``cifar10:C``: one-vs-rest with class C normal;
+  ``mnist``, ``cifar10``, ... (or ``:all``): every image, unlabeled (outlier exposure);
 - ``elpv`` / ``elpv:mono`` / ``elpv:poly``: solar cells from the elpv-dataset package;
 - ``synthetic`` / ``synthetic:TEXTURE``: generated defect images with masks (tests, demos).
 """
@@ -12,7 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .base import ANOMALOUS, NORMAL, UNLABELED, ArraySet, FileSet, ImageSet, Preprocess, Sample
+from .base import (
+    ANOMALOUS,
+    NORMAL,
+    UNLABELED,
+    ArraySet,
+    Concat,
+    FileSet,
+    ImageSet,
+    Preprocess,
+    Sample,
+)
 from .classic import CLASSES, one_vs_rest
 from .folder import is_mvtec, mvtec, plain
 
@@ -32,6 +43,10 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
     name, _, arg = spec.partition(":")
     key = name.lower()
     if key in ("mnist", "fashion-mnist", "fashion_mnist", "fmnist", "cifar10", "cifar-10"):
+        if arg.strip() in ("", "all"):
+            from .classic import all_images
+
+            return all_images(key, split, root)
         if not arg.strip().isdecimal():  # isdigit() accepts '²', which int() rejects
             raise DataError(f"{spec}: give the normal class as {name}:C with C in 0..9")
         return one_vs_rest(key, int(arg), split, root)
@@ -53,5 +68,10 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
     raise DataError(f"{spec}: no such file or folder")
 
 
-__all__ = ["load", "ImageSet", "ArraySet", "FileSet", "Preprocess", "Sample", "NORMAL",
+def concat(*sets: ImageSet) -> ImageSet:
+    """One image set made of several (labels, masks and names kept)."""
+    return Concat(list(sets))
+
+
+__all__ = ["concat", "load", "ImageSet", "ArraySet", "FileSet", "Preprocess", "Sample", "NORMAL",
            "ANOMALOUS", "UNLABELED", "CLASSES"]

@@ -82,6 +82,26 @@ class Subset(ImageSet):
         return self.parent.read(int(self.index[i]))
 
 
+class Concat(ImageSet):
+    """Several image sets one after the other."""
+
+    def __init__(self, parts: list[ImageSet]):
+        self.parts = parts
+        self.labels = np.concatenate([p.labels for p in parts])
+        self.names = [n for p in parts for n in p.names]
+        self.kinds = [k for p in parts for k in p.kinds]
+        self.has_masks = any(p.has_masks for p in parts)
+        self.description = " + ".join(p.description for p in parts)
+        self._offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def read(self, i: int) -> Sample:
+        k = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        s = self.parts[k].read(i - int(self._offsets[k]))
+        if s.mask is None and self.has_masks and s.label != ANOMALOUS:
+            s.mask = np.zeros(s.image.shape[:2], bool)
+        return s
+
+
 class ArraySet(ImageSet):
     """Images held in memory as a uint8 array ``(N, H, W)`` or ``(N, H, W, C)``."""
 

@@ -82,6 +82,16 @@ def one_vs_rest(name: str, cls: int, split: str, root=None) -> ArraySet:
                     description=desc)
 
 
+def all_images(name: str, split: str, root=None) -> ArraySet:
+    """Every image of a split, unlabeled (for outlier exposure and reference sets)."""
+    name = ALIASES.get(name, name)
+    if name not in FILES:
+        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(FILES)}")
+    x, y = _arrays(name, str(data_root(root)), "train" if split == "train" else "test")
+    return ArraySet(x, np.full(len(x), -1), names=[f"{split}_{i}" for i in range(len(x))],
+                    kinds=[CLASSES[name][v] for v in y], description=f"{name} (all, {split})")
+
+
 def classes_of(name: str, root=None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """All images and class labels of a split (for outlier exposure and reference sets)."""
     name = ALIASES.get(name, name)

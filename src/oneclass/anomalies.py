@@ -1,0 +1,114 @@
+"""Anomalies for training when the user has few or none.
+
+- :func:`confetti`: FCDD's "confetti noise" malformed-normal anomalies (Liznerski et al.,
+  2021, Sec. 4.2): normal images with a few rotated, smoothed squares of random colour or
+  brightness pasted in. The pixels changed are returned as a mask.
+- :class:`AnomalySource`: draws replacement anomalies per batch from the enabled kinds:
+  labeled real anomalies (with masks when they have them), outlier exposure images, and
+  confetti noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .heatmaps import gaussian_blur
+
+
+def confetti(x: torch.Tensor, gen: torch.Generator, max_blobs: int = 3,
+             size_range: tuple[float, float] = (0.04, 0.25)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste 1..``max_blobs`` smoothed, rotated squares into each image.
+
+    Args:
+        x: float images ``(N, C, H, W)`` in [0, 1].
+        gen: random generator (CPU).
+        size_range: side of a square as a fraction of the shorter image side.
+
+    Returns:
+        ``(x_anomalous, mask)`` with mask bool ``(N, 1, H, W)``.
+    """
+    n, c, h, w = x.shape
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                            torch.arange(w, dtype=torch.float32), indexing="ij")
+    masks = torch.zeros(n, 1, h, w)
+    colours = torch.zeros(n, c, h, w)
+    side = min(h, w)
+    for i in range(n):
+        k = int(torch.randint(1, max_blobs + 1, (1,), generator=gen))
+        for _ in range(k):
+            r = torch.rand(6, generator=gen)
+            half = 0.5 * max(2.0, side * (size_range[0] + r[0] * (size_range[1] - size_range[0])))
+            cy, cx = r[1] * (h - 1), r[2] * (w - 1)
+            a = (r[3] - 0.5) * math.pi / 2  # rotation in [-45, 45] degrees
+            u = (yy - cy) * math.cos(a) - (xx - cx) * math.sin(a)
+            v = (yy - cy) * math.sin(a) + (xx - cx) * math.cos(a)
+            blob = ((u.abs() <= half) & (v.abs() <= half)).float()
+            if r[4] < 0.5 or c == 1:  # gray level; else a random colour
+                col = torch.full((c,), float(r[5]))
+            else:
+                col = torch.rand(c, generator=gen)
+            region = x[i][:, blob > 0]
+            if region.numel():  # make sure the blob differs from what it covers
+                mean = region.mean(1)
+                close = (col - mean).abs() < 0.25
+                col = torch.where(close, torch.where(mean > 0.5, mean - 0.5, mean + 0.5), col)
+            colours[i] = torch.where(blob[None] > 0, col[:, None, None], colours[i])
+            masks[i, 0] = torch.maximum(masks[i, 0], blob)
+    soft = gaussian_blur(masks[:, 0], sigma=max(0.5, side / 112))[:, None].clamp(0, 1)
+    out = x * (1 - soft) + colours * soft
+    # Where blobs overlap, colours holds the last one; the soft edge blends into the image.
+    return out.clamp(0, 1), (soft > 0.5)
+
+
+class AnomalySource:
+    """Replacement anomalies for a batch, from the kinds the user enabled.
+
+    Args:
+        real: ``(x uint8 (M, C, H, W), masks uint8 (M, 1, H, W) or None, has_mask bool (M,))``
+            labeled anomalies, or None.
+        outliers: uint8 ``(K, C, H, W)`` outlier exposure images, or None.
+        noise: whether confetti noise is enabled.
+    """
+
+    def __init__(self, real=None, outliers: torch.Tensor | None = None, noise: bool = True):
+        self.real, self.outliers, self.noise = real, outliers, noise
+        self.kinds = [k for k, on in (("real", real is not None and len(real[0]) > 0),
+                                      ("outliers", outliers is not None and len(outliers) > 0),
+                                      ("noise", noise)) if on]
+
+    def __bool__(self) -> bool:
+        return bool(self.kinds)
+
+    def draw(self, x_normal: torch.Tensor, gen: torch.Generator):
+        """Anomalies to replace the float images ``x_normal`` (N, C, H, W).
+
+        Returns:
+            ``(x, masks float (N, 1, H, W), has_mask bool (N,))``.
+        """
+        n = len(x_normal)
+        out = x_normal.clone()
+        masks = torch.zeros(n, 1, *x_normal.shape[2:])
+        has = torch.zeros(n, dtype=torch.bool)
+        kind = torch.randint(0, len(self.kinds), (n,), generator=gen)
+        for ki, name in enumerate(self.kinds):
+            idx = torch.nonzero(kind == ki).flatten()
+            if len(idx) == 0:
+                continue
+            if name == "noise":
+                xa, m = confetti(x_normal[idx], gen)
+                out[idx], masks[idx] = xa, m.float()
+                # Confetti masks are exact, but FCDD's default treats them image-level.
+                has[idx] = False
+            elif name == "outliers":
+                pick = torch.randint(0, len(self.outliers), (len(idx),), generator=gen)
+                out[idx] = self.outliers[pick].float() / 255.0
+            else:
+                xr, mr, hr = self.real
+                pick = torch.randint(0, len(xr), (len(idx),), generator=gen)
+                out[idx] = xr[pick].float() / 255.0
+                if mr is not None:
+                    masks[idx] = mr[pick].float()
+                    has[idx] = hr[pick]
+        return out, masks, has

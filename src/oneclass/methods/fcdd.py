@@ -1,0 +1,205 @@
+"""FCDD: Liznerski et al., "Explainable Deep One-Class Classification", ICLR 2021.
+
+A fully convolutional network phi maps an image to a u x v map; its pseudo-Huber transform
+``A(X) = sqrt(phi(X)^2 + 1) - 1`` is the low-resolution anomaly heatmap.
+
+- normal images minimise ``mean(A(X))``;
+- anomalies (labeled, outlier exposure or synthetic confetti noise) minimise
+  ``-log(1 - exp(-mean(A(X))))``;
+- anomalies with pixel masks Y use the semi-supervised pixel-wise objective on the
+  upsampled map A'(X): ``mean((1 - Y) * A') - log(1 - exp(-mean(Y * A')))``.
+
+Score: mean (or max) of A(X). Map: A(X) upsampled to the input by the network's receptive
+field with a fixed Gaussian kernel (or bilinear).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..anomalies import AnomalySource
+from ..detector import Detector, InputNorm
+from ..errors import ConfigError
+from ..heatmaps import receptive_upsample
+from ..nets import fcdd_nets
+from ..nets.receptive import ReceptiveField, receptive_field
+from ..registry import register
+from ..train import LoopConfig, run
+
+
+def pseudo_huber(out: torch.Tensor) -> torch.Tensor:
+    """``A = sqrt(phi^2 + 1) - 1`` (Eq. 1 of the paper)."""
+    return (out**2 + 1).sqrt() - 1
+
+
+def _neg_log_one_minus_exp(a: torch.Tensor) -> torch.Tensor:
+    """``-log(1 - exp(-a))``, computed stably (expm1), floored as in the reference at 1e-31."""
+    return -torch.log((-torch.expm1(-a)).clamp_min(1e-31))
+
+
+def fcdd_loss(A: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample FCDD loss (Eq. 2): ``A`` (N, u, v), labels 0 normal / 1 anomalous."""
+    m = A.flatten(1).mean(1)
+    return torch.where(labels == 1, _neg_log_one_minus_exp(m), m)
+
+
+def fcdd_pixel_loss(A_up: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Per-sample semi-supervised pixel-wise loss (Eq. 5) on upsampled maps ``(N, H, W)``."""
+    normal = (A_up * (1 - gt)).flatten(1).mean(1)
+    anomalous = (A_up * gt).flatten(1).mean(1)
+    has = gt.flatten(1).amax(1) > 0
+    return normal + torch.where(has, _neg_log_one_minus_exp(anomalous), torch.zeros_like(normal))
+
+
+class FCDDModel(nn.Module):
+    def __init__(self, input_shape, net: str, stride: int, frozen_blocks: int, pretrained: bool):
+        super().__init__()
+        c, h, w = input_shape
+        self.net = fcdd_nets.build(net, c, (h, w), stride, frozen_blocks, pretrained)
+        if not isinstance(self.net, fcdd_nets.EffNetFCN):
+            self.norm = InputNorm(c)
+        self.rf: ReceptiveField = receptive_field(self._forward_raw, input_shape)
+
+    @property
+    def _forward_raw(self) -> nn.Module:
+        return self.net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Low-resolution heatmap A(X): ``(N, u, v)``."""
+        if hasattr(self, "norm"):
+            x = self.norm(x)
+        return pseudo_huber(self.net(x)[:, 0])
+
+
+class _FCDDTask:
+    def __init__(self, det: FCDD, source: AnomalySource):
+        self.det, self.model, self.source = det, det.model_, source
+        net = self.model.net
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if isinstance(net, fcdd_nets.EffNetFCN):
+            trunk = [p for p in net.trunk.parameters() if p.requires_grad]
+            ids = {id(p) for p in trunk}
+            rest = [p for p in trainable if id(p) not in ids]
+            groups = [{"params": rest}, {"params": trunk, "lr": det.lr * det.trunk_lr_factor}]
+        else:
+            groups = [{"params": trainable}]
+        opt = torch.optim.Adam(groups, lr=det.lr, weight_decay=det.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(det.epochs)))
+        self.modules = {"model": self.model}
+        self.optimizers, self.schedulers = {"fcdd": opt}, {"fcdd": sched}
+
+    def step(self, batch):
+        det = self.det
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        x = batch[0].float() / 255.0
+        n = len(x)
+        labels = torch.zeros(n, dtype=torch.long)
+        masks = torch.zeros(n, 1, *x.shape[2:])
+        has = torch.zeros(n, dtype=torch.bool)
+        swap = torch.nonzero(torch.rand(n, generator=gen) < det.anomaly_fraction).flatten()
+        if len(swap):
+            xa, ma, ha = self.source.draw(x[swap], gen)
+            x[swap], masks[swap], has[swap], labels[swap] = xa, ma, ha, 1
+        dev = det.device_
+        x, labels = x.to(dev), labels.to(dev)
+        A = self.model(x)
+        loss = fcdd_loss(A, labels)
+        if has.any():
+            idx = torch.nonzero(has).flatten().to(dev)
+            up = receptive_upsample(A[idx], self.model.rf, x.shape[2:], det._sigma())
+            loss = loss.clone()
+            loss[idx] = fcdd_pixel_loss(up, masks[has.cpu()][:, 0].to(dev))
+        loss = loss.mean()
+        opt = self.optimizers["fcdd"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    def end_epoch(self, epoch: int):
+        self.schedulers["fcdd"].step()
+        return {}
+
+
+@register("fcdd")
+class FCDD(Detector):
+    """FCDD, fully convolutional with receptive-field heatmaps (see module docstring)."""
+
+    default_size = 224
+    keep_aspect = True
+    uses_outliers = True
+    defaults = {
+        "epochs": 20,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "weight_decay": 1e-6,
+        "net": "auto",  # auto: cnn28 / cnn32 for 28x28 / 32x32 images, else effnet
+        "stride": 8,  # effnet output stride (8 or 16)
+        "frozen_blocks": 3,  # effnet: stem and this many MBConv blocks stay frozen
+        "pretrained": True,
+        "trunk_lr_factor": 0.1,
+        "noise": "confetti",  # synthetic anomalies: confetti or none
+        "anomaly_fraction": 0.5,  # share of each batch replaced by anomalies
+        "image_score": "mean",  # mean or max of A(X)
+        "upsample": "gaussian",  # gaussian (receptive field) or bilinear
+        "sigma": None,  # Gaussian std in pixels; default 1.5 x the network's stride
+    }
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.net not in fcdd_nets.NETS:
+            raise ConfigError(f"net must be one of {', '.join(fcdd_nets.NETS)}, got {self.net!r}")
+        if self.noise not in ("confetti", "none"):
+            raise ConfigError(f"noise must be 'confetti' or 'none', got {self.noise!r}")
+        if self.image_score not in ("mean", "max"):
+            raise ConfigError(f"image_score must be 'mean' or 'max', got {self.image_score!r}")
+        if self.upsample not in ("gaussian", "bilinear"):
+            raise ConfigError(f"upsample must be 'gaussian' or 'bilinear', got {self.upsample!r}")
+        if not 0.0 < float(self.anomaly_fraction) < 1.0:
+            raise ConfigError(f"anomaly_fraction must be in (0, 1), got {self.anomaly_fraction}")
+        if int(self.stride) not in (8, 16):
+            raise ConfigError(f"stride must be 8 or 16, got {self.stride}")
+
+    def _build(self, input_shape):
+        return FCDDModel(input_shape, self.net, int(self.stride), int(self.frozen_blocks),
+                         bool(self.pretrained))
+
+    def _sigma(self) -> float:
+        if self.sigma is not None:
+            return float(self.sigma)
+        return 1.5 * float(max(self.model_.rf.j))
+
+    def _fit(self, x, y, masks, loop: LoopConfig) -> None:
+        normal = y != 1
+        real = None
+        if (~normal).any():
+            xa = x[~normal]
+            ma = masks[~normal] if masks is not None else None
+            ha = (ma.flatten(1).amax(1) > 0) if ma is not None else torch.zeros(len(xa), dtype=torch.bool)
+            real = (xa, ma, ha)
+        source = AnomalySource(real, self._outliers, noise=self.noise == "confetti")
+        if not source:
+            raise ConfigError("fcdd needs anomalies to train: keep noise=confetti, or give "
+                              "--outliers SPEC or labeled --anomalies SPEC")
+        self.anomaly_kinds_ = source.kinds
+        run(_FCDDTask(self, source), [x[normal]], epochs=int(self.epochs),
+            batch_size=int(self.batch_size), seed=int(self.seed), phase="train", loop=loop,
+            drop_last=True)
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        A = self.model_(x)
+        return A.flatten(1).mean(1) if self.image_score == "mean" else A.flatten(1).amax(1)
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            A = self.model_(x)
+            if self.upsample == "bilinear":
+                return F.interpolate(A[:, None], size=x.shape[2:], mode="bilinear",
+                                     align_corners=False)[:, 0]
+            return receptive_upsample(A, self.model_.rf, tuple(x.shape[2:]), self._sigma())
+
+    def _fitted_extra(self):
+        return {"receptive_field": self.model_.rf.to_json(),
+                "anomaly_kinds": getattr(self, "anomaly_kinds_", None)}

@@ -1,0 +1,156 @@
+"""FCDD: the paper's objective, receptive fields, heatmap upsampling, confetti noise."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import oneclass
+from oneclass.anomalies import AnomalySource, confetti
+from oneclass.heatmaps import receptive_upsample
+from oneclass.methods.fcdd import fcdd_loss, fcdd_pixel_loss, pseudo_huber
+from oneclass.metrics import auroc
+from oneclass.nets import fcdd_nets
+from oneclass.nets.receptive import ReceptiveField, probe_receptive_field, receptive_field
+
+
+def test_pseudo_huber_matches_the_formula():
+    phi = torch.tensor([0.0, 1.0, -2.0, 3.0])
+    expected = torch.tensor([0.0, math.sqrt(2) - 1, math.sqrt(5) - 1, math.sqrt(10) - 1])
+    assert torch.allclose(pseudo_huber(phi), expected)
+
+
+def test_fcdd_loss_normal_and_anomalous():
+    A = torch.tensor([[[0.5, 1.5], [1.0, 1.0]], [[0.2, 0.2], [0.2, 0.6]]])
+    labels = torch.tensor([0, 1])
+    loss = fcdd_loss(A, labels)
+    m1 = (0.2 * 3 + 0.6) / 4
+    assert torch.isclose(loss[0], torch.tensor(1.0))  # mean of A for a normal image
+    assert torch.isclose(loss[1], torch.tensor(-math.log(1 - math.exp(-m1))))
+
+
+def test_fcdd_pixel_loss_matches_eq5():
+    A = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    gt = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])
+    normal = (1.0 + 3.0) / 4
+    anom = (2.0 + 4.0) / 4
+    expected = normal - math.log(1 - math.exp(-anom))
+    assert torch.isclose(fcdd_pixel_loss(A, gt)[0], torch.tensor(expected))
+    # an image without anomalous pixels only pays the normal term
+    assert torch.isclose(fcdd_pixel_loss(A, torch.zeros_like(gt))[0], A.mean())
+
+
+NETS = [("cnn28", (1, 60, 60)), ("cnn32", (3, 64, 64)), ("cnn224", (3, 160, 160)),
+        ("effnet", (3, 200, 200))]
+
+
+@pytest.mark.parametrize("name, shape", NETS)
+def test_receptive_field_matches_a_gradient_probe(name, shape):
+    torch.manual_seed(0)
+    net = fcdd_nets.build(name, shape[0], shape[1:], pretrained=False)
+    rf = receptive_field(net, shape)
+    (top, bottom), (left, right) = probe_receptive_field(net, shape)
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, *shape))
+    u, v = out.shape[-2] // 2, out.shape[-1] // 2
+    # extent and centre of the central unit's field agree with the composed recurrences
+    assert bottom - top + 1 == rf.r[0] and right - left + 1 == rf.r[1]
+    assert (top + bottom) / 2 == rf.s[0] + u * rf.j[0]
+    assert (left + right) / 2 == rf.s[1] + v * rf.j[1]
+
+
+def test_upsampled_map_has_input_size_and_peaks_at_the_field_centre():
+    rf = ReceptiveField(r=(15, 15), j=(4, 4), s=(1.5, 1.5))
+    A = torch.zeros(1, 7, 7)
+    A[0, 2, 5] = 1.0
+    up = receptive_upsample(A, rf, (28, 28), sigma=3.0)
+    assert up.shape == (1, 28, 28)
+    cy, cx = 1.5 + 2 * 4, 1.5 + 5 * 4  # 9.5, 21.5: between pixels 9/10 and 21/22
+    peak = np.unravel_index(int(up[0].argmax()), (28, 28))
+    assert peak[0] in (9, 10) and peak[1] in (21, 22)
+    assert torch.isclose(up[0, 9, 21], up[0, 10, 22])  # symmetric about the centre
+    assert up[0, 0, 0] == 0  # outside the field
+
+
+def test_upsampling_equals_a_strided_transposed_convolution():
+    # With an integer centre the product form is exactly conv_transpose2d with the kernel.
+    r, j, s, sigma = 9, 4, 4.0, 2.0
+    rf = ReceptiveField(r=(r, r), j=(j, j), s=(s, s))
+    A = torch.rand(2, 5, 5)
+    up = receptive_upsample(A, rf, (20, 20), sigma)
+    t = torch.arange(r, dtype=torch.float32) - (r - 1) / 2
+    k1 = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = (k1[:, None] * k1[None, :])[None, None]
+    full = F.conv_transpose2d(A[:, None], kernel, stride=j)[:, 0]
+    off = int((r - 1) / 2 - s)  # shift so that tap (r-1)/2 of unit 0 lands on pixel s
+    ref = full[:, off:off + 20, off:off + 20] if off >= 0 else F.pad(full, (-off, 0, -off, 0))[:, :20, :20]
+    assert torch.allclose(up, ref, atol=1e-6)
+
+
+def test_confetti_changes_pixels_inside_its_mask():
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((6, 3, 48, 48), 0.5)
+    xa, mask = confetti(x, g)
+    assert mask.shape == (6, 1, 48, 48) and mask.dtype == torch.bool
+    assert (mask.flatten(1).sum(1) > 0).all()
+    diff = (xa - x).abs().amax(1, keepdim=True)
+    assert (diff[mask] > 0.1).float().mean() > 0.9
+    far = ~F.max_pool2d(mask.float(), 9, 1, 4).bool()  # well away from any blob
+    assert diff[far].max() < 1e-3
+    g2 = torch.Generator().manual_seed(0)
+    assert torch.equal(confetti(x, g2)[0], xa)
+
+
+def test_anomaly_source_uses_real_anomalies_with_masks():
+    xr = torch.full((2, 1, 8, 8), 200, dtype=torch.uint8)
+    mr = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    mr[:, :, 2:4, 2:4] = 1
+    src = AnomalySource((xr, mr, torch.tensor([True, True])), None, noise=False)
+    out, masks, has = src.draw(torch.zeros(3, 1, 8, 8), torch.Generator().manual_seed(0))
+    assert src.kinds == ["real"] and has.all()
+    assert torch.allclose(out, torch.full_like(out, 200 / 255))
+    assert masks.sum() == 3 * 4
+
+
+def _fcdd(**kw):
+    return oneclass.create("fcdd", epochs=6, batch_size=16, net="cnn224", **kw)
+
+
+def test_fcdd_localises_defects(defects_train, defects_test):
+    det = _fcdd().fit(defects_train)
+    scores = det.score(defects_test)
+    assert auroc(defects_test.labels, scores) > 0.7
+    maps = det.anomaly_map(defects_test)
+    assert maps.shape == (len(defects_test), 24, 24)
+    masks = np.stack([defects_test.read(i).mask for i in range(len(defects_test))])
+    assert auroc(masks.ravel().astype(int), maps.ravel()) > 0.6
+
+
+def test_fcdd_refuses_to_train_without_any_anomaly_source(defects_train):
+    with pytest.raises(oneclass.errors.ConfigError, match="needs anomalies"):
+        _fcdd(noise="none").fit(defects_train)
+
+
+def test_labeled_anomalies_with_masks_are_used(defects_train, defects_test):
+    from oneclass.data import concat
+
+    labeled = defects_test.subset(np.flatnonzero(defects_test.labels == 1)[:5])
+    det = _fcdd(noise="none").fit(concat(defects_train, labeled))
+    assert det.anomaly_kinds_ == ["real"]
+    rest = defects_test.subset(np.r_[np.flatnonzero(defects_test.labels == 0),
+                                     np.flatnonzero(defects_test.labels == 1)[5:]])
+    assert auroc(rest.labels, det.score(rest)) > 0.6
+
+
+def test_outlier_exposure_images_are_used(defects_train):
+    from oneclass.data.base import ArraySet
+
+    rng = np.random.default_rng(0)
+    oe = ArraySet((rng.random((40, 24, 24)) * 255).astype(np.uint8))
+    det = _fcdd(noise="none").fit(defects_train, outliers=oe)
+    assert det.anomaly_kinds_ == ["outliers"]
+    assert det.score(oe).mean() > det.score(defects_train).mean()
