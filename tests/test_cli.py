@@ -86,3 +86,31 @@ def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_fcdd_semi_supervised_run_leaves_its_labeled_anomalies_out_of_eval(mvtec_dir, tmp_path):
+    run = tmp_path / "fcdd"
+    assert main(["train", "--method", "fcdd", "--data", str(mvtec_dir), "--out", str(run),
+                 "--epochs", "2", "--set", "net=cnn224", "--set", "batch_size=16",
+                 "--anomalies", str(mvtec_dir), "--anomaly-limit", "1", "-q"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    used = cfg["anomalies_used"]
+    kinds = {p.split("/")[1] for p in used}
+    assert len(used) == len(kinds) >= 2  # one per defect type
+    assert main(["eval", str(run), "-q"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["n_test"] == 22 - len(used)
+    assert m["pixel_auroc"] is not None and m["aupro"] is not None
+
+
+def test_outliers_spec_is_loaded_for_fcdd(mvtec_dir, tmp_path):
+    from oneclass.data.synthetic import write_mvtec
+
+    other = write_mvtec(tmp_path / "other", n_train=20, n_test_good=2, n_test_defect=2,
+                        size=24, seed=5, texture="blobs")
+    run = tmp_path / "oe"
+    assert main(["train", "--method", "fcdd", "--data", str(mvtec_dir), "--out", str(run),
+                 "--epochs", "1", "--set", "net=cnn224", "--set", "noise=none",
+                 "--outliers", str(other / "train"), "-q"]) == 0
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["fitted"]["anomaly_kinds"] == ["outliers"]

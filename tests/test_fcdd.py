@@ -69,7 +69,7 @@ def test_upsampled_map_has_input_size_and_peaks_at_the_field_centre():
     A[0, 2, 5] = 1.0
     up = receptive_upsample(A, rf, (28, 28), sigma=3.0)
     assert up.shape == (1, 28, 28)
-    cy, cx = 1.5 + 2 * 4, 1.5 + 5 * 4  # 9.5, 21.5: between pixels 9/10 and 21/22
+    # the field centre is (1.5 + 2 * 4, 1.5 + 5 * 4) = (9.5, 21.5): between pixels 9/10, 21/22
     peak = np.unravel_index(int(up[0].argmax()), (28, 28))
     assert peak[0] in (9, 10) and peak[1] in (21, 22)
     assert torch.isclose(up[0, 9, 21], up[0, 10, 22])  # symmetric about the centre
