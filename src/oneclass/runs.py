@@ -120,16 +120,21 @@ def load_model(run: Path, device: str = "auto") -> Detector:
     return Detector.load(model_dir, device=device)
 
 
-def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = None,
-             device: str = "auto") -> dict[str, Any]:
-    """Score the test split, write ``metrics.json`` and ``scores.csv``; return the metrics."""
-    run = Path(run)
+def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: str):
+    """The run's model and config, and the data spec and root to use (given or recorded)."""
     det = load_model(run, device)
     cfg = read_config(run) if (run / "config.json").exists() else {}
     spec = data_spec or cfg.get("data")
     if not spec:
         raise ConfigError(f"{run}: no data given and none recorded; pass --data SPEC")
-    root = data_root or cfg.get("data_root")
+    return det, cfg, spec, data_root or cfg.get("data_root")
+
+
+def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = None,
+             device: str = "auto") -> dict[str, Any]:
+    """Score the test split, write ``metrics.json`` and ``scores.csv``; return the metrics."""
+    run = Path(run)
+    det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
     test = test_set(spec, root, cfg)
     t0 = time.perf_counter()
     scores = det.score(test)
@@ -283,12 +288,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     from .report import Example, build_report
 
     run = Path(run)
-    det = load_model(run, device)
-    cfg = read_config(run) if (run / "config.json").exists() else {}
-    spec = data_spec or cfg.get("data")
-    if not spec:
-        raise ConfigError(f"{run}: no data given and none recorded; pass --data SPEC")
-    root = data_root or cfg.get("data_root")
+    det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
     mpath = run / "metrics.json"
     metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
     if metrics.get("data") != spec:
