@@ -141,6 +141,18 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_suite
 
+    if args.suite == "speed":
+        from .bench import machine
+        from .io import write_text
+        from .speed import fcdd_rows, lenet_rows, markdown
+
+        table = markdown(lenet_rows()) + "\n" + markdown(fcdd_rows())
+        out = Path(args.out)
+        write_text(out / "speed.md", f"Machine: {machine()}\n\n{table}")
+        print(table)
+        print(f"written to {out / 'speed.md'}")
+        return 0
+
     seeds = [int(s) for s in args.seeds.split(",")]
     only = args.only.split(",") if args.only else None
     run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
@@ -211,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
-    s.add_argument("suite", help="suite name: classic, svdd-mnist, svdd-cifar10, smoke")
+    s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, smoke")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")
