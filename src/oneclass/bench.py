@@ -45,6 +45,17 @@ SUITES: dict[str, list[dict[str, Any]]] = {
     "smoke": [{"method": "deep_svdd", "data": "synthetic",
                "params": {"epochs": 3, "pretrain_epochs": 1}}],
 }
+SUITES["fcdd-kolektor"] = [
+    {"method": "fcdd", "data": "{root}/kolektorsdd", "params": {}, "label": "unsupervised"},
+    {"method": "fcdd", "data": "{root}/kolektorsdd", "params": {}, "anomalies": True,
+     "anomaly_limit": 5, "label": "semi-supervised, 5 labeled defects"},
+]
+SUITES["fcdd-fmnist"] = [
+    {"method": "fcdd", "data": f"fashion-mnist:{c}", "params": {}, "outliers": "cifar10",
+     "label": "OE: CIFAR-10 in grayscale"} for c in range(10)]
+SUITES["fcdd-cifar10"] = [
+    {"method": "fcdd", "data": f"cifar10:{c}", "params": {}, "label": "confetti noise only"}
+    for c in range(10)]
 SUITES["classic"] = SUITES["svdd-mnist"] + SUITES["svdd-cifar10"]
 
 
@@ -63,12 +74,22 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
         from . import data as data_mod
         from .metrics import image_metrics, pixel_metrics
         from .registry import create
+        from .runs import pick_anomalies, test_set
 
         det = create(job["method"], **job["params"], seed=job.get("seed", 0))
-        train = data_mod.load(job["data"], "train", root=data_root)
-        test = data_mod.load(job["data"], "test", root=data_root)
+        spec = _resolve(job["data"], data_root)
+        train = data_mod.load(spec, "train", root=data_root)
+        cfg = {}
+        if job.get("anomalies"):
+            picked = pick_anomalies(spec, int(job["anomaly_limit"]), det.seed, data_root)
+            cfg = {"anomalies": spec, "anomalies_used": list(picked.names)}
+            train = data_mod.concat(train, picked)
+        test = test_set(spec, data_root, cfg)
+        outliers = None
+        if job.get("outliers"):
+            outliers = data_mod.load(_resolve(job["outliers"], data_root), "train", root=data_root)
         t0 = time.perf_counter()
-        det.fit(train)
+        det.fit(train, outliers=outliers)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = det.score(test)
@@ -92,8 +113,18 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
+def _resolve(spec: str, data_root: str | None) -> str:
+    """``{root}/x`` in a suite means the folder x of the data root."""
+    if "{root}" in spec:
+        from .data.classic import data_root as find_root
+
+        return spec.replace("{root}", str(find_root(data_root)))
+    return spec
+
+
 def _key(job: dict[str, Any]) -> str:
-    return json.dumps([job["method"], job["data"], job.get("seed", 0), job["params"]],
+    return json.dumps([job["method"], job["data"], job.get("seed", 0), job["params"],
+                       job.get("anomalies"), job.get("anomaly_limit"), job.get("outliers")],
                       sort_keys=True)
 
 
@@ -132,6 +163,7 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
             log(f"[{i + 1}/{len(jobs)}] {job['method']} {job['data']}: FAILED {payload}")
             continue
         rec = {"key": key, "suite": suite, "method": job["method"], "data": job["data"],
+               "label": job.get("label", ""),
                "seed": job["seed"], "params": job["params"], **payload,
                "date": date.today().isoformat(), "machine": machine()}
         with open(path, "a") as fh:
@@ -149,13 +181,15 @@ def markdown(records: list[dict[str, Any]]) -> str:
     """A table per (method, dataset): one row per class, mean and std over seeds."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        groups.setdefault((r["method"], r["data"].split(":")[0]), []).append(r)
+        ds = Path(r["data"]).name.split(":")[0]
+        label = f" ({r['label']})" if r.get("label") else ""
+        groups.setdefault((r["method"] + label, ds), []).append(r)
     parts = []
     for (method, ds), rs in sorted(groups.items()):
         parts.append(f"### {method} on {ds}\n")
-        parts.append("| data | seeds | image AUROC % | image AP % | train s | train img/s | "
-                     "score img/s | peak MB |")
-        parts.append("|---|---|---|---|---|---|---|---|")
+        parts.append("| data | seeds | image AUROC % | image AP % | pixel AUROC % | AUPRO % | "
+                     "train s | train img/s | score img/s | peak MB |")
+        parts.append("|---|---|---|---|---|---|---|---|---|---|")
         by_data: dict[str, list[dict]] = {}
         for r in rs:
             by_data.setdefault(r["data"], []).append(r)
@@ -166,13 +200,18 @@ def markdown(records: list[dict[str, Any]]) -> str:
             ap = np.array([100 * (x.get("image_ap") or np.nan) for x in g])
             means.append(a.mean())
             std = f" ± {a.std():.1f}" if len(a) > 1 else ""
+            px = [100 * x["pixel_auroc"] for x in g if x.get("pixel_auroc") is not None]
+            pro = [100 * x["aupro"] for x in g if x.get("aupro") is not None]
+            px_s = f"{np.mean(px):.1f}" if px else "-"
+            pro_s = f"{np.mean(pro):.1f}" if pro else "-"
             parts.append(
-                f"| {d} | {len(g)} | {a.mean():.1f}{std} | {ap.mean():.1f} | "
+                f"| {Path(d).name} | {len(g)} | {a.mean():.1f}{std} | {ap.mean():.1f} | "
+                f"{px_s} | {pro_s} | "
                 f"{np.mean([x['train_seconds'] for x in g]):.0f} | "
                 f"{np.mean([x['train_images_per_s'] for x in g]):.0f} | "
                 f"{np.mean([x['score_images_per_s'] for x in g]):.0f} | "
                 f"{max(x['peak_rss_mb'] for x in g):.0f} |")
-        pub = PUBLISHED.get((method, ds))
+        pub = PUBLISHED.get((method.split(" (")[0], ds))
         pub_s = f" (published: {pub})" if pub is not None else ""
         parts.append(f"\nMean image AUROC over {len(means)} classes: "
                      f"**{np.mean(means):.1f}**{pub_s}\n")
