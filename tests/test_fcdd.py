@@ -154,3 +154,18 @@ def test_outlier_exposure_images_are_used(defects_train):
     det = _fcdd(noise="none").fit(defects_train, outliers=oe)
     assert det.anomaly_kinds_ == ["outliers"]
     assert det.score(oe).mean() > det.score(defects_train).mean()
+
+
+def test_scratches_are_thin_lines_that_change_their_pixels():
+    from oneclass.anomalies import scratches, synthetic
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(5, 1, 64, 64) * 0.2 + 0.4
+    xa, mask = scratches(x, g)
+    assert (mask.flatten(1).sum(1) > 0).all()
+    assert mask.float().mean() < 0.1  # thin
+    diff = (xa - x).abs()
+    assert (diff[mask] >= 0.2).float().mean() > 0.9
+    assert torch.equal(xa[~mask.expand_as(xa)], x[~mask.expand_as(x)])
+    xm, mm = synthetic(x, torch.Generator().manual_seed(2), "mixed")
+    assert xm.shape == x.shape and (mm.flatten(1).sum(1) > 0).all()

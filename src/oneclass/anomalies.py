@@ -3,9 +3,10 @@
 - :func:`confetti`: FCDD's "confetti noise" malformed-normal anomalies (Liznerski et al.,
   2021, Sec. 4.2): normal images with a few rotated, smoothed squares of random colour or
   brightness pasted in. The pixels changed are returned as a mask.
+- :func:`scratches`: thin curved lines, the commonest defect of inspected surfaces.
 - :class:`AnomalySource`: draws replacement anomalies per batch from the enabled kinds:
   labeled real anomalies (with masks when they have them), outlier exposure images, and
-  confetti noise.
+  synthetic noise.
 """
 
 from __future__ import annotations
@@ -62,6 +63,64 @@ def confetti(x: torch.Tensor, gen: torch.Generator, max_blobs: int = 3,
     return out.clamp(0, 1), (soft > 0.5)
 
 
+def scratches(x: torch.Tensor, gen: torch.Generator, max_lines: int = 3,
+              length_range: tuple[float, float] = (0.1, 0.5)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw 1..``max_lines`` thin, slightly curved lines (scratches, cracks) into each image.
+
+    A line is 1-3 pixels wide, ``length_range`` of the longer image side long, and darker or
+    brighter than what it crosses by 0.25-0.6. Returns ``(x_anomalous, mask)`` like
+    :func:`confetti`.
+    """
+    n, c, h, w = x.shape
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                            torch.arange(w, dtype=torch.float32), indexing="ij")
+    out = x.clone()
+    masks = torch.zeros(n, 1, h, w, dtype=torch.bool)
+    side = max(h, w)
+    for i in range(n):
+        for _ in range(int(torch.randint(1, max_lines + 1, (1,), generator=gen))):
+            r = torch.rand(6, generator=gen)
+            length = side * (length_range[0] + r[0] * (length_range[1] - length_range[0]))
+            steps = max(8, int(length))
+            angle = r[1] * 2 * math.pi + torch.cumsum(
+                torch.randn(steps, generator=gen) * 0.05, 0)  # gentle random bends
+            py = r[2] * (h - 1) + torch.cumsum(torch.sin(angle), 0) * (length / steps)
+            px = r[3] * (w - 1) + torch.cumsum(torch.cos(angle), 0) * (length / steps)
+            radius = 0.5 + r[4] * 1.0
+            d2 = torch.full((h, w), float("inf"))
+            for k in range(0, steps, 4):
+                seg = (yy - py[k:k + 4, None, None]) ** 2 + (xx - px[k:k + 4, None, None]) ** 2
+                d2 = torch.minimum(d2, seg.amin(0))
+            line = d2 <= radius**2
+            if not line.any():
+                continue
+            base = out[i][:, line].mean(1)
+            delta = 0.25 + 0.35 * r[5]
+            sign = -1.0 if (base.mean() > 0.5) == (torch.rand(1, generator=gen) < 0.8) else 1.0
+            col = (base + sign * delta).clamp(0, 1)
+            out[i] = torch.where(line[None], col[:, None, None], out[i])
+            masks[i, 0] |= line
+    return out, masks
+
+
+NOISE_MODES = ("confetti", "scratches", "mixed", "none")
+
+
+def synthetic(x: torch.Tensor, gen: torch.Generator, mode: str):
+    """Malformed-normal anomalies of the given mode (``mixed``: each image either kind)."""
+    if mode == "confetti":
+        return confetti(x, gen)
+    if mode == "scratches":
+        return scratches(x, gen)
+    pick = torch.rand(len(x), generator=gen) < 0.5
+    out, mask = x.clone(), torch.zeros(len(x), 1, *x.shape[2:], dtype=torch.bool)
+    for sel, fn in ((pick, confetti), (~pick, scratches)):
+        idx = torch.nonzero(sel).flatten()
+        if len(idx):
+            out[idx], mask[idx] = fn(x[idx], gen)
+    return out, mask
+
+
 class AnomalySource:
     """Replacement anomalies for a batch, from the kinds the user enabled.
 
@@ -69,10 +128,14 @@ class AnomalySource:
         real: ``(x uint8 (M, C, H, W), masks uint8 (M, 1, H, W) or None, has_mask bool (M,))``
             labeled anomalies, or None.
         outliers: uint8 ``(K, C, H, W)`` outlier exposure images, or None.
-        noise: whether confetti noise is enabled.
+        noise: synthetic anomaly mode (see :data:`NOISE_MODES`); ``none`` or False disables.
     """
 
-    def __init__(self, real=None, outliers: torch.Tensor | None = None, noise: bool = True):
+    def __init__(self, real=None, outliers: torch.Tensor | None = None, noise="confetti"):
+        if noise is True:
+            noise = "confetti"
+        self.mode = noise if noise else "none"
+        noise = self.mode != "none"
         self.real, self.outliers, self.noise = real, outliers, noise
         self.kinds = [k for k, on in (("real", real is not None and len(real[0]) > 0),
                                       ("outliers", outliers is not None and len(outliers) > 0),
@@ -97,7 +160,7 @@ class AnomalySource:
             if len(idx) == 0:
                 continue
             if name == "noise":
-                xa, m = confetti(x_normal[idx], gen)
+                xa, m = synthetic(x_normal[idx], gen, self.mode)
                 out[idx], masks[idx] = xa, m.float()
                 # Confetti masks are exact, but FCDD's default treats them image-level.
                 has[idx] = False

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..anomalies import AnomalySource
+from ..anomalies import NOISE_MODES, AnomalySource
 from ..detector import Detector, InputNorm
 from ..errors import ConfigError
 from ..heatmaps import receptive_upsample
@@ -135,12 +135,12 @@ class FCDD(Detector):
         "batch_size": 32,
         "lr": 1e-3,
         "weight_decay": 1e-6,
-        "net": "auto",  # auto: cnn28 / cnn32 for 28x28 / 32x32 images, else effnet
+        "net": "auto",  # auto: cnn28 for 28x28, cnn32 up to 64 px, else effnet
         "stride": 8,  # effnet output stride (8 or 16)
         "frozen_blocks": 3,  # effnet: stem and this many MBConv blocks stay frozen
         "pretrained": True,
         "trunk_lr_factor": 0.1,
-        "noise": "confetti",  # synthetic anomalies: confetti or none
+        "noise": "confetti",  # synthetic anomalies: confetti, scratches, mixed or none
         "anomaly_fraction": 0.5,  # share of each batch replaced by anomalies
         "image_score": "mean",  # mean or max of A(X)
         "upsample": "gaussian",  # gaussian (receptive field) or bilinear
@@ -151,8 +151,8 @@ class FCDD(Detector):
         super()._check_params()
         if self.net not in fcdd_nets.NETS:
             raise ConfigError(f"net must be one of {', '.join(fcdd_nets.NETS)}, got {self.net!r}")
-        if self.noise not in ("confetti", "none"):
-            raise ConfigError(f"noise must be 'confetti' or 'none', got {self.noise!r}")
+        if self.noise not in NOISE_MODES:
+            raise ConfigError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         if self.image_score not in ("mean", "max"):
             raise ConfigError(f"image_score must be 'mean' or 'max', got {self.image_score!r}")
         if self.upsample not in ("gaussian", "bilinear"):
@@ -179,7 +179,7 @@ class FCDD(Detector):
             ma = masks[~normal] if masks is not None else None
             ha = (ma.flatten(1).amax(1) > 0) if ma is not None else torch.zeros(len(xa), dtype=torch.bool)
             real = (xa, ma, ha)
-        source = AnomalySource(real, self._outliers, noise=self.noise == "confetti")
+        source = AnomalySource(real, self._outliers, noise=self.noise)
         if not source:
             raise ConfigError("fcdd needs anomalies to train: keep noise=confetti, or give "
                               "--outliers SPEC or labeled --anomalies SPEC")

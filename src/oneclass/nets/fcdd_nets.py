@@ -112,11 +112,20 @@ class EffNetFCN(nn.Module):
         return self.head(self.neck(x))
 
 
+def auto_name(size: tuple[int, int]) -> str:
+    """cnn28 for 28x28, cnn32 (stride 4) up to 64 pixels, the pretrained trunk above."""
+    if tuple(size) == (28, 28):
+        return "cnn28"
+    if max(size) <= 64:
+        return "cnn32"
+    return "effnet"
+
+
 def build(name: str, in_channels: int, size: tuple[int, int], stride: int = 8,
           frozen_blocks: int = 3, pretrained: bool = True) -> nn.Module:
     """Build an FCDD network by name (``auto`` picks by input size)."""
     if name == "auto":
-        name = {(28, 28): "cnn28", (32, 32): "cnn32"}.get(tuple(size), "effnet")
+        name = auto_name(size)
     if name == "cnn28":
         return CNN28(in_channels)
     if name == "cnn32":
