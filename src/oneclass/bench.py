@@ -51,7 +51,8 @@ SUITES["fcdd-kolektor"] = [
      "anomaly_limit": 5, "label": "semi-supervised, 5 labeled defects"},
 ]
 SUITES["fcdd-fmnist"] = [
-    {"method": "fcdd", "data": f"fashion-mnist:{c}", "params": {}, "outliers": "cifar10",
+    {"method": "fcdd", "data": f"fashion-mnist:{c}",
+     "params": {"noise": "none", "batch_size": 128, "epochs": 30}, "outliers": "cifar10",
      "label": "OE: CIFAR-10 in grayscale"} for c in range(10)]
 SUITES["fcdd-cifar10"] = [
     {"method": "fcdd", "data": f"cifar10:{c}", "params": {}, "label": "confetti noise only"}

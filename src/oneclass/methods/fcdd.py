@@ -58,6 +58,8 @@ class FCDDModel(nn.Module):
         super().__init__()
         c, h, w = input_shape
         self.net = fcdd_nets.build(net, c, (h, w), stride, frozen_blocks, pretrained)
+        if getattr(self.net, "channels_last", False):  # faster convolutions on CPU
+            self.net.to(memory_format=torch.channels_last)
         if not isinstance(self.net, fcdd_nets.EffNetFCN):
             self.norm = InputNorm(c)
         self.rf: ReceptiveField = receptive_field(self._forward_raw, input_shape)
@@ -131,16 +133,16 @@ class FCDD(Detector):
     keep_aspect = True
     uses_outliers = True
     defaults = {
-        "epochs": 20,
+        "epochs": 40,
         "batch_size": 32,
         "lr": 1e-3,
         "weight_decay": 1e-6,
-        "net": "auto",  # auto: cnn28 for 28x28, cnn32 up to 64 px, else effnet
+        "net": "auto",  # auto: cnn28 for 28x28, cnn32 up to 64 px, else cnn224
         "stride": 8,  # effnet output stride (8 or 16)
         "frozen_blocks": 3,  # effnet: stem and this many MBConv blocks stay frozen
         "pretrained": True,
         "trunk_lr_factor": 0.1,
-        "noise": "confetti",  # synthetic anomalies: confetti, scratches, mixed or none
+        "noise": "mixed",  # synthetic anomalies: confetti, scratches, mixed or none
         "anomaly_fraction": 0.5,  # share of each batch replaced by anomalies
         "image_score": "mean",  # mean or max of A(X)
         "upsample": "gaussian",  # gaussian (receptive field) or bilinear
@@ -181,7 +183,7 @@ class FCDD(Detector):
             real = (xa, ma, ha)
         source = AnomalySource(real, self._outliers, noise=self.noise)
         if not source:
-            raise ConfigError("fcdd needs anomalies to train: keep noise=confetti, or give "
+            raise ConfigError("fcdd needs anomalies to train: keep noise=mixed (default), or give "
                               "--outliers SPEC or labeled --anomalies SPEC")
         self.anomaly_kinds_ = source.kinds
         run(_FCDDTask(self, source), [x[normal]], epochs=int(self.epochs),

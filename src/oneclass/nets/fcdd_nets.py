@@ -52,13 +52,14 @@ class CNN32(nn.Module):
 class CNN224(nn.Module):
     def __init__(self, in_channels: int):
         super().__init__()
+        self.channels_last = True
         self.features = nn.Sequential(
             *_cbr(in_channels, 8, 5, (3, 2, 1)), *_cbr(8, 32, 5, (3, 2, 1)),
             *_cbr(32, 64, 3), *_cbr(64, 128, 3, (3, 2, 1)), nn.Conv2d(128, 128, 3, padding=1))
         self.head = nn.Conv2d(128, 1, 1)
 
     def forward(self, x):
-        return self.head(self.features(x))
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
 
 
 class EffNetFCN(nn.Module):
@@ -113,12 +114,18 @@ class EffNetFCN(nn.Module):
 
 
 def auto_name(size: tuple[int, int]) -> str:
-    """cnn28 for 28x28, cnn32 (stride 4) up to 64 pixels, the pretrained trunk above."""
+    """cnn28 for 28x28, cnn32 (stride 4) up to 64 pixels, cnn224 (stride 8) above.
+
+    The from-scratch cnn224 is the default for larger images: trained with synthetic
+    anomalies only it localised defects better than the fine-tuned ImageNet trunk (KolektorSDD
+    pixel AUROC 0.90 vs 0.81, synthetic textures 0.92 vs 0.68; see docs/benchmarks.md);
+    the trunk (``net=effnet``) is strong when labeled anomalies are given.
+    """
     if tuple(size) == (28, 28):
         return "cnn28"
     if max(size) <= 64:
         return "cnn32"
-    return "effnet"
+    return "cnn224"
 
 
 def build(name: str, in_channels: int, size: tuple[int, int], stride: int = 8,
