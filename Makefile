@@ -25,7 +25,10 @@ test: install
 	$(PY) -m pytest
 
 bench: install
-	$(VENV)/bin/oneclass bench classic --data-root ../shared/data --out runs/bench
+	$(VENV)/bin/oneclass bench svdd-mnist --data-root ../shared/data --out runs/bench
+	$(VENV)/bin/oneclass bench fcdd-kolektor --data-root ../shared/data --out runs/bench-fcdd
+	$(VENV)/bin/oneclass bench speed --out runs/bench-speed
+	$(VENV)/bin/oneclass bench docs
 
 lint: install
 	$(VENV)/bin/ruff check src tests

@@ -120,9 +120,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .runs import evaluate, format_metrics, report, train
-
     import time
+
+    from .runs import evaluate, format_metrics, report, train
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -144,6 +144,15 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_suite
 
+    if args.suite == "docs":
+        from .bench import write_docs
+
+        dirs = [Path(d) for d in (args.results or ["runs/bench", "runs/bench-fcdd",
+                                                   "runs/bench-speed"])]
+        path = write_docs(dirs, Path(args.out if args.out != "runs/bench" else
+                                     "docs/benchmarks.md"), Path("docs/benchmark-notes.md"))
+        print(f"written {path}")
+        return 0
     if args.suite == "speed":
         from .bench import machine
         from .io import write_text
@@ -226,13 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
-    s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, smoke")
+    s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, "
+                   "fcdd-fmnist, fcdd-cifar10, smoke; or `docs` to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")
     s.add_argument("--only", help="comma-separated data specs to run (e.g. mnist:0,mnist:1)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter of every run")
+    s.add_argument("--results", nargs="*", help="with `docs`: result folders to include")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="train, evaluate and report on the ELPV solar cells")
