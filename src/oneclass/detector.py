@@ -77,6 +77,7 @@ class InputNorm(nn.Module):
         s2 = torch.zeros_like(s)
         n = 0
         for xb in torch.split(x, batch):
+            xb = xb.to(self.mean.device)
             xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
             if self.gcn:
                 xb = self._gcn(xb)
