@@ -35,7 +35,7 @@ PUBLISHED = {
 _SVDD_MNIST = {"gcn": True, "holdout": 0.0, "batch_size": 200, "lr": 1e-4,
                "weight_decay": 5e-7, "pretrain_epochs": 50, "epochs": 50,
                "lr_milestones": [30]}
-_SVDD_CIFAR = {**_SVDD_MNIST, "pretrain_epochs": 10, "epochs": 25, "lr_milestones": [20]}
+_SVDD_CIFAR = {**_SVDD_MNIST, "pretrain_epochs": 5, "epochs": 15, "lr_milestones": [10]}
 
 SUITES: dict[str, list[dict[str, Any]]] = {
     "svdd-mnist": [{"method": "deep_svdd", "data": f"mnist:{c}", "params": _SVDD_MNIST}
