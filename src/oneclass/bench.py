@@ -49,6 +49,9 @@ SUITES["fcdd-kolektor"] = [
     {"method": "fcdd", "data": "{root}/kolektorsdd", "params": {}, "label": "unsupervised"},
     {"method": "fcdd", "data": "{root}/kolektorsdd", "params": {}, "anomalies": True,
      "anomaly_limit": 5, "label": "semi-supervised, 5 labeled defects"},
+    {"method": "fcdd", "data": "{root}/kolektorsdd", "params": {"net": "effnet"},
+     "anomalies": True, "anomaly_limit": 5,
+     "label": "semi-supervised, 5 labeled defects, pretrained EfficientNet-Lite0"},
 ]
 SUITES["fcdd-fmnist"] = [
     {"method": "fcdd", "data": f"fashion-mnist:{c}",
