@@ -127,9 +127,9 @@ def _resolve(spec: str, data_root: str | None) -> str:
 
 
 def _key(job: dict[str, Any]) -> str:
-    return json.dumps([job["method"], job["data"], job.get("seed", 0), job["params"],
-                       job.get("anomalies"), job.get("anomaly_limit"), job.get("outliers")],
-                      sort_keys=True)
+    extra = [job.get(k) for k in ("anomalies", "anomaly_limit", "outliers")]
+    key = [job["method"], job["data"], job.get("seed", 0), job["params"]]
+    return json.dumps(key + extra if any(e is not None for e in extra) else key, sort_keys=True)
 
 
 def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
