@@ -471,9 +471,15 @@ def test_cifar10_from_jpeg_bytes_and_offsets(tmp_path):
     assert np.abs(test.read(0).image.astype(int) - [0, 0, 255]).max() <= 8
 
 
+def test_dataset_without_class_is_every_image_unlabeled(classic_root):
+    d = np.load(classic_root / "mnist.npz")
+    train = load("mnist", "train", root=str(classic_root))
+    assert len(train) == len(d["y_train"]) and (train.labels == UNLABELED).all()
+    assert len(load("mnist:all", "test", root=str(classic_root))) == len(d["y_test"])
+
+
 @pytest.mark.parametrize("spec, words", [
     ("mnist:x", "mnist:C"),
-    ("mnist:", "mnist:C"),
     ("mnist:²", "mnist:C"),
     ("mnist:12", "0..9"),
     ("nosuchset:1", "not a known dataset"),
