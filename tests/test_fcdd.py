@@ -117,7 +117,7 @@ def test_anomaly_source_uses_real_anomalies_with_masks():
 
 
 def _fcdd(**kw):
-    return oneclass.create("fcdd", epochs=6, batch_size=16, net="cnn224", **kw)
+    return oneclass.create("fcdd", **{"epochs": 6, "batch_size": 16, "net": "cnn224", **kw})
 
 
 def test_fcdd_localises_defects(defects_train, defects_test):
@@ -169,3 +169,12 @@ def test_scratches_are_thin_lines_that_change_their_pixels():
     assert torch.equal(xa[~mask.expand_as(xa)], x[~mask.expand_as(x)])
     xm, mm = synthetic(x, torch.Generator().manual_seed(2), "mixed")
     assert xm.shape == x.shape and (mm.flatten(1).sum(1) > 0).all()
+
+
+def test_bf16_inference_stays_close_to_fp32(defects_train, defects_test):
+    det = _fcdd(epochs=2).fit(defects_train)
+    s32 = det.score(defects_test)
+    det.precision = "bf16"
+    s16 = det.score(defects_test)
+    assert np.isfinite(s16).all()
+    assert np.corrcoef(s32, s16)[0, 1] > 0.98
