@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import data as data_mod
 from .detector import Detector
@@ -258,7 +259,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             bar = tqdm(total=len(todo), desc="scoring", disable=not show, leave=False)
             for xb, _, _, _, idx in loader(fs, det.preprocess_, batch_size):
                 xb = xb.to(det.device_)
-                with torch_no_grad():
+                with torch.no_grad():
                     scores = det._score(xb).float().cpu().numpy()
                 maps = det._map(xb).detach().float().cpu().numpy() if heatmaps else None
                 for j, i in enumerate(idx.tolist()):
@@ -274,12 +275,6 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             bar.close()
     return {"scored": len(todo), "skipped": len(paths) - len(todo), "anomalous": n_anom,
             "csv": str(csv_path)}
-
-
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()
 
 
 def report(run: Path, data_spec: str | None = None, data_root: str | None = None,
