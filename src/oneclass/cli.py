@@ -250,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--method", default="fcdd")
     s.add_argument("--data", default="elpv")
-    s.add_argument("--epochs", type=int, default=6,
-                   help="training epochs (default 6: the demo runs in minutes on a CPU)")
+    s.add_argument("--epochs", type=int, default=4,
+                   help="training epochs (default 4: the demo runs in minutes on a CPU)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     common(s, device=False)
     s.set_defaults(func=cmd_demo)
