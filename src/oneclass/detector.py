@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 FORMAT = "oneclass-model"
 FORMAT_VERSION = 1
 
-ArrayLike = "ImageSet | torch.Tensor | np.ndarray"
-
 
 class Output(NamedTuple):
     """What a model returns for a batch: image scores ``(N,)`` and maps ``(N, H, W)``."""

@@ -86,8 +86,6 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than the run's "
                               "config.json; use a new --out or the same options")
-    elif (out / "model").exists() and not resume:
-        pass  # retraining into an existing run replaces its model atomically at the end
     out.mkdir(parents=True, exist_ok=True)
     train_set = data_mod.load(data_spec, "train", root=data_root)
     if anomalies:

@@ -241,8 +241,6 @@ class Prepared(torch.utils.data.Dataset):
             m, has = self.pre.mask(s.mask), True
         else:
             m, has = torch.zeros(1, *x.shape[1:]), False
-        if self.pre.size is None and i > 0:
-            pass  # size consistency is checked when batches are collated
         return x, s.label, m, has, i
 
 
