@@ -28,7 +28,7 @@ bench: install
 	$(VENV)/bin/oneclass bench svdd-mnist --data-root ../shared/data --out runs/bench
 	$(VENV)/bin/oneclass bench fcdd-kolektor --data-root ../shared/data --out runs/bench-fcdd
 	$(VENV)/bin/oneclass bench speed --out runs/bench-speed
-	$(VENV)/bin/oneclass bench docs
+	$(VENV)/bin/oneclass bench docs --results runs/bench runs/bench-fcdd runs/bench-speed
 
 lint: install
 	$(VENV)/bin/ruff check src tests
