@@ -90,9 +90,3 @@ def all_images(name: str, split: str, root=None) -> ArraySet:
     x, y = _arrays(name, str(data_root(root)), "train" if split == "train" else "test")
     return ArraySet(x, np.full(len(x), -1), names=[f"{split}_{i}" for i in range(len(x))],
                     kinds=[CLASSES[name][v] for v in y], description=f"{name} (all, {split})")
-
-
-def classes_of(name: str, root=None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """All images and class labels of a split (for outlier exposure and reference sets)."""
-    name = ALIASES.get(name, name)
-    return _arrays(name, str(data_root(root)), split)

@@ -13,7 +13,6 @@ Deep SVDD bias-free.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .efficientnet_lite import MEAN, STD, EfficientNetLite0Trunk
@@ -145,4 +144,4 @@ def build(name: str, in_channels: int, size: tuple[int, int], stride: int = 8,
 
 
 NETS = ("auto", "cnn28", "cnn32", "cnn224", "effnet")
-__all__ = ["build", "NETS", "CNN28", "CNN32", "CNN224", "EffNetFCN", "F"]
+__all__ = ["build", "NETS", "CNN28", "CNN32", "CNN224", "EffNetFCN"]
