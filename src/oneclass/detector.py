@@ -373,6 +373,14 @@ class Detector:
         out = [self._map(xb).detach().float().cpu() for xb in self.batches(x)]
         return torch.cat(out).numpy() if out else np.zeros((0, *self.input_shape_[1:]), np.float32)
 
+    def report_figures(self, x) -> dict[str, np.ndarray]:
+        """Optional pictures for the HTML report: name -> uint8 image (H, W[, C]).
+
+        ``x`` is a few test images (anything :meth:`batches` accepts). Methods with a
+        generator show samples and reconstructions here; the default shows nothing.
+        """
+        return {}
+
     def predict(self, x) -> np.ndarray:
         """1 where the score is at or above ``threshold_``, else 0."""
         return (self.score(x) >= self.threshold_).astype(np.int64)

@@ -312,7 +312,8 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
             "input (C, H, W)": list(det.input_shape_), "params": det.get_params()}
     pick = {k_: metrics.get(k_) for k_ in ("image_auroc", "image_ap", "image_f1", "pixel_auroc",
                                            "aupro")}
+    figures = det.report_figures(test.subset(np.r_[order[:k], order[::-1][:k]]))
     return build_report(run / "report.html", title=f"oneclass {det.name}: {spec}",
                         scores=scores, labels=test.labels, threshold=det.threshold_,
                         metrics=pick, most=examples(order[:k]),
-                        least=examples(order[::-1][:k]), info=info)
+                        least=examples(order[::-1][:k]), info=info, samples=figures or None)

@@ -1,0 +1,101 @@
+"""What the GAN methods (AnoGAN, BiGAN) share: sizes, scaling, residual maps, report figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..detector import Detector
+from ..errors import ConfigError
+from ..heatmaps import default_sigma, gaussian_blur
+from ..viz import grid
+
+
+def to_tanh_range(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> [-1, 1], the range of the generator's tanh output."""
+    return x * 2.0 - 1.0
+
+
+def l1_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum |a - b|`` over everything but the batch dimension: ``(N,)``."""
+    return (a - b).abs().flatten(1).sum(1)
+
+
+def residual_map(x: torch.Tensor, rec: torch.Tensor, sigma: float | None) -> torch.Tensor:
+    """``|x - rec|`` averaged over channels and Gaussian-smoothed: ``(N, H, W)``.
+
+    Both in [-1, 1]; the map is halved so it is in the [0, 1] units of the input image.
+    """
+    m = (x - rec).abs().mean(1) / 2.0
+    s = default_sigma(*m.shape[1:]) if sigma is None else float(sigma)
+    return gaussian_blur(m, s)
+
+
+def _uint8(x: torch.Tensor) -> list[np.ndarray]:
+    """[-1, 1] images ``(N, C, H, W)`` -> list of uint8 ``(H, W, C)``."""
+    a = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return list(a.permute(0, 2, 3, 1).numpy())
+
+
+class GANDetector(Detector):
+    """Base of the GAN methods: a generator ``model_.G`` and a reconstruction per image.
+
+    Subclasses implement ``_reconstruct(x)`` (x in [0, 1] -> G's image in [-1, 1]) and the
+    usual hooks; this class gives the anomaly map and the report figures.
+    """
+
+    #: Larger images are resized to about 64x64 pixels (AnoGAN works on 64x64 patches), with
+    #: their aspect ratio kept.
+    default_size = 64
+    keep_aspect = True
+    defaults = {
+        "epochs": 25,
+        "batch_size": 64,
+        "lr": 2e-4,
+        "weight_decay": 0.0,
+        "z_dim": 100,
+        "width": None,  # channels at full resolution; None: 64 up to 32 px, else 32
+        "heatmap_sigma": None,  # Gaussian std of the residual map; None: side / 32
+    }
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if int(self.z_dim) < 1:
+            raise ConfigError(f"z_dim must be positive, got {self.z_dim}")
+        if self.width is not None and int(self.width) < 4:
+            raise ConfigError(f"width must be at least 4, got {self.width}")
+
+    def _width(self, input_shape: tuple[int, int, int]) -> int:
+        if self.width is not None:
+            return int(self.width)
+        return 64 if max(input_shape[1:]) <= 32 else 32
+
+    def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
+        rec = self._reconstruct(x)
+        return residual_map(to_tanh_range(x), rec.detach(), self.heatmap_sigma)
+
+    @torch.no_grad()
+    def samples(self, n: int = 64) -> torch.Tensor:
+        """``n`` generated images in [-1, 1] from a fixed set of latent codes."""
+        self._check_fitted()
+        self.model_.eval()
+        g = torch.Generator().manual_seed(int(self.seed) + 12345)
+        z = torch.randn(n, int(self.z_dim), generator=g).to(self.device_)
+        return self.model_.G(z)
+
+    def report_figures(self, x) -> dict[str, np.ndarray]:
+        """A grid of generated samples and one of images next to their reconstructions."""
+        self._check_fitted()
+        self.model_.eval()
+        figs = {"generated samples (fixed latent codes)": grid(_uint8(self.samples(64)), 8)}
+        pairs: list[np.ndarray] = []
+        for xb in self.batches(x):
+            rec = self._reconstruct(xb).detach()
+            for a, b in zip(_uint8(to_tanh_range(xb)), _uint8(rec)):
+                pairs += [a, b]
+        if pairs:
+            figs["images (left) and their reconstructions G(z) (right)"] = grid(pairs[:32], 8)
+        return figs

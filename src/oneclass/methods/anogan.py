@@ -1,0 +1,198 @@
+"""AnoGAN: Schlegl et al., "Unsupervised Anomaly Detection with Generative Adversarial
+Networks to Guide Marker Discovery", IPMI 2017.
+
+A DCGAN (generator G, discriminator D) is trained on normal images only. To score an image x,
+a latent code z is searched so that G(z) matches x, minimising (Sec. 2.2 of the paper)
+
+    L(z) = (1 - lambda) * sum |x - G(z)| + lambda * sum |f(x) - f(G(z))|
+
+with f the last hidden layer of D (the "discrimination loss" with feature matching) and
+lambda = 0.1. Score: L at the final z. Map: |x - G(z)|, averaged over channels and smoothed.
+
+The search is the same for every image, training or test (the threshold on held-back normal
+images uses it too). It runs batched: the loss of the batch is the sum of the per-image
+losses, so each image's gradient depends only on its own z, and Adam updates every
+coordinate on its own; an image gets the same score alone or in any batch. The start is the
+best (lowest residual) of ``search_candidates`` fixed random codes, which gives the gradient
+search a far better start than one random code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..nets.dcgan import Discriminator, Generator
+from ..registry import register
+from ..train import LoopConfig, run
+from ._common import to_input
+from ._gan import GANDetector, l1_per_image, to_tanh_range
+
+
+class Search(NamedTuple):
+    """Result of a latent search for a batch: codes, losses ``(N,)``, images ``G(z)``."""
+
+    z: torch.Tensor
+    loss: torch.Tensor
+    residual: torch.Tensor
+    rec: torch.Tensor
+
+
+def anogan_loss(x: torch.Tensor, g: torch.Tensor, fx: torch.Tensor, fg: torch.Tensor,
+                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image AnoGAN loss ``(1 - lam) * R + lam * D_feat`` and the residual R, both ``(N,)``."""
+    residual = l1_per_image(x, g)
+    return (1.0 - lam) * residual + lam * l1_per_image(fx, fg), residual
+
+
+def initial_codes(G: nn.Module, x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """For each image of ``x`` (in [-1, 1]), the code of ``bank`` whose G(z) is closest (L1)."""
+    with torch.no_grad():
+        gb = G(bank).flatten(1)
+        d = torch.cdist(x.flatten(1), gb, p=1.0)
+    return bank[d.argmin(1)].clone()
+
+
+def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Tensor, *,
+                  steps: int, lr: float, lam: float) -> Search:
+    """Adam on z for ``steps`` steps, all images of ``x`` (in [-1, 1]) in parallel.
+
+    G and D must be in eval mode (batch norm with running statistics), so that images do not
+    interact. Only z receives gradients; the networks' weights are left alone.
+    """
+    with torch.no_grad():
+        fx = D.features(x)
+    z = z0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    with torch.enable_grad():
+        for _ in range(int(steps)):
+            g = G(z)
+            loss, _ = anogan_loss(x, g, fx, D.features(g), lam)
+            (grad,) = torch.autograd.grad(loss.sum(), z)
+            z.grad = grad
+            opt.step()
+    with torch.no_grad():
+        g = G(z)
+        loss, residual = anogan_loss(x, g, fx, D.features(g), lam)
+    return Search(z.detach(), loss, residual, g)
+
+
+class AnoGANNet(nn.Module):
+    def __init__(self, input_shape: tuple[int, int, int], z_dim: int, width: int):
+        super().__init__()
+        c, h, w = input_shape
+        self.G = Generator(z_dim, c, (h, w), width)
+        self.D = Discriminator(c, (h, w), width, norm=True)
+
+
+class _DCGANTask:
+    """DCGAN training with the non-saturating loss: one D step, then one G step per batch."""
+
+    def __init__(self, det: AnoGAN):
+        self.det, self.model = det, det.model_
+        betas = (float(det.beta1), 0.999)
+        m = self.model
+        self.modules = {"G": m.G, "D": m.D}
+        self.optimizers = {
+            "G": torch.optim.Adam(m.G.parameters(), lr=det.lr, betas=betas,
+                                  weight_decay=det.weight_decay),
+            "D": torch.optim.Adam(m.D.parameters(), lr=det.lr, betas=betas,
+                                  weight_decay=det.weight_decay),
+        }
+        self.schedulers: dict[str, object] = {}
+
+    def step(self, batch):
+        det, G, D = self.det, self.model.G, self.model.D
+        x = to_tanh_range(to_input(batch[0], det.device_))
+        n = len(x)
+        z = torch.randn(n, int(det.z_dim), device=x.device)
+        fake = G(z)
+        real_label = torch.full((n,), 1.0 - float(det.label_smoothing), device=x.device)
+        zeros, ones = torch.zeros(n, device=x.device), torch.ones(n, device=x.device)
+        bce = F.binary_cross_entropy_with_logits
+        loss_d = bce(D(x), real_label) + bce(D(fake.detach()), zeros)
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.optimizers["D"].step()
+        loss_g = bce(D(fake), ones)
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.optimizers["G"].step()
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
+
+    def end_epoch(self, epoch: int):
+        return {}
+
+
+@register("anogan")
+class AnoGAN(GANDetector):
+    """AnoGAN: DCGAN plus a batched latent search per image (see module docstring)."""
+
+    defaults = {
+        "beta1": 0.5,
+        "label_smoothing": 0.0,  # real label 1 - this for D (one-sided smoothing)
+        "lam": 0.1,  # lambda: weight of the discrimination loss in the search
+        "search_steps": 100,
+        "search_lr": 0.05,
+        "search_candidates": 64,  # fixed random codes; the search starts at the best one
+    }
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not 0.0 <= float(self.lam) <= 1.0:
+            raise ConfigError(f"lam must be in [0, 1], got {self.lam}")
+        if int(self.search_steps) < 0:
+            raise ConfigError(f"search_steps must be >= 0, got {self.search_steps}")
+        if int(self.search_candidates) < 1:
+            raise ConfigError(f"search_candidates must be >= 1, got {self.search_candidates}")
+        if float(self.search_lr) <= 0:
+            raise ConfigError(f"search_lr must be positive, got {self.search_lr}")
+        if not 0.0 <= float(self.label_smoothing) < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+    def _build(self, input_shape):
+        self._cache: OrderedDict[str, Search] = OrderedDict()
+        return AnoGANNet(input_shape, int(self.z_dim), self._width(input_shape))
+
+    def _fit(self, x, y, masks, loop: LoopConfig) -> None:
+        x = x[y != 1]  # unsupervised: labeled anomalies are not used
+        run(_DCGANTask(self), [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
+            seed=int(self.seed), phase="train", loop=loop, drop_last=True)
+        self._cache.clear()
+
+    def code_bank(self) -> torch.Tensor:
+        """The fixed candidate codes the search starts from (seeded, so scores repeat)."""
+        g = torch.Generator().manual_seed(int(self.seed) + 54321)
+        return torch.randn(int(self.search_candidates), int(self.z_dim), generator=g)
+
+    def search(self, x: torch.Tensor, steps: int | None = None) -> Search:
+        """The latent search for images ``x`` in [0, 1] on the model's device (uncached)."""
+        m = self.model_
+        m.eval()
+        xt = to_tanh_range(x)
+        z0 = initial_codes(m.G, xt, self.code_bank().to(x.device))
+        return latent_search(m.G, m.D, xt, z0,
+                             steps=int(self.search_steps if steps is None else steps),
+                             lr=float(self.search_lr), lam=float(self.lam))
+
+    def _cached_search(self, x: torch.Tensor) -> Search:
+        """:meth:`search`, remembered for the last batches: score and map share one search."""
+        key = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = self.search(x)
+            while len(self._cache) > 16:
+                self._cache.popitem(last=False)
+        return hit
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cached_search(x).loss
+
+    def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cached_search(x).rec

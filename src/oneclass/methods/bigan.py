@@ -1,0 +1,141 @@
+"""BiGAN / ALI for anomaly detection: Donahue et al., "Adversarial Feature Learning" (2016);
+Dumoulin et al., "Adversarially Learned Inference" (2016); scored as in Zenati et al.,
+"Efficient GAN-Based Anomaly Detection" (2018).
+
+An encoder E (x -> z), a generator G (z -> x) and a critic D over pairs (x, z) are trained
+on normal images. D learns to tell real pairs (x, E(x)) from generated pairs (G(z), z); here
+with the Wasserstein loss and gradient penalty (Gulrajani et al., 2017):
+
+    L_D  = mean D(G(z), z) - mean D(x, E(x)) + gp * mean (||grad D(pair_hat)|| - 1)^2
+    L_GE = mean D(x, E(x)) - mean D(G(z), z) + fm * mean ||f(x, E(x)) - f(G(E(x)), E(x))||^2
+
+with f the last hidden layer of D: the extra l2 loss between the features of a real pair and
+the pair of its reconstruction G(E(x)) pulls E and G towards inverting each other.
+
+Score: ``alpha * sum |x - G(E(x))| + (1 - alpha) * sum |f(x, E(x)) - f(G(E(x)), E(x))|``.
+Map: |x - G(E(x))|, averaged over channels and smoothed. One forward pass per image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..nets.dcgan import Encoder, Generator, JointCritic
+from ..registry import register
+from ..train import LoopConfig, run
+from ._common import to_input
+from ._gan import GANDetector, l1_per_image, to_tanh_range
+
+
+class BiGANNet(nn.Module):
+    def __init__(self, input_shape: tuple[int, int, int], z_dim: int, width: int):
+        super().__init__()
+        c, h, w = input_shape
+        self.E = Encoder(z_dim, c, (h, w), width)
+        self.G = Generator(z_dim, c, (h, w), width)
+        self.D = JointCritic(z_dim, c, (h, w), width)
+
+    def score_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For x in [-1, 1]: residual ``(N,)``, feature distance ``(N,)`` and G(E(x))."""
+        z = self.E(x)
+        rec = self.G(z)
+        feat = l1_per_image(self.D.features(x, z), self.D.features(rec, z))
+        return l1_per_image(x, rec), feat, rec
+
+
+def gradient_penalty(D: JointCritic, real: tuple[torch.Tensor, torch.Tensor],
+                     fake: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``mean (||grad_(x,z) D||_2 - 1)^2`` at random points between real and fake pairs."""
+    n = len(real[0])
+    a = torch.rand(n, 1, device=real[0].device)
+    x = (a.view(n, 1, 1, 1) * real[0] + (1 - a.view(n, 1, 1, 1)) * fake[0]).requires_grad_(True)
+    z = (a * real[1] + (1 - a) * fake[1]).requires_grad_(True)
+    gx, gz = torch.autograd.grad(D(x, z).sum(), (x, z), create_graph=True)
+    norm = torch.sqrt(gx.flatten(1).pow(2).sum(1) + gz.pow(2).sum(1) + 1e-12)
+    return ((norm - 1) ** 2).mean()
+
+
+class _BiGANTask:
+    def __init__(self, det: BiGAN):
+        self.det, self.model = det, det.model_
+        m = self.model
+        betas = (0.5, 0.9)  # WGAN-GP (Gulrajani et al., Alg. 1 uses 0, 0.9; 0.5 is calmer)
+        self.modules = {"E": m.E, "G": m.G, "D": m.D}
+        ge = list(m.E.parameters()) + list(m.G.parameters())
+        self.optimizers = {
+            "GE": torch.optim.Adam(ge, lr=det.lr, betas=betas, weight_decay=det.weight_decay),
+            "D": torch.optim.Adam(m.D.parameters(), lr=det.lr, betas=betas,
+                                  weight_decay=det.weight_decay),
+        }
+        self.schedulers: dict[str, object] = {}
+
+    def step(self, batch):
+        det, m = self.det, self.model
+        x = to_tanh_range(to_input(batch[0], det.device_))
+        n = len(x)
+        for _ in range(int(det.critic_iters)):
+            z = torch.randn(n, int(det.z_dim), device=x.device)
+            with torch.no_grad():
+                ez, gz = m.E(x), m.G(z)
+            gp = gradient_penalty(m.D, (x, ez), (gz, z))
+            wdist = m.D(x, ez).mean() - m.D(gz, z).mean()
+            loss_d = -wdist + float(det.gp_weight) * gp
+            self.optimizers["D"].zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.optimizers["D"].step()
+        z = torch.randn(n, int(det.z_dim), device=x.device)
+        ez = m.E(x)
+        rec = m.G(ez)
+        adv = m.D(x, ez).mean() - m.D(m.G(z), z).mean()
+        fm = (m.D.features(x, ez) - m.D.features(rec, ez)).pow(2).sum(1).mean()
+        loss_ge = adv + float(det.feature_weight) * fm
+        self.optimizers["GE"].zero_grad(set_to_none=True)
+        loss_ge.backward()
+        self.optimizers["GE"].step()
+        return {"loss_d": loss_d.detach(), "wasserstein": wdist.detach(), "gp": gp.detach(),
+                "loss_ge": loss_ge.detach(), "feature_l2": fm.detach()}
+
+    def end_epoch(self, epoch: int):
+        return {}
+
+
+@register("bigan")
+class BiGAN(GANDetector):
+    """BiGAN / ALI with a Wasserstein critic (see module docstring)."""
+
+    defaults = {
+        "lr": 1e-4,
+        "critic_iters": 2,  # critic updates per generator/encoder update
+        "gp_weight": 10.0,
+        "feature_weight": 1.0,  # weight of the l2 feature loss for G and E
+        "alpha": 0.9,  # score: alpha * residual + (1 - alpha) * feature distance
+    }
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+        if int(self.critic_iters) < 1:
+            raise ConfigError(f"critic_iters must be >= 1, got {self.critic_iters}")
+        for k in ("gp_weight", "feature_weight"):
+            if float(getattr(self, k)) < 0:
+                raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
+
+    def _build(self, input_shape):
+        return BiGANNet(input_shape, int(self.z_dim), self._width(input_shape))
+
+    def _fit(self, x, y, masks, loop: LoopConfig) -> None:
+        x = x[y != 1]  # unsupervised: labeled anomalies are not used
+        run(_BiGANTask(self), [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
+            seed=int(self.seed), phase="train", loop=loop, drop_last=True)
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        res, feat, _ = self.model_.score_parts(to_tanh_range(x))
+        a = float(self.alpha)
+        return a * res + (1.0 - a) * feat
+
+    def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model_.G(self.model_.E(to_tanh_range(x)))

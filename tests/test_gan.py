@@ -1,0 +1,141 @@
+"""AnoGAN and BiGAN: networks, latent search, training stability, report figures, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import oneclass
+from oneclass.cli import main
+from oneclass.data.synthetic import make_defects
+from oneclass.methods.anogan import anogan_loss
+from oneclass.methods.bigan import gradient_penalty
+from oneclass.nets.dcgan import Discriminator, Encoder, Generator, JointCritic, plan
+
+from .conftest import fast_params
+
+
+@pytest.fixture(scope="module")
+def small_train():
+    return make_defects(40, 0, size=16, seed=4)
+
+
+@pytest.fixture(scope="module")
+def anogan_fitted(small_train):
+    return oneclass.create("anogan", **fast_params("anogan")).fit(small_train)
+
+
+def _untrained_anogan(shape=(1, 16, 16), **params):
+    det = oneclass.create("anogan", width=16, seed=0, **params)
+    det.device_ = torch.device("cpu")
+    det.input_shape_ = shape
+    det.model_ = det._build(shape).eval()
+    return det
+
+
+@pytest.mark.parametrize("size", [(28, 28), (32, 32), (64, 64), (24, 40), (96, 48), (8, 8)])
+def test_networks_fit_any_size(size):
+    n, (h0, w0) = plan(size)
+    assert min(h0, w0) <= 7 and h0 * 2**n >= size[0] and w0 * 2**n >= size[1]
+    G = Generator(10, 3, size, width=8)
+    x = G(torch.randn(2, 10))
+    assert x.shape == (2, 3, *size) and x.abs().max() <= 1
+    assert Discriminator(3, size, width=8)(x).shape == (2,)
+    assert Encoder(10, 3, size, width=8)(x).shape == (2, 10)
+    assert JointCritic(10, 3, size, width=8)(x, torch.randn(2, 10)).shape == (2,)
+
+
+def test_anogan_loss_is_the_paper_formula():
+    x, g = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    fx, fg = torch.zeros(2, 3), torch.full((2, 3), 2.0)
+    loss, residual = anogan_loss(x, g, fx, fg, 0.1)
+    assert torch.allclose(residual, torch.tensor([4.0, 4.0]))
+    assert torch.allclose(loss, 0.9 * 4.0 + 0.1 * 6.0 * torch.ones(2))
+
+
+def test_latent_search_lowers_the_residual_on_an_image_g_can_make():
+    det = _untrained_anogan(search_steps=100, search_lr=0.05)
+    with torch.no_grad():
+        z0 = torch.randn(4, det.z_dim, generator=torch.Generator().manual_seed(3))
+        x = (det.model_.G(z0) + 1) / 2  # images in [0, 1] that G makes exactly
+    start = det.search(x, steps=0)
+    found = det.search(x)
+    assert (found.loss < start.loss).all()
+    assert found.residual.mean() < 0.5 * start.residual.mean()
+    # the search moved z towards a code that makes x, and G(z) is close to x pixel by pixel
+    assert (found.residual / x[0].numel()).max() < 0.05
+
+
+def test_an_image_gets_the_same_score_alone_or_in_any_batch():
+    det = _untrained_anogan(search_steps=10)
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    together = det.score(x)
+    alone = np.concatenate([det.score(x[i:i + 1]) for i in range(4)])
+    reordered = det.score(x.flip(0))[::-1]
+    np.testing.assert_allclose(alone, together, rtol=1e-4)
+    np.testing.assert_allclose(reordered, together, rtol=1e-4)
+
+
+def test_training_and_test_images_are_scored_by_the_same_search(anogan_fitted, small_train):
+    det = anogan_fitted
+    # the threshold comes from the held-back normal images, scored by the same search ...
+    _, held = det._split_holdout(small_train, None)
+    hold_scores = det.score(held)
+    assert det.threshold_ == pytest.approx(np.quantile(hold_scores, 1 - det.contamination))
+    # ... as any image: score() is the final loss of search(), for training or test images
+    x = torch.stack([torch.from_numpy(small_train.read(i).image.copy()).permute(2, 0, 1)
+                     for i in range(8)]).float() / 255
+    test = make_defects(4, 4, size=16, seed=7)
+    xt = torch.stack([torch.from_numpy(test.read(i).image.copy()).permute(2, 0, 1)
+                      for i in range(8)]).float() / 255
+    for batch in (x, xt):
+        np.testing.assert_allclose(det.score(batch), det.search(batch).loss.numpy(), rtol=1e-5)
+    maps = det.anomaly_map(xt)
+    assert maps.shape == (8, 16, 16) and np.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("name", ["anogan", "bigan"])
+def test_training_is_finite_logged_and_repeatable(name, small_train):
+    params = {**fast_params(name), "epochs": 2, "batch_size": 16, "width": 8}
+    a = oneclass.create(name, **params).fit(small_train)
+    b = oneclass.create(name, **params).fit(small_train)
+    hist = [h for h in a.history_ if h["phase"] == "train"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    keys = {"anogan": {"loss_d", "loss_g"},
+            "bigan": {"loss_d", "loss_ge", "wasserstein", "gp", "feature_l2"}}[name]
+    for h in hist:
+        assert keys <= set(h)
+        assert all(math.isfinite(h[k]) for k in keys)
+    assert [{k: h[k] for k in keys} for h in hist] == \
+        [{k: h[k] for k in keys} for h in b.history_ if h["phase"] == "train"]
+
+
+def test_gradient_penalty_is_zero_for_a_unit_gradient_critic():
+    class Linear(torch.nn.Module):
+        def forward(self, x, z):  # gradient (0.6, 0.8) over (x, z): norm 1
+            return 0.6 * x.flatten(1)[:, 0] + 0.8 * z[:, 0]
+
+    real = (torch.randn(4, 1, 3, 3), torch.randn(4, 2))
+    fake = (torch.randn(4, 1, 3, 3), torch.randn(4, 2))
+    assert gradient_penalty(Linear(), real, fake).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_report_shows_samples_and_reconstructions(mvtec_dir, tmp_path):
+    run = tmp_path / "run"
+    code = main(["train", "--method", "bigan", "--data", str(mvtec_dir), "--out", str(run),
+                 "--epochs", "1", "--set", "width=8", "--set", "batch_size=16", "-q"])
+    assert code == 0
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert log and math.isfinite(log[-1]["loss_ge"])
+    det = oneclass.load(run / "model")
+    figs = det.report_figures(make_defects(4, 4, size=24, seed=5))
+    assert len(figs) == 2
+    for img in figs.values():
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.std() > 0
+    assert main(["report", str(run), "--top", "2"]) == 0
+    html = (run / "report.html").read_text()
+    assert 'id="samples"' in html and "generated samples" in html and "reconstructions" in html
