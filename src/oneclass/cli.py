@@ -165,6 +165,18 @@ def cmd_bench(args) -> int:
         print(f"written to {out / 'speed.md'}")
         return 0
 
+    if args.suite == "speed-anogan":
+        from .bench import machine
+        from .io import write_text
+        from .speed import anogan_search_rows, markdown
+
+        table = markdown(anogan_search_rows())
+        out = Path(args.out)
+        write_text(out / "speed.md", f"Machine: {machine()}\n\n{table}")
+        print(table)
+        print(f"written to {out / 'speed.md'}")
+        return 0
+
     seeds = [int(s) for s in args.seeds.split(",")]
     only = args.only.split(",") if args.only else None
     run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
@@ -235,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
-    s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, "
-                   "fcdd-fmnist, fcdd-cifar10, smoke; or `docs` to write docs/benchmarks.md")
+    s.add_argument("suite", help="suite: speed, speed-anogan, classic, svdd-mnist, svdd-cifar10, "
+                   "fcdd-kolektor, fcdd-fmnist, fcdd-cifar10, anogan-mnist, anogan-cifar10, "
+                   "bigan-mnist, bigan-cifar10, anogan-kolektor, smoke; or `docs` to write "
+                   "docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")

@@ -110,3 +110,36 @@ def markdown(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(
             (f"{r[k]:.0f}" if isinstance(r.get(k), float) else str(r.get(k, ""))) for k in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def anogan_search_rows(steps: int = 100, batch: int = 64, single: int = 4,
+                       shapes=((1, 28, 28), (1, 64, 64))) -> list[dict]:
+    """Seconds per image of AnoGAN's latent search, batched vs one image at a time.
+
+    The same search (``steps`` Adam steps from the best of the candidate codes) on the
+    default AnoGAN networks for each shape, with untrained weights: the cost does not depend
+    on what the networks learned. ``batch`` images are searched together, ``single`` one by
+    one.
+    """
+    from .methods.anogan import AnoGAN
+
+    rows = []
+    for shape in shapes:
+        det = AnoGAN(search_steps=steps)
+        det.device_ = torch.device("cpu")
+        det.input_shape_ = tuple(shape)
+        det.model_ = det._build(tuple(shape)).eval()
+        x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
+        det.search(x[:2], steps=2)  # warm-up
+        t0 = time.perf_counter()
+        det.search(x)
+        per_batched = (time.perf_counter() - t0) / batch
+        t0 = time.perf_counter()
+        for i in range(single):
+            det.search(x[i:i + 1])
+        per_single = (time.perf_counter() - t0) / single
+        rows.append({"net": f"anogan search {shape[1]}x{shape[2]}x{shape[0]}", "steps": steps,
+                     "batch": batch, "batched ms/img": f"{1000 * per_batched:.1f}",
+                     "one-at-a-time ms/img": f"{1000 * per_single:.1f}",
+                     "speed-up": f"{per_single / per_batched:.1f}x"})
+    return rows

@@ -70,13 +70,20 @@ def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Ten
         fx = D.features(x)
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    with torch.enable_grad():
-        for _ in range(int(steps)):
-            g = G(z)
-            loss, _ = anogan_loss(x, g, fx, D.features(g), lam)
-            (grad,) = torch.autograd.grad(loss.sum(), z)
-            z.grad = grad
-            opt.step()
+    params = [p for net in (G, D) for p in net.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:  # no weight gradients: backward only computes what z needs
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for _ in range(int(steps)):
+                g = G(z)
+                loss, _ = anogan_loss(x, g, fx, D.features(g), lam)
+                (z.grad,) = torch.autograd.grad(loss.sum(), z)
+                opt.step()
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
     with torch.no_grad():
         g = G(z)
         loss, residual = anogan_loss(x, g, fx, D.features(g), lam)
