@@ -7,12 +7,14 @@ on normal images. D learns to tell real pairs (x, E(x)) from generated pairs (G(
 with the Wasserstein loss and gradient penalty (Gulrajani et al., 2017):
 
     L_D  = mean D(G(z), z) - mean D(x, E(x)) + gp * mean (||grad D(pair_hat)|| - 1)^2
-    L_GE = mean D(x, E(x)) - mean D(G(z), z) + fm * mean ||f(x, E(x)) - f(G(E(x)), E(x))||^2
+    L_GE = mean D(x, E(x)) - mean D(G(z), z) + fm * mean (f(x, E(x)) - f(G(E(x)), E(x)))^2
 
 with f the last hidden layer of D: the extra l2 loss between the features of a real pair and
 the pair of its reconstruction G(E(x)) pulls E and G towards inverting each other.
 
-Score: ``alpha * sum |x - G(E(x))| + (1 - alpha) * sum |f(x, E(x)) - f(G(E(x)), E(x))|``.
+Score: ``alpha * mean |x - G(E(x))| + (1 - alpha) * mean |f(x, E(x)) - f(G(E(x)), E(x))|``
+(means over pixels and features, so that the two terms have comparable scales whatever the
+image size and critic width).
 Map: |x - G(E(x))|, averaged over channels and smoothed. One forward pass per image.
 """
 
@@ -41,8 +43,8 @@ class BiGANNet(nn.Module):
         """For x in [-1, 1]: residual ``(N,)``, feature distance ``(N,)`` and G(E(x))."""
         z = self.E(x)
         rec = self.G(z)
-        feat = l1_per_image(self.D.features(x, z), self.D.features(rec, z))
-        return l1_per_image(x, rec), feat, rec
+        fx, fr = self.D.features(x, z), self.D.features(rec, z)
+        return l1_per_image(x, rec) / x[0].numel(), l1_per_image(fx, fr) / fx.shape[1], rec
 
 
 def gradient_penalty(D: JointCritic, real: tuple[torch.Tensor, torch.Tensor],
@@ -89,7 +91,7 @@ class _BiGANTask:
         ez = m.E(x)
         rec = m.G(ez)
         adv = m.D(x, ez).mean() - m.D(m.G(z), z).mean()
-        fm = (m.D.features(x, ez) - m.D.features(rec, ez)).pow(2).sum(1).mean()
+        fm = (m.D.features(x, ez) - m.D.features(rec, ez)).pow(2).mean()
         loss_ge = adv + float(det.feature_weight) * fm
         self.optimizers["GE"].zero_grad(set_to_none=True)
         loss_ge.backward()
