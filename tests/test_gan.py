@@ -139,3 +139,13 @@ def test_report_shows_samples_and_reconstructions(mvtec_dir, tmp_path):
     assert main(["report", str(run), "--top", "2"]) == 0
     html = (run / "report.html").read_text()
     assert 'id="samples"' in html and "generated samples" in html and "reconstructions" in html
+
+
+def test_bf16_search_tracks_fp32():
+    det = _untrained_anogan(search_steps=10)
+    x = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    full = det.search(x).loss
+    det.precision = "bf16"
+    half = det.search(x)
+    assert half.loss.dtype == torch.float32 and half.rec.dtype == torch.float32
+    np.testing.assert_allclose(half.loss.numpy(), full.numpy(), rtol=0.05)

@@ -113,19 +113,20 @@ def markdown(rows: list[dict]) -> str:
 
 
 def anogan_search_rows(steps: int = 100, batch: int = 64, single: int = 4,
-                       shapes=((1, 28, 28), (1, 64, 64))) -> list[dict]:
+                       shapes=((1, 28, 28), (1, 64, 64)),
+                       precisions=("fp32", "bf16")) -> list[dict]:
     """Seconds per image of AnoGAN's latent search, batched vs one image at a time.
 
     The same search (``steps`` Adam steps from the best of the candidate codes) on the
     default AnoGAN networks for each shape, with untrained weights: the cost does not depend
     on what the networks learned. ``batch`` images are searched together, ``single`` one by
-    one.
+    one, in each precision (``precision`` parameter of AnoGAN).
     """
     from .methods.anogan import AnoGAN
 
     rows = []
-    for shape in shapes:
-        det = AnoGAN(search_steps=steps)
+    for shape, precision in [(s, p) for s in shapes for p in precisions]:
+        det = AnoGAN(search_steps=steps, precision=precision)
         det.device_ = torch.device("cpu")
         det.input_shape_ = tuple(shape)
         det.model_ = det._build(tuple(shape)).eval()
@@ -138,7 +139,8 @@ def anogan_search_rows(steps: int = 100, batch: int = 64, single: int = 4,
         for i in range(single):
             det.search(x[i:i + 1])
         per_single = (time.perf_counter() - t0) / single
-        rows.append({"net": f"anogan search {shape[1]}x{shape[2]}x{shape[0]}", "steps": steps,
+        rows.append({"net": f"anogan search {shape[1]}x{shape[2]}x{shape[0]}",
+                     "precision": precision, "steps": steps,
                      "batch": batch, "batched ms/img": f"{1000 * per_batched:.1f}",
                      "one-at-a-time ms/img": f"{1000 * per_single:.1f}",
                      "speed-up": f"{per_single / per_batched:.1f}x"})

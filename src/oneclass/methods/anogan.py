@@ -19,6 +19,7 @@ search a far better start than one random code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from typing import NamedTuple
@@ -67,7 +68,7 @@ def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Ten
     interact. Only z receives gradients; the networks' weights are left alone.
     """
     with torch.no_grad():
-        fx = D.features(x)
+        fx = D.features(x).float()
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     params = [p for net in (G, D) for p in net.parameters()]
@@ -78,7 +79,7 @@ def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Ten
         with torch.enable_grad():
             for _ in range(int(steps)):
                 g = G(z)
-                loss, _ = anogan_loss(x, g, fx, D.features(g), lam)
+                loss, _ = anogan_loss(x, g.float(), fx, D.features(g).float(), lam)
                 (z.grad,) = torch.autograd.grad(loss.sum(), z)
                 opt.step()
     finally:
@@ -86,8 +87,8 @@ def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Ten
             p.requires_grad_(f)
     with torch.no_grad():
         g = G(z)
-        loss, residual = anogan_loss(x, g, fx, D.features(g), lam)
-    return Search(z.detach(), loss, residual, g)
+        loss, residual = anogan_loss(x, g.float(), fx, D.features(g).float(), lam)
+    return Search(z.detach(), loss, residual, g.float())
 
 
 class AnoGANNet(nn.Module):
@@ -148,6 +149,9 @@ class AnoGAN(GANDetector):
         "search_steps": 100,
         "search_lr": 0.05,
         "search_candidates": 64,  # fixed random codes; the search starts at the best one
+        # search precision: fp32, or bf16 autocast (about 1.9x faster batched on CPUs with
+        # AVX512-BF16 or AMX; emulated, hence slow, on others; scores move by ~1-3 %)
+        "precision": "fp32",
     }
 
     def _check_params(self) -> None:
@@ -160,6 +164,8 @@ class AnoGAN(GANDetector):
             raise ConfigError(f"search_candidates must be >= 1, got {self.search_candidates}")
         if float(self.search_lr) <= 0:
             raise ConfigError(f"search_lr must be positive, got {self.search_lr}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if not 0.0 <= float(self.label_smoothing) < 0.5:
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
@@ -184,9 +190,12 @@ class AnoGAN(GANDetector):
         m.eval()
         xt = to_tanh_range(x)
         z0 = initial_codes(m.G, xt, self.code_bank().to(x.device))
-        return latent_search(m.G, m.D, xt, z0,
-                             steps=int(self.search_steps if steps is None else steps),
-                             lr=float(self.search_lr), lam=float(self.lam))
+        amp = (torch.autocast(x.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+               else contextlib.nullcontext())
+        with amp:
+            return latent_search(m.G, m.D, xt, z0,
+                                 steps=int(self.search_steps if steps is None else steps),
+                                 lr=float(self.search_lr), lam=float(self.lam))
 
     def _cached_search(self, x: torch.Tensor) -> Search:
         """:meth:`search`, remembered for the last batches: score and map share one search."""
