@@ -73,6 +73,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: str | os.PathLike) -> bool:
+    """Put back the previous version of ``path`` if a swap was killed half-way.
+
+    The swap in :func:`atomic_dir` is two renames (``path`` -> ``.path.old``, new -> ``path``);
+    a kill between them leaves no ``path`` but a complete ``.path.old``. Returns True when it
+    was restored.
+    """
+    path = Path(path)
+    old = _old(path)
+    if path.exists() or not old.is_dir():
+        return False
+    os.replace(old, path)
+    return True
+
+
 def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Build a directory with ``fill(tmp_dir)`` and swap it in for ``path``.
 
@@ -80,8 +99,9 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = path.with_name(f".{path.name}.old")
+    old = _old(path)
     try:
         fill(tmp)
         os.chmod(tmp, 0o777 & ~_UMASK)
