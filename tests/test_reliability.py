@@ -412,11 +412,14 @@ def test_cli_turns_a_raw_full_disk_error_into_one_line(monkeypatch, capsys, tmp_
     from oneclass import runs
 
     def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "predictions.csv"))
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "scores.csv"))
 
+    monkeypatch.setattr(runs, "evaluate", full)
+    assert _cli("eval", tmp_path) == 2
+    _one_line_error(capsys.readouterr().err, "scores.csv", "no space left on device")
     monkeypatch.setattr(runs, "predict", full)
-    assert _cli("predict", tmp_path, tmp_path, "--out", tmp_path) == 2
-    _one_line_error(capsys.readouterr().err, "predictions.csv", "no space left on device")
+    assert _cli("predict", tmp_path, tmp_path, "--out", tmp_path / "p") == 2
+    _one_line_error(capsys.readouterr().err, "cannot write predictions", "rerun with --resume")
 
 
 # ------------------------------------------------------- 5. model files are data

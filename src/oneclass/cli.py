@@ -104,9 +104,13 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .runs import predict
 
-    r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
-                heatmaps=not args.no_heatmaps, device=args.device or "auto",
-                progress=_progress(args), on_bad_image=args.on_bad_image)
+    try:
+        r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
+                    heatmaps=not args.no_heatmaps, device=args.device or "auto",
+                    progress=_progress(args), on_bad_image=args.on_bad_image)
+    except OSError as exc:  # rows are flushed batch by batch, so a rerun can continue
+        raise OneclassError(f"{args.out}: cannot write predictions ({exc.strerror or exc}); the rows "
+                            "already in predictions.csv are kept: rerun with --resume") from None
     bad = f", {r['unreadable']} unreadable skipped" if r["unreadable"] else ""
     print(f"scored {r['scored']} images ({r['skipped']} already done{bad}), {r['anomalous']} "
           f"anomalous; results in {r['csv']}")
