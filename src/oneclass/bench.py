@@ -55,8 +55,9 @@ SUITES["fcdd-kolektor"] = [
 ]
 SUITES["fcdd-fmnist"] = [
     {"method": "fcdd", "data": f"fashion-mnist:{c}",
-     "params": {"noise": "none", "batch_size": 128, "epochs": 30}, "outliers": "cifar10",
-     "label": "OE: CIFAR-10 in grayscale"} for c in range(10)]
+     "params": {"noise": "none", "batch_size": 128, "epochs": 30, "gcn": True},
+     "outliers": "cifar10", "label": "OE: CIFAR-10 in grayscale, per-image contrast normalisation"}
+    for c in range(10)]
 SUITES["fcdd-cifar10"] = [
     {"method": "fcdd", "data": f"cifar10:{c}", "params": {}, "label": "confetti noise only"}
     for c in range(10)]
