@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -84,7 +85,7 @@ def cmd_train(args) -> int:
     det = train(method, spec, Path(args.out), params, data_root=root, resume=args.resume,
                 progress=_progress(args), outliers=args.outliers or cfg.get("outliers"),
                 anomalies=args.anomalies or cfg.get("anomalies"),
-                anomaly_limit=args.anomaly_limit)
+                anomaly_limit=args.anomaly_limit, on_bad_image=args.on_bad_image)
     print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s; "
           f"threshold {det.threshold_:.6g} ({det.threshold_source_}); model in {args.out}/model")
     return 0
@@ -93,7 +94,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .runs import evaluate, format_metrics
 
-    m = evaluate(Path(args.run), args.data, args.data_root, args.device or "auto")
+    m = evaluate(Path(args.run), args.data, args.data_root, args.device or "auto",
+                 on_bad_image=args.on_bad_image)
     print(format_metrics(m))
     print(f"metrics written to {Path(args.run) / 'metrics.json'}")
     return 0
@@ -102,10 +104,15 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .runs import predict
 
-    r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
-                heatmaps=not args.no_heatmaps, device=args.device or "auto",
-                progress=_progress(args))
-    print(f"scored {r['scored']} images ({r['skipped']} already done), {r['anomalous']} "
+    try:
+        r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
+                    heatmaps=not args.no_heatmaps, device=args.device or "auto",
+                    progress=_progress(args), on_bad_image=args.on_bad_image)
+    except OSError as exc:  # rows are flushed batch by batch, so a rerun can continue
+        raise OneclassError(f"{args.out}: cannot write predictions ({exc.strerror or exc}); the rows "
+                            "already in predictions.csv are kept: rerun with --resume") from None
+    bad = f", {r['unreadable']} unreadable skipped" if r["unreadable"] else ""
+    print(f"scored {r['scored']} images ({r['skipped']} already done{bad}), {r['anomalous']} "
           f"anomalous; results in {r['csv']}")
     return 0
 
@@ -114,7 +121,7 @@ def cmd_report(args) -> int:
     from .runs import report
 
     path = report(Path(args.run), args.data, args.data_root, top=args.top,
-                  device=args.device or "auto")
+                  device=args.device or "auto", on_bad_image=args.on_bad_image)
     print(f"report written to {path}")
     return 0
 
@@ -192,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    def images(sp):
+        sp.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
+                        help="an unreadable image stops the command with its name (error, the "
+                        "default) or is left out with a warning and a count (skip)")
+        sp.add_argument("--max-pixels", type=int, metavar="N",
+                        help="refuse images with more pixels than N (decompression bombs; "
+                        "default 178956970 or $ONECLASS_MAX_PIXELS)")
+
     def common(sp, quiet=True, device=True):
         if quiet:
             sp.add_argument("-q", "--quiet", action="store_true",
@@ -220,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--anomaly-limit", type=int, default=5, metavar="N",
                    help="labeled anomalies per defect type (default 5)")
     common(s)
+    images(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="score the test split; write RUN/metrics.json")
@@ -227,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="data spec (default: the one the run was trained on)")
     s.add_argument("--data-root")
     common(s)
+    images(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("predict", help="score images or folders; write predictions.csv and heatmaps")
@@ -236,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="skip images already in predictions.csv")
     s.add_argument("--no-heatmaps", action="store_true")
     common(s)
+    images(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("report", help="write RUN/report.html")
@@ -244,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root")
     s.add_argument("--top", type=int, default=8, help="examples per gallery")
     common(s)
+    images(s)
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
@@ -294,9 +313,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     try:
+        if getattr(args, "max_pixels", None) is not None:
+            from .data.images import set_max_pixels
+
+            set_max_pixels(args.max_pixels)
         return int(args.func(args) or 0)
     except OneclassError as exc:
         print(f"oneclass: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment (full disk, permissions), not a bug: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            print(f"oneclass: error: {where}no space left on device; files written atomically "
+                  "(models, reports, metrics) keep their previous version", file=sys.stderr)
+        else:
+            print(f"oneclass: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("oneclass: interrupted", file=sys.stderr)

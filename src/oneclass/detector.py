@@ -34,7 +34,7 @@ from . import __version__
 from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, materialize
 from .device import resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError
-from .io import atomic_dir, write_json
+from .io import atomic_dir, recover_dir, write_json
 from .train import LoopConfig
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,8 @@ class Detector:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         if float(self.lr) <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.threshold is not None and not np.isfinite(float(self.threshold)):
+            raise ConfigError(f"threshold must be a finite number (or unset), got {self.threshold}")
         if self.size is not None:
             self._size_tuple()
 
@@ -238,7 +240,9 @@ class Detector:
             if max(h, w) <= 64:
                 size = (h, w)
             elif self.keep_aspect:  # about d*d pixels, sides multiples of 16
-                a = (h / w) ** 0.5
+                # Aspect ratio capped at 4: a 3x3000 strip would otherwise become a 16x7088
+                # input that trains 80 times slower; beyond 4:1 images are squeezed instead.
+                a = min(max(h / w, 0.25), 4.0) ** 0.5
                 size = (max(16, round(d * a / 16) * 16), max(16, round(d / a / 16) * 16))
             else:
                 size = (d, d)
@@ -313,11 +317,15 @@ class Detector:
         few = ref.subset(np.arange(min(len(ref), 64))) if isinstance(ref, ImageSet) else ref[:64]
         maps = self.anomaly_map(few)
         self.map_scale_ = [float(np.median(maps)), float(maps.max())]
+        scores = self.score(ref)
         if self.threshold is not None:
             self.threshold_ = float(self.threshold)
             self.threshold_source_ = "explicit"
+            if len(scores) and self.threshold_ <= float(scores.min()):
+                log.warning("%s: threshold %.6g is at or below the score of every normal "
+                            "reference image (lowest %.6g): every image will be predicted "
+                            "anomalous", self.name, self.threshold_, float(scores.min()))
             return
-        scores = self.score(ref)
         self.threshold_ = float(np.quantile(scores, q))
         self.threshold_source_ = src
 
@@ -434,21 +442,29 @@ class Detector:
 
         path = Path(path)
         meta_path = path / "model.json"
+        if recover_dir(path):
+            log.warning("%s: a save was interrupted; the previous model was put back", path)
         if not meta_path.is_file():
             raise ModelFileError(f"{path}: not a saved model (no model.json)")
         try:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from None
-        if meta.get("format") != FORMAT:
+        except OSError as exc:
+            raise ModelFileError(f"{meta_path}: cannot read ({exc.strerror})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ModelFileError(f"{meta_path}: not a oneclass model description")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ModelFileError(
                 f"{meta_path}: model format version {meta.get('format_version')} (written by "
                 f"oneclass {meta.get('oneclass_version')}); this oneclass "
-                f"({__version__}) reads version {FORMAT_VERSION}"
+                f"({__version__}) reads version {FORMAT_VERSION}; retrain the model with this "
+                "version, or load it with the oneclass version that wrote it"
             )
-        klass = get(meta["method"])
+        try:
+            klass = get(str(meta.get("method")))
+        except ConfigError as exc:
+            raise ModelFileError(f"{meta_path}: {exc}") from None
         if cls is not Detector and not issubclass(klass, cls):
             raise ModelFileError(f"{path}: holds a {meta['method']} model, not {cls.name}")
         wpath = path / "weights.safetensors"
@@ -459,20 +475,26 @@ class Detector:
         if meta.get("weights_sha256") and hashlib.sha256(raw).hexdigest() != meta["weights_sha256"]:
             raise ModelFileError(f"{wpath}: weights do not match their checksum in model.json "
                                  "(file changed or damaged)")
-        params = dict(meta["params"])
-        params["device"] = device
-        det = klass(**params)
-        det.device_ = resolve_device(device)
-        det.preprocess_ = Preprocess.from_json(meta["preprocess"])
-        det.input_shape_ = tuple(meta["input_shape"])
-        fitted = meta["fitted"]
-        det.threshold_ = float(fitted["threshold"])
-        det.threshold_source_ = fitted["threshold_source"]
-        det.n_train_ = fitted.get("n_train")
-        det.map_scale_ = fitted.get("map_scale")
-        det.train_seconds_ = fitted.get("train_seconds", 0.0)
-        det._load_fitted_extra(fitted)
-        det.model_ = det._build(det.input_shape_)
+        device_ = resolve_device(device)
+        try:  # a damaged or hand-edited description: one clear error, not a KeyError
+            det = klass(**{**dict(meta["params"]), "device": device})
+            det.device_ = device_
+            det.preprocess_ = Preprocess.from_json(meta["preprocess"])
+            det.input_shape_ = tuple(int(v) for v in meta["input_shape"])
+            c, h, w = det.input_shape_
+            if c not in (1, 3) or not (1 <= h <= 16384 and 1 <= w <= 16384):
+                raise ValueError(f"input_shape {list(det.input_shape_)} is not a (C, H, W) image shape")
+            fitted = meta["fitted"]
+            det.threshold_ = float(fitted["threshold"])
+            det.threshold_source_ = fitted["threshold_source"]
+            det.n_train_ = fitted.get("n_train")
+            det.map_scale_ = fitted.get("map_scale")
+            det.train_seconds_ = fitted.get("train_seconds", 0.0)
+            det._load_fitted_extra(fitted)
+            det.model_ = det._build(det.input_shape_)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise ModelFileError(f"{meta_path}: damaged model description ({what})") from None
         try:
             state = load_file(str(wpath))
             det.model_.load_state_dict(state, strict=True)

@@ -7,6 +7,7 @@ crash or a full disk never leaves a half-written file where a good one was.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
@@ -20,6 +21,25 @@ from .errors import OneclassError
 # mkstemp/mkdtemp create private (0600/0700) entries; give results the usual umask-based mode.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _prefix(path: Path) -> str:
+    """Temporary siblings are named ``.NAME.PID.*.tmp``, so a dead writer's can be found."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _sweep(path: Path) -> None:
+    """Remove temporary siblings of ``path`` left by writers that were killed (kill -9)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # the writer is gone: its file can never be completed
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive (or not ours to signal): leave it
 
 
 def _explain(exc: OSError, path: Path) -> OneclassError:
@@ -40,7 +60,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _sweep(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -73,6 +94,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: str | os.PathLike) -> bool:
+    """Put back the previous version of ``path`` if a swap was killed half-way.
+
+    The swap in :func:`atomic_dir` is two renames (``path`` -> ``.path.old``, new -> ``path``);
+    a kill between them leaves no ``path`` but a complete ``.path.old``. Returns True when it
+    was restored.
+    """
+    path = Path(path)
+    old = _old(path)
+    if path.exists() or not old.is_dir():
+        return False
+    os.replace(old, path)
+    return True
+
+
 def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Build a directory with ``fill(tmp_dir)`` and swap it in for ``path``.
 
@@ -80,8 +120,10 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = path.with_name(f".{path.name}.old")
+    recover_dir(path)
+    _sweep(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+    old = _old(path)
     try:
         fill(tmp)
         os.chmod(tmp, 0o777 & ~_UMASK)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
+from .data.screen import check_policy
 from .detector import Detector
 from .errors import ConfigError, OneclassError
 from .io import write_json, write_text
@@ -56,6 +57,25 @@ def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
     return test.subset(chosen)
 
 
+def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str | None = None,
+                  anomalies: str | None = None, anomaly_limit: int = 5):
+    """The training set of a run, its outlier-exposure set and the labeled anomalies used.
+
+    Returns:
+        ``(train_set, outlier_set or None, names of the labeled anomalies or None)``; the
+        labeled anomalies (``anomaly_limit`` per defect type from the test split of
+        ``anomalies``) are part of ``train_set``.
+    """
+    train_set = data_mod.load(data_spec, "train", root=root)
+    used = None
+    if anomalies:
+        picked = pick_anomalies(anomalies, int(anomaly_limit), seed, root)
+        used = list(picked.names)
+        train_set = data_mod.concat(train_set, picked)
+    outlier_set = data_mod.load(outliers, "train", root=root) if outliers else None
+    return train_set, outlier_set, used
+
+
 def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
     """The test split of ``spec`` without the images the run trained on as labeled anomalies."""
     test = data_mod.load(spec, "test", root=root)
@@ -68,31 +88,39 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
 def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
           data_root: str | None = None, resume: bool = False, progress: bool | None = None,
           outliers: str | None = None, anomalies: str | None = None,
-          anomaly_limit: int = 5) -> Detector:
+          anomaly_limit: int = 5, on_bad_image: str = "error") -> Detector:
     """Train ``method`` on ``data_spec`` and write the run directory ``out``.
 
     Args:
         outliers: data spec of outlier-exposure images (methods that use them).
         anomalies: data spec whose test split gives labeled anomalies: ``anomaly_limit`` per
             defect type are added to training and left out of this run's evaluation.
+        on_bad_image: ``"error"`` stops at the first unreadable image; ``"skip"`` leaves
+            unreadable images out with a warning and records them in ``config.json``.
     """
     out = Path(out)
     det = create(method, **params)
     config = {"method": det.name, "data": data_spec, "data_root": data_root,
               "params": det.get_params(), "outliers": outliers, "anomalies": anomalies,
-              "anomaly_limit": anomaly_limit if anomalies else None}
+              "anomaly_limit": anomaly_limit if anomalies else None,
+              "on_bad_image": check_policy(on_bad_image)}
     if resume and (out / "config.json").exists():
-        old = {k: v for k, v in read_config(out).items() if k != "anomalies_used"}
+        old = {k: v for k, v in read_config(out).items() if k not in ("anomalies_used", "skipped_images")}
+        old.setdefault("on_bad_image", "error")  # runs written before the policy existed
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than the run's "
                               "config.json; use a new --out or the same options")
     out.mkdir(parents=True, exist_ok=True)
-    train_set = data_mod.load(data_spec, "train", root=data_root)
-    if anomalies:
-        picked = pick_anomalies(anomalies, int(anomaly_limit), int(det.seed), data_root)
-        config["anomalies_used"] = list(picked.names)
-        train_set = data_mod.concat(train_set, picked)
-    outlier_set = data_mod.load(outliers, "train", root=data_root) if outliers else None
+    train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
+                                                 anomalies=anomalies, anomaly_limit=anomaly_limit)
+    if used is not None:
+        config["anomalies_used"] = used
+    train_set, skipped = data_mod.screen(train_set, on_bad_image, progress=bool(progress),
+                                         what="training images")
+    if skipped:
+        config["skipped_images"] = [name for name, _ in skipped]
+    if outlier_set is not None:
+        outlier_set = data_mod.screen(outlier_set, on_bad_image, what="outlier images")[0]
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
     write_json(out / "config.json", config)
@@ -110,6 +138,26 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     det.save(out / "model")
     shutil.rmtree(ckpt, ignore_errors=True)
     return det
+
+
+def check_threshold(threshold: float, scores: np.ndarray, what: str, *, both: bool = True) -> bool:
+    """Warn when ``threshold`` puts every score on one side; True when it does.
+
+    With ``both=False`` only "everything anomalous" is reported (when predicting on new images,
+    all of them being normal is the usual case, not a sign of a bad threshold).
+    """
+    if len(scores) == 0:
+        return False
+    lo, hi = float(np.min(scores)), float(np.max(scores))
+    if threshold <= lo:
+        log.warning("threshold %.6g is at or below every %s score (lowest %.6g): every image is "
+                    "predicted anomalous; check the threshold parameter", threshold, what, lo)
+        return True
+    if both and threshold > hi:
+        log.warning("threshold %.6g is above every %s score (highest %.6g): every image is "
+                    "predicted normal; check the threshold parameter", threshold, what, hi)
+        return True
+    return False
 
 
 def load_model(run: Path, device: str = "auto") -> Detector:
@@ -130,11 +178,11 @@ def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: s
 
 
 def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = None,
-             device: str = "auto") -> dict[str, Any]:
+             device: str = "auto", on_bad_image: str = "error") -> dict[str, Any]:
     """Score the test split, write ``metrics.json`` and ``scores.csv``; return the metrics."""
     run = Path(run)
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
-    test = test_set(spec, root, cfg)
+    test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
     t0 = time.perf_counter()
     scores = det.score(test)
     seconds = time.perf_counter() - t0
@@ -142,12 +190,15 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     known = labels >= 0
     metrics: dict[str, Any] = {"data": spec, "n_test": int(len(test)),
                                "n_anomalous": int((labels == 1).sum())}
+    if skipped:
+        metrics["skipped_images"] = [name for name, _ in skipped]
     im = image_metrics(labels[known], scores[known])
     metrics.update({k: im[k] for k in ("image_auroc", "image_ap", "image_f1")})
     metrics["image_f1_threshold"] = im.get("image_f1_threshold")
     pred = scores >= det.threshold_
     metrics["threshold"] = det.threshold_
     metrics["threshold_source"] = det.threshold_source_
+    metrics["threshold_outside_scores"] = check_threshold(det.threshold_, scores, "test", both=True)
     metrics["accuracy_at_threshold"] = float((pred[known] == (labels[known] == 1)).mean()) \
         if known.any() else None
     metrics["pixel_auroc"] = metrics["aupro"] = None
@@ -204,11 +255,12 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             heatmaps: bool = True, device: str = "auto", progress: bool | None = None,
-            batch_size: int = 32) -> dict[str, Any]:
+            batch_size: int = 32, on_bad_image: str = "error") -> dict[str, Any]:
     """Score images and folders, streaming: ``OUT/predictions.csv`` and ``OUT/heatmaps/``.
 
     Rows are appended batch by batch, so memory stays bounded whatever the number of images;
-    with ``resume`` images already in ``predictions.csv`` are skipped.
+    with ``resume`` images already in ``predictions.csv`` are skipped. With
+    ``on_bad_image="skip"`` unreadable images get no row (a later ``resume`` tries them again).
     """
     import csv
     import sys
@@ -220,6 +272,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     from .errors import DataError
     from .viz import overlay, save_png
 
+    check_policy(on_bad_image)
     det = load_model(run, device)
     paths: list[Path] = []
     for item in inputs:
@@ -246,14 +299,17 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     if heatmaps:
         (out / "heatmaps").mkdir(exist_ok=True)
     lo, hi = (det.map_scale_ or [None, None])
-    n_anom = 0
+    n_anom, n_bad = 0, 0
     show = progress if progress is not None else sys.stderr.isatty()
     with open(csv_path, mode, newline="") as fh:
         writer = csv.writer(fh)
         if mode == "w":
             writer.writerow(["path", "score", "label"])
         if todo:
-            fs = FileSet(todo, [-1] * len(todo), names=[str(p) for p in todo])
+            fs, bad = data_mod.screen(FileSet(todo, [-1] * len(todo), names=[str(p) for p in todo]),
+                                      on_bad_image, what="input images", allow_empty=True)
+            n_bad = len(bad)
+            todo = [Path(n) for n in fs.names]
             bar = tqdm(total=len(todo), desc="scoring", disable=not show, leave=False)
             for xb, _, _, _, idx in loader(fs, det.preprocess_, batch_size):
                 xb = xb.to(det.device_)
@@ -271,12 +327,15 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                 fh.flush()
                 bar.update(len(idx))
             bar.close()
-    return {"scored": len(todo), "skipped": len(paths) - len(todo), "anomalous": n_anom,
-            "csv": str(csv_path)}
+    if len(todo) >= 10 and n_anom == len(todo):
+        log.warning("all %d images are at or above the threshold %.6g: every image is predicted "
+                    "anomalous; check the threshold parameter", len(todo), det.threshold_)
+    return {"scored": len(todo), "skipped": len(paths) - len(todo) - n_bad, "unreadable": n_bad,
+            "anomalous": n_anom, "csv": str(csv_path)}
 
 
 def report(run: Path, data_spec: str | None = None, data_root: str | None = None,
-           top: int = 8, device: str = "auto") -> Path:
+           top: int = 8, device: str = "auto", on_bad_image: str = "error") -> Path:
     """Write ``RUN/report.html`` for the test split of the run's data (or ``data_spec``)."""
     from .report import Example, build_report
 
@@ -285,8 +344,8 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     mpath = run / "metrics.json"
     metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
     if metrics.get("data") != spec:
-        metrics = evaluate(run, spec, root, device)
-    test = test_set(spec, root, cfg)
+        metrics = evaluate(run, spec, root, device, on_bad_image)
+    test = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")[0]
     scores = det.score(test)
     order = np.argsort(-scores, kind="stable")
     k = min(top, len(order))

@@ -26,6 +26,7 @@ from .base import (
 )
 from .classic import CLASSES, one_vs_rest
 from .folder import is_mvtec, mvtec, plain
+from .screen import screen
 
 SPLITS = ("train", "test")
 
@@ -73,5 +74,5 @@ def concat(*sets: ImageSet) -> ImageSet:
     return Concat(list(sets))
 
 
-__all__ = ["concat", "load", "ImageSet", "ArraySet", "FileSet", "Preprocess", "Sample", "NORMAL",
+__all__ = ["concat", "load", "screen", "ImageSet", "ArraySet", "FileSet", "Preprocess", "Sample", "NORMAL",
            "ANOMALOUS", "UNLABELED", "CLASSES"]

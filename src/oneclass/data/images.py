@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -12,9 +14,29 @@ from ..errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# Decompression-bomb guard: refuse images with more pixels than this (about 16k x 11k).
+# Decompression-bomb guard: refuse images with more pixels than this (about 16k x 11k), read
+# from the header before any pixel is decoded. Set ONECLASS_MAX_PIXELS or call set_max_pixels.
 MAX_PIXELS = 178_956_970
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def set_max_pixels(limit: int) -> None:
+    """Refuse images with more than ``limit`` pixels (decompression-bomb guard)."""
+    global MAX_PIXELS
+    if int(limit) < 1:
+        raise DataError(f"the pixel limit must be positive, got {limit}")
+    MAX_PIXELS = int(limit)
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own check then agrees with ours
+
+
+def _limit_from_env() -> None:
+    value = os.environ.get("ONECLASS_MAX_PIXELS", "").strip()
+    try:
+        set_max_pixels(int(value) if value else MAX_PIXELS)
+    except (ValueError, DataError):
+        raise DataError(f"ONECLASS_MAX_PIXELS={value!r}: expected a positive whole number") from None
+
+
+_limit_from_env()
 
 
 def is_image_file(path: Path) -> bool:
@@ -22,24 +44,47 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+_BOMB = "(a decompression bomb?); raise the limit with ONECLASS_MAX_PIXELS or --max-pixels"
+
+
+def _too_many_pixels(path: Path, w: int, h: int) -> DataError:
+    return DataError(f"{path}: image of {w}x{h} = {w * h} pixels is over the limit of {MAX_PIXELS} "
+                     f"pixels {_BOMB}")
+
+
 def _open(path: Path) -> Image.Image:
     try:
+        # A FIFO or device named like an image would block or never end: read regular files only.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path}: not a regular file")
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns from 1x its limit (ours) and refuses from 2x; the check below gives
+            # the size in the message for the range in between.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
             try:
+                if img.width * img.height > MAX_PIXELS:  # header only: nothing decoded yet
+                    raise _too_many_pixels(path, img.width, img.height)
                 img.load()
             except BaseException:
                 img.close()  # do not leak the file handle of a corrupt or truncated image
                 raise
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path}: image has too many pixels (limit {MAX_PIXELS})") from None
+        raise DataError(f"{path}: image is over the limit of {MAX_PIXELS} pixels {_BOMB}") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's error (symlink loop, permissions), not PIL's
+            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to decode this image") from None
+    except Exception as exc:  # decoders raise struct.error, IndexError, ... on hostile input
+        raise DataError(f"{path}: corrupt image ({type(exc).__name__}: {exc})") from None
     return img
 
 
@@ -52,6 +97,22 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     img = _open(path)
     try:
+        arr = _to_array(img, path)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to convert this image") from None
+    except Exception as exc:  # an exotic mode PIL cannot convert
+        raise DataError(f"{path}: cannot convert an image of mode {img.mode} ({exc})") from None
+    finally:
+        img.close()
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"{path}: image has no pixels")
+    return arr
+
+
+def _to_array(img: Image.Image, path: Path) -> np.ndarray:
+    try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block should not make a good image unreadable
         pass
@@ -62,9 +123,11 @@ def read_image(path: str | Path) -> np.ndarray:
         return arr[..., None]
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return arr.astype(np.uint8)[..., None]
+        finite = np.isfinite(arr)  # NaN and infinities become black
+        lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            arr = np.where(finite, (arr - lo) / (hi - lo) * 255.0 if hi > lo else 0.0, 0.0)
+        return np.clip(arr + 0.5, 0, 255).astype(np.uint8)[..., None]
     if img.mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.uint8)[..., None]
     if img.mode == "LA":
@@ -73,10 +136,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if img.mode in ("RGBA", "PA", "P"):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
         return (rgba[..., :3] * rgba[..., 3:] / 255.0 + 0.5).astype(np.uint8)
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise DataError(f"{path}: image has no pixels")
-    return arr
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
