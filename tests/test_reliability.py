@@ -207,7 +207,7 @@ def test_screen_rejects_an_unknown_policy():
 
 @pytest.mark.parametrize("argv, words", [
     (["--method", "deep_svd"], ["unknown method 'deep_svd'", "did you mean 'deep_svdd'",
-                                "available: deep_svdd"]),
+                                "available: ", "deep_svdd"]),
     (["--method", "deep_svdd", "--set", "eta=1"], ["unknown parameter(s) eta", "valid:",
                                                    "batch_size"]),
     (["--method", "deep_svdd", "--set", "threshold=nan"], ["threshold must be a finite number"]),
