@@ -61,6 +61,13 @@ SUITES["fcdd-cifar10"] = [
     {"method": "fcdd", "data": f"cifar10:{c}", "params": {}, "label": "confetti noise only"}
     for c in range(10)]
 SUITES["classic"] = SUITES["svdd-mnist"] + SUITES["svdd-cifar10"]
+# MVTec-layout folders (KolektorSDD by default; `--data FOLDER` names others): the deep one-class
+# methods beside the PatchCore reference, all unsupervised, default settings.
+SUITES["industrial"] = [
+    {"method": "patchcore", "data": "{root}/kolektorsdd", "params": {}},
+    {"method": "fcdd", "data": "{root}/kolektorsdd", "params": {}, "label": "unsupervised"},
+    {"method": "deep_svdd", "data": "{root}/kolektorsdd", "params": {}},
+]
 
 
 def machine() -> str:
@@ -134,7 +141,10 @@ def _key(job: dict[str, Any]) -> str:
 
 def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
               only: list[str] | None = None, overrides: dict[str, Any] | None = None,
-              log=print) -> list[dict[str, Any]]:
+              log=print, data: list[str] | None = None,
+              methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) a suite; ``data`` replaces the suite's datasets by these specs (folders),
+    ``methods`` keeps only the runs of these methods."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; available: {', '.join(sorted(SUITES))}")
     out = Path(out)
@@ -147,8 +157,14 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
                 r = json.loads(line)
                 done[r["key"]] = r
     jobs = []
-    for job in SUITES[suite]:
+    suite_jobs = SUITES[suite]
+    if data:  # the suite's settings (each once) on the given datasets instead of its own
+        settings = {json.dumps({**j, "data": None}, sort_keys=True): j for j in suite_jobs}
+        suite_jobs = [{**j, "data": d} for d in data for j in settings.values()]
+    for job in suite_jobs:
         if only and job["data"] not in only:
+            continue
+        if methods and job["method"] not in methods:
             continue
         for seed in seeds:
             jobs.append({**job, "params": {**job["params"], **(overrides or {})}, "seed": seed})
@@ -229,6 +245,7 @@ COMMANDS = {
     "fcdd-fmnist": "oneclass bench fcdd-fmnist --data-root ../shared/data --out runs/bench-fcdd",
     "fcdd-cifar10": "oneclass bench fcdd-cifar10 --data-root ../shared/data --out runs/bench-fcdd",
     "smoke": "oneclass bench smoke --out runs/bench-smoke",
+    "industrial": "oneclass bench industrial --data-root ../shared/data --out runs/bench-industrial",
 }
 
 

@@ -156,9 +156,12 @@ def cmd_bench(args) -> int:
     if args.suite == "speed":
         from .bench import machine
         from .io import write_text
-        from .speed import fcdd_rows, lenet_rows, markdown
+        from .speed import fcdd_rows, lenet_rows, markdown, patchcore_rows, peak_rows, peaks
 
-        table = markdown(lenet_rows()) + "\n" + markdown(fcdd_rows())
+        peak = peaks()
+        table = "\n".join(markdown(rows) for rows in (
+            peak_rows(peak), lenet_rows(peak=peak), fcdd_rows(peak=peak),
+            patchcore_rows(peak=peak), peak_rows(peaks(), "end of run")))
         out = Path(args.out)
         write_text(out / "speed.md", f"Machine: {machine()}\n\n{table}")
         print(table)
@@ -168,7 +171,8 @@ def cmd_bench(args) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     only = args.only.split(",") if args.only else None
     run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
-              overrides=_parse_sets(args.set) or None)
+              overrides=_parse_sets(args.set) or None, data=args.data or None,
+              methods=args.methods.split(",") if args.methods else None)
     print(f"results: {Path(args.out) / 'results.md'}")
     return 0
 
@@ -236,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
     s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, "
-                   "fcdd-fmnist, fcdd-cifar10, smoke; or `docs` to write docs/benchmarks.md")
+                   "fcdd-fmnist, fcdd-cifar10, industrial, smoke; or `docs` to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -244,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter of every run")
     s.add_argument("--results", nargs="*", help="with `docs`: result folders to include")
+    s.add_argument("--data", action="append", metavar="FOLDER",
+                   help="run the suite on this data (e.g. an MVTec-layout folder) instead of its "
+                   "own datasets (repeatable); industrial default: DATA_ROOT/kolektorsdd")
+    s.add_argument("--methods", help="comma-separated methods to run (default: all of the suite)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="train, evaluate and report on the ELPV solar cells")
