@@ -54,3 +54,23 @@ def test_flops_are_counted_and_set_against_the_peak():
     assert row["score GFLOP/img"] == round(2 * 30 * 20 / 1e9, 4)
     assert abs(row["score GFLOP/s"] - 1000 * 2 * 30 * 20 / 1e9) < 1e-12
     assert row["score % peak"] == round(100 * 1000 * 2 * 30 * 20 / peak, 1)
+
+
+def test_compare_table_and_missing_environment(tmp_path, mvtec_dir):
+    import pytest
+
+    from oneclass.compare import compare_python, input_size, table
+    from oneclass.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="make compare"):
+        compare_python(str(tmp_path / "nope" / "python"))
+    assert input_size(str(mvtec_dir)) == (24, 24)  # small images keep their size
+    ours = [{"method": "patchcore", "data": "/x/kolektorsdd", "image_auroc": 0.9, "pixel_auroc": 0.95,
+             "aupro": 0.8, "train_seconds": 12.0, "score_images_per_s": 20.0, "peak_rss_mb": 300.0}]
+    theirs = [{**ours[0], "method": "padim", "aupro": None, "anomalib_version": "2.7.0",
+               "weights": "random"}]
+    md = table(ours, theirs).splitlines()
+    assert len(md) == 4
+    assert md[2].startswith("| oneclass | patchcore | kolektorsdd | EfficientNet-Lite0 ImageNet | "
+                            "90.0 | 95.0 | 80.0")
+    assert md[3].startswith("| anomalib 2.7.0 | padim | kolektorsdd | random | 90.0 | 95.0 | - |")

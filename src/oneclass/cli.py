@@ -168,6 +168,14 @@ def cmd_bench(args) -> int:
         print(f"written to {out / 'speed.md'}")
         return 0
 
+    if args.suite == "compare":
+        from .compare import run_compare
+
+        md = run_compare(args.data or [], Path(args.out), args.data_root,
+                         methods=args.methods.split(",") if args.methods else None)
+        print(Path(md).read_text())
+        print(f"written to {md}")
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     only = args.only.split(",") if args.only else None
     run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
@@ -240,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
     s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, "
-                   "fcdd-fmnist, fcdd-cifar10, industrial, smoke; or `docs` to write docs/benchmarks.md")
+                   "fcdd-fmnist, fcdd-cifar10, industrial, smoke; `compare` (beside anomalib, see "
+                   "`make compare`); or `docs` to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")
