@@ -74,3 +74,7 @@ def test_compare_table_and_missing_environment(tmp_path, mvtec_dir):
     assert md[2].startswith("| oneclass | patchcore | kolektorsdd | EfficientNet-Lite0 ImageNet | "
                             "90.0 | 95.0 | 80.0")
     assert md[3].startswith("| anomalib 2.7.0 | padim | kolektorsdd | random | 90.0 | 95.0 | - |")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "compare.md").write_text("\n".join(md) + "\n")
+    text = write_docs([tmp_path / "c"], tmp_path / "bench.md").read_text()
+    assert "Side by side with anomalib" in text and md[3] in text

@@ -269,6 +269,12 @@ def write_docs(result_dirs: list[Path], out: Path, notes: Path | None = None) ->
             parts += [f"    {COMMANDS.get(su, 'oneclass bench ' + su)}" for su in suites]
             parts.append(f"\nDates: {', '.join(dates)}. Machine: {'; '.join(machines)}.\n")
             parts.append(markdown(recs))
+        cmp = d / "compare.md"
+        if cmp.exists():
+            parts.append(f"## Side by side with anomalib (`{d}`)\n")
+            parts.append("Command: `oneclass bench compare --data-root ../shared/data --out "
+                         f"{d}` (after `make compare`).\n")
+            parts.append(cmp.read_text())
         sp = d / "speed.md"
         if sp.exists():
             parts.append(f"## Network throughput (`{d}`)\n")
