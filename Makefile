@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 WHEELS := $(wildcard /opt/wheels)
 PIPFLAGS := -q $(if $(WHEELS),--find-links $(WHEELS),)
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean compare
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ bench: install
 	$(VENV)/bin/oneclass bench fcdd-kolektor --data-root ../shared/data --out runs/bench-fcdd
 	$(VENV)/bin/oneclass bench speed --out runs/bench-speed
 	$(VENV)/bin/oneclass bench docs --results runs/bench runs/bench-fcdd runs/bench-speed
+
+# anomalib for `oneclass bench compare`, in its own environment: it brings torch 2.14.1, which must
+# never replace the project's torch in .venv.
+COMPARE := .venv-compare
+$(COMPARE)/.installed:
+	test -x $(COMPARE)/bin/python || $(PYTHON) -m venv $(COMPARE)
+	$(COMPARE)/bin/python -m pip install $(PIPFLAGS) --upgrade pip
+	$(COMPARE)/bin/python -m pip install $(PIPFLAGS) torch==2.14.1 torchvision==0.29.1
+	$(COMPARE)/bin/python -m pip install $(PIPFLAGS) 'anomalib>=2.0' 'timm>=1.0' pillow safetensors tqdm
+	touch $@
+
+compare: install $(COMPARE)/.installed
+	$(VENV)/bin/oneclass bench compare --data-root ../shared/data --out runs/bench-compare
 
 lint: install
 	$(VENV)/bin/ruff check src tests

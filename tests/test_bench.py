@@ -22,3 +22,59 @@ def test_smoke_suite_records_results_and_resumes(tmp_path):
     doc = write_docs([tmp_path / "b"], tmp_path / "bench.md")
     text = doc.read_text()
     assert "oneclass bench smoke" in text and "| synthetic |" in text
+
+
+def test_industrial_suite_runs_on_a_named_folder(tmp_path, mvtec_dir):
+    recs = run_suite("industrial", tmp_path / "i", data=[str(mvtec_dir)], methods=["patchcore"],
+                     overrides={"min_side": 64}, log=lambda s: None)
+    assert len(recs) == 1
+    r = recs[0]
+    assert r["method"] == "patchcore" and r["data"] == str(mvtec_dir)
+    for k in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.5 < r[k] <= 1.0, (k, r[k])  # the toy defects are easy for pretrained features
+    assert r["train_seconds"] > 0 and r["score_images_per_s"] > 0
+    assert r["train_images_per_s"] < 1e6  # the one pass over the images is recorded as an epoch
+    assert "patchcore on toy" in (tmp_path / "i" / "results.md").read_text()
+
+
+def test_flops_are_counted_and_set_against_the_peak():
+    import torch
+
+    from oneclass.speed import _efficiency, count_flops, matmul_peak
+
+    lin = torch.nn.Linear(30, 20, bias=False)
+    x = torch.randn(8, 30)
+    assert count_flops(lambda: lin(x)) == 2 * 8 * 30 * 20
+    # forward and the weight gradient (x needs no gradient)
+    assert count_flops(lambda: lin(x).sum().backward()) == 2 * 2 * 8 * 30 * 20
+    peak = matmul_peak(n=128, seconds=0.05)
+    assert peak > 1e6
+    row: dict = {}
+    _efficiency(row, "score", lambda: lin(x), 8, rate=1000.0, peak=peak)
+    assert row["score GFLOP/img"] == round(2 * 30 * 20 / 1e9, 4)
+    assert abs(row["score GFLOP/s"] - 1000 * 2 * 30 * 20 / 1e9) < 1e-12
+    assert row["score % peak"] == round(100 * 1000 * 2 * 30 * 20 / peak, 1)
+
+
+def test_compare_table_and_missing_environment(tmp_path, mvtec_dir):
+    import pytest
+
+    from oneclass.compare import compare_python, input_size, table
+    from oneclass.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="make compare"):
+        compare_python(str(tmp_path / "nope" / "python"))
+    assert input_size(str(mvtec_dir)) == (24, 24)  # small images keep their size
+    ours = [{"method": "patchcore", "data": "/x/kolektorsdd", "image_auroc": 0.9, "pixel_auroc": 0.95,
+             "aupro": 0.8, "train_seconds": 12.0, "score_images_per_s": 20.0, "peak_rss_mb": 300.0}]
+    theirs = [{**ours[0], "method": "padim", "aupro": None, "anomalib_version": "2.7.0",
+               "weights": "random"}]
+    md = table(ours, theirs).splitlines()
+    assert len(md) == 4
+    assert md[2].startswith("| oneclass | patchcore | kolektorsdd | EfficientNet-Lite0 ImageNet | "
+                            "90.0 | 95.0 | 80.0")
+    assert md[3].startswith("| anomalib 2.7.0 | padim | kolektorsdd | random | 90.0 | 95.0 | - |")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "compare.md").write_text("\n".join(md) + "\n")
+    text = write_docs([tmp_path / "c"], tmp_path / "bench.md").read_text()
+    assert "Side by side with anomalib" in text and md[3] in text

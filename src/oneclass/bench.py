@@ -64,6 +64,13 @@ SUITES["fcdd-cifar10"] = [
     {"method": "fcdd", "data": f"cifar10:{c}", "params": {}, "label": "confetti noise only"}
     for c in range(10)]
 SUITES["classic"] = SUITES["svdd-mnist"] + SUITES["svdd-cifar10"]
+# MVTec-layout folders (KolektorSDD by default; `--data FOLDER` names others): the deep one-class
+# methods beside the PatchCore reference, all unsupervised, default settings.
+SUITES["industrial"] = [
+    {"method": "patchcore", "data": "{root}/kolektorsdd", "params": {}},
+    {"method": "fcdd", "data": "{root}/kolektorsdd", "params": {}, "label": "unsupervised"},
+    {"method": "deep_svdd", "data": "{root}/kolektorsdd", "params": {}},
+]
 
 # GANs, cut to fit a 2-core CPU: few epochs, and AnoGAN's latent search (100 Adam steps per
 # image) on a fixed random 1000 of the 10000 test images per class ("test_limit").
@@ -148,7 +155,10 @@ def _key(job: dict[str, Any]) -> str:
 
 def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
               only: list[str] | None = None, overrides: dict[str, Any] | None = None,
-              log=print) -> list[dict[str, Any]]:
+              log=print, data: list[str] | None = None,
+              methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) a suite; ``data`` replaces the suite's datasets by these specs (folders),
+    ``methods`` keeps only the runs of these methods."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; available: {', '.join(sorted(SUITES))}")
     out = Path(out)
@@ -161,8 +171,14 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
                 r = json.loads(line)
                 done[r["key"]] = r
     jobs = []
-    for job in SUITES[suite]:
+    suite_jobs = SUITES[suite]
+    if data:  # the suite's settings (each once) on the given datasets instead of its own
+        settings = {json.dumps({**j, "data": None}, sort_keys=True): j for j in suite_jobs}
+        suite_jobs = [{**j, "data": d} for d in data for j in settings.values()]
+    for job in suite_jobs:
         if only and job["data"] not in only:
+            continue
+        if methods and job["method"] not in methods:
             continue
         for seed in seeds:
             jobs.append({**job, "params": {**job["params"], **(overrides or {})}, "seed": seed})
@@ -249,6 +265,7 @@ COMMANDS = {
     **{su: f"oneclass bench {su} --data-root ../shared/data --out runs/bench-gan"
        for su in ("anogan-mnist", "anogan-cifar10", "bigan-mnist", "bigan-cifar10",
                   "anogan-kolektor", "bigan-kolektor")},
+    "industrial": "oneclass bench industrial --data-root ../shared/data --out runs/bench-industrial",
 }
 
 
@@ -272,6 +289,12 @@ def write_docs(result_dirs: list[Path], out: Path, notes: Path | None = None) ->
             parts += [f"    {COMMANDS.get(su, 'oneclass bench ' + su)}" for su in suites]
             parts.append(f"\nDates: {', '.join(dates)}. Machine: {'; '.join(machines)}.\n")
             parts.append(markdown(recs))
+        cmp = d / "compare.md"
+        if cmp.exists():
+            parts.append(f"## Side by side with anomalib (`{d}`)\n")
+            parts.append("Command: `oneclass bench compare --data-root ../shared/data --out "
+                         f"{d}` (after `make compare`).\n")
+            parts.append(cmp.read_text())
         sp = d / "speed.md"
         if sp.exists():
             parts.append(f"## Network throughput (`{d}`)\n")

@@ -149,8 +149,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_suite
+    from .bench import SUITES, run_suite
 
+    if args.suite == "list":
+        for name in sorted(SUITES):
+            print(f"{name:18s} {len(SUITES[name])} runs")
+        print("speed, speed-anogan, compare: throughput and side-by-side commands")
+        return 0
     if args.suite == "docs":
         from .bench import write_docs
 
@@ -163,9 +168,12 @@ def cmd_bench(args) -> int:
     if args.suite == "speed":
         from .bench import machine
         from .io import write_text
-        from .speed import fcdd_rows, lenet_rows, markdown
+        from .speed import fcdd_rows, lenet_rows, markdown, patchcore_rows, peak_rows, peaks
 
-        table = markdown(lenet_rows()) + "\n" + markdown(fcdd_rows())
+        peak = peaks()
+        table = "\n".join(markdown(rows) for rows in (
+            peak_rows(peak), lenet_rows(peak=peak), fcdd_rows(peak=peak),
+            patchcore_rows(peak=peak), peak_rows(peaks(), "end of run")))
         out = Path(args.out)
         write_text(out / "speed.md", f"Machine: {machine()}\n\n{table}")
         print(table)
@@ -184,10 +192,20 @@ def cmd_bench(args) -> int:
         print(f"written to {out / 'speed.md'}")
         return 0
 
+
+    if args.suite == "compare":
+        from .compare import run_compare
+
+        md = run_compare(args.data or [], Path(args.out), args.data_root,
+                         methods=args.methods.split(",") if args.methods else None)
+        print(Path(md).read_text())
+        print(f"written to {md}")
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     only = args.only.split(",") if args.only else None
     run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
-              overrides=_parse_sets(args.set) or None)
+              overrides=_parse_sets(args.set) or None, data=args.data or None,
+              methods=args.methods.split(",") if args.methods else None)
     print(f"results: {Path(args.out) / 'results.md'}")
     return 0
 
@@ -266,10 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
-    s.add_argument("suite", help="suite: speed, speed-anogan, classic, svdd-mnist, svdd-cifar10, "
-                   "fcdd-kolektor, fcdd-fmnist, fcdd-cifar10, anogan-mnist, anogan-cifar10, "
-                   "bigan-mnist, bigan-cifar10, anogan-kolektor, smoke; or `docs` to write "
-                   "docs/benchmarks.md")
+    s.add_argument("suite", help="suite name (run `oneclass bench list` to see them all), "
+                   "speed, speed-anogan, compare (beside anomalib, see `make compare`), "
+                   "or docs to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -277,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter of every run")
     s.add_argument("--results", nargs="*", help="with `docs`: result folders to include")
+    s.add_argument("--data", action="append", metavar="FOLDER",
+                   help="run the suite on this data (e.g. an MVTec-layout folder) instead of its "
+                   "own datasets (repeatable); industrial default: DATA_ROOT/kolektorsdd")
+    s.add_argument("--methods", help="comma-separated methods to run (default: all of the suite)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="train, evaluate and report on the ELPV solar cells")

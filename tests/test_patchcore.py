@@ -1,0 +1,99 @@
+"""PatchCore: coreset selection, nearest-neighbour distances, maps that find a defect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import oneclass
+from oneclass.data.base import ArraySet
+from oneclass.data.synthetic import make_defects
+from oneclass.errors import ConfigError
+from oneclass.methods.patchcore import greedy_coreset, nearest
+from oneclass.metrics import auroc
+
+
+@pytest.mark.parametrize("projection_dim", [None, 4])
+def test_coreset_picks_the_far_points(projection_dim):
+    g = torch.Generator().manual_seed(0)
+    cluster = 0.05 * torch.randn(300, 8, generator=g)
+    far = torch.zeros(3, 8)
+    far[0, 0], far[1, 3], far[2, 5] = 10.0, -10.0, 10.0
+    x = torch.cat([cluster[:100], far[:1], cluster[100:200], far[1:], cluster[200:]])
+    far_idx = {100, 201, 202}
+    idx = greedy_coreset(x, 4, projection_dim=projection_dim, seed=3)
+    assert len(set(idx.tolist())) == 4
+    assert far_idx <= set(idx.tolist())
+    # Random choice would pick a far point with probability 1%: the coreset covers the space.
+    same = greedy_coreset(x, 4, projection_dim=projection_dim, seed=3)
+    assert torch.equal(idx, same)
+
+
+def test_nearest_matches_brute_force_in_chunks():
+    g = torch.Generator().manual_seed(1)
+    q, bank = torch.randn(50, 6, generator=g), torch.randn(70, 6, generator=g)
+    full = torch.cdist(q, bank)
+    d, i = nearest(q, bank, max_elements=100)  # one query per chunk
+    assert torch.equal(i[:, 0], full.argmin(1))
+    torch.testing.assert_close(d[:, 0], full.min(1).values, atol=1e-4, rtol=1e-4)
+    d3, i3 = nearest(q, bank, k=3)
+    torch.testing.assert_close(d3, full.topk(3, dim=1, largest=False).values, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def fitted_pc():
+    train = make_defects(40, 0, size=64, seed=4)
+    # Stages 1 and 2 (strides 4 and 8): on 64-pixel images the deeper stage 4 sees the whole
+    # image, which spreads a defect over the map; the default layers are for larger images.
+    det = oneclass.create("patchcore", layers=[1, 2], coreset_ratio=0.25, min_side=64, seed=0)
+    return det.fit(train)
+
+
+def test_bank_size_follows_ratio_and_cap(fitted_pc):
+    assert fitted_pc.bank_size_ == round(0.25 * fitted_pc.n_patches_)
+    assert tuple(fitted_pc.model_.bank.shape) == (fitted_pc.bank_size_, 24 + 40)
+    capped = oneclass.create("patchcore", coreset_max=50, min_side=64, holdout=0.0)
+    capped.fit(make_defects(8, 0, size=64, seed=4))
+    assert capped.bank_size_ == 50
+
+
+def test_map_peaks_at_an_injected_defect(fitted_pc):
+    clean = make_defects(4, 0, size=64, seed=11)
+    imgs = np.stack([clean.read(i).image for i in range(4)])  # (N, H, W, C) uint8
+    # Away from the borders: there the trunk's zero padding already makes features unusual.
+    rows = [(16, 22), (40, 46), (28, 34), (18, 24)]
+    cols = [(40, 46), (18, 24), (28, 34), (18, 24)]
+    masks = np.zeros(imgs.shape[:3], bool)
+    for k, ((r0, r1), (c0, c1)) in enumerate(zip(rows, cols)):
+        imgs[k, r0:r1, c0:c1] = 255 - imgs[k, r0:r1, c0:c1] // 4  # a bright square
+        masks[k, r0:r1, c0:c1] = True
+    maps = fitted_pc.anomaly_map(ArraySet(imgs, np.ones(4, int)))
+    for k, ((r0, r1), (c0, c1)) in enumerate(zip(rows, cols)):
+        r, c = np.unravel_index(maps[k].argmax(), maps[k].shape)
+        # Within half a feature unit (stride 8) of the square.
+        assert r0 - 4 <= r < r1 + 4 and c0 - 4 <= c < c1 + 4, (k, r, c)
+        far = np.ones(masks[k].shape, bool)
+        far[max(0, r0 - 8):r1 + 8, max(0, c0 - 8):c1 + 8] = False
+        assert maps[k][masks[k]].mean() > 2 * maps[k][far].mean()
+    normal_scores = fitted_pc.score(clean)
+    assert fitted_pc.score(ArraySet(imgs, np.ones(4, int))).min() > normal_scores.max()
+
+
+def test_reweighting_scales_scores_down_and_keeps_the_ranking(fitted_pc):
+    test = make_defects(10, 10, size=64, seed=5)
+    plain = fitted_pc.score(test)
+    fitted_pc.reweight = True
+    try:
+        weighted = fitted_pc.score(test)
+    finally:
+        fitted_pc.reweight = False
+    assert np.all(weighted <= plain + 1e-6) and np.all(weighted > 0)
+    assert auroc(test.labels, weighted) > 0.9
+
+
+@pytest.mark.parametrize("bad", [{"layers": [7]}, {"layers": [2, 2]}, {"coreset_ratio": 0.0},
+                                 {"coreset_max": 0}])
+def test_bad_parameters_are_refused(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        oneclass.create("patchcore", **bad)
