@@ -110,6 +110,29 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx, model_id, parity
+    from .runs import load_model, model_dir
+
+    if args.format != "onnx":
+        raise ConfigError(f"export format {args.format!r} is not supported; use --format onnx")
+    run = Path(args.run)
+    det = load_model(run, "cpu")
+    out = Path(args.out) if args.out else run / "model.onnx"
+    export_onnx(det, out, input_dtype=args.input_dtype, model_id=model_id(model_dir(run)))
+    print(f"exported {det.name} to {out}")
+    if args.check:
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (args.check, *det.input_shape_), dtype=torch.uint8, generator=g)
+        r = parity(det, out, x)
+        print(f"parity on {r['images']} random images: score max abs diff "
+              f"{r['score_max_abs_diff']:.3g}, map max abs diff {r['map_max_abs_diff']:.3g}, "
+              f"labels agree {r['labels_agree']:.0%}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .runs import report
 
@@ -225,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-heatmaps", action="store_true")
     common(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export the model (ONNX: raw images in, score and map out)")
+    s.add_argument("run")
+    s.add_argument("--format", default="onnx", help="onnx (default)")
+    s.add_argument("--out", help="file to write (default RUN/model.onnx)")
+    s.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"],
+                   help="input type of the graph; values are 0..255 either way")
+    s.add_argument("--check", type=int, default=8, metavar="N",
+                   help="compare onnxruntime with torch on N random images (0: skip)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("report", help="write RUN/report.html")
     s.add_argument("run")

@@ -112,11 +112,16 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     return det
 
 
+def model_dir(run: Path) -> Path:
+    """The saved model of a run directory (or ``run`` itself when it is a model directory)."""
+    path = Path(run) / "model"
+    if not path.exists() and (Path(run) / "model.json").exists():
+        path = Path(run)
+    return path
+
+
 def load_model(run: Path, device: str = "auto") -> Detector:
-    model_dir = Path(run) / "model"
-    if not model_dir.exists() and (Path(run) / "model.json").exists():
-        model_dir = Path(run)
-    return Detector.load(model_dir, device=device)
+    return Detector.load(model_dir(run), device=device)
 
 
 def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: str):
