@@ -133,6 +133,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from .serve import serve
+
+    key = args.api_key or os.environ.get("ONECLASS_API_KEY") or None
+    serve(Path(args.run), host=args.host, port=args.port, api_key=key,
+          max_upload_mb=args.max_upload_mb, device=args.device or "auto")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .runs import report
 
@@ -258,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check", type=int, default=8, metavar="N",
                    help="compare onnxruntime with torch on N random images (0: skip)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="HTTP service and web page scoring uploaded images")
+    s.add_argument("run")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require this key in the X-API-Key header (all routes but "
+                   "/health and the page); default: the ONECLASS_API_KEY environment variable")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get 413")
+    common(s, quiet=False)
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("report", help="write RUN/report.html")
     s.add_argument("run")

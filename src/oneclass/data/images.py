@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path, label=None) -> Image.Image:
+    path_label = path if label is None else label
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -33,24 +35,26 @@ def _open(path: Path) -> Image.Image:
                 img.close()  # do not leak the file handle of a corrupt or truncated image
                 raise
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raise DataError(f"{path_label}: file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path}: image has too many pixels (limit {MAX_PIXELS})") from None
+        raise DataError(f"{path_label}: image has too many pixels (limit {MAX_PIXELS})") from None
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
+        raise DataError(f"{path_label}: not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+        raise DataError(f"{path_label}: corrupt or truncated image ({exc})") from None
     return img
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path, label: str | None = None) -> np.ndarray:
     """Read an image as uint8 ``(H, W, C)`` with C = 1 (grayscale) or 3 (RGB).
+
+    ``path`` is a file path or a binary file object (an upload); ``label`` names it in errors.
 
     EXIF orientation is applied; alpha is dropped (composited on black); 16-bit images are
     scaled to 8 bit; palette and CMYK images are converted to RGB.
     """
-    path = Path(path)
-    img = _open(path)
+    path = Path(path) if isinstance(path, (str, os.PathLike)) else path
+    img = _open(path, label)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block should not make a good image unreadable
@@ -75,7 +79,7 @@ def read_image(path: str | Path) -> np.ndarray:
         return (rgba[..., :3] * rgba[..., 3:] / 255.0 + 0.5).astype(np.uint8)
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise DataError(f"{path}: image has no pixels")
+        raise DataError(f"{label or path}: image has no pixels")
     return arr
 
 
