@@ -61,6 +61,22 @@ def cmd_methods(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .train import init_distributed
+
+    rank, world = init_distributed()  # under torchrun: join the process group
+    if rank != 0:  # one log, from rank 0
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _train(args, rank, world)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _train(args, rank: int, world: int) -> int:
     from .runs import train
 
     cfg = _read_config(args.config)
@@ -85,8 +101,10 @@ def cmd_train(args) -> int:
                 progress=_progress(args), outliers=args.outliers or cfg.get("outliers"),
                 anomalies=args.anomalies or cfg.get("anomalies"),
                 anomaly_limit=args.anomaly_limit)
-    print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s; "
-          f"threshold {det.threshold_:.6g} ({det.threshold_source_}); model in {args.out}/model")
+    if rank == 0:
+        print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s"
+              f"{f' on {world} processes' if world > 1 else ''}; threshold "
+              f"{det.threshold_:.6g} ({det.threshold_source_}); model in {args.out}/model")
     return 0
 
 
@@ -104,7 +122,7 @@ def cmd_predict(args) -> int:
 
     r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
                 heatmaps=not args.no_heatmaps, device=args.device or "auto",
-                progress=_progress(args))
+                progress=_progress(args), batch_size=args.batch_size)
     print(f"scored {r['scored']} images ({r['skipped']} already done), {r['anomalous']} "
           f"anomalous; results in {r['csv']}")
     return 0
@@ -257,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--resume", action="store_true", help="skip images already in predictions.csv")
     s.add_argument("--no-heatmaps", action="store_true")
+    s.add_argument("--batch-size", type=int, default=32,
+                   help="images per batch (memory stays bounded by one batch)")
     common(s)
     s.set_defaults(func=cmd_predict)
 

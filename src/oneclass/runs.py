@@ -27,7 +27,7 @@ from .errors import ConfigError, OneclassError
 from .io import write_json, write_text
 from .metrics import image_metrics, pixel_metrics
 from .registry import create
-from .train import LoopConfig
+from .train import LoopConfig, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,11 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     outlier_set = data_mod.load(outliers, "train", root=data_root) if outliers else None
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
-    write_json(out / "config.json", config)
+    main = is_main_process()  # under torchrun only rank 0 writes files
+    if main:
+        write_json(out / "config.json", config)
     log_path = out / "train_log.jsonl"
-    if not resume:
+    if not resume and main:
         log_path.unlink(missing_ok=True)
 
     def on_epoch(rec: dict) -> None:
@@ -107,8 +109,9 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     ckpt = out / "checkpoints"
     loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
     det.fit(train_set, outliers=outlier_set, loop=loop)
-    det.save(out / "model")
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if main:
+        det.save(out / "model")
+        shutil.rmtree(ckpt, ignore_errors=True)
     return det
 
 
@@ -244,8 +247,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     stems = dict(zip(map(str, paths), _unique_stems(paths)))
     done: set[str] = set()
     if resume and csv_path.exists():
-        with open(csv_path, newline="") as fh:
-            done = {row["path"] for row in csv.DictReader(fh)}
+        done = _complete_rows(csv_path)
     todo = [p for p in paths if str(p) not in done]
     mode = "a" if resume and csv_path.exists() else "w"
     if heatmaps:
@@ -254,7 +256,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     n_anom = 0
     show = progress if progress is not None else sys.stderr.isatty()
     with open(csv_path, mode, newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv.writer(fh, lineterminator="\n")
         if mode == "w":
             writer.writerow(["path", "score", "label"])
         if todo:
@@ -278,6 +280,34 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             bar.close()
     return {"scored": len(todo), "skipped": len(paths) - len(todo), "anomalous": n_anom,
             "csv": str(csv_path)}
+
+
+def _complete_rows(csv_path: Path) -> set[str]:
+    """Paths of the complete rows of an interrupted ``predictions.csv``; a row cut short by
+    the interruption is dropped from the file, so that appending continues on a new line."""
+    import csv
+
+    good, done = [], set()
+    with open(csv_path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                ok = row.get("label") in ("0", "1") and np.isfinite(float(row.get("score") or ""))
+            except ValueError:
+                ok = False
+            if ok and row.get("path"):
+                good.append(row)
+                done.add(row["path"])
+    text = open(csv_path, newline="").read()
+    if not text.endswith("\n") or len(good) != text.count("\n") - 1:
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["path", "score", "label"], extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(good)
+        write_text(csv_path, buf.getvalue())
+    return done
 
 
 def report(run: Path, data_spec: str | None = None, data_root: str | None = None,

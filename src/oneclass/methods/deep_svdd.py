@@ -48,11 +48,12 @@ class SVDDNet(nn.Module):
         self.register_buffer("c", torch.zeros(self.encoder.rep_dim))
         self.register_buffer("R", torch.zeros(()))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.norm(x))
+    def embed(self, x: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
+        return (encoder or self.encoder)(self.norm(x))
 
-    def dist(self, x: torch.Tensor) -> torch.Tensor:
-        return ((self.embed(x) - self.c) ** 2).sum(dim=1)
+    def dist(self, x: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
+        """Squared distance to c; ``encoder`` replaces ``self.encoder`` (its DDP wrapper)."""
+        return ((self.embed(x, encoder) - self.c) ** 2).sum(dim=1)
 
 
 class SVDDScore(nn.Module):
@@ -68,6 +69,8 @@ class SVDDScore(nn.Module):
 
 
 class _SVDDTask:
+    ddp = True  # step calls self.modules["encoder"]: the loop may wrap it in DDP
+
     def __init__(self, det: DeepSVDD, model: SVDDNet):
         self.det, self.model = det, model
         self.soft = det.objective == "soft-boundary"
@@ -84,7 +87,7 @@ class _SVDDTask:
         self.model.R.copy_(s["R"])
 
     def step(self, batch):
-        dist = self.model.dist(to_input(batch[0], self.det.device_))
+        dist = self.model.dist(to_input(batch[0], self.det.device_), self.modules["encoder"])
         if self.soft:
             loss = soft_boundary_loss(dist, self.model.R, float(self.det.nu))
         else:

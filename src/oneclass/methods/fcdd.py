@@ -98,6 +98,8 @@ def _upsample(A: torch.Tensor, rf: ReceptiveField, size: tuple[int, int], mode: 
 
 
 class _FCDDTask:
+    ddp = True  # step calls self.modules["model"]: the loop may wrap it in DDP
+
     def __init__(self, det: FCDD, source: AnomalySource):
         self.det, self.model, self.source = det, det.model_, source
         net = self.model.net
@@ -128,7 +130,7 @@ class _FCDDTask:
             x[swap], masks[swap], has[swap], labels[swap] = xa, ma, ha, 1
         dev = det.device_
         x, labels = x.to(dev), labels.to(dev)
-        A = self.model(x)
+        A = self.modules["model"](x)
         loss = fcdd_loss(A, labels)
         if has.any():
             idx = torch.nonzero(has).flatten().to(dev)
