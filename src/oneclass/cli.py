@@ -205,6 +205,13 @@ def cmd_bench(args) -> int:
                                      "docs/benchmarks.md"), Path("docs/benchmark-notes.md"))
         print(f"written {path}")
         return 0
+    if args.suite in ("serve", "export", "predict"):
+        from .deploybench import run
+
+        path = run(args.suite, Path(args.out))
+        print(path.read_text())
+        print(f"written to {path}")
+        return 0
     if args.suite == "speed":
         from .bench import machine
         from .io import write_text
@@ -309,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
-    s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, "
-                   "fcdd-fmnist, fcdd-cifar10, smoke; or `docs` to write docs/benchmarks.md")
+    s.add_argument("suite", help="suite: speed, serve, export, predict, classic, svdd-mnist, "
+                   "svdd-cifar10, fcdd-kolektor, fcdd-fmnist, fcdd-cifar10, smoke; or `docs` to write "
+                   "docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")

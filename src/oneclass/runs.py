@@ -226,7 +226,8 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     from .data.base import FileSet, loader
     from .data.folder import list_images
     from .errors import DataError
-    from .viz import overlay, save_png
+    from .io import atomic_write
+    from .viz import overlay, to_png
 
     det = load_model(run, device)
     paths: list[Path] = []
@@ -264,16 +265,19 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             bar = tqdm(total=len(todo), desc="scoring", disable=not show, leave=False)
             for xb, _, _, _, idx in loader(fs, det.preprocess_, batch_size):
                 xb = xb.to(det.device_)
-                with torch.no_grad():
-                    scores = det._score(xb).float().cpu().numpy()
-                maps = det._map(xb).detach().float().cpu().numpy() if heatmaps else None
+                if heatmaps:
+                    s, m = det._score_map(xb)
+                    scores, maps = s.float().cpu().numpy(), m.detach().float().cpu().numpy()
+                else:
+                    with torch.no_grad():
+                        scores, maps = det._score(xb).float().cpu().numpy(), None
                 for j, i in enumerate(idx.tolist()):
                     label = int(scores[j] >= det.threshold_)
                     n_anom += label
                     if maps is not None:
-                        img = _to_uint8_image(xb[j])
-                        save_png(out / "heatmaps" / f"{stems[str(todo[i])]}.png",
-                                 overlay(img, maps[j], lo, hi))
+                        png = to_png(overlay(_to_uint8_image(xb[j]), maps[j], lo, hi))
+                        atomic_write(out / "heatmaps" / f"{stems[str(todo[i])]}.png",
+                                     lambda p, b=png: p.write_bytes(b), fsync=False)
                     writer.writerow([str(todo[i]), f"{scores[j]:.8g}", label])
                 fh.flush()
                 bar.update(len(idx))

@@ -73,9 +73,12 @@ class Scorer:
         t0 = time.perf_counter()
         x = det.preprocess_.image(image, "upload")[None].to(det.device_)
         with self.lock:
-            with torch.no_grad():
-                score = float(det._score(x).float().cpu()[0])
-            amap = det._map(x).detach().float().cpu().numpy()[0] if heatmap else None
+            if heatmap:
+                s, m = det._score_map(x)
+                score, amap = float(s.float().cpu()[0]), m.detach().float().cpu().numpy()[0]
+            else:
+                with torch.no_grad():
+                    score, amap = float(det._score(x).float().cpu()[0]), None
         anomalous = score >= det.threshold_
         out: dict[str, Any] = {"score": score, "label": "anomalous" if anomalous else "normal",
                                "anomalous": bool(anomalous), "threshold": det.threshold_,

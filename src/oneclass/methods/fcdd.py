@@ -237,6 +237,13 @@ class FCDD(Detector):
             return _upsample(self._A(x), self.model_.rf, tuple(x.shape[2:]), self.upsample,
                              self._sigma())
 
+    def _score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            A = self._A(x)
+            score = A.flatten(1).mean(1) if self.image_score == "mean" else A.flatten(1).amax(1)
+            return score, _upsample(A, self.model_.rf, tuple(x.shape[2:]), self.upsample,
+                                    self._sigma())
+
     def export_module(self) -> nn.Module:
         # Exported in float32 whatever ``precision``: bf16 autocast is a CPU/GPU run-time choice.
         return FCDDExport(self.model_, self.image_score, self.upsample, self._sigma())
