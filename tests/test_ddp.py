@@ -49,3 +49,4 @@ def test_torchrun_two_gloo_processes_match_one_process(mvtec_dir, tmp_path):
     b = oneclass.load(ddp / "model").score(test)
     assert np.abs(a - b).max() <= 0.05 * np.ptp(a)
     assert np.corrcoef(a, b)[0, 1] > 0.99
+
