@@ -55,8 +55,9 @@ SUITES["fcdd-kolektor"] = [
 ]
 SUITES["fcdd-fmnist"] = [
     {"method": "fcdd", "data": f"fashion-mnist:{c}",
-     "params": {"noise": "none", "batch_size": 128, "epochs": 30}, "outliers": "cifar10",
-     "label": "OE: CIFAR-10 in grayscale"} for c in range(10)]
+     "params": {"noise": "none", "batch_size": 128, "epochs": 30, "gcn": True},
+     "outliers": "cifar10", "label": "OE: CIFAR-10 in grayscale, per-image contrast normalisation"}
+    for c in range(10)]
 SUITES["fcdd-cifar10"] = [
     {"method": "fcdd", "data": f"cifar10:{c}", "params": {}, "label": "confetti noise only"}
     for c in range(10)]
@@ -75,23 +76,18 @@ def machine() -> str:
 def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
     """Child process: train, score, report metrics and the peak memory."""
     try:
-        from . import data as data_mod
         from .metrics import image_metrics, pixel_metrics
         from .registry import create
-        from .runs import pick_anomalies, test_set
+        from .runs import test_set, training_data
 
         det = create(job["method"], **job["params"], seed=job.get("seed", 0))
         spec = _resolve(job["data"], data_root)
-        train = data_mod.load(spec, "train", root=data_root)
-        cfg = {}
-        if job.get("anomalies"):
-            picked = pick_anomalies(spec, int(job["anomaly_limit"]), det.seed, data_root)
-            cfg = {"anomalies": spec, "anomalies_used": list(picked.names)}
-            train = data_mod.concat(train, picked)
-        test = test_set(spec, data_root, cfg)
-        outliers = None
-        if job.get("outliers"):
-            outliers = data_mod.load(_resolve(job["outliers"], data_root), "train", root=data_root)
+        anomalies = spec if job.get("anomalies") else None
+        outlier_spec = _resolve(job["outliers"], data_root) if job.get("outliers") else None
+        train, outliers, used = training_data(spec, data_root, int(det.seed), outliers=outlier_spec,
+                                              anomalies=anomalies,
+                                              anomaly_limit=int(job.get("anomaly_limit") or 0))
+        test = test_set(spec, data_root, {"anomalies": anomalies, "anomalies_used": used})
         t0 = time.perf_counter()
         det.fit(train, outliers=outliers)
         train_s = time.perf_counter() - t0
