@@ -55,6 +55,7 @@ def test_health_needs_no_key_and_model_does(client, run_dir):
     assert client.get("/model", headers={API_KEY_HEADER: "wrong"}).status_code == 401
     m = client.get("/model", headers=KEY).json()
     assert m["method"] == "fcdd" and m["params"]["epochs"] == 1
+    assert m["last_epoch"]["epoch"] == 1 and "loss" in m["last_epoch"]
     assert m["model_id"] == r.json()["model_id"] and len(m["model_id"]) == 12
 
 

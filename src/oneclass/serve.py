@@ -58,11 +58,13 @@ class Scorer:
         det = self.det
         metrics_path = self.run / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+        log_path = self.run / "train_log.jsonl"
+        last = log_path.read_text().strip().splitlines()[-1:] if log_path.is_file() else []
         return {"model_id": self.model_id, "method": det.name, "params": det.get_params(),
                 "threshold": det.threshold_, "threshold_source": det.threshold_source_,
                 "input_shape": list(det.input_shape_), "preprocess": det.preprocess_.to_json(),
                 "n_train": det.n_train_, "train_seconds": det.train_seconds_,
-                "metrics": metrics}
+                "last_epoch": json.loads(last[0]) if last else None, "metrics": metrics}
 
     def predict(self, image: np.ndarray, heatmap: bool = False) -> dict[str, Any]:
         """Score a uint8 ``(H, W, C)`` image; with ``heatmap`` add the overlay PNG (base64)."""
