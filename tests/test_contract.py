@@ -129,3 +129,13 @@ def test_tensor_and_imageset_inputs_agree(fitted, defects_test):
 def test_unfitted_detector_refuses_to_score(defects_test):
     with pytest.raises(ConfigError, match="fit"):
         oneclass.create(METHODS[0]).score(defects_test)
+
+
+def test_score_map_in_one_pass_agrees_with_score_and_map(fitted, defects_test):
+    """``_score_map`` (batch scoring and the service) gives what ``_score`` and ``_map`` give."""
+    x = next(fitted.batches(defects_test.subset(range(6))))
+    score, amap = fitted._score_map(x)
+    with torch.no_grad():
+        ref = fitted._score(x)
+    torch.testing.assert_close(score, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(amap, fitted._map(x), rtol=1e-5, atol=1e-6)

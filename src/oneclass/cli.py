@@ -62,6 +62,22 @@ def cmd_methods(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .train import init_distributed
+
+    rank, world = init_distributed()  # under torchrun: join the process group
+    if rank != 0:  # one log, from rank 0
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _train(args, rank, world)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _train(args, rank: int, world: int) -> int:
     from .runs import train
 
     cfg = _read_config(args.config)
@@ -86,8 +102,10 @@ def cmd_train(args) -> int:
                 progress=_progress(args), outliers=args.outliers or cfg.get("outliers"),
                 anomalies=args.anomalies or cfg.get("anomalies"),
                 anomaly_limit=args.anomaly_limit, on_bad_image=args.on_bad_image)
-    print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s; "
-          f"threshold {det.threshold_:.6g} ({det.threshold_source_}); model in {args.out}/model")
+    if rank == 0:
+        print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s"
+              f"{f' on {world} processes' if world > 1 else ''}; threshold "
+              f"{det.threshold_:.6g} ({det.threshold_source_}); model in {args.out}/model")
     return 0
 
 
@@ -107,13 +125,48 @@ def cmd_predict(args) -> int:
     try:
         r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
                     heatmaps=not args.no_heatmaps, device=args.device or "auto",
-                    progress=_progress(args), on_bad_image=args.on_bad_image)
+                    progress=_progress(args), on_bad_image=args.on_bad_image,
+                    batch_size=args.batch_size)
     except OSError as exc:  # rows are flushed batch by batch, so a rerun can continue
         raise OneclassError(f"{args.out}: cannot write predictions ({exc.strerror or exc}); the rows "
                             "already in predictions.csv are kept: rerun with --resume") from None
     bad = f", {r['unreadable']} unreadable skipped" if r["unreadable"] else ""
     print(f"scored {r['scored']} images ({r['skipped']} already done{bad}), {r['anomalous']} "
           f"anomalous; results in {r['csv']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx, model_id, parity
+    from .runs import load_model, model_dir
+
+    if args.format != "onnx":
+        raise ConfigError(f"export format {args.format!r} is not supported; use --format onnx")
+    run = Path(args.run)
+    det = load_model(run, "cpu")
+    out = Path(args.out) if args.out else run / "model.onnx"
+    export_onnx(det, out, input_dtype=args.input_dtype, model_id=model_id(model_dir(run)))
+    print(f"exported {det.name} to {out}")
+    if args.check:
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (args.check, *det.input_shape_), dtype=torch.uint8, generator=g)
+        r = parity(det, out, x)
+        print(f"parity on {r['images']} random images: score max abs diff "
+              f"{r['score_max_abs_diff']:.3g}, map max abs diff {r['map_max_abs_diff']:.3g}, "
+              f"labels agree {r['labels_agree']:.0%}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from .serve import serve
+
+    key = args.api_key or os.environ.get("ONECLASS_API_KEY") or None
+    serve(Path(args.run), host=args.host, port=args.port, api_key=key,
+          max_upload_mb=args.max_upload_mb, device=args.device or "auto")
     return 0
 
 
@@ -164,6 +217,13 @@ def cmd_bench(args) -> int:
         path = write_docs(dirs, Path(args.out if args.out != "runs/bench" else
                                      "docs/benchmarks.md"), Path("docs/benchmark-notes.md"))
         print(f"written {path}")
+        return 0
+    if args.suite in ("serve", "export", "predict"):
+        from .deploybench import run
+
+        path = run(args.suite, Path(args.out))
+        print(path.read_text())
+        print(f"written to {path}")
         return 0
     if args.suite == "speed":
         from .bench import machine
@@ -270,9 +330,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--resume", action="store_true", help="skip images already in predictions.csv")
     s.add_argument("--no-heatmaps", action="store_true")
+    s.add_argument("--batch-size", type=int, default=32,
+                   help="images per batch (memory stays bounded by one batch)")
     common(s)
     images(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export the model (ONNX: raw images in, score and map out)")
+    s.add_argument("run")
+    s.add_argument("--format", default="onnx", help="onnx (default)")
+    s.add_argument("--out", help="file to write (default RUN/model.onnx)")
+    s.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"],
+                   help="input type of the graph; values are 0..255 either way")
+    s.add_argument("--check", type=int, default=8, metavar="N",
+                   help="compare onnxruntime with torch on N random images (0: skip)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="HTTP service and web page scoring uploaded images")
+    s.add_argument("run")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require this key in the X-API-Key header (all routes but "
+                   "/health and the page); default: the ONECLASS_API_KEY environment variable")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get 413")
+    common(s, quiet=False)
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("report", help="write RUN/report.html")
     s.add_argument("run")
@@ -285,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
     s.add_argument("suite", help="suite name (run `oneclass bench list` to see them all), "
-                   "speed, speed-anogan, compare (beside anomalib, see `make compare`), "
-                   "or docs to write docs/benchmarks.md")
+                   "speed, speed-anogan, serve, export, predict, compare (beside anomalib, "
+                   "see `make compare`), or docs to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")

@@ -222,6 +222,20 @@ class Detector:
         """Anomaly maps ``(N, H, W)`` for float images in [0, 1] on the model's device."""
         raise NotImplementedError
 
+    def _score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and maps of one batch (batch scoring, the service); methods whose score and
+        map share a forward pass override this to run it once."""
+        with torch.no_grad():
+            score = self._score(x)
+        return score, self._map(x)
+
+    def export_module(self) -> nn.Module:
+        """``x -> (score, anomaly_map)`` for float images in [0, 1] on the CPU, matching
+        ``_score`` and ``_map`` and traceable by ``torch.export`` (for ONNX, see
+        :mod:`oneclass.export`). Methods that can be exported override this."""
+        raise ConfigError(f"{self.name}: not exportable to ONNX (the method defines no "
+                          "export_module()); score it with oneclass predict / serve instead")
+
     def _fitted_extra(self) -> dict[str, Any]:
         """JSON-able fitted values besides the weights (saved in model.json)."""
         return {}

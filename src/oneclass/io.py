@@ -48,12 +48,15 @@ def _explain(exc: OSError, path: Path) -> OneclassError:
     return OneclassError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: bool = True) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path``.
 
     Args:
         path: destination file.
         write: function that writes the complete file at the path it is given.
+        fsync: flush the file to disk before the rename. Without it the file is still never
+            seen half-written, but may be lost on a power failure: for many derived files
+            (batch heatmaps), where one fsync each would cost more than computing them.
 
     Returns:
         The destination path.
@@ -67,8 +70,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     try:
         write(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_UMASK)
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from .errors import ConfigError, OneclassError
 from .io import write_json, write_text
 from .metrics import image_metrics, pixel_metrics
 from .registry import create
-from .train import LoopConfig
+from .train import LoopConfig, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,11 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         outlier_set = data_mod.screen(outlier_set, on_bad_image, what="outlier images")[0]
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
-    write_json(out / "config.json", config)
+    main = is_main_process()  # under torchrun only rank 0 writes files
+    if main:
+        write_json(out / "config.json", config)
     log_path = out / "train_log.jsonl"
-    if not resume:
+    if not resume and main:
         log_path.unlink(missing_ok=True)
 
     def on_epoch(rec: dict) -> None:
@@ -135,8 +137,9 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     ckpt = out / "checkpoints"
     loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
     det.fit(train_set, outliers=outlier_set, loop=loop)
-    det.save(out / "model")
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if main:
+        det.save(out / "model")
+        shutil.rmtree(ckpt, ignore_errors=True)
     return det
 
 
@@ -160,11 +163,16 @@ def check_threshold(threshold: float, scores: np.ndarray, what: str, *, both: bo
     return False
 
 
+def model_dir(run: Path) -> Path:
+    """The saved model of a run directory (or ``run`` itself when it is a model directory)."""
+    path = Path(run) / "model"
+    if not path.exists() and (Path(run) / "model.json").exists():
+        path = Path(run)
+    return path
+
+
 def load_model(run: Path, device: str = "auto") -> Detector:
-    model_dir = Path(run) / "model"
-    if not model_dir.exists() and (Path(run) / "model.json").exists():
-        model_dir = Path(run)
-    return Detector.load(model_dir, device=device)
+    return Detector.load(model_dir(run), device=device)
 
 
 def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: str):
@@ -270,7 +278,8 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     from .data.base import FileSet, loader
     from .data.folder import list_images
     from .errors import DataError
-    from .viz import overlay, save_png
+    from .io import atomic_write
+    from .viz import overlay, to_png
 
     check_policy(on_bad_image)
     det = load_model(run, device)
@@ -292,8 +301,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     stems = dict(zip(map(str, paths), _unique_stems(paths)))
     done: set[str] = set()
     if resume and csv_path.exists():
-        with open(csv_path, newline="") as fh:
-            done = {row["path"] for row in csv.DictReader(fh)}
+        done = _complete_rows(csv_path)
     todo = [p for p in paths if str(p) not in done]
     mode = "a" if resume and csv_path.exists() else "w"
     if heatmaps:
@@ -302,7 +310,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     n_anom, n_bad = 0, 0
     show = progress if progress is not None else sys.stderr.isatty()
     with open(csv_path, mode, newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv.writer(fh, lineterminator="\n")
         if mode == "w":
             writer.writerow(["path", "score", "label"])
         if todo:
@@ -313,16 +321,19 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             bar = tqdm(total=len(todo), desc="scoring", disable=not show, leave=False)
             for xb, _, _, _, idx in loader(fs, det.preprocess_, batch_size):
                 xb = xb.to(det.device_)
-                with torch.no_grad():
-                    scores = det._score(xb).float().cpu().numpy()
-                maps = det._map(xb).detach().float().cpu().numpy() if heatmaps else None
+                if heatmaps:
+                    s, m = det._score_map(xb)
+                    scores, maps = s.float().cpu().numpy(), m.detach().float().cpu().numpy()
+                else:
+                    with torch.no_grad():
+                        scores, maps = det._score(xb).float().cpu().numpy(), None
                 for j, i in enumerate(idx.tolist()):
                     label = int(scores[j] >= det.threshold_)
                     n_anom += label
                     if maps is not None:
-                        img = _to_uint8_image(xb[j])
-                        save_png(out / "heatmaps" / f"{stems[str(todo[i])]}.png",
-                                 overlay(img, maps[j], lo, hi))
+                        png = to_png(overlay(_to_uint8_image(xb[j]), maps[j], lo, hi))
+                        atomic_write(out / "heatmaps" / f"{stems[str(todo[i])]}.png",
+                                     lambda p, b=png: p.write_bytes(b), fsync=False)
                     writer.writerow([str(todo[i]), f"{scores[j]:.8g}", label])
                 fh.flush()
                 bar.update(len(idx))
@@ -332,6 +343,34 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                     "anomalous; check the threshold parameter", len(todo), det.threshold_)
     return {"scored": len(todo), "skipped": len(paths) - len(todo) - n_bad, "unreadable": n_bad,
             "anomalous": n_anom, "csv": str(csv_path)}
+
+
+def _complete_rows(csv_path: Path) -> set[str]:
+    """Paths of the complete rows of an interrupted ``predictions.csv``; a row cut short by
+    the interruption is dropped from the file, so that appending continues on a new line."""
+    import csv
+
+    good, done = [], set()
+    with open(csv_path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                ok = row.get("label") in ("0", "1") and np.isfinite(float(row.get("score") or ""))
+            except ValueError:
+                ok = False
+            if ok and row.get("path"):
+                good.append(row)
+                done.add(row["path"])
+    text = open(csv_path, newline="").read()
+    if not text.endswith("\n") or len(good) != text.count("\n") - 1:
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["path", "score", "label"], extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(good)
+        write_text(csv_path, buf.getvalue())
+    return done
 
 
 def report(run: Path, data_spec: str | None = None, data_root: str | None = None,

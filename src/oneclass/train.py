@@ -9,8 +9,17 @@ its losses. The loop owns everything else:
   an uninterrupted one would (bit-for-bit on CPU);
 - a NaN / Inf loss stops training with an error naming the epoch and the loss;
 - after every epoch a checkpoint is written atomically (when a directory is given);
-- with ``torch.distributed`` initialised, each rank takes its share of every epoch and only
-  rank 0 writes checkpoints and logs.
+- with ``torch.distributed`` initialised (``torchrun``, see :func:`init_distributed`), every
+  rank walks the same batches of the same global size ``batch_size`` and takes its
+  ``1/world`` slice of each; the task's modules are wrapped in DistributedDataParallel, which
+  averages the gradients, so an epoch makes the same optimisation steps as one process would
+  (up to batch-norm statistics, which each rank computes on its slice, and float summation
+  order). Only rank 0 writes checkpoints, logs and calls ``on_epoch``.
+
+A task opts in to DistributedDataParallel with ``ddp = True`` and by calling its modules as
+``self.modules[name](...)`` in ``step`` (the loop swaps in the wrapped modules). For a task
+that does not, the loop averages gradients across ranks just before each optimizer step
+instead, which is the same computation without DDP's overlap of communication and backward.
 """
 
 from __future__ import annotations
@@ -62,6 +71,52 @@ def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0 (the rank that writes files)."""
+    return _rank_world()[0] == 0
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...): nccl on GPUs, gloo on CPUs. A no-op
+    without torchrun. Returns ``(rank, world)``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return _rank_world()
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return _rank_world()
+
+
+def _wrap_ddp(task: Task) -> dict[str, torch.nn.Module] | None:
+    """Swap the task's trainable modules for DDP wrappers; returns the originals."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    original = dict(task.modules)
+    for k, m in original.items():
+        if any(p.requires_grad for p in m.parameters()):
+            dev = next(m.parameters()).device
+            task.modules[k] = DDP(m, device_ids=[dev] if dev.type == "cuda" else None)
+    return original
+
+
+def _average_gradients_before_steps(task: Task, world: int) -> list:
+    """For tasks without DDP: all-reduce (mean) the gradients before every optimizer step."""
+
+    def hook(opt, args, kwargs):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(world)
+
+    return [o.register_step_pre_hook(hook) for o in task.optimizers.values()]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -127,15 +182,32 @@ def run(
         log.info("%s: resumed after epoch %d of %d", phase, start, epochs)
     show = loop.progress if loop.progress is not None else sys.stderr.isatty()
     show = show and rank == 0
+    original, hooks = None, []
+    if world > 1:
+        if getattr(task, "ddp", False):
+            original = _wrap_ddp(task)
+        else:
+            hooks = _average_gradients_before_steps(task, world)
+    try:
+        return _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
+                       ckpt, show, rank, world)
+    finally:
+        if original is not None:
+            task.modules.clear()
+            task.modules.update(original)
+        for h in hooks:
+            h.remove()
+
+
+def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last, ckpt, show,
+            rank, world) -> list[dict]:
+    n = len(data[0])
     history: list[dict] = []
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
         torch.manual_seed(_epoch_seed(seed, epoch) + 1)
         order = torch.randperm(n, generator=g)
-        if world > 1:  # every rank sees the same number of batches
-            per = n // world
-            order = order[rank * per:(rank + 1) * per]
         for m in task.modules.values():
             m.train()
         sums: dict[str, float] = {}
@@ -143,6 +215,8 @@ def run(
         batches = list(torch.split(order, batch_size))
         if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
             batches = batches[:-1]
+        if world > 1:  # the same global batches; each rank takes its slice of every one
+            batches = [torch.tensor_split(b, world)[rank] for b in batches if len(b) >= world]
         bar = None
         if show:
             from tqdm.auto import tqdm
@@ -165,6 +239,11 @@ def run(
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
         if bar is not None:
             bar.close()
+        if world > 1:  # log the mean losses over all ranks
+            keys = sorted(sums)
+            t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
+            dist.all_reduce(t)
+            sums, count = dict(zip(keys, t[:-1].tolist())), int(t[-1])
         record = {"phase": phase, "epoch": epoch + 1}
         record.update({k: v / max(count, 1) for k, v in sums.items()})
         record.update(task.end_epoch(epoch) or {})

@@ -52,16 +52,17 @@ def _too_many_pixels(path: Path, w: int, h: int) -> DataError:
                      f"pixels {_BOMB}")
 
 
-def _open(path: Path) -> Image.Image:
+def _open(source, path) -> Image.Image:
+    """Open and decode ``source`` (a file path or a binary file object) named ``path`` in errors."""
     try:
         # A FIFO or device named like an image would block or never end: read regular files only.
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if isinstance(source, Path) and not stat.S_ISREG(os.stat(source).st_mode):
             raise DataError(f"{path}: not a regular file")
         with warnings.catch_warnings():
             # PIL warns from 1x its limit (ours) and refuses from 2x; the check below gives
             # the size in the message for the range in between.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
             try:
                 if img.width * img.height > MAX_PIXELS:  # header only: nothing decoded yet
                     raise _too_many_pixels(path, img.width, img.height)
@@ -88,14 +89,17 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path, label: str | None = None) -> np.ndarray:
     """Read an image as uint8 ``(H, W, C)`` with C = 1 (grayscale) or 3 (RGB).
+
+    ``path`` is a file path or a binary file object (an upload); ``label`` names it in errors.
 
     EXIF orientation is applied; alpha is dropped (composited on black); 16-bit images are
     scaled to 8 bit; palette and CMYK images are converted to RGB.
     """
-    path = Path(path)
-    img = _open(path)
+    source = Path(path) if isinstance(path, (str, os.PathLike)) else path
+    path = label if label is not None else source
+    img = _open(source, path)
     try:
         arr = _to_array(img, path)
     except DataError:

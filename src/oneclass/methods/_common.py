@@ -28,6 +28,8 @@ class AutoencoderTask:
     Deep SVDD and Deep SAD initialise their encoder this way (Ruff et al. 2018, Sec. 4).
     """
 
+    ddp = True  # step calls self.modules[...]: the loop may wrap them in DDP
+
     def __init__(self, norm: nn.Module, encoder: nn.Module, decoder: nn.Module,
                  device: torch.device, lr: float, weight_decay: float):
         self.norm, self.device = norm, device

@@ -48,14 +48,29 @@ class SVDDNet(nn.Module):
         self.register_buffer("c", torch.zeros(self.encoder.rep_dim))
         self.register_buffer("R", torch.zeros(()))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.norm(x))
+    def embed(self, x: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
+        return (encoder or self.encoder)(self.norm(x))
 
-    def dist(self, x: torch.Tensor) -> torch.Tensor:
-        return ((self.embed(x) - self.c) ** 2).sum(dim=1)
+    def dist(self, x: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
+        """Squared distance to c; ``encoder`` replaces ``self.encoder`` (its DDP wrapper)."""
+        return ((self.embed(x, encoder) - self.c) ** 2).sum(dim=1)
+
+
+class SVDDScore(nn.Module):
+    """The image score as a module (for export): distance, minus R^2 for soft-boundary."""
+
+    def __init__(self, model: SVDDNet, soft: bool):
+        super().__init__()
+        self.model, self.soft = model, soft
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.model.dist(x)
+        return d - self.model.R ** 2 if self.soft else d
 
 
 class _SVDDTask:
+    ddp = True  # step calls self.modules["encoder"]: the loop may wrap it in DDP
+
     def __init__(self, det: DeepSVDD, model: SVDDNet):
         self.det, self.model = det, model
         self.soft = det.objective == "soft-boundary"
@@ -72,7 +87,7 @@ class _SVDDTask:
         self.model.R.copy_(s["R"])
 
     def step(self, batch):
-        dist = self.model.dist(to_input(batch[0], self.det.device_))
+        dist = self.model.dist(to_input(batch[0], self.det.device_), self.modules["encoder"])
         if self.soft:
             loss = soft_boundary_loss(dist, self.model.R, float(self.det.nu))
         else:
@@ -139,12 +154,19 @@ class DeepSVDD(Detector):
         run(task, [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop)
 
+    def _scorer(self) -> SVDDScore:
+        return SVDDScore(self.model_, self.objective == "soft-boundary")
+
     def _score(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.model_.dist(x)
-        return d - self.model_.R ** 2 if self.objective == "soft-boundary" else d
+        return self._scorer()(x)
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         return gradient_map(self._score, x, self.heatmap_sigma)
+
+    def export_module(self) -> nn.Module:
+        from ..export import gradient_module
+
+        return gradient_module(self._scorer(), self.input_shape_, self.heatmap_sigma)
 
     def _fitted_extra(self):
         return {"radius": float(self.model_.R)}

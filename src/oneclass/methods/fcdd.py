@@ -79,7 +79,29 @@ class FCDDModel(nn.Module):
         return pseudo_huber(self.net(x)[:, 0])
 
 
+class FCDDExport(nn.Module):
+    """``x -> (score, map)`` in float32 as ``FCDD._score`` / ``_map`` compute them (export)."""
+
+    def __init__(self, model: FCDDModel, image_score: str, upsample: str, sigma: float):
+        super().__init__()
+        self.model, self.image_score, self.upsample, self.sigma = model, image_score, upsample, sigma
+
+    def forward(self, x: torch.Tensor):
+        A = self.model(x)
+        score = A.flatten(1).mean(1) if self.image_score == "mean" else A.flatten(1).amax(1)
+        return score, _upsample(A, self.model.rf, tuple(x.shape[2:]), self.upsample, self.sigma)
+
+
+def _upsample(A: torch.Tensor, rf: ReceptiveField, size: tuple[int, int], mode: str,
+              sigma: float) -> torch.Tensor:
+    if mode == "bilinear":
+        return F.interpolate(A[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return receptive_upsample(A, rf, size, sigma)
+
+
 class _FCDDTask:
+    ddp = True  # step calls self.modules["model"]: the loop may wrap it in DDP
+
     def __init__(self, det: FCDD, source: AnomalySource):
         self.det, self.model, self.source = det, det.model_, source
         net = self.model.net
@@ -111,7 +133,7 @@ class _FCDDTask:
         x, masks = augment.apply(det.augment, x, masks, gen)
         dev = det.device_
         x, labels = x.to(dev), labels.to(dev)
-        A = self.model(x)
+        A = self.modules["model"](x)
         loss = fcdd_loss(A, labels)
         if has.any():
             idx = torch.nonzero(has).flatten().to(dev)
@@ -219,11 +241,19 @@ class FCDD(Detector):
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            return _upsample(self._A(x), self.model_.rf, tuple(x.shape[2:]), self.upsample,
+                             self._sigma())
+
+    def _score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
             A = self._A(x)
-            if self.upsample == "bilinear":
-                return F.interpolate(A[:, None], size=x.shape[2:], mode="bilinear",
-                                     align_corners=False)[:, 0]
-            return receptive_upsample(A, self.model_.rf, tuple(x.shape[2:]), self._sigma())
+            score = A.flatten(1).mean(1) if self.image_score == "mean" else A.flatten(1).amax(1)
+            return score, _upsample(A, self.model_.rf, tuple(x.shape[2:]), self.upsample,
+                                    self._sigma())
+
+    def export_module(self) -> nn.Module:
+        # Exported in float32 whatever ``precision``: bf16 autocast is a CPU/GPU run-time choice.
+        return FCDDExport(self.model_, self.image_score, self.upsample, self._sigma())
 
     def _fitted_extra(self):
         return {"receptive_field": self.model_.rf.to_json(),

@@ -1,0 +1,68 @@
+"""Two gloo ranks take exactly the optimisation steps of one process (no batch norm here).
+
+Kept apart from test_ddp.py so that the spawned processes import little.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from oneclass.train import run
+
+
+class _Linear:
+    """A least-squares task without batch norm: exact agreement is expected."""
+
+    def __init__(self, ddp: bool):
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 1)
+        self.modules = {"lin": self.lin}
+        self.optimizers = {"sgd": torch.optim.SGD(self.lin.parameters(), lr=0.1)}
+        self.schedulers = {}
+        self.ddp = ddp
+
+    def step(self, batch):
+        x, y = batch
+        loss = ((self.modules["lin"](x)[:, 0] - y) ** 2).mean()
+        opt = self.optimizers["sgd"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    def end_epoch(self, epoch):
+        return {}
+
+
+def _linear_data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    return [x, x @ torch.tensor([1.0, -2.0, 3.0, 0.5]) + 0.1]
+
+
+def _linear_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    weights = {}
+    for ddp in (True, False):
+        task = _Linear(ddp)
+        run(task, _linear_data(), epochs=3, batch_size=16, seed=0)
+        weights[str(ddp)] = task.lin.weight.detach().clone()
+    if rank == 0:
+        torch.save(weights, out)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_take_the_single_process_steps_exactly(tmp_path):
+    """With DDP (tasks with ``ddp = True``) and with the gradient-averaging fallback."""
+    import torch.multiprocessing as mp
+
+    single = _Linear(False)
+    run(single, _linear_data(), epochs=3, batch_size=16, seed=0)
+    out = tmp_path / "w.pt"
+    mp.spawn(_linear_worker, args=(f"file://{tmp_path / 'init'}", str(out)), nprocs=2)
+    weights = torch.load(out, weights_only=True)
+    for w in weights.values():
+        torch.testing.assert_close(w, single.lin.weight.detach(), rtol=0, atol=1e-6)
+    assert not torch.equal(single.lin.weight, _Linear(False).lin.weight)  # it did train
