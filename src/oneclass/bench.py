@@ -61,6 +61,21 @@ SUITES["fcdd-cifar10"] = [
     {"method": "fcdd", "data": f"cifar10:{c}", "params": {}, "label": "confetti noise only"}
     for c in range(10)]
 SUITES["classic"] = SUITES["svdd-mnist"] + SUITES["svdd-cifar10"]
+# DOC (Perera & Patel 2019) on the pretrained EfficientNet-Lite0: the reference set is never
+# the target's dataset for CIFAR-10 (labeled Fashion-MNIST in grayscale, or no labels: the
+# training images with the network's own ImageNet predictions as soft targets).
+SUITES["doc-cifar10"] = [
+    {"method": "doc", "data": f"cifar10:{c}", "params": {}, "reference": ref, "label": label}
+    for ref, label in ((None, "no labeled reference"),
+                       ("fashion-mnist", "reference: Fashion-MNIST, labeled"))
+    for c in range(10)]
+SUITES["doc-fmnist-sneaker"] = [
+    {"method": "doc", "data": "fashion-mnist:7:9", "params": {}, "reference": ref, "label": label}
+    for ref, label in ((None, "sneaker vs boot, no labeled reference"),
+                       ("fashion-mnist:-7", "sneaker vs boot, reference: other 9 classes"),
+                       ("mnist", "sneaker vs boot, reference: MNIST"))]
+SUITES["doc-kolektor"] = [
+    {"method": "doc", "data": "{root}/kolektorsdd", "params": {}, "label": "no labeled reference"}]
 
 
 def machine() -> str:
@@ -93,7 +108,13 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
         if job.get("outliers"):
             outliers = data_mod.load(_resolve(job["outliers"], data_root), "train", root=data_root)
         t0 = time.perf_counter()
-        det.fit(train, outliers=outliers)
+        extra = {}
+        if job.get("reference"):
+            from .data.reference import check_specs, load_reference
+
+            check_specs(spec, job["reference"])
+            extra["reference"] = load_reference(_resolve(job["reference"], data_root), data_root)
+        det.fit(train, outliers=outliers, **extra)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = det.score(test)
@@ -129,7 +150,10 @@ def _resolve(spec: str, data_root: str | None) -> str:
 def _key(job: dict[str, Any]) -> str:
     extra = [job.get(k) for k in ("anomalies", "anomaly_limit", "outliers")]
     key = [job["method"], job["data"], job.get("seed", 0), job["params"]]
-    return json.dumps(key + extra if any(e is not None for e in extra) else key, sort_keys=True)
+    key = key + extra if any(e is not None for e in extra) else key
+    if job.get("reference"):  # appended only when set, so earlier keys stay valid
+        key = key + [{"reference": job["reference"]}]
+    return json.dumps(key, sort_keys=True)
 
 
 def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
@@ -229,6 +253,10 @@ COMMANDS = {
     "fcdd-fmnist": "oneclass bench fcdd-fmnist --data-root ../shared/data --out runs/bench-fcdd",
     "fcdd-cifar10": "oneclass bench fcdd-cifar10 --data-root ../shared/data --out runs/bench-fcdd",
     "smoke": "oneclass bench smoke --out runs/bench-smoke",
+    "doc-cifar10": "oneclass bench doc-cifar10 --data-root ../shared/data --out runs/bench-doc",
+    "doc-fmnist-sneaker": "oneclass bench doc-fmnist-sneaker --data-root ../shared/data "
+                          "--out runs/bench-doc",
+    "doc-kolektor": "oneclass bench doc-kolektor --data-root ../shared/data --out runs/bench-doc",
 }
 
 

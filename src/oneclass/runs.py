@@ -68,19 +68,23 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
 def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
           data_root: str | None = None, resume: bool = False, progress: bool | None = None,
           outliers: str | None = None, anomalies: str | None = None,
-          anomaly_limit: int = 5) -> Detector:
+          anomaly_limit: int = 5, reference: str | None = None) -> Detector:
     """Train ``method`` on ``data_spec`` and write the run directory ``out``.
 
     Args:
         outliers: data spec of outlier-exposure images (methods that use them).
         anomalies: data spec whose test split gives labeled anomalies: ``anomaly_limit`` per
             defect type are added to training and left out of this run's evaluation.
+        reference: reference set spec for methods that use one (DOC; see
+            :mod:`oneclass.data.reference`).
     """
     out = Path(out)
     det = create(method, **params)
     config = {"method": det.name, "data": data_spec, "data_root": data_root,
               "params": det.get_params(), "outliers": outliers, "anomalies": anomalies,
               "anomaly_limit": anomaly_limit if anomalies else None}
+    if reference:  # only when given, so configs of earlier runs still match on --resume
+        config["reference"] = reference
     if resume and (out / "config.json").exists():
         old = {k: v for k, v in read_config(out).items() if k != "anomalies_used"}
         if old != json.loads(json.dumps(config)):
@@ -95,6 +99,15 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     outlier_set = data_mod.load(outliers, "train", root=data_root) if outliers else None
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
+    fit_extra = {}
+    if reference:
+        from .data.reference import check_specs, load_reference
+
+        if getattr(det, "uses_reference", False):
+            check_specs(data_spec, reference)
+            fit_extra["reference"] = load_reference(reference, data_root)
+        else:
+            log.warning("%s does not use a reference set; --reference is ignored", det.name)
     write_json(out / "config.json", config)
     log_path = out / "train_log.jsonl"
     if not resume:
@@ -106,7 +119,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
 
     ckpt = out / "checkpoints"
     loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
-    det.fit(train_set, outliers=outlier_set, loop=loop)
+    det.fit(train_set, outliers=outlier_set, loop=loop, **fit_extra)
     det.save(out / "model")
     shutil.rmtree(ckpt, ignore_errors=True)
     return det
