@@ -153,7 +153,8 @@ def test_cli_trains_and_evaluates_with_a_folder_reference(mvtec_dir, tmp_path):
     run = tmp_path / "run"
     code = main(["train", "--method", "doc", "--data", str(mvtec_dir), "--out", str(run),
                  "--reference", str(ref_dir), "--epochs", "2", "--set", "net_size=64",
-                 "--set", "trainable_blocks=2", "--set", "batch_size=16", "-q"])
+                 "--set", "trainable_blocks=2", "--set", "batch_size=16", "--set", "heatmap=gradcam",
+                 "-q"])
     assert code == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["reference"] == str(ref_dir)

@@ -157,8 +157,11 @@ class _DOCTask:
         self.ref_h, self.ref_y, self.classifier = ref_h, ref_y, classifier
         self.soft = ref_y.dtype.is_floating_point
         params = [p for p in self.model.parameters() if p.requires_grad]
-        params += list(classifier.parameters())
-        opt = torch.optim.Adam(params, lr=float(det.lr), weight_decay=float(det.weight_decay))
+        # The classifier starts from scratch (labeled reference), so it learns faster than the
+        # pretrained layers it sits on.
+        groups = [{"params": params},
+                  {"params": list(classifier.parameters()), "lr": float(det.head_lr)}]
+        opt = torch.optim.Adam(groups, lr=float(det.lr), weight_decay=float(det.weight_decay))
         self.modules = {"model": self.model, "classifier": classifier}
         self.optimizers = {"doc": opt}
         self.schedulers: dict[str, Any] = {}
@@ -196,6 +199,7 @@ class DOC(Detector):
         "batch_size": 64,
         "lr": 1e-5,
         "weight_decay": 5e-5,
+        "head_lr": 1e-3,  # learning rate of the reference classifier head
         "lam": 0.1,  # weight of the compactness loss: l_D + lam * l_C
         "net_size": 96,  # side of the network input (images are resized inside the model)
         "trainable_blocks": 2,  # last MBConv blocks trained (with the head conv); the rest frozen
