@@ -176,3 +176,13 @@ def test_cli_refuses_the_training_folder_as_reference(mvtec_dir, tmp_path, capsy
                  "--reference", str(ref_dir), "--epochs", "1", "--set", "net_size=64", "-q"])
     assert code == 2
     assert "'same'" in capsys.readouterr().err
+
+
+def test_bench_key_names_the_reference_only_when_set():
+    from oneclass.bench import SUITES, _key
+
+    job = {"method": "doc", "data": "cifar10:0", "params": {}, "seed": 0}
+    assert _key(job) == '["doc", "cifar10:0", 0, {}]'  # as before references existed
+    assert "fashion-mnist" in _key({**job, "reference": "fashion-mnist"})
+    refs = {j.get("reference") for j in SUITES["doc-cifar10"]}
+    assert refs == {None, "fashion-mnist"}  # never CIFAR-10 itself
