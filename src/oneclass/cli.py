@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
     s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, "
-                   "fcdd-fmnist, fcdd-cifar10, smoke; or `docs` to write docs/benchmarks.md")
+                   "fcdd-fmnist, fcdd-cifar10, doc-cifar10, doc-fmnist-sneaker, doc-kolektor, smoke; "
+                   "or `docs` to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")
