@@ -69,11 +69,17 @@ SUITES["doc-cifar10"] = [
     for ref, label in ((None, "no labeled reference"),
                        ("fashion-mnist", "reference: Fashion-MNIST, labeled"))
     for c in range(10)]
+# Raw (not unit-length) features: on a 600-train / 400-test probe of sneaker vs boot the
+# pretrained kNN gave 0.925 raw vs 0.839 normalised (CIFAR-10 went the other way).
 SUITES["doc-fmnist-sneaker"] = [
-    {"method": "doc", "data": "fashion-mnist:7:9", "params": {}, "reference": ref, "label": label}
-    for ref, label in ((None, "sneaker vs boot, no labeled reference"),
-                       ("fashion-mnist:-7", "sneaker vs boot, reference: other 9 classes"),
-                       ("mnist", "sneaker vs boot, reference: MNIST"))]
+    {"method": "doc", "data": "fashion-mnist:7:9", "params": params, "reference": ref,
+     "label": label}
+    for params, ref, label in (
+        ({"normalize": False}, None, "sneaker vs boot, no labeled reference, raw features"),
+        ({"normalize": False}, "fashion-mnist:-7",
+         "sneaker vs boot, reference: other 9 classes, raw features"),
+        ({"normalize": False}, "mnist", "sneaker vs boot, reference: MNIST, raw features"),
+        ({}, None, "sneaker vs boot, no labeled reference, unit-length features"))]
 SUITES["doc-kolektor"] = [
     {"method": "doc", "data": "{root}/kolektorsdd", "params": {}, "label": "no labeled reference"}]
 
