@@ -46,7 +46,7 @@ from torch import nn
 
 from ..data.reference import Reference, leaked_classes
 from ..detector import Detector
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..heatmaps import gradient_map
 from ..nets.efficientnet_lite import MEAN, STD, EfficientNetLite0Trunk, Lite0Head
 from ..registry import register
@@ -271,13 +271,13 @@ class DOC(Detector):
         return torch.cat([self.model_.lower(to_input(xb, self.device_)).cpu()
                           for xb in torch.split(x, bs)])
 
-    def _reference_data(self, x: torch.Tensor):
+    def _reference_data(self, x: torch.Tensor, h_t: torch.Tensor):
         """Reference activations and targets (class indices or ImageNet probabilities)."""
         from ..data.base import materialize
 
         ref = self._reference
         gen = np.random.default_rng(int(self.seed) + 11)
-        if ref is None:
+        if ref is None:  # the training images themselves, with soft targets
             xr, y, names = x, None, None
         else:
             images = ref.images
@@ -289,7 +289,7 @@ class DOC(Detector):
             names = ref.class_names
             if y is not None:
                 self._check_leak(x, xr, y.numpy(), names, ref.spec)
-        h = self._lower_all(xr)
+        h = h_t if ref is None else self._lower_all(xr)
         if y is not None:
             self.reference_ = {"spec": ref.spec, "classes": names, "n": len(xr)}
             return h, y, nn.Linear(FEATURES, len(names))
@@ -320,7 +320,7 @@ class DOC(Detector):
         model: DOCNet = self.model_
         h_t = self._lower_all(x)
         if int(self.epochs) > 0 and int(self.trainable_blocks) > 0:
-            ref_h, ref_y, classifier = self._reference_data(x)
+            ref_h, ref_y, classifier = self._reference_data(x, h_t)
             task = _DOCTask(self, ref_h, ref_y, classifier.to(self.device_))
             run(task, [h_t], epochs=int(self.epochs), batch_size=int(self.batch_size),
                 seed=int(self.seed), phase="train", loop=loop, drop_last=True)
@@ -336,7 +336,9 @@ class DOC(Detector):
     def _set_bank(self, feats: torch.Tensor) -> None:
         """Store the bank, and the k-distance and reachability density of each feature."""
         m: DOCNet = self.model_
-        k = min(int(self.k), max(1, len(feats) - 1))
+        if len(feats) < 2:
+            raise DataError(f"{self.name}: the feature bank needs at least 2 training images")
+        k = min(int(self.k), len(feats) - 1)
         d, idx = knn_distance(feats, feats, k + 1)  # the first neighbour is the point itself
         d, idx = d[:, 1:], idx[:, 1:]
         kdist = d[:, -1]
