@@ -35,7 +35,8 @@ def fast_params(name: str) -> dict:
     import oneclass
 
     params = {"epochs": 3, "batch_size": 32, "seed": 0}
-    small = {"pretrain_epochs": 2, "width": 16, "search_steps": 20}
+    small = {"pretrain_epochs": 2, "width": 16, "search_steps": 20, "net_size": 64,
+             "trainable_blocks": 2}
     defaults = oneclass.registry.get(name).all_defaults()
     params.update({k: v for k, v in small.items() if k in defaults})
     return params

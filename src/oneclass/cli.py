@@ -89,7 +89,7 @@ def _train(args, rank: int, world: int) -> int:
         raise ConfigError("no data given: use --data SPEC (a folder, mnist:C, elpv, ...)")
     params = dict(cfg.get("params", {k: v for k, v in cfg.items()
                                       if k not in ("method", "data", "data_root", "outliers",
-                                                   "anomalies")}))
+                                                   "anomalies", "reference")}))
     params.update(_parse_sets(args.set))
     if args.epochs is not None:
         params["epochs"] = args.epochs
@@ -101,7 +101,8 @@ def _train(args, rank: int, world: int) -> int:
     det = train(method, spec, Path(args.out), params, data_root=root, resume=args.resume,
                 progress=_progress(args), outliers=args.outliers or cfg.get("outliers"),
                 anomalies=args.anomalies or cfg.get("anomalies"),
-                anomaly_limit=args.anomaly_limit, on_bad_image=args.on_bad_image)
+                anomaly_limit=args.anomaly_limit, on_bad_image=args.on_bad_image,
+                reference=args.reference or cfg.get("reference"))
     if rank == 0:
         print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s"
               f"{f' on {world} processes' if world > 1 else ''}; threshold "
@@ -312,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labeled anomalies from this spec's test split (left out of eval)")
     s.add_argument("--anomaly-limit", type=int, default=5, metavar="N",
                    help="labeled anomalies per defect type (default 5)")
+    s.add_argument("--reference", metavar="SPEC",
+                   help="reference set of other classes (doc): mnist, fashion-mnist:-7, a folder "
+                   "of class folders, imagenet:SPEC for unlabeled images")
     common(s)
     images(s)
     s.set_defaults(func=cmd_train)

@@ -88,7 +88,8 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
 def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
           data_root: str | None = None, resume: bool = False, progress: bool | None = None,
           outliers: str | None = None, anomalies: str | None = None,
-          anomaly_limit: int = 5, on_bad_image: str = "error") -> Detector:
+          anomaly_limit: int = 5, on_bad_image: str = "error",
+          reference: str | None = None) -> Detector:
     """Train ``method`` on ``data_spec`` and write the run directory ``out``.
 
     Args:
@@ -97,6 +98,8 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             defect type are added to training and left out of this run's evaluation.
         on_bad_image: ``"error"`` stops at the first unreadable image; ``"skip"`` leaves
             unreadable images out with a warning and records them in ``config.json``.
+        reference: reference set spec for methods that use one (DOC; see
+            :mod:`oneclass.data.reference`).
     """
     out = Path(out)
     det = create(method, **params)
@@ -104,6 +107,8 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
               "params": det.get_params(), "outliers": outliers, "anomalies": anomalies,
               "anomaly_limit": anomaly_limit if anomalies else None,
               "on_bad_image": check_policy(on_bad_image)}
+    if reference:  # only when given, so configs of earlier runs still match on --resume
+        config["reference"] = reference
     if resume and (out / "config.json").exists():
         old = {k: v for k, v in read_config(out).items() if k not in ("anomalies_used", "skipped_images")}
         old.setdefault("on_bad_image", "error")  # runs written before the policy existed
@@ -123,6 +128,15 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         outlier_set = data_mod.screen(outlier_set, on_bad_image, what="outlier images")[0]
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
+    fit_extra = {}
+    if reference:
+        from .data.reference import check_specs, load_reference
+
+        if getattr(det, "uses_reference", False):
+            check_specs(data_spec, reference)
+            fit_extra["reference"] = load_reference(reference, data_root)
+        else:
+            log.warning("%s does not use a reference set; --reference is ignored", det.name)
     main = is_main_process()  # under torchrun only rank 0 writes files
     if main:
         write_json(out / "config.json", config)
@@ -136,7 +150,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
 
     ckpt = out / "checkpoints"
     loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
-    det.fit(train_set, outliers=outlier_set, loop=loop)
+    det.fit(train_set, outliers=outlier_set, loop=loop, **fit_extra)
     if main:
         det.save(out / "model")
         shutil.rmtree(ckpt, ignore_errors=True)

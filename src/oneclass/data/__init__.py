@@ -3,6 +3,7 @@
 - a folder in MVTec AD layout (``train/good``, ``test/<type>``, ``ground_truth/<type>``);
 - a plain folder (or a single image file): normal when training, unlabeled otherwise;
 - ``mnist:C``, ``fashion-mnist:C``, ``cifar10:C``: one-vs-rest with class C normal;
+  ``NAME:C:A[,A]`` tests class C against the classes A only (``fashion-mnist:7:9``);
   ``mnist``, ``cifar10``, ... (or ``:all``): every image, unlabeled (outlier exposure);
 - ``elpv`` / ``elpv:mono`` / ``elpv:poly``: solar cells from the elpv-dataset package;
 - ``synthetic`` / ``synthetic:TEXTURE``: generated defect images with masks (tests, demos).
@@ -48,9 +49,13 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
             from .classic import all_images
 
             return all_images(key, split, root)
-        if not arg.strip().isdecimal():  # isdigit() accepts '²', which int() rejects
-            raise DataError(f"{spec}: give the normal class as {name}:C with C in 0..9")
-        return one_vs_rest(key, int(arg), split, root)
+        cls, _, rest = arg.partition(":")
+        rest_ok = all(a.strip().isdecimal() for a in rest.split(",")) if rest else True
+        if not cls.strip().isdecimal() or not rest_ok:  # isdigit() accepts '²', int() does not
+            raise DataError(f"{spec}: give the normal class as {name}:C with C in 0..9 "
+                            f"(or {name}:C:A[,A] to test against the classes A only)")
+        anomalies = [int(a) for a in rest.split(",")] if rest else None
+        return one_vs_rest(key, int(cls), split, root, anomalies=anomalies)
     if key == "elpv":
         from .elpv import elpv
 

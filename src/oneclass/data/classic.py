@@ -63,8 +63,12 @@ def _arrays(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def one_vs_rest(name: str, cls: int, split: str, root=None) -> ArraySet:
-    """Class ``cls`` of ``name`` as the normal class, paper protocol."""
+def one_vs_rest(name: str, cls: int, split: str, root=None,
+                anomalies: list[int] | None = None) -> ArraySet:
+    """Class ``cls`` of ``name`` as the normal class, paper protocol.
+
+    With ``anomalies`` the test split keeps only class ``cls`` and those classes.
+    """
     name = ALIASES.get(name, name)
     if name not in FILES:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(FILES)}")
@@ -76,9 +80,18 @@ def one_vs_rest(name: str, cls: int, split: str, root=None) -> ArraySet:
         keep = np.flatnonzero(y == cls)
         return ArraySet(x[keep], np.full(len(keep), NORMAL), names=[f"train_{i}" for i in keep],
                         kinds=["good"] * len(keep), description=desc)
+    keep = np.arange(len(y))
+    if anomalies is not None:
+        bad = [a for a in anomalies if not 0 <= a < 10 or a == cls]
+        if bad:
+            raise DataError(f"{name}: anomaly classes must be 0..9 and not the normal class {cls}, "
+                            f"got {bad}")
+        keep = np.flatnonzero(np.isin(y, [cls, *anomalies]))
+        desc += " vs " + ", ".join(CLASSES[name][a] for a in anomalies)
+    x, y = x[keep], y[keep]
     labels = np.where(y == cls, NORMAL, ANOMALOUS)
     kinds = ["good" if v == cls else CLASSES[name][v] for v in y]
-    return ArraySet(x, labels, names=[f"test_{i}" for i in range(len(y))], kinds=kinds,
+    return ArraySet(x, labels, names=[f"test_{i}" for i in keep], kinds=kinds,
                     description=desc)
 
 

