@@ -148,7 +148,7 @@ def cmd_bench(args) -> int:
         from .bench import write_docs
 
         dirs = [Path(d) for d in (args.results or ["runs/bench", "runs/bench-fcdd",
-                                                   "runs/bench-speed"])]
+                                                   "runs/bench-speed", "runs/bench-sad"])]
         path = write_docs(dirs, Path(args.out if args.out != "runs/bench" else
                                      "docs/benchmarks.md"), Path("docs/benchmark-notes.md"))
         print(f"written {path}")
@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
     s.add_argument("suite", help="suite: speed, classic, svdd-mnist, svdd-cifar10, fcdd-kolektor, "
-                   "fcdd-fmnist, fcdd-cifar10, smoke; or `docs` to write docs/benchmarks.md")
+                   "fcdd-fmnist, fcdd-cifar10, sad-mnist, sad-fmnist, sad-cifar10, hsc-cifar10, "
+                   "smoke; or `docs` to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
     s.add_argument("--seeds", default="0", help="comma-separated seeds")

@@ -1,3 +1,3 @@
 """Methods: one file each. Importing this package registers them all."""
 
-from . import deep_svdd, fcdd  # noqa: F401
+from . import deep_sad, deep_svdd, fcdd, hsc  # noqa: F401
