@@ -88,3 +88,21 @@ def test_cli_trains_on_a_folder_with_labeled_anomalies(mvtec_dir, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["n_test"] == 22 - len(cfg["anomalies_used"])
     assert m["pixel_auroc"] is not None  # gradient heatmaps scored against the masks
+
+
+def test_semi_supervised_set_draws_labeled_anomalies_from_one_class(monkeypatch, tmp_path):
+    from oneclass.data import semi
+
+    y = np.repeat(np.arange(10), 100)
+    x = (y[:, None, None] * 20 + np.zeros((1, 4, 4))).astype(np.uint8)
+    monkeypatch.setattr(semi, "_arrays", lambda name, root, split: (x, y))
+    s = semi.semi_supervised("mnist", 3, ratio_known_outlier=0.05, ratio_pollution=0.1,
+                             root=str(tmp_path))
+    kn, un, uo, ko = semi.semi_counts(100, 0.0, 0.05, 0.1)
+    assert (s.labels == 1).sum() == ko > 0 and (s.labels == -1).sum() == un + uo
+    assert set(np.asarray(s.kinds)[s.labels == 1]) == {"4"}  # (C + 1) % 10
+    polluted = [k for k, lab in zip(s.kinds, s.labels) if lab == -1 and k != "good"]
+    assert len(polluted) == uo and "3" not in polluted
+    assert (s.images[s.labels == 1, 0, 0, 0] == 80).all()
+    with pytest.raises(DataError, match="another class"):
+        semi.semi_supervised("mnist", 3, known_outlier_class=3, root=str(tmp_path))
