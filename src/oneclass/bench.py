@@ -28,7 +28,6 @@ from .io import write_text
 PUBLISHED = {
     ("deep_svdd", "mnist"): 94.8,  # Ruff et al. 2018, one-class Deep SVDD, Table 1
     ("deep_svdd", "cifar10"): 64.8,
-    # Ruff et al. 2020, Deep SAD, scenario (i), ratio of labeled anomalies 0.05 (Table 2).
 }
 
 # Paper protocol of Ruff et al. (2018): GCN (l1) preprocessing, autoencoder pretraining,
@@ -112,28 +111,23 @@ def machine() -> str:
 def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
     """Child process: train, score, report metrics and the peak memory."""
     try:
-        from . import data as data_mod
         from .metrics import image_metrics, pixel_metrics
         from .registry import create
-        from .runs import pick_anomalies, test_set
+        from .runs import test_set, training_data
 
         det = create(job["method"], **job["params"], seed=job.get("seed", 0))
         spec = _resolve(job["data"], data_root)
-        train = data_mod.load(spec, "train", root=data_root)
-        cfg = {}
-        if job.get("semi"):
+        anomalies = spec if job.get("anomalies") else None
+        outlier_spec = _resolve(job["outliers"], data_root) if job.get("outliers") else None
+        train, outliers, used = training_data(spec, data_root, int(det.seed), outliers=outlier_spec,
+                                              anomalies=anomalies,
+                                              anomaly_limit=int(job.get("anomaly_limit") or 0))
+        test = test_set(spec, data_root, {"anomalies": anomalies, "anomalies_used": used})
+        if job.get("semi"):  # the Deep SAD paper's semi-supervised training set
             from .data.semi import semi_supervised
 
             name, _, cls = spec.partition(":")
             train = semi_supervised(name, int(cls), **job["semi"], seed=det.seed, root=data_root)
-        if job.get("anomalies"):
-            picked = pick_anomalies(spec, int(job["anomaly_limit"]), det.seed, data_root)
-            cfg = {"anomalies": spec, "anomalies_used": list(picked.names)}
-            train = data_mod.concat(train, picked)
-        test = test_set(spec, data_root, cfg)
-        outliers = None
-        if job.get("outliers"):
-            outliers = data_mod.load(_resolve(job["outliers"], data_root), "train", root=data_root)
         t0 = time.perf_counter()
         det.fit(train, outliers=outliers)
         train_s = time.perf_counter() - t0

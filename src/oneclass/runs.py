@@ -56,6 +56,25 @@ def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
     return test.subset(chosen)
 
 
+def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str | None = None,
+                  anomalies: str | None = None, anomaly_limit: int = 5):
+    """The training set of a run, its outlier-exposure set and the labeled anomalies used.
+
+    Returns:
+        ``(train_set, outlier_set or None, names of the labeled anomalies or None)``; the
+        labeled anomalies (``anomaly_limit`` per defect type from the test split of
+        ``anomalies``) are part of ``train_set``.
+    """
+    train_set = data_mod.load(data_spec, "train", root=root)
+    used = None
+    if anomalies:
+        picked = pick_anomalies(anomalies, int(anomaly_limit), seed, root)
+        used = list(picked.names)
+        train_set = data_mod.concat(train_set, picked)
+    outlier_set = data_mod.load(outliers, "train", root=root) if outliers else None
+    return train_set, outlier_set, used
+
+
 def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
     """The test split of ``spec`` without the images the run trained on as labeled anomalies."""
     test = data_mod.load(spec, "test", root=root)
@@ -87,12 +106,10 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             raise ConfigError(f"{out}: --resume with a different configuration than the run's "
                               "config.json; use a new --out or the same options")
     out.mkdir(parents=True, exist_ok=True)
-    train_set = data_mod.load(data_spec, "train", root=data_root)
-    if anomalies:
-        picked = pick_anomalies(anomalies, int(anomaly_limit), int(det.seed), data_root)
-        config["anomalies_used"] = list(picked.names)
-        train_set = data_mod.concat(train_set, picked)
-    outlier_set = data_mod.load(outliers, "train", root=data_root) if outliers else None
+    train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
+                                                 anomalies=anomalies, anomaly_limit=anomaly_limit)
+    if used is not None:
+        config["anomalies_used"] = used
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
     write_json(out / "config.json", config)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import augment
 from ..anomalies import NOISE_MODES, AnomalySource
 from ..detector import Detector, InputNorm
 from ..errors import ConfigError
@@ -56,14 +57,15 @@ def fcdd_pixel_loss(A_up: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 class FCDDModel(nn.Module):
-    def __init__(self, input_shape, net: str, stride: int, frozen_blocks: int, pretrained: bool):
+    def __init__(self, input_shape, net: str, stride: int, frozen_blocks: int, pretrained: bool,
+                 gcn: bool = False):
         super().__init__()
         c, h, w = input_shape
         self.net = fcdd_nets.build(net, c, (h, w), stride, frozen_blocks, pretrained)
         if getattr(self.net, "channels_last", False):  # faster convolutions on CPU
             self.net.to(memory_format=torch.channels_last)
         if not isinstance(self.net, fcdd_nets.EffNetFCN):
-            self.norm = InputNorm(c)
+            self.norm = InputNorm(c, gcn=gcn)
         self.rf: ReceptiveField = receptive_field(self._forward_raw, input_shape)
 
     @property
@@ -106,6 +108,7 @@ class _FCDDTask:
         if len(swap):
             xa, ma, ha = self.source.draw(x[swap], gen)
             x[swap], masks[swap], has[swap], labels[swap] = xa, ma, ha, 1
+        x, masks = augment.apply(det.augment, x, masks, gen)
         dev = det.device_
         x, labels = x.to(dev), labels.to(dev)
         A = self.model(x)
@@ -150,6 +153,8 @@ class FCDD(Detector):
         "upsample": "gaussian",  # gaussian (receptive field) or bilinear
         "sigma": None,  # Gaussian std in pixels; default 1.5 x the network's stride
         "precision": "fp32",  # inference precision: fp32 or bf16 (autocast)
+        "gcn": False,  # per-image contrast normalisation (l1) before the network
+        "augment": "none",  # training augmentation: none, shift or shift-flip
     }
 
     def _check_params(self) -> None:
@@ -166,12 +171,14 @@ class FCDD(Detector):
             raise ConfigError(f"anomaly_fraction must be in (0, 1), got {self.anomaly_fraction}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.augment not in augment.AUGMENTS:
+            raise ConfigError(f"augment must be one of {', '.join(augment.AUGMENTS)}, got {self.augment!r}")
         if int(self.stride) not in (8, 16):
             raise ConfigError(f"stride must be 8 or 16, got {self.stride}")
 
     def _build(self, input_shape):
         return FCDDModel(input_shape, self.net, int(self.stride), int(self.frozen_blocks),
-                         bool(self.pretrained))
+                         bool(self.pretrained), gcn=bool(self.gcn))
 
     def _sigma(self) -> float:
         if self.sigma is not None:

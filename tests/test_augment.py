@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from oneclass import augment, create
+from oneclass.errors import ConfigError
+
+from .conftest import fast_params
+
+
+def test_shift_flip_moves_masks_with_their_images():
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(16, 1, 20, 24, generator=gen) > 0.8).float()
+    masks[..., :4, :] = 0  # keep the borders empty: reflect padding then equals zero padding
+    masks[..., -4:, :] = 0
+    masks[..., :, :4] = 0
+    masks[..., :, -4:] = 0
+    x = masks.repeat(1, 3, 1, 1)  # the image is its own mask
+    xa, ma = augment.shift_flip(x, masks, gen, pad=3, flip=True)
+    assert xa.shape == x.shape and ma.shape == masks.shape
+    assert torch.equal(xa[:, :1], ma)
+    assert not torch.equal(xa, x)  # something moved
+    assert torch.equal(xa.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))  # nothing left the frame
+
+
+def test_shift_flip_without_masks_and_none_is_identity():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 1, 8, 8)
+    same, m = augment.apply("none", x, None, gen)
+    assert same is x and m is None
+    out, m = augment.apply("shift", x, None, gen)
+    assert out.shape == x.shape and m is None
+
+
+def test_fcdd_rejects_an_unknown_augmentation():
+    with pytest.raises(ConfigError, match="augment"):
+        create("fcdd", augment="rotate")
+
+
+def test_fcdd_trains_with_gcn_and_augmentation(defects_train, defects_test):
+    det = create("fcdd", **fast_params("fcdd"), gcn=True, augment="shift-flip")
+    det.fit(defects_train)
+    assert det.model_.norm.gcn
+    s = det.score(defects_test)
+    assert s.shape == (len(defects_test),) and torch.isfinite(torch.as_tensor(s)).all()
