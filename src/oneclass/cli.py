@@ -214,7 +214,7 @@ def cmd_bench(args) -> int:
         from .bench import write_docs
 
         dirs = [Path(d) for d in (args.results or ["runs/bench", "runs/bench-fcdd",
-                                                   "runs/bench-speed"])]
+                                                   "runs/bench-speed", "runs/bench-sad"])]
         path = write_docs(dirs, Path(args.out if args.out != "runs/bench" else
                                      "docs/benchmarks.md"), Path("docs/benchmark-notes.md"))
         print(f"written {path}")

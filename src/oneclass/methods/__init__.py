@@ -1,3 +1,3 @@
 """Methods: one file each. Importing this package registers them all."""
 
-from . import anogan, bigan, deep_svdd, doc, fcdd, patchcore  # noqa: F401
+from . import anogan, bigan, deep_sad, deep_svdd, doc, fcdd, hsc, patchcore  # noqa: F401

@@ -86,12 +86,15 @@ class _SVDDTask:
         self.model.c.copy_(s["c"])
         self.model.R.copy_(s["R"])
 
-    def step(self, batch):
+    def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distances of the batch and the objective to minimise."""
         dist = self.model.dist(to_input(batch[0], self.det.device_), self.modules["encoder"])
         if self.soft:
-            loss = soft_boundary_loss(dist, self.model.R, float(self.det.nu))
-        else:
-            loss = one_class_loss(dist)
+            return dist, soft_boundary_loss(dist, self.model.R, float(self.det.nu))
+        return dist, one_class_loss(dist)
+
+    def step(self, batch):
+        dist, loss = self.loss(batch)
         opt = self.optimizers["svdd"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,18 +142,21 @@ class DeepSVDD(Detector):
     def _build(self, input_shape):
         return SVDDNet(input_shape, gcn=bool(self.gcn))
 
-    def _fit(self, x, y, masks, loop: LoopConfig) -> None:
-        x = x[y != 1]  # Deep SVDD is unsupervised: labeled anomalies are not used
+    def _pretrain_and_centre(self, x: torch.Tensor, loop: LoopConfig) -> None:
+        """Autoencoder pretraining of phi on ``x``, then c = mean embedding of ``x``."""
         model: SVDDNet = self.model_
-        dev = self.device_
         decoder = Decoder(model.encoder, x.shape[1])
         pretrain_autoencoder(model, decoder, x, epochs=int(self.pretrain_epochs),
                              batch_size=int(self.batch_size), lr=float(self.pretrain_lr),
                              weight_decay=float(self.pretrain_weight_decay),
-                             seed=int(self.seed), device=dev, loop=loop)
+                             seed=int(self.seed), device=self.device_, loop=loop)
         model.eval()
-        model.c.copy_(mean_embedding(model.embed, x, dev))
-        task = _SVDDTask(self, model)
+        model.c.copy_(mean_embedding(model.embed, x, self.device_))
+
+    def _fit(self, x, y, masks, loop: LoopConfig) -> None:
+        x = x[y != 1]  # Deep SVDD is unsupervised: labeled anomalies are not used
+        self._pretrain_and_centre(x, loop)
+        task = _SVDDTask(self, self.model_)
         run(task, [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop)
 
