@@ -350,6 +350,16 @@ COMMANDS = {
 }
 
 
+#: Tables written by the throughput commands: file -> (heading, suite that writes it).
+_TABLES = {
+    "speed.md": ("Network throughput", "speed"),
+    "speed-anogan.md": ("AnoGAN latent search: batched against one image at a time", "speed-anogan"),
+    "export.md": ("ONNX export: onnxruntime against torch", "export"),
+    "serve.md": ("HTTP service under load", "serve"),
+    "predict.md": ("Batch scoring of image folders", "predict"),
+}
+
+
 def write_docs(result_dirs: list[Path], out: Path, notes: Path | None = None) -> Path:
     """Build ``docs/benchmarks.md`` from results (JSON lines and speed tables), never by hand."""
     parts = ["# Benchmarks", "",
@@ -376,12 +386,13 @@ def write_docs(result_dirs: list[Path], out: Path, notes: Path | None = None) ->
             parts.append("Command: `oneclass bench compare --data-root ../shared/data --out "
                          f"{d}` (after `make compare`).\n")
             parts.append(cmp.read_text())
-        sp = d / "speed.md"
-        if sp.exists():
-            parts.append(f"## Network throughput (`{d}`)\n")
-            parts.append("Command: `oneclass bench speed --out " + str(d) + "` "
-                         f"(run on {date.fromtimestamp(sp.stat().st_mtime).isoformat()}).\n")
-            parts.append(sp.read_text())
+        for fname, (title, suite) in _TABLES.items():
+            sp = d / fname
+            if sp.exists():
+                parts.append(f"## {title} (`{d}`)\n")
+                parts.append(f"Command: `oneclass bench {suite} --out {d}` "
+                             f"(run on {date.fromtimestamp(sp.stat().st_mtime).isoformat()}).\n")
+                parts.append(sp.read_text())
     text = "\n".join(parts).rstrip() + "\n"
     write_text(out, text)
     return Path(out)

@@ -208,7 +208,7 @@ def cmd_bench(args) -> int:
     if args.suite == "list":
         for name in sorted(SUITES):
             print(f"{name:18s} {len(SUITES[name])} runs")
-        print("speed, speed-anogan, compare: throughput and side-by-side commands")
+        print("speed, speed-anogan, export, serve, predict, compare: throughput and side-by-side commands")
         return 0
     if args.suite == "docs":
         from .bench import write_docs
@@ -248,9 +248,9 @@ def cmd_bench(args) -> int:
 
         table = markdown(anogan_search_rows())
         out = Path(args.out)
-        write_text(out / "speed.md", f"Machine: {machine()}\n\n{table}")
+        write_text(out / "speed-anogan.md", f"Machine: {machine()}\n\n{table}")
         print(table)
-        print(f"written to {out / 'speed.md'}")
+        print(f"written to {out / 'speed-anogan.md'}")
         return 0
 
 
