@@ -27,8 +27,15 @@ test: install
 bench: install
 	$(VENV)/bin/oneclass bench svdd-mnist --data-root ../shared/data --out runs/bench
 	$(VENV)/bin/oneclass bench fcdd-kolektor --data-root ../shared/data --out runs/bench-fcdd
+	$(VENV)/bin/oneclass bench fcdd-fmnist --data-root ../shared/data --out runs/bench-fcdd
+	$(VENV)/bin/oneclass bench sad-mnist --data-root ../shared/data --out runs/bench-sad
+	$(VENV)/bin/oneclass bench industrial --data-root ../shared/data --out runs/bench-industrial
 	$(VENV)/bin/oneclass bench speed --out runs/bench-speed
-	$(VENV)/bin/oneclass bench docs --results runs/bench runs/bench-fcdd runs/bench-speed
+	$(VENV)/bin/oneclass bench export --out runs/bench-deploy
+	$(VENV)/bin/oneclass bench serve --out runs/bench-deploy
+	$(VENV)/bin/oneclass bench predict --out runs/bench-deploy
+	$(VENV)/bin/oneclass bench docs --results runs/bench runs/bench-fcdd runs/bench-sad \
+	    runs/bench-industrial runs/bench-gan runs/bench-doc runs/bench-speed runs/bench-deploy
 
 # anomalib for `oneclass bench compare`, in its own environment: it brings torch 2.14.1, which must
 # never replace the project's torch in .venv.
