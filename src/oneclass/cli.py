@@ -226,33 +226,23 @@ def cmd_bench(args) -> int:
         print(path.read_text())
         print(f"written to {path}")
         return 0
-    if args.suite == "speed":
+    if args.suite in ("speed", "speed-anogan"):
+        from . import speed
         from .bench import machine
         from .io import write_text
-        from .speed import fcdd_rows, lenet_rows, markdown, patchcore_rows, peak_rows, peaks
 
-        peak = peaks()
-        table = "\n".join(markdown(rows) for rows in (
-            peak_rows(peak), lenet_rows(peak=peak), fcdd_rows(peak=peak),
-            patchcore_rows(peak=peak), peak_rows(peaks(), "end of run")))
-        out = Path(args.out)
-        write_text(out / "speed.md", f"Machine: {machine()}\n\n{table}")
+        if args.suite == "speed":
+            peak = speed.peaks()
+            tables = (speed.peak_rows(peak), speed.lenet_rows(peak=peak), speed.fcdd_rows(peak=peak),
+                      speed.patchcore_rows(peak=peak), speed.peak_rows(speed.peaks(), "end of run"))
+        else:
+            tables = (speed.anogan_search_rows(),)
+        table = "\n".join(speed.markdown(rows) for rows in tables)
+        path = Path(args.out) / f"{args.suite}.md"
+        write_text(path, f"Machine: {machine()}\n\n{table}")
         print(table)
-        print(f"written to {out / 'speed.md'}")
+        print(f"written to {path}")
         return 0
-
-    if args.suite == "speed-anogan":
-        from .bench import machine
-        from .io import write_text
-        from .speed import anogan_search_rows, markdown
-
-        table = markdown(anogan_search_rows())
-        out = Path(args.out)
-        write_text(out / "speed-anogan.md", f"Machine: {machine()}\n\n{table}")
-        print(table)
-        print(f"written to {out / 'speed-anogan.md'}")
-        return 0
-
 
     if args.suite == "compare":
         from .compare import run_compare
