@@ -55,6 +55,10 @@ SUITES["fcdd-kolektor"] = [
      "anomalies": True, "anomaly_limit": 5,
      "label": "semi-supervised, 5 labeled defects, pretrained EfficientNet-Lite0"},
 ]
+# The same three runs with shift/flip augmentation of the training images (and masks).
+SUITES["fcdd-kolektor"] += [
+    {**job, "params": {**job["params"], "augment": "shift-flip"},
+     "label": job["label"] + ", shift/flip augmentation"} for job in SUITES["fcdd-kolektor"]]
 SUITES["fcdd-fmnist"] = [
     {"method": "fcdd", "data": f"fashion-mnist:{c}",
      "params": {"noise": "none", "batch_size": 128, "epochs": 30, "gcn": True},
@@ -216,9 +220,11 @@ def _resolve(spec: str, data_root: str | None) -> str:
 
 
 def _key(job: dict[str, Any]) -> str:
-    extra = [job.get(k) for k in ("anomalies", "anomaly_limit", "outliers", "test_limit")]
+    extra = [job.get(k) for k in ("anomalies", "anomaly_limit", "outliers")]
     key = [job["method"], job["data"], job.get("seed", 0), job["params"]]
     key = key + extra if any(e is not None for e in extra) else key
+    if job.get("test_limit") is not None:  # appended only when set, so earlier keys stay valid
+        key = key + [{"test_limit": job["test_limit"]}]
     if job.get("reference"):  # appended only when set, so earlier keys stay valid
         key = key + [{"reference": job["reference"]}]
     if job.get("semi") is not None:  # only new suites have it: older keys stay as they were
