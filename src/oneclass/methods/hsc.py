@@ -21,6 +21,7 @@ Score: h(x). Map: smoothed absolute input gradient of the score (phi outputs a v
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..anomalies import NOISE_MODES, AnomalySource
 from ..data.base import ANOMALOUS
@@ -73,6 +74,17 @@ class _HSCTask:
         return {}
 
 
+class HSCScore(nn.Module):
+    """The image score as a module (for export): pseudo-Huber distance of the embedding."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return hsc_distance(self.model.embed(x))
+
+
 @register("hsc")
 class HSC(Detector):
     """Hypersphere classifier with outlier exposure (see module docstring)."""
@@ -119,6 +131,11 @@ class HSC(Detector):
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         return gradient_map(self._score, x, self.heatmap_sigma)
+
+    def export_module(self) -> nn.Module:
+        from ..export import gradient_module
+
+        return gradient_module(HSCScore(self.model_), self.input_shape_, self.heatmap_sigma)
 
     def _fitted_extra(self):
         return {"anomaly_kinds": getattr(self, "anomaly_kinds_", None)}
