@@ -98,12 +98,12 @@ def test_cli_export_fcdd_with_float_input_matches_torch(mvtec_dir, tmp_path, cap
     _assert_parity(parity(det, out, images[:10], batch_size=4))
 
 
-@pytest.mark.parametrize("name", ["deep_sad", "hsc"])
-def test_gradient_map_methods_export_with_parity(name, defects_train, defects_test, tmp_path):
+@pytest.mark.parametrize("name,extra", [("deep_sad", {"pretrain_epochs": 1}), ("hsc", {}),
+                                        ("bigan", {"width": 16})])
+def test_more_methods_export_with_parity(name, extra, defects_train, defects_test, tmp_path):
     from oneclass.data.base import materialize
 
-    det = oneclass.create(name, seed=0, epochs=2, batch_size=32,
-                          **({"pretrain_epochs": 1} if name == "deep_sad" else {})).fit(defects_train)
+    det = oneclass.create(name, seed=0, epochs=2, batch_size=32, **extra).fit(defects_train)
     path = export_onnx(det, tmp_path / f"{name}.onnx")
     x, _, _ = materialize(defects_test.subset(range(8)), det.preprocess_)
     _assert_parity(parity(det, path, x, batch_size=4))

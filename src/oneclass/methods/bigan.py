@@ -28,7 +28,7 @@ from ..nets.dcgan import Encoder, Generator, JointCritic
 from ..registry import register
 from ..train import LoopConfig, run
 from ._common import to_input
-from ._gan import GANDetector, l1_per_image, to_tanh_range
+from ._gan import GANDetector, l1_per_image, residual_map, to_tanh_range
 
 
 class BiGANNet(nn.Module):
@@ -57,6 +57,19 @@ def gradient_penalty(D: JointCritic, real: tuple[torch.Tensor, torch.Tensor],
     gx, gz = torch.autograd.grad(D(x, z).sum(), (x, z), create_graph=True)
     norm = torch.sqrt(gx.flatten(1).pow(2).sum(1) + gz.pow(2).sum(1) + 1e-12)
     return ((norm - 1) ** 2).mean()
+
+
+class BiGANExport(nn.Module):
+    """``x in [0, 1] -> (score, residual map)`` in one pass, as ``_score`` and ``_map`` (export)."""
+
+    def __init__(self, model: BiGANNet, alpha: float, sigma: float | None):
+        super().__init__()
+        self.model, self.alpha, self.sigma = model, alpha, sigma
+
+    def forward(self, x: torch.Tensor):
+        xt = to_tanh_range(x)
+        res, feat, rec = self.model.score_parts(xt)
+        return self.alpha * res + (1.0 - self.alpha) * feat, residual_map(xt, rec, self.sigma)
 
 
 class _BiGANTask:
@@ -137,6 +150,9 @@ class BiGAN(GANDetector):
         res, feat, _ = self.model_.score_parts(to_tanh_range(x))
         a = float(self.alpha)
         return a * res + (1.0 - a) * feat
+
+    def export_module(self) -> nn.Module:
+        return BiGANExport(self.model_, float(self.alpha), self.heatmap_sigma)
 
     def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -55,7 +55,7 @@ class Generator(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.body(self.fc(z).view(len(z), *self.start))
+        x = self.body(self.fc(z).unflatten(1, self.start))
         h, w = self.size
         top, left = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
         return x[:, :, top:top + h, left:left + w]
