@@ -84,6 +84,19 @@ def knn_distance(q: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 2048)
     return torch.cat(ds), torch.cat(idx)
 
 
+class DOCScore(nn.Module):
+    """The kNN image score as a module (for export): mean distance to the k nearest features
+    of the stored bank (one chunk, so the graph has a single top-k)."""
+
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(self.model(x), self.model.bank)
+        return d.topk(min(self.k, self.model.bank.shape[0]), dim=1, largest=False)[0].mean(1)
+
+
 class DOCNet(nn.Module):
     """Input resize and normalisation -> Lite0 trunk -> head conv -> global average pool.
 
@@ -361,6 +374,15 @@ class DOC(Detector):
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:
         return self._score_features(self.model_(x))
+
+    def export_module(self) -> nn.Module:
+        if self.heatmap != "gradient" or self.scoring != "knn":
+            raise ConfigError(f"{self.name}: ONNX export supports heatmap=gradient with "
+                              f"scoring=knn, not heatmap={self.heatmap} scoring={self.scoring}")
+        from ..export import gradient_module
+
+        return gradient_module(DOCScore(self.model_, int(self.k)), self.input_shape_,
+                               self.heatmap_sigma)
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         if self.heatmap == "gradient":
