@@ -56,6 +56,25 @@ def test_flops_are_counted_and_set_against_the_peak():
     assert row["score % peak"] == round(100 * 1000 * 2 * 30 * 20 / peak, 1)
 
 
+def test_fcdd_speed_rows_per_scoring_batch():
+    import pytest
+
+    from oneclass.cli import _batches
+    from oneclass.errors import ConfigError
+    from oneclass.speed import _fcdd_rows
+
+    rows = _fcdd_rows("cnn28", (1, 28, 28), 8, "fp32", 0.01, {"fp32": 1e11, "bf16": 1e11}, (4, 16))
+    assert [r["score batch"] for r in rows] == [4, 16]
+    assert "train img/s" in rows[0] and "train img/s" not in rows[1]  # trained once
+    assert all(r["score img/s"] > 0 for r in rows)
+    # FLOPs per image do not depend on the batch size
+    assert rows[0]["score GFLOP/img"] == rows[1]["score GFLOP/img"] > 0
+    assert _batches("32,64") == (32, 64)
+    for bad in ("", "0", "a,64"):
+        with pytest.raises(ConfigError, match="--score-batch"):
+            _batches(bad)
+
+
 def test_compare_table_and_missing_environment(tmp_path, mvtec_dir):
     import pytest
 

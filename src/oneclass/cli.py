@@ -202,6 +202,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise ConfigError(f"--score-batch wants positive integers separated by commas, got {text!r}")
+    return out
+
+
 def cmd_bench(args) -> int:
     from .bench import SUITES, run_suite
 
@@ -233,7 +243,8 @@ def cmd_bench(args) -> int:
 
         if args.suite == "speed":
             peak = speed.peaks()
-            tables = (speed.peak_rows(peak), speed.lenet_rows(peak=peak), speed.fcdd_rows(peak=peak),
+            fcdd = speed.fcdd_rows(peak=peak, score_batches=_batches(args.score_batch))
+            tables = (speed.peak_rows(peak), speed.lenet_rows(peak=peak), fcdd,
                       speed.patchcore_rows(peak=peak), speed.peak_rows(speed.peaks(), "end of run"))
         else:
             tables = (speed.anogan_search_rows(),)
@@ -374,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the suite on this data (e.g. an MVTec-layout folder) instead of its "
                    "own datasets (repeatable); industrial default: DATA_ROOT/kolektorsdd")
     s.add_argument("--methods", help="comma-separated methods to run (default: all of the suite)")
+    s.add_argument("--score-batch", default="64", metavar="B[,B...]",
+                   help="with `speed`: scoring batch sizes of the FCDD rows (default 64)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="train, evaluate and report on the ELPV solar cells")

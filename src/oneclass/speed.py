@@ -13,6 +13,7 @@ the precision the row runs in.
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import nullcontext
 
@@ -115,7 +116,10 @@ def _lenet_row(shape, bs, seconds, peak):
     return row
 
 
-def fcdd_rows(seconds: float = 3.0, peak: dict[str, float] | None = None) -> list[dict]:
+def fcdd_rows(seconds: float = 3.0, peak: dict[str, float] | None = None,
+              score_batches: tuple[int, ...] = (SCORE_BATCH,)) -> list[dict]:
+    """FCDD nets: training and heatmap scoring; one row per variant and scoring batch size
+    (the training columns are on the row of the first batch size)."""
     peak = peak or peaks()
     rows = []
     cases = [("cnn28", (1, 28, 28), 128), ("cnn32", (3, 32, 32), 128),
@@ -124,19 +128,18 @@ def fcdd_rows(seconds: float = 3.0, peak: dict[str, float] | None = None) -> lis
         for variant in ("fp32", "channels_last", "channels_last+bf16"):
             if name in ("cnn28", "cnn32") and variant != "fp32":
                 continue
-            rows.append(_fcdd_row(name, shape, bs, variant, seconds, peak))
+            rows += _fcdd_rows(name, shape, bs, variant, seconds, peak, score_batches)
     return rows
 
 
-def _fcdd_row(name, shape, bs, variant, seconds, peak):
+def _fcdd_rows(name, shape, bs, variant, seconds, peak, score_batches):
     net = fcdd_nets.build(name, shape[0], shape[1:], pretrained=False)
     rf = receptive_field(net, shape)
     x = torch.rand(bs, *shape)
-    xs = torch.rand(SCORE_BATCH, *shape)
-    if variant.startswith("channels_last"):
+    channels_last = variant.startswith("channels_last")
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-        xs = xs.contiguous(memory_format=torch.channels_last)
     bf16 = variant.endswith("bf16")
 
     def amp():
@@ -152,23 +155,30 @@ def _fcdd_row(name, shape, bs, variant, seconds, peak):
         loss.backward()
         opt.step()
 
-    def heatmap():
+    def heatmap(xs):
         with torch.no_grad(), amp():
             a = pseudo_huber(net(xs)[:, 0]).float()
         receptive_upsample(a, rf, shape[1:], 1.5 * rf.j[0])
 
-    net.train()
-    r_train = _rate(train, bs, seconds)
-    net.eval()
-    r_score = _rate(heatmap, SCORE_BATCH, seconds)
-    row = {"net": f"fcdd {name} {shape[1]}x{shape[2]}x{shape[0]}", "variant": variant,
-           "train batch": bs, "train img/s": r_train, "score img/s": r_score}
     p = peak["bf16" if bf16 else "fp32"]
-    net.train()
-    _efficiency(row, "train", train, bs, r_train, p)
-    net.eval()
-    _efficiency(row, "score", heatmap, SCORE_BATCH, r_score, p)
-    return row
+    rows = []
+    for i, sb in enumerate(score_batches):
+        xs = torch.rand(sb, *shape)
+        if channels_last:
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        row = {"net": f"fcdd {name} {shape[1]}x{shape[2]}x{shape[0]}", "variant": variant}
+        if i == 0:
+            net.train()
+            r_train = _rate(train, bs, seconds)
+            row.update({"train batch": bs, "train img/s": r_train})
+            _efficiency(row, "train", train, bs, r_train, p)
+        net.eval()
+        score = functools.partial(heatmap, xs)
+        r_score = _rate(score, sb, seconds)
+        row.update({"score batch": sb, "score img/s": r_score})
+        _efficiency(row, "score", score, sb, r_score, p)
+        rows.append(row)
+    return rows
 
 
 def patchcore_rows(seconds: float = 3.0, peak: dict[str, float] | None = None,
