@@ -30,7 +30,7 @@ bench: install
 	$(VENV)/bin/oneclass bench fcdd-fmnist --data-root ../shared/data --out runs/bench-fcdd
 	$(VENV)/bin/oneclass bench sad-mnist --data-root ../shared/data --out runs/bench-sad
 	$(VENV)/bin/oneclass bench industrial --data-root ../shared/data --out runs/bench-industrial
-	$(VENV)/bin/oneclass bench speed --out runs/bench-speed
+	$(VENV)/bin/oneclass bench speed --score-batch 32,64 --out runs/bench-speed
 	$(VENV)/bin/oneclass bench export --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench serve --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench predict --out runs/bench-deploy

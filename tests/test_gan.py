@@ -153,3 +153,15 @@ def test_bf16_search_tracks_fp32():
     # bf16 rounding of G(z) adds a few per cent to the residual; the ranking stays
     np.testing.assert_allclose(half.loss.numpy(), full.numpy(), rtol=0.1)
     assert np.array_equal(np.argsort(half.loss.numpy()), np.argsort(full.numpy()))
+
+
+def test_search_speed_rows_compare_batched_with_one_at_a_time():
+    from oneclass.methods.anogan import AnoGAN
+    from oneclass.speed import anogan_search_rows
+
+    assert AnoGAN().score_batch_size == 256  # scoring searches this many images together
+    (row,) = anogan_search_rows(steps=2, batch=4, single=1, shapes=((1, 16, 16),),
+                                precisions=("fp32",))
+    assert row["net"] == "anogan search 16x16x1" and row["batch"] == 4 and row["steps"] == 2
+    assert float(row["batched ms/img"]) > 0 and float(row["one-at-a-time ms/img"]) > 0
+    assert row["speed-up"].endswith("x")

@@ -250,7 +250,8 @@ def cmd_bench(args) -> int:
             tables = (speed.anogan_search_rows(),)
         table = "\n".join(speed.markdown(rows) for rows in tables)
         path = Path(args.out) / f"{args.suite}.md"
-        write_text(path, f"Machine: {machine()}\n\n{table}")
+        batches = f"; FCDD scoring batch sizes {args.score_batch}" if args.suite == "speed" else ""
+        write_text(path, f"Machine: {machine()}{batches}\n\n{table}")
         print(table)
         print(f"written to {path}")
         return 0

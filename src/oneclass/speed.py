@@ -222,18 +222,20 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def anogan_search_rows(steps: int = 100, batch: int = 64, single: int = 4,
+def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int = 4,
                        shapes=((1, 28, 28), (1, 64, 64)),
                        precisions=("fp32", "bf16")) -> list[dict]:
     """Seconds per image of AnoGAN's latent search, batched vs one image at a time.
 
     The same search (``steps`` Adam steps from the best of the candidate codes) on the
     default AnoGAN networks for each shape, with untrained weights: the cost does not depend
-    on what the networks learned. ``batch`` images are searched together, ``single`` one by
-    one, in each precision (``precision`` parameter of AnoGAN).
+    on what the networks learned. ``batch`` images (default: AnoGAN's ``score_batch_size``,
+    the batch its scoring searches together) are searched together, ``single`` one by one,
+    in each precision (``precision`` parameter of AnoGAN).
     """
     from .methods.anogan import AnoGAN
 
+    batch = int(batch or AnoGAN().score_batch_size)
     rows = []
     for shape, precision in [(s, p) for s in shapes for p in precisions]:
         det = AnoGAN(search_steps=steps, precision=precision)

@@ -152,6 +152,9 @@ class AnoGAN(GANDetector):
         # search precision: fp32, or bf16 autocast (about 1.9x faster batched on CPUs with
         # AVX512-BF16 or AMX; emulated, hence slow, on others; scores move by ~1-3 %)
         "precision": "fp32",
+        # images searched together: the search is compute-bound per image, so larger batches
+        # spread the per-step overhead over more images (256 vs 64: ~1.2x faster at 28x28)
+        "score_batch_size": 256,
     }
 
     def _check_params(self) -> None:
