@@ -27,6 +27,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from oneclass.serve import API_KEY_HEADER, create_app  # noqa: E402
 
+from .image_fuzz import png_bomb  # noqa: E402
+
 KEY = {API_KEY_HEADER: "s3cret"}
 CHROMIUM = "/usr/bin/chromium"
 
@@ -109,6 +111,8 @@ def test_oversized_upload_is_413(client):
     ({"data": {"file": "x"}}, 415, "application/x-www-form-urlencoded"),
     ({"files": {"file": ("a.png", b"not a png at all", "image/png")}}, 400, "a.png: not a readable image"),
     ({"files": {"file": ("a.png", b"", "image/png")}}, 400, "a.png:"),
+    ({"files": {"file": ("bomb.png", png_bomb(60000, 60000), "image/png")}}, 400,
+     "bomb.png: image is over the limit of 178956970 pixels"),
     ({"files": {"other": ("a.png", b"x", "image/png")}}, 400, "field 'file'"),
     ({"files": {"file": (None, b"x" * 100)}}, 400, "field 'file'"),  # a text field
     ({"files": {"file": (None, b"x" * (60 * 1024))}}, 413, "limit"),  # a text field, too long

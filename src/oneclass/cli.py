@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "within this many seconds; slower clients get 408 and are disconnected")
     s.add_argument("--max-connections", type=int, default=64, metavar="N",
                    help="connections served at once, more get 503 (0: no limit)")
+    s.add_argument("--max-pixels", type=int, metavar="N",
+                   help="uploads with more pixels than N get 400 (decompression bombs; "
+                   "default 178956970 or $ONECLASS_MAX_PIXELS)")
     common(s, quiet=False)
     s.set_defaults(func=cmd_serve)
 
