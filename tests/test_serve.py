@@ -1,8 +1,15 @@
-"""The HTTP service (FastAPI TestClient) and its web page (headless Chromium)."""
+"""The HTTP service (FastAPI TestClient) and its web page (headless Chromium); under load
+and attack on a real uvicorn server on loopback (reliability item 4, docs/reliability.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import errno
+import json
+import logging
+import select
 import shutil
 import socket
 import threading
@@ -19,6 +26,8 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from oneclass.serve import API_KEY_HEADER, create_app  # noqa: E402
+
+from .image_fuzz import png_bomb  # noqa: E402
 
 KEY = {API_KEY_HEADER: "s3cret"}
 CHROMIUM = "/usr/bin/chromium"
@@ -95,9 +104,20 @@ def test_oversized_upload_is_413(client):
 
 @pytest.mark.parametrize("kwargs, status, message", [
     ({"files": {"file": ("a.txt", b"hello", "text/plain")}}, 415, "not an image"),
+    ({"files": {"file": ("a.pdf", b"%PDF-1.4", "application/pdf")}}, 415, "'application/pdf'"),
     ({"content": b"raw bytes", "headers": {"content-type": "image/png"}}, 415, "multipart"),
+    ({"content": b"raw bytes"}, 415, "no content type"),
+    ({"json": {"file": "aGVsbG8="}}, 415, "application/json"),
+    ({"data": {"file": "x"}}, 415, "application/x-www-form-urlencoded"),
     ({"files": {"file": ("a.png", b"not a png at all", "image/png")}}, 400, "a.png: not a readable image"),
+    ({"files": {"file": ("a.png", b"", "image/png")}}, 400, "a.png:"),
+    ({"files": {"file": ("bomb.png", png_bomb(60000, 60000), "image/png")}}, 400,
+     "bomb.png: image is over the limit of 178956970 pixels"),
     ({"files": {"other": ("a.png", b"x", "image/png")}}, 400, "field 'file'"),
+    ({"files": {"file": (None, b"x" * 100)}}, 400, "field 'file'"),  # a text field
+    ({"files": {"file": (None, b"x" * (60 * 1024))}}, 413, "limit"),  # a text field, too long
+    ({"files": {"file": ("a.png", b"x", "image/png")}, "params": {"heatmap": "maybe"}}, 422,
+     "heatmap"),
 ])
 def test_bad_uploads_get_clear_errors(client, kwargs, status, message):
     headers = {**KEY, **kwargs.pop("headers", {})}
@@ -155,3 +175,548 @@ def test_web_page_end_to_end_in_headless_chromium(run_dir, mvtec_dir):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# ------------------------------------------------- under load and attack (reliability item 4)
+# A real uvicorn server with oneclass's protocol, limits and a 1 s deadline, on a free
+# loopback port in a thread; raw sockets say exactly what goes over the wire. Every loop is
+# bounded (a byte count, a timeout).
+
+LIMIT = int(0.05 * 1024 * 1024)  # max_upload_mb=0.05 of the apps below
+TIMEOUT = 1.0  # the live server's deadline for headers and for the body, seconds
+BOUNDARY = b"XyZ"
+SECRET = "oneclass-sentinel-7f3a9c"  # content of files outside the model directory
+
+
+class _Problems(logging.Filter):
+    """Collects the server's log records at ERROR (uvicorn logs escaped exceptions there)."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[str] = []
+
+    def filter(self, record):
+        if record.levelno >= logging.ERROR:
+            self.records.append(record.getMessage())
+        return True
+
+
+@contextlib.contextmanager
+def _live(app, timeout: float = TIMEOUT, max_connections: int | None = None):
+    """Serve ``app`` with ``oneclass.serve.make_server``; yields ``(port, problems)``."""
+    from oneclass.serve import make_server
+
+    port = _free_port()
+    server = make_server(app, port=port, timeout=timeout, max_connections=max_connections)
+    problems = _Problems()  # a filter: uvicorn's logging config replaces handlers, not filters
+    logger = logging.getLogger("uvicorn.error")
+    logger.addFilter(problems)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        yield port, problems.records
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        logger.removeFilter(problems)
+
+
+@pytest.fixture(scope="module")
+def live(app, run_dir):
+    """The module's app (key, 50 kB limit, same loaded model) with a 1 s deadline, served."""
+    fast = create_app(run_dir, api_key="s3cret", max_upload_mb=0.05, timeout=TIMEOUT,
+                      scorer=app.state.scorer)
+    with _live(fast) as served:
+        yield served
+
+
+def _connect(port: int, timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def _read(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection (or 10 s of silence)."""
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _parse(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """HTTP/1.1 responses in ``raw``; fails on anything else (a stray traceback, say)."""
+    out = []
+    while raw:
+        assert raw.startswith(b"HTTP/1.1 "), raw[:300]
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        n = int(headers["content-length"])
+        out.append((int(lines[0].split()[1]), headers, rest[:n]))
+        raw = rest[n:]
+    return out
+
+
+def _exchange(port: int, data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    with _connect(port) as sock:
+        with contextlib.suppress(OSError):  # the server may answer and close before the end
+            sock.sendall(data)
+        return _parse(_read(sock))
+
+
+def _multipart(*parts: tuple[bytes, bytes], end: bool = True) -> bytes:
+    body = b"".join(b"--" + BOUNDARY + b"\r\n" + h + b"\r\n\r\n" + c + b"\r\n" for h, c in parts)
+    return body + (b"--" + BOUNDARY + b"--\r\n" if end else b"")
+
+
+def _file_part(data: bytes, name: bytes = b"file", filename: bytes = b"a.png") -> tuple[bytes, bytes]:
+    return (b'Content-Disposition: form-data; name="' + name + b'"; filename="' + filename
+            + b'"\r\nContent-Type: image/png', data)
+
+
+def _post(body: bytes, ctype: bytes = b"multipart/form-data; boundary=" + BOUNDARY, *,
+          length: bytes | None = None, extra: bytes = b"", close: bool = True,
+          target: bytes = b"/predict") -> bytes:
+    cl = str(len(body)).encode() if length is None else length
+    return (b"POST " + target + b" HTTP/1.1\r\nHost: t\r\nX-API-Key: s3cret\r\nContent-Type: "
+            + ctype + b"\r\nContent-Length: " + cl + b"\r\n" + extra
+            + (b"Connection: close\r\n" if close else b"") + b"\r\n" + body)
+
+
+def _get(target: bytes, key: bool = True) -> bytes:
+    return (b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n" + (b"X-API-Key: s3cret\r\n" if key else b"")
+            + b"Connection: close\r\n\r\n")
+
+
+@pytest.fixture(scope="module")
+def png(mvtec_dir) -> bytes:
+    return next((mvtec_dir / "test" / "good").iterdir()).read_bytes()
+
+
+def _still_serving(port: int, png: bytes) -> None:
+    (status, _, body), = _exchange(port, _get(b"/health", key=False))
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    (status, _, body), = _exchange(port, _post(_multipart(_file_part(png))))
+    assert status == 200 and "score" in json.loads(body)
+
+
+def _json_error(response, status: int, *words: str) -> str:
+    got, headers, body = response
+    assert got == status, (got, body)
+    assert headers["content-type"] == "application/json", headers
+    assert b"Traceback" not in body
+    message = json.loads(body)["error"]
+    for w in words:
+        assert w in message, (w, message)
+    return message
+
+
+_MALFORMED = {  # name: (request from a valid PNG, status, words in the error)
+    "boundary differs from the declared one": (
+        lambda p: _post(_multipart(_file_part(p)), b"multipart/form-data; boundary=OTHER"),
+        400, ["cannot parse the multipart upload"]),
+    "no boundary": (lambda p: _post(_multipart(_file_part(p)), b"multipart/form-data"),
+                    400, ["Missing boundary"]),
+    "empty boundary": (lambda p: _post(_multipart(_file_part(p)), b"multipart/form-data; boundary="),
+                       400, ["cannot parse"]),
+    "no field named file": (lambda p: _post(_multipart(_file_part(p, name=b"image"))),
+                            400, ["field 'file'"]),
+    "part without a name": (
+        lambda p: _post(_multipart((b'Content-Disposition: form-data; filename="a.png"', p))),
+        400, ['"name" must be provided']),
+    "part without headers": (lambda p: _post(_multipart((b"Content-Type: image/png", p))),
+                             400, ["cannot parse"]),
+    "binary part headers": (lambda p: _post(_multipart((b"\xff\xfe: \x00\x01", p))),
+                            400, ["cannot parse"]),
+    "two files": (lambda p: _post(_multipart(_file_part(p), _file_part(p))), 400, ["Too many files"]),
+    "body cut in the middle of the file": (
+        lambda p: _post(_multipart(_file_part(p))[: len(p) // 2]), 400, ["cut short"]),
+    "no closing boundary": (lambda p: _post(_multipart(_file_part(p), end=False)), 400,
+                            ["cut short"]),
+    "binary garbage": (lambda p: _post(bytes(range(256)) * 4), 400, ["cannot parse"]),
+    "empty body": (lambda p: _post(b""), 400, ["field 'file'"]),
+    "Content-Length not a number": (lambda p: _post(_multipart(_file_part(p)), length=b"12ab"),
+                                    400, ["not a valid HTTP request", "Content-Length"]),
+    "negative Content-Length": (lambda p: _post(_multipart(_file_part(p)), length=b"-5"),
+                                400, ["not a valid HTTP request", "Content-Length"]),
+    "Content-Length and chunked": (
+        lambda p: _post(_multipart(_file_part(p)), extra=b"Transfer-Encoding: chunked\r\n"),
+        400, ["not a valid HTTP request"]),
+    "broken chunk size": (
+        lambda p: _post(b"zz\r\n" + p, length=b"0", extra=b"Transfer-Encoding: chunked\r\n")
+        .replace(b"Content-Length: 0\r\n", b""), 400, ["illegal chunk header"]),
+    "not HTTP": (lambda p: b"GARBAGE\r\n\r\n", 400, ["illegal request line"]),
+    "1 MB header": (lambda p: b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 2**20
+                    + b"\r\n\r\n", 400, ["not a valid HTTP request"]),
+}
+
+
+@pytest.mark.parametrize("name", list(_MALFORMED))
+def test_malformed_requests_get_a_json_4xx_and_the_server_keeps_serving(live, png, name):
+    port, problems = live
+    make, status, words = _MALFORMED[name]
+    responses = _exchange(port, make(png))
+    assert len(responses) == 1
+    _json_error(responses[0], status, *words)
+    assert problems == []
+    _still_serving(port, png)
+
+
+def test_content_length_lies_get_4xx_never_500(live, png):
+    port, problems = live
+    body = _multipart(_file_part(png))
+    # Shorter than the body: the envelope ends early (400); what follows is not a request.
+    with _connect(port, timeout=TIMEOUT + 3) as sock:
+        sock.sendall(_post(body, length=b"100", close=False))
+        responses = _parse(_read(sock))  # closed by the deadline at the latest
+    _json_error(responses[0], 400, "cut short")
+    assert all(400 <= r[0] < 500 for r in responses)
+    # Longer than the body, then the client stops sending: 408 after the deadline.
+    with _connect(port) as sock:
+        t0 = time.monotonic()
+        sock.sendall(_post(body, length=str(len(body) + 1000).encode(), close=False))
+        (response,) = _parse(_read(sock))
+        took = time.monotonic() - t0
+    _json_error(response, 408, "request body did not arrive within 1 s")
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+    # Longer than the body, then the client half-closes: nothing to answer, nothing escapes.
+    with _connect(port) as sock:
+        sock.sendall(_post(body, length=str(len(body) + 1000).encode(), close=False))
+        sock.shutdown(socket.SHUT_WR)
+        assert all(400 <= r[0] < 500 for r in _parse(_read(sock)))
+    # Far over the limit: 413 at once, from the header, nothing read.
+    with _connect(port) as sock:
+        t0 = time.monotonic()
+        sock.sendall(_post(b"", length=b"100000000", close=False))
+        (response,) = _parse(_read(sock))
+    _json_error(response, 413, "100000000 bytes is over the limit")
+    assert response[1]["connection"] == "close" and time.monotonic() - t0 < TIMEOUT
+    assert problems == []
+    _still_serving(port, png)
+
+
+# ---- slow clients
+
+
+def _trickle(sock: socket.socket, data: bytes, gap: float) -> int:
+    """Send ``data`` a byte every ``gap`` seconds until the server answers or closes; returns
+    the bytes sent."""
+    for i in range(len(data)):
+        if select.select([sock], [], [], 0)[0]:
+            return i
+        try:
+            sock.send(data[i:i + 1])
+        except OSError:
+            return i
+        time.sleep(gap)
+    return len(data)
+
+
+def test_a_client_that_sends_nothing_gets_408_after_the_deadline(live):
+    port, problems = live
+    with _connect(port) as sock:
+        t0 = time.monotonic()
+        (response,) = _parse(_read(sock))
+        took = time.monotonic() - t0
+    _json_error(response, 408, "request headers did not arrive within 1 s")
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+    assert problems == []
+
+
+@pytest.mark.parametrize("second", [False, True], ids=["first request", "kept-alive connection"])
+def test_headers_a_byte_at_a_time_are_cut_off(live, second):
+    port, problems = live
+    request = b"GET /health HTTP/1.1\r\nHost: t\r\nUser-Agent: " + b"s" * 100 + b"\r\n\r\n"
+    with _connect(port) as sock:
+        if second:  # one quick request first: the clock must start again for the next one
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.2)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        sent = _trickle(sock, request, gap=0.05)  # 6 s for all of it
+        (response,) = _parse(_read(sock))
+        took = time.monotonic() - t0
+    assert sent < len(request) // 2
+    _json_error(response, 408, "request headers did not arrive within 1 s")
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+    assert problems == []
+
+
+def test_a_body_a_byte_at_a_time_is_cut_off(live, png):
+    port, problems = live
+    body = _multipart(_file_part(png))
+    request = _post(body, close=False)
+    head = request[: len(request) - len(body)]
+    with _connect(port) as sock:
+        sock.sendall(head)
+        t0 = time.monotonic()
+        sent = _trickle(sock, body, gap=0.02)  # ~16 s for all of it
+        (response,) = _parse(_read(sock))
+        took = time.monotonic() - t0
+    assert sent < len(body) // 4
+    _json_error(response, 408, "request body did not arrive within 1 s")
+    assert response[1]["connection"] == "close"
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+    assert problems == []
+
+
+def test_slow_clients_do_not_hold_up_the_others_and_idle_connections_are_closed(live, png):
+    port, problems = live
+    slow = [_connect(port) for _ in range(8)]
+    try:
+        for sock in slow:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nX-Api")
+        t0 = time.monotonic()
+        _still_serving(port, png)  # a health check and a prediction
+        assert time.monotonic() - t0 < TIMEOUT / 2
+        for sock in slow:  # all cut off by the deadline
+            _json_error(_parse(_read(sock))[0], 408)
+        assert time.monotonic() - t0 < TIMEOUT + 4
+    finally:
+        for sock in slow:
+            sock.close()
+    with _connect(port) as sock:  # kept alive after an answer: closed when idle
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        t0 = time.monotonic()
+        (response,) = _parse(_read(sock))
+        assert response[0] == 200 and time.monotonic() - t0 < TIMEOUT + 3
+    assert problems == []
+
+
+def test_a_client_that_does_not_read_its_responses_is_disconnected(live, client, png):
+    port, problems = live
+    page = len(client.get("/").content)
+    # The kernel buffers what the server writes up to tcp_wmem's maximum (4 MB here): ask for
+    # three times that, in pipelined requests for the page, and never read.
+    kernel = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    n = 3 * kernel // page
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * n)
+        # The server writes until the buffers are full, then waits TIMEOUT and resets the
+        # connection; the socket's pending error says when (at most 30 s, whatever the load).
+        reset = 0
+        for _ in range(150):
+            time.sleep(0.2)
+            reset = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if reset:
+                break
+        assert reset == errno.ECONNRESET
+        received = len(_read(sock))
+    assert received < kernel + 2**20  # at most what the kernel held, not the 3x asked for
+    assert problems == []
+    _still_serving(port, png)
+
+
+def test_connections_over_the_limit_get_503(app, run_dir, png):
+    served = create_app(run_dir, api_key="s3cret", max_upload_mb=0.05, scorer=app.state.scorer)
+    with _live(served, timeout=10.0, max_connections=3) as (port, problems):
+        idle = [_connect(port) for _ in range(3)]
+        time.sleep(0.2)
+        (response,) = _exchange(port, _get(b"/health"))
+        _json_error(response, 503, "3 connections open")
+        idle.pop().close()  # one fewer: served again
+        time.sleep(0.2)
+        (status, _, _), = _exchange(port, _get(b"/health"))
+        assert status == 200
+        for sock in idle:
+            sock.close()
+        time.sleep(0.2)
+        _still_serving(port, png)
+        assert problems == []
+
+
+# ---- size limit without Content-Length
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_after_reading_at_most_the_limit(app, png):
+    """In process: the app pulls the body of an endless chunked upload from ASGI ``receive``
+    and must stop after the limit."""
+    from oneclass.serve import _ENVELOPE
+
+    first = _multipart(_file_part(png), end=False)
+    chunk = b"\0" * 16384
+    pulled = [0]
+    sent: list[dict] = []
+
+    async def receive():
+        body = first if pulled[0] == 0 else chunk
+        pulled[0] += len(body)
+        assert pulled[0] < 100 * LIMIT, "the app kept reading"
+        return {"type": "http.request", "body": body, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "root_path": "",
+             "query_string": b"", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"host", b"t"), (b"x-api-key", b"s3cret"), (b"transfer-encoding", b"chunked"),
+                         (b"content-type", b"multipart/form-data; boundary=" + BOUNDARY)]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert "over the limit" in json.loads(sent[1]["body"])["error"]
+    assert pulled[0] <= LIMIT + _ENVELOPE + len(chunk)
+
+
+def test_a_chunked_upload_over_the_limit_is_cut_off_on_the_wire(live, png):
+    port, problems = live
+    offered = 64 * 2**20
+    chunk = b"\0" * 65536
+    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    first = _multipart(_file_part(png), end=False)
+    with _connect(port, timeout=5) as sock:
+        sock.sendall(_post(b"", length=b"0", close=False, extra=b"Transfer-Encoding: chunked\r\n")
+                     .replace(b"Content-Length: 0\r\n", b"")
+                     + f"{len(first):x}\r\n".encode() + first + b"\r\n")
+        sent = 0
+        while sent < offered and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(frame)
+            except OSError:  # closed by the server (or its buffers full for 5 s)
+                break
+            sent += len(chunk)
+        (response,) = _parse(_read(sock))
+    _json_error(response, 413, "over the limit")
+    assert sent < offered // 8  # at most the limit plus what the socket buffers held
+    assert problems == []
+    _still_serving(port, png)
+
+
+# ---- API key on every route
+
+
+def _concrete(path: str) -> str:
+    return path.replace("{", "").replace("}", "")  # a path parameter gets its own name
+
+
+def test_every_route_but_health_and_the_page_refuses_without_the_key(client, app):
+    open_paths = {"/health", "/"}
+    checked = set()
+    for route in app.routes:  # a route added later is covered without editing this test
+        for method in sorted(route.methods):
+            path = _concrete(route.path)
+            checked.add((method, path))
+            for headers in ({}, {API_KEY_HEADER: "wrong"}, {API_KEY_HEADER: ""},
+                            {API_KEY_HEADER: "S3CRET"}, {API_KEY_HEADER: "s3cret "},
+                            {API_KEY_HEADER: "s3cre"}, {"Authorization": "s3cret"}):
+                r = client.request(method, path, headers=headers, params={API_KEY_HEADER: "s3cret"})
+                if path in open_paths:
+                    assert r.status_code == 200, (method, path)
+                    continue
+                assert r.status_code == 401, (method, path, headers, r.status_code)
+                if method != "HEAD":
+                    assert API_KEY_HEADER in r.json()["error"]
+                    assert "model_id" not in r.text and "threshold" not in r.text
+    assert {("GET", "/health"), ("GET", "/"), ("GET", "/model"), ("POST", "/predict"),
+            ("GET", "/openapi.json")} <= checked
+    # Paths and methods without a route are refused alike, before routing.
+    for method, path in [("GET", "/nothing"), ("DELETE", "/model"), ("PUT", "/predict"),
+                         ("GET", "/health/x"), ("GET", "/docs")]:
+        assert client.request(method, path).status_code == 401, (method, path)
+        assert client.request(method, path, headers=KEY).status_code in (404, 405)
+    # And the right key opens them (header names are case-insensitive).
+    assert client.get("/model", headers={API_KEY_HEADER.lower(): "s3cret"}).status_code == 200
+    assert client.get("/openapi.json", headers=KEY).status_code == 200
+
+
+# ---- path parameters and files
+
+
+@pytest.fixture(scope="module")
+def sentinels(run_dir):
+    """Files outside the model directory that no response may contain."""
+    paths = [run_dir.parent / "secret.txt", run_dir / "secret.txt"]
+    for p in paths:
+        p.write_text(SECRET + "\n")
+    yield paths
+    for p in paths:
+        p.unlink()
+
+
+def test_no_route_takes_a_path_or_file_name(app):
+    for route in app.routes:
+        assert not route.param_convertors, route.path  # no path parameters at all
+        dependant = getattr(route, "dependant", None)
+        if dependant is not None:
+            names = {p.name for p in dependant.query_params + dependant.path_params
+                     + dependant.header_params + dependant.cookie_params}
+            assert names <= {"heatmap"}, (route.path, names)
+
+
+_UP = [b"../secret.txt", b"../../secret.txt", b"..%2fsecret.txt", b"..%2f..%2fsecret.txt",
+       b"%2e%2e/%2e%2e/secret.txt", b"..\\..\\secret.txt"]
+
+
+def _traversals(app) -> list[bytes]:
+    """Every route with ``../``-style tails, and with them in place of its path parameters
+    (so a route added later that takes a path or file name is tried too)."""
+    out = []
+    for route in app.routes:
+        path = route.path.encode()
+        for up in _UP:
+            out.append(path.rstrip(b"/") + b"/" + up)
+            for name in route.param_convertors:
+                out.append(path.replace(b"{" + name.encode() + b"}", up)
+                           .replace(b"{" + name.encode() + b":path}", up))
+    return out
+
+
+def test_traversal_attempts_never_return_a_file(live, app, png, run_dir, sentinels):
+    port, problems = live
+    secret = str(sentinels[0]).encode()
+    targets = [b"/../secret.txt", b"/../../secret.txt", b"/%2e%2e/secret.txt",
+               b"/%2e%2e%2fsecret.txt", b"/..%2fsecret.txt", b"/.%2e/secret.txt",
+               b"/static/..%2fmodel.json", b"/static/../../secret.txt", b"/model/../secret.txt",
+               b"/model/..%2f..%2fsecret.txt", b"/..\\secret.txt", b"/%5c..%5csecret.txt",
+               b"/%2e%2e%5csecret.txt", b"//etc/passwd", b"/../../../../../../etc/passwd",
+               b"/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", b"/health/../../secret.txt",
+               b"/%00../secret.txt", b"/" + secret, b"/" + secret.replace(b"/", b"%2f"),
+               b"/model.json", b"/model/model.json", b"/weights.safetensors", b"/secret.txt",
+               b"http://127.0.0.1/../secret.txt", b"/model?path=../secret.txt",
+               b"/model?file=" + secret, b"/?file=../../secret.txt", b"/predict?file=../secret.txt",
+               *_traversals(app)]
+    statuses = {}
+    for target in targets:
+        responses = _exchange(port, _get(target))
+        statuses[target] = [r[0] for r in responses]
+        for status, _, body in responses:
+            assert SECRET.encode() not in body and b"root:x:0:0" not in body, target
+            assert status in (200, 400, 404, 405), (target, status)
+            if status == 200:  # the page, and /model which ignores its query
+                assert target.startswith((b"/model?", b"/?")), target
+    # A file name in an upload is only a label.
+    (status, _, body), = _exchange(port, _post(_multipart(_file_part(b"xx", filename=b"../secret.txt"))))
+    assert status == 400 and SECRET.encode() not in body and b"../secret.txt" in body
+    not_found = [t for t, s in statuses.items() if s == [404]]
+    assert len(not_found) == len(statuses) - 4, statuses  # all but /model?.., /?.., /predict?..
+    assert problems == []
+
+
+# ---- sustained load
+
+
+def test_a_short_soak_has_no_errors_and_flat_memory(run_dir):
+    """550 mixed requests (good, oversized, not an image, unreadable, broken multipart, wrong
+    key) on ``oneclass serve`` in a child process; the long run is ``oneclass bench soak``."""
+    from oneclass.deploybench import soak
+
+    r = soak(run_dir, requests=550, clients=2, every=110, size=32, max_upload_mb=0.05)
+    assert r["requests"] == 550 and r["errors"] == 0, r["first_errors"]
+    assert set(r["statuses"]) == {"200", "400", "401", "413", "415"}
+    assert r["statuses"]["200"] == 300
+    rss = [s["rss_mb"] for s in r["samples"]]
+    assert len(rss) == 6 and rss[0] > 50  # before any request, then every 110; torch loaded
+    assert rss[-1] - rss[1] < 16, rss  # after the first 110, within 16 MB

@@ -48,6 +48,16 @@ def _read_config(path: str | None) -> dict[str, Any]:
     return cfg
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _progress(args) -> bool | None:
     return False if args.quiet else None
 
@@ -167,7 +177,8 @@ def cmd_serve(args) -> int:
 
     key = args.api_key or os.environ.get("ONECLASS_API_KEY") or None
     serve(Path(args.run), host=args.host, port=args.port, api_key=key,
-          max_upload_mb=args.max_upload_mb, device=args.device or "auto")
+          max_upload_mb=args.max_upload_mb, device=args.device or "auto", timeout=args.timeout,
+          max_connections=args.max_connections or None)
     return 0
 
 
@@ -219,6 +230,8 @@ def cmd_bench(args) -> int:
         for name in sorted(SUITES):
             print(f"{name:18s} {len(SUITES[name])} runs")
         print("speed, speed-anogan, export, serve, predict, compare: throughput and side-by-side commands")
+        print("soak: a long mixed load on `oneclass serve` (errors, server memory); "
+              "--set requests=N --set clients=C --set every=K")
         return 0
     if args.suite == "docs":
         from .bench import write_docs
@@ -229,10 +242,10 @@ def cmd_bench(args) -> int:
                                      "docs/benchmarks.md"), Path("docs/benchmark-notes.md"))
         print(f"written {path}")
         return 0
-    if args.suite in ("serve", "export", "predict"):
+    if args.suite in ("serve", "export", "predict", "soak"):
         from .deploybench import run
 
-        path = run(args.suite, Path(args.out))
+        path = run(args.suite, Path(args.out), **_parse_sets(args.set))
         print(path.read_text())
         print(f"written to {path}")
         return 0
@@ -359,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", help="require this key in the X-API-Key header (all routes but "
                    "/health and the page); default: the ONECLASS_API_KEY environment variable")
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get 413")
+    s.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
+                   help="a client must send its request headers, and then its body, each "
+                   "within this many seconds; slower clients get 408 and are disconnected")
+    s.add_argument("--max-connections", type=int, default=64, metavar="N",
+                   help="connections served at once, more get 503 (0: no limit)")
+    s.add_argument("--max-pixels", type=int, metavar="N",
+                   help="uploads with more pixels than N get 400 (decompression bombs; "
+                   "default 178956970 or $ONECLASS_MAX_PIXELS)")
     common(s, quiet=False)
     s.set_defaults(func=cmd_serve)
 
@@ -373,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="run a benchmark suite (resumable)")
     s.add_argument("suite", help="suite name (run `oneclass bench list` to see them all), "
-                   "speed, speed-anogan, serve, export, predict, compare (beside anomalib, "
+                   "speed, speed-anogan, serve, soak, export, predict, compare (beside anomalib, "
                    "see `make compare`), or docs to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")

@@ -14,12 +14,23 @@ With an API key every route but ``/health`` and the page itself wants the header
 ``X-API-Key``. The page is static HTML without any model information (a browser cannot send
 a header when it navigates), so it asks for the key and sends it with its requests.
 
+Slow and hostile clients: a client has ``timeout`` seconds (30) to send its request line and
+headers (from connecting, or from the start of its next request on a kept-alive connection)
+and another ``timeout`` seconds for the whole body; past that it gets 408 and the connection
+is closed. Request bodies are counted as they arrive, so an upload over the limit is refused
+with 413 after at most the limit has been read, with or without a Content-Length. A response
+sent before the request body was read in full (401, 413, 415, ...) closes the connection, so
+a client cannot keep streaming into it. At most ``max_connections`` (64) connections are
+served at once; more get 503. Every error, including a request line or header that is not
+HTTP, is a JSON object ``{"error": "..."}``.
+
 FastAPI on uvicorn: the upload parsing, the TestClient for in-process tests, and a server
 that is the usual choice for Python model services. One model call runs at a time (a lock):
 on a few CPU cores concurrent torch calls only compete for the same cores.
 """
 
 
+import asyncio
 import base64
 import hmac
 import json
@@ -40,6 +51,80 @@ log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
 #: Room for the multipart envelope around the file when checking Content-Length.
 _ENVELOPE = 64 * 1024
+#: Seconds a client gets for its request headers, and again for its request body.
+DEFAULT_TIMEOUT = 30.0
+#: Connections open at once; one more gets 503.
+DEFAULT_MAX_CONNECTIONS = 64
+
+
+class RequestBodyError(Exception):
+    """The request body came too slowly (408) or is too large (413)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _json_error(status: int, message: str, close: bool = False):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status,
+                        headers={"Connection": "close"} if close else None)
+
+
+class BodyGuard:
+    """ASGI middleware: a deadline for the whole request body and a cap on its size.
+
+    The body is pulled by whoever reads it (the multipart parser of ``/predict``); each pull
+    waits at most until ``timeout`` seconds after the request started, and the bytes are
+    counted as they come, so neither a trickle nor an endless chunked upload can hold the
+    request or fill memory or disk. Raises :class:`RequestBodyError` inside the route, which
+    the app turns into a JSON 408 / 413. A response that starts before the body was read to
+    its end gets ``Connection: close``.
+    """
+
+    def __init__(self, app, timeout: float, max_body: int):
+        self.app, self.timeout, self.max_body = app, float(timeout), int(max_body)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        headers = dict(scope["headers"])
+        has_body = (headers.get(b"content-length", b"0") != b"0"
+                    or b"transfer-encoding" in headers)
+        state = {"read": 0, "done": not has_body}
+
+        async def guarded_receive():
+            if state["done"]:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                raise RequestBodyError(
+                    408, f"the request body did not arrive within {self.timeout:g} s "
+                         f"(read {state['read']} bytes)") from None
+            if message["type"] == "http.request":
+                state["read"] += len(message.get("body", b""))
+                if state["read"] > self.max_body:
+                    state["done"] = True
+                    raise RequestBodyError(413, f"request body is over the limit of "
+                                                f"{self.max_body} bytes")
+                state["done"] = not message.get("more_body", False)
+            else:  # http.disconnect
+                state["done"] = True
+            return message
+
+        async def closing_send(message):
+            if message["type"] == "http.response.start" and not state["done"]:
+                given = list(message.get("headers", []))
+                if not any(k.lower() == b"connection" for k, _ in given):
+                    message = {**message, "headers": [*given, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, guarded_receive, closing_send)
 
 
 class Scorer:
@@ -93,12 +178,42 @@ class Scorer:
         return out
 
 
+class KeyGuard:
+    """ASGI middleware: every path but ``/health`` and ``/`` needs the header ``X-API-Key``.
+
+    Checked before routing, so unknown paths are refused alike, and before the body is read.
+    The comparison takes the same time wherever the given key differs (``hmac``).
+    """
+
+    OPEN = ("/health", "/")
+
+    def __init__(self, app, api_key: str):
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in self.OPEN:
+            name = API_KEY_HEADER.lower().encode()
+            given = next((v for k, v in scope["headers"] if k.lower() == name), b"")
+            if not hmac.compare_digest(given, self.key):
+                response = _json_error(401, f"missing or wrong API key (header {API_KEY_HEADER})")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: float = 20.0,
-               device: str = "auto", scorer: Scorer | None = None):
-    """The FastAPI application serving the model of ``run``."""
+               device: str = "auto", scorer: Scorer | None = None,
+               timeout: float = DEFAULT_TIMEOUT):
+    """The FastAPI application serving the model of ``run``.
+
+    ``timeout``: seconds a client gets to send a request body (408 after that).
+    """
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     from .data.images import read_image
 
@@ -107,16 +222,23 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     app = FastAPI(title="oneclass", version=scorer.det.name, docs_url=None, redoc_url=None)
     app.state.scorer = scorer
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    error = _json_error
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key and request.url.path not in ("/health", "/"):
-            given = request.headers.get(API_KEY_HEADER, "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return error(401, f"missing or wrong API key (header {API_KEY_HEADER})")
-        return await call_next(request)
+    @app.exception_handler(RequestBodyError)
+    async def body_error(request: Request, exc: RequestBodyError):
+        return error(exc.status, exc.message, close=True)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        # FastAPI's own errors (404, 405, ...) in the same {"error": ...} form as ours.
+        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}"
+                     if exc.status_code in (404, 405) else str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        what = "; ".join(f"{' '.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
+                         for e in exc.errors())
+        return error(422, f"invalid request ({what})")
 
     @app.get("/health")
     def health():
@@ -133,7 +255,7 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     @app.post("/predict")
     async def predict(request: Request, heatmap: bool = False):
         ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
+        if not ctype.lower().startswith("multipart/form-data"):
             return error(415, f"send the image as multipart/form-data field 'file' (got "
                               f"{ctype or 'no content type'})")
         length = request.headers.get("content-length")
@@ -141,13 +263,26 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
             return error(413, f"upload of {int(length)} bytes is over the limit of {limit} bytes")
         try:
             form = await request.form(max_files=1, max_fields=8, max_part_size=limit + 1)
-        except Exception as exc:  # starlette raises its own parser errors
-            if "maximum" in str(exc).lower() or "exceed" in str(exc).lower():
+        except HTTPException as exc:  # starlette's multipart parser errors, as 400
+            if "exceeded maximum size" in str(exc.detail):
                 return error(413, f"upload is over the limit of {limit} bytes")
+            return error(400, f"cannot parse the multipart upload ({exc.detail})")
+        except ClientDisconnect:
+            return error(400, "the client disconnected before the upload was complete")
+        except RequestBodyError:
+            raise
+        except Exception as exc:  # defensive: the parsers are not documented to raise only
+            # the above (no test case reaches this line)
             return error(400, f"cannot parse the multipart upload ({exc})")
-        upload = form.get("file")
+        try:
+            return await _score_upload(form.get("file"), heatmap)
+        finally:
+            await form.close()
+
+    async def _score_upload(upload, heatmap: bool):
         if upload is None or isinstance(upload, str):
-            return error(400, "no file in the multipart field 'file'")
+            return error(400, "no complete file in the multipart field 'file' (the field is "
+                              "missing, not a file, or the upload was cut short)")
         if not (upload.content_type or "").startswith(("image/", "application/octet-stream")):
             return error(415, f"{upload.filename}: content type {upload.content_type!r} is not an "
                               "image (send image/png, image/jpeg, ...)")
@@ -160,17 +295,139 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
         except DataError as exc:
             return error(400, str(exc))
 
+    if api_key:
+        app.add_middleware(KeyGuard, api_key=api_key)
+    app.add_middleware(BodyGuard, timeout=timeout, max_body=limit + _ENVELOPE)  # outermost
     return app
 
 
-def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, max_upload_mb: float = 20.0, device: str = "auto") -> None:
-    """Run the service until interrupted."""
+def _protocol(timeout: float, max_connections: int | None = None):
+    """uvicorn's h11 protocol (a subclass: it relies on uvicorn's ``H11Protocol`` internals,
+    tested with uvicorn 0.54) with a deadline for the request line and headers.
+
+    uvicorn times out idle kept-alive connections only after a response; a client that
+    connects and sends nothing, or its headers a byte at a time, is otherwise held for ever.
+    Here the clock starts when the connection opens and again when a new request begins, and
+    stops when the headers are complete; past ``timeout`` the client gets 408 and is
+    disconnected. A client that stops reading its responses is disconnected once the
+    server's write buffer has been full for ``timeout``. A connection beyond
+    ``max_connections`` gets 503 at once. uvicorn's plain-text 400 for unparseable requests
+    becomes JSON too.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    def raw_response(status: int, reason: str, message: str) -> bytes:
+        body = json.dumps({"error": message}).encode()
+        return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+    class GuardedH11Protocol(H11Protocol):
+        header_timer: asyncio.TimerHandle | None = None
+        write_timer: asyncio.TimerHandle | None = None
+        protocol_error = ""
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if max_connections and len(self.connections) > max_connections:
+                self.transport.write(raw_response(
+                    503, "Service Unavailable",
+                    f"the server has {max_connections} connections open; try again later"))
+                self.transport.close()
+                return
+            self._arm()
+            next_event = self.conn.next_event
+
+            def remember_error():  # uvicorn drops h11's reason; keep it for the answer
+                try:
+                    return next_event()
+                except h11.RemoteProtocolError as exc:
+                    self.protocol_error = str(exc)
+                    raise
+
+            self.conn.next_event = remember_error
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self._arm()  # a request has begun (or the connection is new): headers pending
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            if self.write_timer is not None:
+                self.write_timer.cancel()
+            super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            # The client does not read what it asked for (pipelined requests it never reads,
+            # say): give up on it after ``timeout`` instead of holding the response for ever.
+            super().pause_writing()
+            if self.write_timer is None:
+                self.write_timer = self.loop.call_later(timeout, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self.write_timer is not None:
+                self.write_timer.cancel()
+                self.write_timer = None
+
+        def on_response_complete(self) -> None:
+            self._disarm()  # between requests uvicorn's keep-alive timeout applies
+            super().on_response_complete()
+
+        def _arm(self) -> None:
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(timeout, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self.header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            self.transport.write(raw_response(
+                408, "Request Timeout",
+                f"the request headers did not arrive within {timeout:g} s"))
+            self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            self._disarm()
+            why = (self.protocol_error or msg.rstrip("."))[:200]
+            self.transport.write(raw_response(400, "Bad Request",
+                                              f"not a valid HTTP request ({why})"))
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def make_server(app, *, host: str = "127.0.0.1", port: int = 8000,
+                timeout: float = DEFAULT_TIMEOUT,
+                max_connections: int | None = DEFAULT_MAX_CONNECTIONS):
+    """A ``uvicorn.Server`` for ``app`` with the deadlines and the connection limit of
+    ``oneclass serve`` (``server.run()`` serves until ``should_exit``)."""
     import uvicorn
 
-    app = create_app(run, api_key=api_key, max_upload_mb=max_upload_mb, device=device)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            http=_protocol(timeout, max_connections),
+                            timeout_keep_alive=min(5, timeout))
+    return uvicorn.Server(config)
+
+
+def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, max_upload_mb: float = 20.0, device: str = "auto",
+          timeout: float = DEFAULT_TIMEOUT,
+          max_connections: int | None = DEFAULT_MAX_CONNECTIONS) -> None:
+    """Run the service until interrupted."""
+    app = create_app(run, api_key=api_key, max_upload_mb=max_upload_mb, device=device,
+                     timeout=timeout)
     log.info("serving %s (%s) on http://%s:%d", run, app.state.scorer.det.name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    make_server(app, host=host, port=port, timeout=timeout,
+                max_connections=max_connections).run()
 
 
 PAGE = """<!doctype html>
