@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import os
 
-from oneclass.data.synthetic import make_defects, write_mvtec
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
+# of one process starve the other (the same-seed test of all methods: 55-93 s spinning, 8 s
+# passive, while a benchmark ran). Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from oneclass.data.synthetic import make_defects, write_mvtec  # noqa: E402
 
 torch.set_num_threads(2)
 
