@@ -178,3 +178,25 @@ def test_bf16_inference_stays_close_to_fp32(defects_train, defects_test):
     s16 = det.score(defects_test)
     assert np.isfinite(s16).all()
     assert np.corrcoef(s32, s16)[0, 1] > 0.98
+
+
+def test_cpu_inference_in_chunks_equals_one_pass(monkeypatch):
+    from oneclass.methods import fcdd
+
+    calls: list[int] = []
+    net = torch.nn.Conv2d(1, 1, 3)
+
+    def model(x):
+        calls.append(len(x))
+        return net(x)
+
+    x = torch.rand(10, 1, 8, 8)
+    monkeypatch.setattr(fcdd, "CPU_CHUNK_PIXELS", 3 * 8 * 8)  # 3 images per chunk
+    with torch.no_grad():
+        out = fcdd.chunked(model, x)
+        assert calls == [3, 3, 3, 1]
+        assert torch.allclose(out, net(x), atol=1e-6)
+        monkeypatch.setattr(fcdd, "CPU_CHUNK_PIXELS", 1)  # never below one image
+        calls.clear()
+        fcdd.chunked(model, x[:2])
+        assert calls == [1, 1]

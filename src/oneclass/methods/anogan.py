@@ -152,8 +152,8 @@ class AnoGAN(GANDetector):
         # search precision: fp32, or bf16 autocast (about 1.9x faster batched on CPUs with
         # AVX512-BF16 or AMX; emulated, hence slow, on others; scores move by ~1-3 %)
         "precision": "fp32",
-        # images searched together: the search is compute-bound per image, so larger batches
-        # spread the per-step overhead over more images (256 vs 64: ~1.2x faster at 28x28)
+        # images searched together (the search of a batch runs as one): larger batches spread
+        # the per-step overhead over more images
         "score_batch_size": 256,
     }
 
@@ -187,11 +187,19 @@ class AnoGAN(GANDetector):
         g = torch.Generator().manual_seed(int(self.seed) + 54321)
         return torch.randn(int(self.search_candidates), int(self.z_dim), generator=g)
 
-    def search(self, x: torch.Tensor, steps: int | None = None) -> Search:
-        """The latent search for images ``x`` in [0, 1] on the model's device (uncached)."""
+    def search(self, x: torch.Tensor, steps: int | None = None,
+               channels_last: bool = True) -> Search:
+        """The latent search for images ``x`` in [0, 1] on the model's device (uncached).
+
+        ``channels_last``: channels-last convolutions (oneDNN on CPUs), about 2x faster
+        batched at 28x28 on the development machine; saving writes contiguous copies, so the
+        model files do not depend on it.
+        """
         m = self.model_
         m.eval()
-        xt = to_tanh_range(x)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        m.to(memory_format=fmt)
+        xt = to_tanh_range(x).contiguous(memory_format=fmt)
         z0 = initial_codes(m.G, xt, self.code_bank().to(x.device))
         amp = (torch.autocast(x.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
                else contextlib.nullcontext())
