@@ -114,3 +114,12 @@ def test_outliers_spec_is_loaded_for_fcdd(mvtec_dir, tmp_path):
                  "--outliers", str(other / "train"), "-q"]) == 0
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["fitted"]["anomaly_kinds"] == ["outliers"]
+
+
+def test_set_values_are_typed_like_suite_parameters():
+    from oneclass.cli import _parse_sets
+
+    sets = _parse_sets(["epochs=60", "lr=1e-3", "gcn=true", "lr_milestones=[10, 20]",
+                        "net=effnet", "size=64,64", "threshold=null"])
+    assert sets == {"epochs": 60, "lr": 1e-3, "gcn": True, "lr_milestones": [10, 20],
+                    "net": "effnet", "size": "64,64", "threshold": None}

@@ -61,7 +61,7 @@ SUITES["fcdd-kolektor"] += [
      "label": job["label"] + ", shift/flip augmentation"} for job in SUITES["fcdd-kolektor"]]
 SUITES["fcdd-fmnist"] = [
     {"method": "fcdd", "data": f"fashion-mnist:{c}",
-     "params": {"noise": "none", "batch_size": 128, "epochs": 30, "gcn": True},
+     "params": {"noise": "none", "batch_size": 128, "epochs": 60, "gcn": True},
      "outliers": "cifar10", "label": "OE: CIFAR-10 in grayscale, per-image contrast normalisation"}
     for c in range(10)]
 SUITES["fcdd-cifar10"] = [

@@ -27,8 +27,17 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value")
-        out[key.strip()] = value
+        out[key.strip()] = _value(value)
     return out
+
+
+def _value(text: str) -> Any:
+    """``--set`` values: JSON numbers, booleans, null and lists as such, anything else a string
+    (so that ``--set epochs=60`` equals a suite's ``"epochs": 60``)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _read_config(path: str | None) -> dict[str, Any]:
