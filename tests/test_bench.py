@@ -97,3 +97,14 @@ def test_compare_table_and_missing_environment(tmp_path, mvtec_dir):
     (tmp_path / "c" / "compare.md").write_text("\n".join(md) + "\n")
     text = write_docs([tmp_path / "c"], tmp_path / "bench.md").read_text()
     assert "Side by side with anomalib" in text and md[3] in text
+
+
+def test_percent_of_peak_is_taken_of_the_larger_limit():
+    from oneclass.speed import against_best_peak
+
+    rows = [{"variant": "fp32", "score GFLOP/s": 50.0, "score % peak": 99.0},
+            {"variant": "channels_last+bf16", "train GFLOP/s": 100.0, "score GFLOP/s": 40.0}]
+    best = against_best_peak(rows, [{"fp32": 100e9, "bf16": 300e9}, {"fp32": 125e9, "bf16": 200e9}])
+    assert best == {"fp32": 125e9, "bf16": 300e9}
+    assert rows[0]["score % peak"] == 40.0
+    assert rows[1]["train % peak"] == round(100 * 100 / 300, 1) and rows[1]["score % peak"] == 13.3
