@@ -29,13 +29,19 @@ bench: install
 	$(VENV)/bin/oneclass bench fcdd-kolektor --data-root ../shared/data --out runs/bench-fcdd
 	$(VENV)/bin/oneclass bench fcdd-fmnist --data-root ../shared/data --out runs/bench-fcdd
 	$(VENV)/bin/oneclass bench sad-mnist --data-root ../shared/data --out runs/bench-sad
+	$(VENV)/bin/oneclass bench sad-fmnist --data-root ../shared/data --out runs/bench-sad
+	$(VENV)/bin/oneclass bench doc-fmnist-sneaker --data-root ../shared/data --out runs/bench-doc
+	$(VENV)/bin/oneclass bench doc-kolektor --data-root ../shared/data --out runs/bench-doc
+	$(VENV)/bin/oneclass bench anogan-kolektor --data-root ../shared/data --out runs/bench-gan
 	$(VENV)/bin/oneclass bench industrial --data-root ../shared/data --out runs/bench-industrial
 	$(VENV)/bin/oneclass bench speed --score-batch 32,64 --out runs/bench-speed
+	$(VENV)/bin/oneclass bench speed-anogan --out runs/bench-speed
 	$(VENV)/bin/oneclass bench export --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench serve --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench predict --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench docs --results runs/bench runs/bench-fcdd runs/bench-sad \
-	    runs/bench-industrial runs/bench-gan runs/bench-doc runs/bench-speed runs/bench-deploy
+	    runs/bench-industrial runs/bench-gan runs/bench-doc runs/bench-speed runs/bench-deploy \
+	    runs/bench-compare
 
 # anomalib for `oneclass bench compare`, in its own environment: it brings torch 2.14.1, which must
 # never replace the project's torch in .venv.

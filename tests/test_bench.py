@@ -47,6 +47,12 @@ def test_flops_are_counted_and_set_against_the_peak():
     assert count_flops(lambda: lin(x)) == 2 * 8 * 30 * 20
     # forward and the weight gradient (x needs no gradient)
     assert count_flops(lambda: lin(x).sum().backward()) == 2 * 2 * 8 * 30 * 20
+    # grouped (depthwise) convolutions: backward = input grad + weight grad = 2x forward
+    dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    xi = torch.randn(2, 8, 10, 10, requires_grad=True)
+    fwd = 2 * 2 * 8 * 10 * 10 * 9
+    assert count_flops(lambda: dw(xi)) == fwd
+    assert count_flops(lambda: dw(xi).sum().backward()) == 3 * fwd
     peak = matmul_peak(n=128, seconds=0.05)
     assert peak > 1e6
     row: dict = {}
