@@ -80,7 +80,7 @@ def _percentile(values: list[float], q: float) -> float:
 def _server(run: Path, *args: str):
     """``oneclass serve RUN ARGS`` in a child process on a free loopback port:
     yields ``(base_url, pid)``; stopped on exit."""
-    import httpx
+    import httpx2 as httpx  # the client FastAPI's TestClient uses (dev extra)
 
     port = _free_port()
     with tempfile.TemporaryFile() as err:
@@ -135,7 +135,7 @@ def _load(base: str, cases: list[Case], clients: int, total: int,
     """``total`` requests from ``clients`` closed-loop clients, request i being
     ``cases[i % len(cases)]``; an error is an answer with another status than expected (or
     without ``score`` / ``error`` in its JSON), or no answer."""
-    import httpx
+    import httpx2 as httpx  # the client FastAPI's TestClient uses (dev extra)
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     lat: list[float] = []
