@@ -142,18 +142,9 @@ def _free_port() -> int:
                     reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_web_page_end_to_end_in_headless_chromium(run_dir, mvtec_dir):
     sync_api = pytest.importorskip("playwright.sync_api")
-    import uvicorn
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir, api_key="s3cret"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
+    # the server `oneclass serve` runs, with its default 30 s deadline (a browser is slow)
+    with _live(create_app(run_dir, api_key="s3cret"), timeout=30.0) as (port, _):
         image = sorted((mvtec_dir / "test").glob("*/*.png"))[-1]
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists()
@@ -170,11 +161,8 @@ def test_web_page_end_to_end_in_headless_chromium(run_dir, mvtec_dir):
             label = page.inner_text("#label")
             width = page.eval_on_selector("#overlay", "img => img.naturalWidth")
             browser.close()
-        assert np.isfinite(score) and label in ("normal", "anomalous")
-        assert width > 0  # the overlay PNG decoded in the browser
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    assert np.isfinite(score) and label in ("normal", "anomalous")
+    assert width > 0  # the overlay PNG decoded in the browser
 
 
 # ------------------------------------------------- under load and attack (reliability item 4)

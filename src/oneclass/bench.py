@@ -170,18 +170,15 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
         spec = _resolve(job["data"], data_root)
         anomalies = spec if job.get("anomalies") else None
         outlier_spec = _resolve(job["outliers"], data_root) if job.get("outliers") else None
+        train = None
         if job.get("semi"):  # the Deep SAD paper's semi-supervised training set
-            from .data import load
             from .data.semi import semi_supervised
 
             name, _, cls = spec.partition(":")
             train = semi_supervised(name, int(cls), **job["semi"], seed=det.seed, root=data_root)
-            outliers = load(outlier_spec, "train", root=data_root) if outlier_spec else None
-            used = None
-        else:
-            train, outliers, used = training_data(
-                spec, data_root, int(det.seed), outliers=outlier_spec, anomalies=anomalies,
-                anomaly_limit=int(job.get("anomaly_limit") or 0))
+        train, outliers, used = training_data(
+            spec, data_root, int(det.seed), outliers=outlier_spec, anomalies=anomalies,
+            anomaly_limit=int(job.get("anomaly_limit") or 0), train_set=train)
         test = test_set(spec, data_root, {"anomalies": anomalies, "anomalies_used": used})
         if job.get("test_limit") and len(test) > int(job["test_limit"]):
             rng = np.random.default_rng(1234)  # the same images for every method and seed

@@ -58,15 +58,19 @@ def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
 
 
 def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str | None = None,
-                  anomalies: str | None = None, anomaly_limit: int = 5):
+                  anomalies: str | None = None, anomaly_limit: int = 5, train_set=None):
     """The training set of a run, its outlier-exposure set and the labeled anomalies used.
+
+    ``train_set`` replaces the train split of ``data_spec`` (e.g. a Deep SAD semi-supervised
+    set built from it).
 
     Returns:
         ``(train_set, outlier_set or None, names of the labeled anomalies or None)``; the
         labeled anomalies (``anomaly_limit`` per defect type from the test split of
         ``anomalies``) are part of ``train_set``.
     """
-    train_set = data_mod.load(data_spec, "train", root=root)
+    if train_set is None:
+        train_set = data_mod.load(data_spec, "train", root=root)
     used = None
     if anomalies:
         picked = pick_anomalies(anomalies, int(anomaly_limit), seed, root)
