@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from oneclass.bench import run_suite, write_docs
 
 
@@ -114,3 +116,80 @@ def test_percent_of_peak_is_taken_of_the_larger_limit():
     assert best == {"fp32": 125e9, "bf16": 300e9}
     assert rows[0]["score % peak"] == 40.0
     assert rows[1]["train % peak"] == round(100 * 100 / 300, 1) and rows[1]["score % peak"] == 13.3
+
+
+def test_a_run_whose_process_dies_is_reported_not_waited_for():
+    import multiprocessing as mp
+    import os
+
+    from oneclass.bench import wait_for
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=os._exit, args=(3,))  # dies without a result, like an OOM kill
+    p.start()
+    status, payload = wait_for(p, q, poll=0.2)
+    p.join()
+    assert status == "error"
+    assert "exit code 3" in payload
+
+
+def test_a_result_put_just_before_exit_is_not_lost():
+    import multiprocessing as mp
+
+    from oneclass.bench import wait_for
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    q.put(("ok", {"image_auroc": 0.5}))
+    p = ctx.Process(target=abs, args=(0,))  # exits at once
+    p.start()
+    p.join()
+    assert wait_for(p, q, poll=0.2) == ("ok", {"image_auroc": 0.5})
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text().split() if (task / "children").exists() else []
+        kids += [int(k) for k in text]
+    return kids
+
+
+def test_sigterm_stops_the_running_job_too(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not os.path.exists(f"/proc/{os.getpid()}/task"):
+        pytest.skip("needs /proc to find the job's process")
+    code = "import sys; from oneclass.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "bench", "smoke", "--out", str(tmp_path),
+                             "--set", "epochs=100000"],  # a job that would run for hours
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not kids and proc.poll() is None:
+            kids = [k for k in _children(proc.pid)
+                    if "spawn_main" in open(f"/proc/{k}/cmdline").read()]
+            time.sleep(0.1)
+        assert kids, "the suite never started its run process"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+        deadline = time.time() + 10
+        while time.time() < deadline and any(os.path.exists(f"/proc/{k}") for k in kids):
+            time.sleep(0.1)
+        alive = [k for k in kids if os.path.exists(f"/proc/{k}")
+                 and open(f"/proc/{k}/stat").read().split()[2] != "Z"]
+        assert not alive, f"run process {alive} outlived the suite"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for k in kids:
+            if os.path.exists(f"/proc/{k}"):
+                os.kill(k, signal.SIGKILL)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import platform
+import queue as queue_mod
 import resource
+import signal
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -279,6 +282,46 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
         for seed in seeds:
             jobs.append({**job, "params": {**job["params"], **(overrides or {})}, "seed": seed})
     ctx = mp.get_context("spawn")
+    with _sigterm_exits():
+        _run_jobs(jobs, done, ctx, path, out, suite, data_root, log)
+    return list(done.values())
+
+
+def wait_for(p, q, poll: float = 5.0) -> tuple[str, Any]:
+    """The ``(status, payload)`` a run's process puts on ``q``, or an error if it dies first
+    (killed by the kernel for memory, a crash in native code) instead of waiting forever."""
+    while True:
+        try:
+            return q.get(timeout=poll)
+        except queue_mod.Empty:
+            if not p.is_alive():
+                try:  # it may have put its result just before exiting
+                    return q.get(timeout=1.0)
+                except queue_mod.Empty:
+                    return ("error", f"the run's process died (exit code {p.exitcode})")
+
+
+class _sigterm_exits:
+    """SIGTERM raises SystemExit in the main thread while the suite runs, so the run's
+    process is stopped with it (a plain SIGTERM would leave it training on)."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._exit)
+        return self
+
+    @staticmethod
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> None:
     for i, job in enumerate(jobs):
         key = _key(job)
         if key in done:
@@ -287,8 +330,16 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
         q = ctx.Queue()
         p = ctx.Process(target=_run_one, args=(job, data_root, q))
         p.start()
-        status, payload = q.get()
-        p.join()
+        try:
+            status, payload = wait_for(p, q)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the run must not live on
+            p.terminate()
+            p.join()
+            raise
+        p.join(timeout=60)
+        if p.is_alive():  # its result is in; whatever keeps it alive is not ours to wait for
+            p.terminate()
+            p.join()
         if status != "ok":
             log(f"[{i + 1}/{len(jobs)}] {job['method']} {job['data']}: FAILED {payload}")
             continue
@@ -307,7 +358,6 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
             f"AUROC {auroc if auroc is None else round(100 * auroc, 2)} "
             f"train {rec['train_seconds']} s, peak {rec['peak_rss_mb']} MB")
         write_text(out / "results.md", markdown(list(done.values())))
-    return list(done.values())
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
