@@ -33,7 +33,7 @@ from ..nets.dcgan import Discriminator, Generator
 from ..registry import register
 from ..train import LoopConfig, run
 from ._common import to_input
-from ._gan import GANDetector, l1_per_image, to_tanh_range
+from ._gan import GANDetector, contiguous, l1_per_image, no_weight_grads, to_tanh_range, training_layout
 
 
 class Search(NamedTuple):
@@ -71,20 +71,13 @@ def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Ten
         fx = D.features(x).float()
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    params = [p for net in (G, D) for p in net.parameters()]
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:  # no weight gradients: backward only computes what z needs
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            for _ in range(int(steps)):
-                g = G(z)
-                loss, _ = anogan_loss(x, g.float(), fx, D.features(g).float(), lam)
-                (z.grad,) = torch.autograd.grad(loss.sum(), z)
-                opt.step()
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
+    # No weight gradients: backward only computes what z needs.
+    with no_weight_grads(G, D), torch.enable_grad():
+        for _ in range(int(steps)):
+            g = G(z)
+            loss, _ = anogan_loss(x, g.float(), fx, D.features(g).float(), lam)
+            (z.grad,) = torch.autograd.grad(loss.sum(), z)
+            opt.step()
     with torch.no_grad():
         g = G(z)
         loss, residual = anogan_loss(x, g.float(), fx, D.features(g).float(), lam)
@@ -114,10 +107,11 @@ class _DCGANTask:
                                   weight_decay=det.weight_decay),
         }
         self.schedulers: dict[str, object] = {}
+        self.fmt = training_layout(m, det.device_)
 
     def step(self, batch):
         det, G, D = self.det, self.model.G, self.model.D
-        x = to_tanh_range(to_input(batch[0], det.device_))
+        x = to_tanh_range(to_input(batch[0], det.device_)).contiguous(memory_format=self.fmt)
         n = len(x)
         z = torch.randn(n, int(det.z_dim), device=x.device)
         fake = G(z)
@@ -128,9 +122,10 @@ class _DCGANTask:
         self.optimizers["D"].zero_grad(set_to_none=True)
         loss_d.backward()
         self.optimizers["D"].step()
-        loss_g = bce(D(fake), ones)
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        loss_g.backward()
+        with no_weight_grads(D):  # only G is updated here
+            loss_g = bce(D(fake), ones)
+            self.optimizers["G"].zero_grad(set_to_none=True)
+            loss_g.backward()
         self.optimizers["G"].step()
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
@@ -180,6 +175,7 @@ class AnoGAN(GANDetector):
         x = x[y != 1]  # unsupervised: labeled anomalies are not used
         run(_DCGANTask(self), [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop, drop_last=True)
+        contiguous(self.model_)
         self._cache.clear()
 
     def code_bank(self) -> torch.Tensor:

@@ -28,7 +28,15 @@ from ..nets.dcgan import Encoder, Generator, JointCritic
 from ..registry import register
 from ..train import LoopConfig, run
 from ._common import to_input
-from ._gan import GANDetector, l1_per_image, residual_map, to_tanh_range
+from ._gan import (
+    GANDetector,
+    contiguous,
+    l1_per_image,
+    no_weight_grads,
+    residual_map,
+    to_tanh_range,
+    training_layout,
+)
 
 
 class BiGANNet(nn.Module):
@@ -85,29 +93,38 @@ class _BiGANTask:
                                   weight_decay=det.weight_decay),
         }
         self.schedulers: dict[str, object] = {}
+        self.fmt = training_layout(m, det.device_)
 
     def step(self, batch):
         det, m = self.det, self.model
-        x = to_tanh_range(to_input(batch[0], det.device_))
+        x = to_tanh_range(to_input(batch[0], det.device_)).contiguous(memory_format=self.fmt)
         n = len(x)
+        # The critic has no batch norm, so real and generated pairs go through it as one
+        # batch (fewer, larger convolutions: faster on a CPU, same values).
         for _ in range(int(det.critic_iters)):
             z = torch.randn(n, int(det.z_dim), device=x.device)
             with torch.no_grad():
                 ez, gz = m.E(x), m.G(z)
             gp = gradient_penalty(m.D, (x, ez), (gz, z))
-            wdist = m.D(x, ez).mean() - m.D(gz, z).mean()
+            d_real, d_fake = m.D(torch.cat([x, gz]), torch.cat([ez, z])).split(n)
+            wdist = d_real.mean() - d_fake.mean()
             loss_d = -wdist + float(det.gp_weight) * gp
             self.optimizers["D"].zero_grad(set_to_none=True)
             loss_d.backward()
             self.optimizers["D"].step()
         z = torch.randn(n, int(det.z_dim), device=x.device)
         ez = m.E(x)
-        rec = m.G(ez)
-        adv = m.D(x, ez).mean() - m.D(m.G(z), z).mean()
-        fm = (m.D.features(x, ez) - m.D.features(rec, ez)).pow(2).mean()
-        loss_ge = adv + float(det.feature_weight) * fm
-        self.optimizers["GE"].zero_grad(set_to_none=True)
-        loss_ge.backward()
+        # G has batch norm (training statistics): codes from E and from the prior are
+        # normalised as separate batches, as before.
+        rec, gz = m.G(ez), m.G(z)
+        with no_weight_grads(m.D):  # only E and G are updated here
+            f_real, f_rec, f_fake = m.D.features(torch.cat([x, rec, gz]),
+                                                 torch.cat([ez, ez, z])).split(n)
+            adv = m.D.out(f_real).mean() - m.D.out(f_fake).mean()
+            fm = (f_real - f_rec).pow(2).mean()
+            loss_ge = adv + float(det.feature_weight) * fm
+            self.optimizers["GE"].zero_grad(set_to_none=True)
+            loss_ge.backward()
         self.optimizers["GE"].step()
         return {"loss_d": loss_d.detach(), "wasserstein": wdist.detach(), "gp": gp.detach(),
                 "loss_ge": loss_ge.detach(), "feature_l2": fm.detach()}
@@ -145,6 +162,7 @@ class BiGAN(GANDetector):
         x = x[y != 1]  # unsupervised: labeled anomalies are not used
         run(_BiGANTask(self), [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop, drop_last=True)
+        contiguous(self.model_)
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:
         res, feat, _ = self.model_.score_parts(to_tanh_range(x))
