@@ -51,6 +51,9 @@ def _linear_worker(rank: int, init: str, out: str) -> None:
         weights[str(ddp)] = task.lin.weight.detach().clone()
     if rank == 0:
         torch.save(weights, out)
+    # Both ranks leave together, as `oneclass train` does: a rank that tears gloo down while
+    # the other still talks to it can abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
