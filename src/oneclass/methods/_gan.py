@@ -12,6 +12,7 @@ from ..detector import Detector
 from ..errors import ConfigError
 from ..heatmaps import default_sigma, gaussian_blur
 from ..viz import grid
+from ._common import to_input
 
 
 def to_tanh_range(x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +47,11 @@ def training_layout(model: nn.Module, device: torch.device) -> torch.memory_form
 
 def contiguous(model: nn.Module) -> None:
     model.to(memory_format=torch.contiguous_format)
+
+
+def training_batch(x: torch.Tensor, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:
+    """A uint8 training batch -> [-1, 1] floats on ``device`` in the layout ``fmt``."""
+    return to_tanh_range(to_input(x, device)).contiguous(memory_format=fmt)
 
 
 @contextlib.contextmanager

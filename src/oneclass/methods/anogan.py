@@ -32,8 +32,15 @@ from ..errors import ConfigError
 from ..nets.dcgan import Discriminator, Generator
 from ..registry import register
 from ..train import LoopConfig, run
-from ._common import to_input
-from ._gan import GANDetector, contiguous, l1_per_image, no_weight_grads, to_tanh_range, training_layout
+from ._gan import (
+    GANDetector,
+    contiguous,
+    l1_per_image,
+    no_weight_grads,
+    to_tanh_range,
+    training_batch,
+    training_layout,
+)
 
 
 class Search(NamedTuple):
@@ -111,7 +118,7 @@ class _DCGANTask:
 
     def step(self, batch):
         det, G, D = self.det, self.model.G, self.model.D
-        x = to_tanh_range(to_input(batch[0], det.device_)).contiguous(memory_format=self.fmt)
+        x = training_batch(batch[0], det.device_, self.fmt)
         n = len(x)
         z = torch.randn(n, int(det.z_dim), device=x.device)
         fake = G(z)

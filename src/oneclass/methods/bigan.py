@@ -27,7 +27,6 @@ from ..errors import ConfigError
 from ..nets.dcgan import Encoder, Generator, JointCritic
 from ..registry import register
 from ..train import LoopConfig, run
-from ._common import to_input
 from ._gan import (
     GANDetector,
     contiguous,
@@ -35,6 +34,7 @@ from ._gan import (
     no_weight_grads,
     residual_map,
     to_tanh_range,
+    training_batch,
     training_layout,
 )
 
@@ -97,10 +97,10 @@ class _BiGANTask:
 
     def step(self, batch):
         det, m = self.det, self.model
-        x = to_tanh_range(to_input(batch[0], det.device_)).contiguous(memory_format=self.fmt)
+        x = training_batch(batch[0], det.device_, self.fmt)
         n = len(x)
         # The critic has no batch norm, so real and generated pairs go through it as one
-        # batch (fewer, larger convolutions: faster on a CPU, same values).
+        # batch (fewer, larger convolutions: faster on a CPU; per-pair results do not mix).
         for _ in range(int(det.critic_iters)):
             z = torch.randn(n, int(det.z_dim), device=x.device)
             with torch.no_grad():
@@ -114,8 +114,8 @@ class _BiGANTask:
             self.optimizers["D"].step()
         z = torch.randn(n, int(det.z_dim), device=x.device)
         ez = m.E(x)
-        # G has batch norm (training statistics): codes from E and from the prior are
-        # normalised as separate batches, as before.
+        # G has batch norm (training statistics): codes from E and from the prior go through
+        # it as separate batches, so each is normalised with its own statistics.
         rec, gz = m.G(ez), m.G(z)
         with no_weight_grads(m.D):  # only E and G are updated here
             f_real, f_rec, f_fake = m.D.features(torch.cat([x, rec, gz]),
