@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
 # of one process starve the other (the same-seed test of all methods: 55-93 s spinning, 8 s
@@ -52,3 +53,23 @@ def fast_params(name: str) -> dict:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def fake_classic(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` MNIST-like 28x28 images in shuffled classes 0-9, class y a flat gray of 20 y."""
+    y = np.arange(n) % 10
+    rng.shuffle(y)
+    x = np.repeat(y.astype(np.uint8)[:, None, None] * 20, 28, 1).repeat(28, 2)
+    return x, y.astype(np.uint8)
+
+
+@pytest.fixture
+def classic_root(tmp_path: Path) -> Path:
+    """A data root holding a tiny fake ``mnist.npz`` (50 training, 30 test images)."""
+    root = tmp_path / "bench"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    x_train, y_train = fake_classic(rng, 50)
+    x_test, y_test = fake_classic(rng, 30)
+    np.savez(root / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return root

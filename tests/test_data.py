@@ -398,24 +398,6 @@ def test_different_sizes_need_a_common_size(tmp_path):
 # ------------------------------------------------------------ one-vs-rest benchmarks
 
 
-def _fake_classic(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    y = np.arange(n) % 10
-    rng.shuffle(y)
-    x = np.repeat(y.astype(np.uint8)[:, None, None] * 20, 28, 1).repeat(28, 2)
-    return x, y.astype(np.uint8)
-
-
-@pytest.fixture
-def classic_root(tmp_path: Path) -> Path:
-    root = tmp_path / "bench"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    x_train, y_train = _fake_classic(rng, 50)
-    x_test, y_test = _fake_classic(rng, 30)
-    np.savez(root / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return root
-
-
 def test_mnist_one_vs_rest_train_is_the_normal_class(classic_root):
     train = load("mnist:3", "train", root=str(classic_root))
     y = np.load(classic_root / "mnist.npz")["y_train"]
