@@ -612,3 +612,44 @@ def test_elpv_protocol_with_fake_data(monkeypatch):
     assert all(name.endswith("_mono") for name in mono.names)
     with pytest.raises(DataError, match="mono"):
         load("elpv:amorphous", "train")
+
+
+# ------------------------------------------------------------ natural-image outlier exposure
+
+
+def test_natural_crops_are_seeded_rgb_and_differ_by_split():
+    train = load("natural:40:16", "train")
+    again = load("natural:40:16", "train")
+    test = load("natural:40:16", "test")
+    assert train.images.shape == (40, 16, 16, 3) and train.images.dtype == np.uint8
+    assert np.array_equal(train.images, again.images)
+    assert not np.array_equal(train.images, test.images)
+    assert (train.labels == NORMAL).all()
+    # crops of different photos and scales, not 40 copies of one patch
+    assert len({im.tobytes() for im in train.images}) == 40
+    assert train.images.reshape(40, -1).std(1).max() > 20
+
+
+def test_natural_leaves_out_photos_of_cifar10_classes():
+    from oneclass.data.natural import PHOTOS, photo_dir
+
+    assert "chelsea.png" not in PHOTOS and "horse.png" not in PHOTOS  # a cat, a horse
+    assert all((photo_dir() / name).is_file() for name in PHOTOS)
+
+
+@pytest.mark.parametrize("spec", ["natural:0", "natural:x", "natural:5:4", "natural:1:2:3"])
+def test_natural_bad_spec_is_a_clear_error(spec):
+    with pytest.raises(DataError, match="natural"):
+        load(spec, "train")
+
+
+def test_natural_without_scikit_image_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from oneclass.data import natural
+
+    natural.photos.cache_clear()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match="pip install scikit-image"):
+        load("natural:4:8", "train")
+    natural.photos.cache_clear()

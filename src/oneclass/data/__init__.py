@@ -60,6 +60,10 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
         from .elpv import elpv
 
         return elpv(split, arg or None)
+    if key == "natural":
+        from .natural import natural
+
+        return natural(split, arg)
     if key == "synthetic":
         from .synthetic import make_defects
 
@@ -70,7 +74,7 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
     if ":" in spec or not any(sep in spec for sep in "/\\."):
         raise DataError(
             f"{spec}: not a folder and not a known dataset (mnist:C, fashion-mnist:C, "
-            "cifar10:C, elpv, synthetic)")
+            "cifar10:C, elpv, synthetic, natural)")
     raise DataError(f"{spec}: no such file or folder")
 
 
