@@ -63,13 +63,21 @@ def fake_classic(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarr
     return x, y.astype(np.uint8)
 
 
+def write_fake_mnist(root: Path, n_train: int, n_test: int, noise: int = 0) -> Path:
+    """Write ``root/mnist.npz`` from :func:`fake_classic` (seed 0); ``noise``: uniform integer
+    noise up to this value added to the training images, so a network has something to fit."""
+    rng = np.random.default_rng(0)
+    x_train, y_train = fake_classic(rng, n_train)
+    x_test, y_test = fake_classic(rng, n_test)
+    if noise:
+        x_train = np.clip(x_train + rng.integers(0, noise, x_train.shape), 0, 255).astype(np.uint8)
+    np.savez(root / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return root
+
+
 @pytest.fixture
 def classic_root(tmp_path: Path) -> Path:
     """A data root holding a tiny fake ``mnist.npz`` (50 training, 30 test images)."""
     root = tmp_path / "bench"
     root.mkdir()
-    rng = np.random.default_rng(0)
-    x_train, y_train = fake_classic(rng, 50)
-    x_test, y_test = fake_classic(rng, 30)
-    np.savez(root / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return root
+    return write_fake_mnist(root, 50, 30)

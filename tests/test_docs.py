@@ -13,7 +13,7 @@ import pytest
 from oneclass.bench import SUITES
 from oneclass.cli import build_parser
 
-from .conftest import fake_classic
+from .conftest import write_fake_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "Makefile"]
@@ -22,9 +22,12 @@ BENCH_COMMANDS = {"list", "docs", "speed", "speed-anogan", "serve", "soak", "exp
                   "compare"}
 
 
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
+
+
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
     """``(language, body)`` of every fenced code block."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+    return FENCE.findall(text)
 
 
 def commands(text: str, makefile: bool = False) -> list[str]:
@@ -42,7 +45,7 @@ def commands(text: str, makefile: bool = False) -> list[str]:
             else:
                 lines.append(line)
         pieces += lines
-    rest = re.sub(r"^```\w*\n.*?^```", "", text, flags=re.S | re.M)
+    rest = FENCE.sub("", text)
     pieces += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", rest)]
     if makefile:
         pieces += [ln.strip() for ln in re.sub(r"\\\n\s*", " ", text).splitlines()]
@@ -92,11 +95,7 @@ def test_readme_library_example_runs(tmp_path):
     comments say."""
     root = tmp_path / "data"
     root.mkdir()
-    rng = np.random.default_rng(0)
-    x_train, y_train = fake_classic(rng, 400)
-    x_test, y_test = fake_classic(rng, 60)
-    x_train = np.clip(x_train + rng.integers(0, 30, x_train.shape), 0, 255).astype(np.uint8)
-    np.savez(root / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    write_fake_mnist(root, 400, 60, noise=30)
     (code,) = [b for lang, b in fenced_blocks((ROOT / "README.md").read_text())
                if lang == "python"]
     assert 'root="../shared/data"' in code and '"model/"' in code and "epochs=30" in code

@@ -48,9 +48,9 @@ def photos() -> tuple[np.ndarray, ...]:
     """The photographs as uint8 RGB arrays ``(H, W, 3)``."""
     from PIL import Image
 
-    out = []
+    out, folder = [], photo_dir()
     for name in PHOTOS:
-        path = photo_dir() / name
+        path = folder / name
         try:
             with Image.open(path) as im:
                 out.append(np.asarray(im.convert("RGB")))
