@@ -135,6 +135,11 @@ def test_fcdd_refuses_to_train_without_any_anomaly_source(defects_train):
         _fcdd(noise="none").fit(defects_train)
 
 
+def test_gcn_with_the_pretrained_trunk_is_refused_not_ignored(defects_train):
+    with pytest.raises(oneclass.errors.ConfigError, match="gcn applies to the from-scratch"):
+        _fcdd(net="effnet", gcn=True).fit(defects_train)
+
+
 def test_labeled_anomalies_with_masks_are_used(defects_train, defects_test):
     from oneclass.data import concat
 

@@ -212,6 +212,10 @@ class FCDD(Detector):
             raise ConfigError(f"augment must be one of {', '.join(augment.AUGMENTS)}, got {self.augment!r}")
         if int(self.stride) not in (8, 16):
             raise ConfigError(f"stride must be 8 or 16, got {self.stride}")
+        if self.gcn and self.net == "effnet":
+            raise ConfigError("gcn applies to the from-scratch nets only: the pretrained trunk "
+                              "(net=effnet) normalises its input with the ImageNet statistics "
+                              "it was trained on; leave gcn off or pick another net")
 
     def _build(self, input_shape):
         return FCDDModel(input_shape, self.net, int(self.stride), int(self.frozen_blocks),
