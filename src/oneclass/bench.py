@@ -109,8 +109,11 @@ PUBLISHED[("fcdd (" + SUITES["fcdd-fmnist"][0]["label"] + ")", "fashion-mnist")]
 # image) on a fixed random 1000 of the 10000 test images per class ("test_limit").
 _ANOGAN = {"epochs": 10, "batch_size": 64, "holdout": 0.05, "search_steps": 100}
 _BIGAN = {"epochs": 10, "batch_size": 64, "holdout": 0.05}
+# MNIST: 40 epochs (about 2 minutes per class here); 10 epochs gave 85.5 against 91.2.
+_ANOGAN_EPOCHS = {"mnist": 40, "cifar10": 10}
 for _ds in ("mnist", "cifar10"):
-    SUITES[f"anogan-{_ds}"] = [{"method": "anogan", "data": f"{_ds}:{c}", "params": _ANOGAN,
+    SUITES[f"anogan-{_ds}"] = [{"method": "anogan", "data": f"{_ds}:{c}",
+                                "params": {**_ANOGAN, "epochs": _ANOGAN_EPOCHS[_ds]},
                                 "test_limit": 1000} for c in range(10)]
     SUITES[f"bigan-{_ds}"] = [{"method": "bigan", "data": f"{_ds}:{c}", "params": _BIGAN}
                               for c in range(10)]
