@@ -193,3 +193,15 @@ def test_sigterm_stops_the_running_job_too(tmp_path):
         for k in kids:
             if os.path.exists(f"/proc/{k}"):
                 os.kill(k, signal.SIGKILL)
+
+
+def test_markdown_means_only_over_several_data_sets():
+    from oneclass.bench import markdown
+
+    base = {"method": "fcdd", "label": "", "seed": 0, "image_ap": 0.5, "train_seconds": 1.0,
+            "train_images_per_s": 1.0, "score_images_per_s": 1.0, "peak_rss_mb": 1.0}
+    one = markdown([{**base, "data": "/x/kolektorsdd", "image_auroc": 0.8}])
+    assert "| kolektorsdd | 1 | 80.0 |" in one and "Mean image AUROC" not in one
+    two = markdown([{**base, "data": f"mnist:{c}", "image_auroc": a}
+                    for c, a in ((0, 0.8), (1, 0.9))])
+    assert "Mean image AUROC over 2 classes: **85.0**" in two

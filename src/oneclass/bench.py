@@ -420,8 +420,11 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 f"{max(x['peak_rss_mb'] for x in g):.0f} |")
         pub = PUBLISHED.get((method, ds), PUBLISHED.get((method.split(" (")[0], ds)))
         pub_s = f" (published: {pub})" if pub is not None else ""
-        parts.append(f"\nMean image AUROC over {len(means)} classes: "
-                     f"**{np.mean(means):.1f}**{pub_s}\n")
+        if len(means) > 1:
+            parts.append(f"\nMean image AUROC over {len(means)} classes: "
+                         f"**{np.mean(means):.1f}**{pub_s}\n")
+        elif pub is not None:  # one data set: its row is the figure
+            parts.append(f"\nPublished image AUROC: {pub}\n")
     return "\n".join(parts) + "\n"
 
 
