@@ -161,7 +161,9 @@ SUITES["doc-kolektor"] = [
 _SAD = {"gcn": True, "holdout": 0.0, "batch_size": 128, "lr": 1e-4, "weight_decay": 5e-7,
         "pretrain_lr": 1e-4, "pretrain_weight_decay": 5e-4, "pretrain_epochs": 10,
         "epochs": 20, "lr_milestones": [15]}
-_SAD_CIFAR = {**_SAD, "pretrain_epochs": 3, "epochs": 10, "lr_milestones": [7]}
+# CIFAR-10: autoencoder 3 epochs, Deep SAD 30 with the drop at 20 (about 4 minutes per run
+# here); 10 epochs with the drop at 7 gave 67.7 / 62.1 against 72.4 / 62.3 (ratio 0.05 / 0).
+_SAD_CIFAR = {**_SAD, "pretrain_epochs": 3, "epochs": 30, "lr_milestones": [20]}
 
 
 def _sad_jobs(ds: str, params: dict) -> list[dict[str, Any]]:
