@@ -12,6 +12,7 @@ import torch
 import oneclass
 from oneclass.cli import main
 from oneclass.data.synthetic import make_defects
+from oneclass.errors import ConfigError
 from oneclass.methods.anogan import anogan_loss
 from oneclass.methods.bigan import gradient_penalty
 from oneclass.nets.dcgan import Discriminator, Encoder, Generator, JointCritic, plan
@@ -165,3 +166,76 @@ def test_search_speed_rows_compare_batched_with_one_at_a_time():
     assert row["net"] == "anogan search 16x16x1" and row["batch"] == 4 and row["steps"] == 2
     assert float(row["batched ms/img"]) > 0 and float(row["one-at-a-time ms/img"]) > 0
     assert row["speed-up"].endswith("x") and row["one-at-a-time layout"] in ("channels-last", "contiguous")
+
+
+def test_weight_ema_averages_recent_weights_and_warms_up():
+    from oneclass.methods._gan import WeightEMA
+
+    m = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    ema = WeightEMA(m, decay=0.5)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema.update(m)  # warm-up: d = min(0.5, 2 / 11) -> 0 + (1 - 2/11) * 1
+    assert ema.shadow["weight"].item() == pytest.approx(9 / 11)
+    for _ in range(40):
+        ema.update(m)
+    assert ema.shadow["weight"].item() == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+    ema.update(m)  # decay 0.5 now: halfway
+    assert ema.shadow["weight"].item() == pytest.approx(2.0, abs=1e-6)
+    other = torch.nn.Linear(1, 1, bias=False)
+    ema.copy_to(other)
+    assert other.weight.item() == pytest.approx(2.0, abs=1e-6)
+    state = ema.state_dict()
+    fresh = WeightEMA(other, decay=0.5)
+    fresh.load_state_dict(state)
+    assert fresh.updates == ema.updates and torch.equal(fresh.shadow["weight"], ema.shadow["weight"])
+
+
+def test_anogan_g_ema_makes_the_generator_the_average(small_train):
+    params = {**fast_params("anogan"), "epochs": 2, "batch_size": 16, "width": 8}
+    plain = oneclass.create("anogan", **params).fit(small_train)
+    avg = oneclass.create("anogan", g_ema=0.9, **params).fit(small_train)
+    # same training (the average does not feed back), different final generator
+    assert [h["loss_g"] for h in plain.history_] == [h["loss_g"] for h in avg.history_]
+    gp, ga = plain.model_.G.state_dict(), avg.model_.G.state_dict()
+    assert any(not torch.equal(gp[k], ga[k]) for k in gp if gp[k].is_floating_point())
+    dp, da = plain.model_.D.state_dict(), avg.model_.D.state_dict()
+    assert all(torch.equal(dp[k], da[k]) for k in dp)
+    assert np.isfinite(avg.score(small_train)).all()
+    with pytest.raises(ConfigError, match="g_ema"):
+        oneclass.create("anogan", g_ema=1.0)._check_params()
+
+
+def test_tanh_scale_with_gcn_maps_training_images_onto_the_full_range():
+    from oneclass.methods._gan import TanhScale
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8))
+    plain = TanhScale(False)
+    xf = x.float() / 255
+    assert torch.allclose(plain(xf), xf * 2 - 1)
+    scale = TanhScale(True)
+    scale.fit(x)
+    y = scale(xf)
+    assert y.min().item() == pytest.approx(-1.0, abs=1e-5)
+    assert y.max().item() == pytest.approx(1.0, abs=1e-5)
+    # contrast is normalised away: a dimmed copy of an image maps to the same values
+    dim = (xf * 0.5 + 0.25)
+    assert torch.allclose(scale(dim), y, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["anogan", "bigan"])
+def test_gan_gcn_trains_saves_and_loads(name, small_train, tmp_path):
+    params = {**fast_params(name), "epochs": 1, "batch_size": 16, "width": 8, "gcn": True}
+    det = oneclass.create(name, **params).fit(small_train)
+    assert float(det.model_.prep.hi) > float(det.model_.prep.lo)
+    s = det.score(small_train)
+    assert np.isfinite(s).all()
+    det.save(tmp_path / "m")
+    back = oneclass.load(tmp_path / "m")
+    assert back.model_.prep.gcn
+    np.testing.assert_allclose(back.score(small_train), s, rtol=1e-5, atol=1e-5)

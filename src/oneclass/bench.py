@@ -109,12 +109,14 @@ PUBLISHED[("fcdd (" + SUITES["fcdd-fmnist"][0]["label"] + ")", "fashion-mnist")]
 # image) on a fixed random 1000 of the 10000 test images per class ("test_limit").
 _ANOGAN = {"batch_size": 64, "holdout": 0.05, "search_steps": 100}
 _BIGAN = {"epochs": 10, "batch_size": 64, "holdout": 0.05}
-# AnoGAN epochs per dataset. MNIST 40 (about 2 minutes per class here): mean AUROC 91.2,
-# where 10 epochs gave 85.5.
-_ANOGAN_EPOCHS = {"mnist": 40, "cifar10": 10}
+# AnoGAN settings per dataset. MNIST 40 epochs (about 2 minutes per class here): mean AUROC
+# 91.2, where 10 epochs gave 85.5. CIFAR-10 with the GCN-l1 + min-max preprocessing that
+# Ruff et al. (2018) used for every method of their benchmark, AnoGAN included: on four
+# classes 62.8 against 54.1 without it (automobile 45.4 -> 52.6, truck 39.0 -> 66.3).
+_ANOGAN_DS = {"mnist": {"epochs": 40}, "cifar10": {"epochs": 10, "gcn": True}}
 for _ds in ("mnist", "cifar10"):
     SUITES[f"anogan-{_ds}"] = [{"method": "anogan", "data": f"{_ds}:{c}",
-                                "params": {**_ANOGAN, "epochs": _ANOGAN_EPOCHS[_ds]},
+                                "params": {**_ANOGAN, **_ANOGAN_DS[_ds]},
                                 "test_limit": 1000} for c in range(10)]
     SUITES[f"bigan-{_ds}"] = [{"method": "bigan", "data": f"{_ds}:{c}", "params": _BIGAN}
                               for c in range(10)]

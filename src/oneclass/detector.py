@@ -50,6 +50,13 @@ class Output(NamedTuple):
     anomaly_map: torch.Tensor
 
 
+def gcn_l1(x: torch.Tensor) -> torch.Tensor:
+    """Global contrast normalisation of each image with the l1 norm (Ruff et al. 2018):
+    subtract the image mean, divide by the mean absolute deviation. ``(N, C, H, W)``."""
+    x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+    return x / x.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+
+
 class InputNorm(nn.Module):
     """Input normalisation fitted on the training images; part of the model (and its export).
 
@@ -64,10 +71,6 @@ class InputNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("std", torch.ones(channels))
 
-    def _gcn(self, x: torch.Tensor) -> torch.Tensor:
-        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-        return x / x.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
-
     @torch.no_grad()
     def fit(self, x: torch.Tensor, batch: int = 1024) -> None:
         """Fit mean and std on uint8 or float images ``(N, C, H, W)``."""
@@ -78,7 +81,7 @@ class InputNorm(nn.Module):
             xb = xb.to(self.mean.device)
             xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
             if self.gcn:
-                xb = self._gcn(xb)
+                xb = gcn_l1(xb)
             s += xb.double().sum(dim=(0, 2, 3))
             s2 += (xb.double() ** 2).sum(dim=(0, 2, 3))
             n += xb.shape[0] * xb.shape[2] * xb.shape[3]
@@ -89,7 +92,7 @@ class InputNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gcn:
-            x = self._gcn(x)
+            x = gcn_l1(x)
         return (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
 
 

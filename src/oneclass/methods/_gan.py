@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..detector import Detector
+from ..detector import Detector, gcn_l1
 from ..errors import ConfigError
 from ..heatmaps import default_sigma, gaussian_blur
 from ..viz import grid
@@ -49,9 +49,45 @@ def contiguous(model: nn.Module) -> None:
     model.to(memory_format=torch.contiguous_format)
 
 
-def training_batch(x: torch.Tensor, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:
-    """A uint8 training batch -> [-1, 1] floats on ``device`` in the layout ``fmt``."""
-    return to_tanh_range(to_input(x, device)).contiguous(memory_format=fmt)
+class TanhScale(nn.Module):
+    """Images in [0, 1] -> the generator's [-1, 1] range; part of the model.
+
+    Plain: ``2x - 1``. With ``gcn`` (the preprocessing of Ruff et al. 2018 for every method
+    of their benchmark, AnoGAN included): global contrast normalisation of each image (l1),
+    then min-max scaling with the minimum and maximum over the training images, so that
+    training images span [-1, 1] and a test image may fall outside. The residual then
+    compares structure at equal contrast instead of measuring how much contrast an image has.
+    """
+
+    def __init__(self, gcn: bool = False):
+        super().__init__()
+        self.gcn = bool(gcn)
+        if self.gcn:
+            self.register_buffer("lo", torch.tensor(-1.0))
+            self.register_buffer("hi", torch.tensor(1.0))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, batch: int = 1024) -> None:
+        """Fit the min-max range on uint8 images ``(N, C, H, W)`` (no-op without gcn)."""
+        if not self.gcn:
+            return
+        lo, hi = float("inf"), float("-inf")
+        for xb in torch.split(x, batch):
+            g = gcn_l1(to_input(xb, self.lo.device))
+            lo, hi = min(lo, float(g.min())), max(hi, float(g.max()))
+        self.lo.fill_(lo)
+        self.hi.fill_(max(hi, lo + 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.gcn:
+            return to_tanh_range(x)
+        return (gcn_l1(x) - self.lo) / (self.hi - self.lo) * 2.0 - 1.0
+
+
+def training_batch(prep: nn.Module, x: torch.Tensor, device: torch.device,
+                   fmt: torch.memory_format) -> torch.Tensor:
+    """A uint8 training batch -> ``prep`` floats on ``device`` in the layout ``fmt``."""
+    return prep(to_input(x, device)).contiguous(memory_format=fmt)
 
 
 @contextlib.contextmanager
@@ -68,6 +104,46 @@ def no_weight_grads(*modules: nn.Module):
             p.requires_grad_(f)
 
 
+class WeightEMA:
+    """Exponential moving average of a module's weights and float buffers.
+
+    The generator of a GAN oscillates around a good solution as D and G chase each other;
+    the average of its recent weights draws sharper and more stable images than the last
+    iterate (Karras et al. 2018, Yazici et al. 2019). ``decay`` applies from the start with a
+    warm-up, ``min(decay, (1 + t) / (10 + t))`` at update t, so that a short training run is
+    not averaged with the random initialisation. :meth:`copy_to` writes the average into the
+    module at the end of training, so the saved model is the averaged one.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()
+                       if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        state = module.state_dict()
+        for k, v in self.shadow.items():
+            state[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"updates": torch.tensor(self.updates), **{f"w.{k}": v for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        for k in self.shadow:
+            self.shadow[k].copy_(state[f"w.{k}"])
+
+
 def _uint8(x: torch.Tensor) -> list[np.ndarray]:
     """[-1, 1] images ``(N, C, H, W)`` -> list of uint8 ``(H, W, C)``."""
     a = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -78,7 +154,8 @@ class GANDetector(Detector):
     """Base of the GAN methods: a generator ``model_.G`` and a reconstruction per image.
 
     Subclasses implement ``_reconstruct(x)`` (x in [0, 1] -> G's image in [-1, 1]) and the
-    usual hooks; this class gives the anomaly map and the report figures.
+    usual hooks; ``model_.prep`` (a :class:`TanhScale`) maps input images to G's range.
+    This class gives the anomaly map and the report figures.
     """
 
     #: Larger images are resized to about 64x64 pixels (AnoGAN works on 64x64 patches), with
@@ -95,6 +172,9 @@ class GANDetector(Detector):
         # G and D once per step and image, so their cost decides the scoring speed on a CPU)
         "width": None,
         "heatmap_sigma": None,  # Gaussian std of the residual map; None: side / 32
+        # per-image contrast normalisation, then min-max scaling fitted on the training
+        # images (the benchmark preprocessing of Ruff et al. 2018); see TanhScale
+        "gcn": False,
     }
 
     def _check_params(self) -> None:
@@ -114,7 +194,7 @@ class GANDetector(Detector):
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         rec = self._reconstruct(x)
-        return residual_map(to_tanh_range(x), rec.detach(), self.heatmap_sigma)
+        return residual_map(self.model_.prep(x), rec.detach(), self.heatmap_sigma)
 
     @torch.no_grad()
     def samples(self, n: int = 64) -> torch.Tensor:
@@ -133,7 +213,7 @@ class GANDetector(Detector):
         pairs: list[np.ndarray] = []
         for xb in self.batches(x):
             rec = self._reconstruct(xb).detach()
-            for a, b in zip(_uint8(to_tanh_range(xb)), _uint8(rec)):
+            for a, b in zip(_uint8(self.model_.prep(xb)), _uint8(rec)):
                 pairs += [a, b]
         if pairs:
             figs["images (left) and their reconstructions G(z) (right)"] = grid(pairs[:32], 8)

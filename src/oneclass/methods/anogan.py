@@ -34,10 +34,11 @@ from ..registry import register
 from ..train import LoopConfig, run
 from ._gan import (
     GANDetector,
+    TanhScale,
+    WeightEMA,
     contiguous,
     l1_per_image,
     no_weight_grads,
-    to_tanh_range,
     training_batch,
     training_layout,
 )
@@ -92,9 +93,11 @@ def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Ten
 
 
 class AnoGANNet(nn.Module):
-    def __init__(self, input_shape: tuple[int, int, int], z_dim: int, width: int):
+    def __init__(self, input_shape: tuple[int, int, int], z_dim: int, width: int,
+                 gcn: bool = False):
         super().__init__()
         c, h, w = input_shape
+        self.prep = TanhScale(gcn)
         self.G = Generator(z_dim, c, (h, w), width)
         self.D = Discriminator(c, (h, w), width, norm=True)
 
@@ -115,10 +118,23 @@ class _DCGANTask:
         }
         self.schedulers: dict[str, object] = {}
         self.fmt = training_layout(m, det.device_)
+        self.ema = WeightEMA(m.G, float(det.g_ema)) if float(det.g_ema) > 0 else None
+
+    def extra_state(self) -> dict:
+        return {"g_ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(state["g_ema"])
+
+    def finish(self) -> None:
+        """Put the averaged generator weights into G (when ``g_ema`` is on)."""
+        if self.ema is not None:
+            self.ema.copy_to(self.model.G)
 
     def step(self, batch):
         det, G, D = self.det, self.model.G, self.model.D
-        x = training_batch(batch[0], det.device_, self.fmt)
+        x = training_batch(self.model.prep, batch[0], det.device_, self.fmt)
         n = len(x)
         z = torch.randn(n, int(det.z_dim), device=x.device)
         fake = G(z)
@@ -134,6 +150,8 @@ class _DCGANTask:
             self.optimizers["G"].zero_grad(set_to_none=True)
             loss_g.backward()
         self.optimizers["G"].step()
+        if self.ema is not None:
+            self.ema.update(G)
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
     def end_epoch(self, epoch: int):
@@ -147,6 +165,9 @@ class AnoGAN(GANDetector):
     defaults = {
         "beta1": 0.5,
         "label_smoothing": 0.0,  # real label 1 - this for D (one-sided smoothing)
+        # decay of the moving average of G's weights that becomes the final generator; 0: off
+        # (the last iterate, as in the paper)
+        "g_ema": 0.0,
         "lam": 0.1,  # lambda: weight of the discrimination loss in the search
         "search_steps": 100,
         "search_lr": 0.05,
@@ -171,17 +192,22 @@ class AnoGAN(GANDetector):
             raise ConfigError(f"search_lr must be positive, got {self.search_lr}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if not 0.0 <= float(self.g_ema) < 1.0:
+            raise ConfigError(f"g_ema must be in [0, 1), got {self.g_ema}")
         if not 0.0 <= float(self.label_smoothing) < 0.5:
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
     def _build(self, input_shape):
         self._cache: OrderedDict[str, Search] = OrderedDict()
-        return AnoGANNet(input_shape, int(self.z_dim), self._width(input_shape))
+        return AnoGANNet(input_shape, int(self.z_dim), self._width(input_shape), bool(self.gcn))
 
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
         x = x[y != 1]  # unsupervised: labeled anomalies are not used
-        run(_DCGANTask(self), [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
+        self.model_.prep.fit(x)
+        task = _DCGANTask(self)
+        run(task, [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop, drop_last=True)
+        task.finish()
         contiguous(self.model_)
         self._cache.clear()
 
@@ -202,7 +228,7 @@ class AnoGAN(GANDetector):
         m.eval()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         m.to(memory_format=fmt)
-        xt = to_tanh_range(x).contiguous(memory_format=fmt)
+        xt = m.prep(x).contiguous(memory_format=fmt)
         z0 = initial_codes(m.G, xt, self.code_bank().to(x.device))
         amp = (torch.autocast(x.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
                else contextlib.nullcontext())

@@ -29,20 +29,22 @@ from ..registry import register
 from ..train import LoopConfig, run
 from ._gan import (
     GANDetector,
+    TanhScale,
     contiguous,
     l1_per_image,
     no_weight_grads,
     residual_map,
-    to_tanh_range,
     training_batch,
     training_layout,
 )
 
 
 class BiGANNet(nn.Module):
-    def __init__(self, input_shape: tuple[int, int, int], z_dim: int, width: int):
+    def __init__(self, input_shape: tuple[int, int, int], z_dim: int, width: int,
+                 gcn: bool = False):
         super().__init__()
         c, h, w = input_shape
+        self.prep = TanhScale(gcn)
         self.E = Encoder(z_dim, c, (h, w), width)
         self.G = Generator(z_dim, c, (h, w), width)
         self.D = JointCritic(z_dim, c, (h, w), width)
@@ -75,7 +77,7 @@ class BiGANExport(nn.Module):
         self.model, self.alpha, self.sigma = model, alpha, sigma
 
     def forward(self, x: torch.Tensor):
-        xt = to_tanh_range(x)
+        xt = self.model.prep(x)
         res, feat, rec = self.model.score_parts(xt)
         return self.alpha * res + (1.0 - self.alpha) * feat, residual_map(xt, rec, self.sigma)
 
@@ -97,7 +99,7 @@ class _BiGANTask:
 
     def step(self, batch):
         det, m = self.det, self.model
-        x = training_batch(batch[0], det.device_, self.fmt)
+        x = training_batch(m.prep, batch[0], det.device_, self.fmt)
         n = len(x)
         # The critic has no batch norm, so real and generated pairs go through it as one
         # batch (fewer, larger convolutions: faster on a CPU; per-pair results do not mix).
@@ -156,16 +158,17 @@ class BiGAN(GANDetector):
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
 
     def _build(self, input_shape):
-        return BiGANNet(input_shape, int(self.z_dim), self._width(input_shape))
+        return BiGANNet(input_shape, int(self.z_dim), self._width(input_shape), bool(self.gcn))
 
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
         x = x[y != 1]  # unsupervised: labeled anomalies are not used
+        self.model_.prep.fit(x)
         run(_BiGANTask(self), [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop, drop_last=True)
         contiguous(self.model_)
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:
-        res, feat, _ = self.model_.score_parts(to_tanh_range(x))
+        res, feat, _ = self.model_.score_parts(self.model_.prep(x))
         a = float(self.alpha)
         return a * res + (1.0 - a) * feat
 
@@ -174,4 +177,4 @@ class BiGAN(GANDetector):
 
     def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.model_.G(self.model_.E(to_tanh_range(x)))
+            return self.model_.G(self.model_.E(self.model_.prep(x)))
