@@ -100,6 +100,7 @@ def test_cli_export_fcdd_with_float_input_matches_torch(mvtec_dir, tmp_path, cap
 
 @pytest.mark.parametrize("name,extra", [("deep_sad", {"pretrain_epochs": 1}), ("hsc", {}),
                                         ("bigan", {"width": 16}),
+                                        ("bigan", {"width": 16, "gcn": True}),
                                         ("doc", {"net_size": 64})])
 def test_more_methods_export_with_parity(name, extra, defects_train, defects_test, tmp_path):
     from oneclass.data.base import materialize
