@@ -1,9 +1,12 @@
-"""Device choice and seeding."""
+"""Device choice, seeding and CPU thread sharing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -41,3 +44,26 @@ def seed_everything(seed: int) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def shared_threads(workers: int):
+    """A pool of ``workers`` Python threads that share the process's intra-op CPU threads.
+
+    Inside, torch runs each op on ``get_num_threads() // workers`` threads (at least one), so
+    independent parts of a batch run side by side instead of one op at a time on every
+    thread. Small convolutions, with their backward passes, keep two cores busier this way
+    (AnoGAN's latent search: 1.1-1.2x on the development machine). The intra-op setting is
+    process-wide in torch, so it is restored on leaving, and one pool runs at a time.
+    """
+    with _THREADS_LOCK:
+        saved = torch.get_num_threads()
+        torch.set_num_threads(max(1, saved // max(1, int(workers))))
+        try:
+            with ThreadPoolExecutor(max_workers=int(workers)) as pool:
+                yield pool
+        finally:
+            torch.set_num_threads(saved)
