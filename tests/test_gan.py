@@ -207,10 +207,30 @@ def test_search_speed_rows_compare_batched_with_one_at_a_time():
 
     assert AnoGAN().score_batch_size == 256  # scoring searches this many images together
     (row,) = anogan_search_rows(steps=2, batch=4, single=1, shapes=((1, 16, 16),),
-                                precisions=("fp32",))
+                                precisions=("fp32",), flops=True)
     assert row["net"] == "anogan search 16x16x1" and row["batch"] == 4 and row["steps"] == 2
     assert float(row["batched ms/img"]) > 0 and float(row["one-at-a-time ms/img"]) > 0
     assert row["speed-up"].endswith("x") and row["one-at-a-time layout"] in ("channels-last", "contiguous")
+    assert row["parts"] == 1  # 4 images: too few to split
+
+
+def test_search_flops_count_forward_and_input_gradients_of_g_and_d():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from oneclass.speed import anogan_search_flops, search_limits
+
+    det = _untrained_anogan(shape=(1, 28, 28))
+    m = det.model_
+    with FlopCounterMode(display=False) as fc:
+        m.D.features(m.G(torch.zeros(1, det.z_dim)))
+    forward = fc.get_total_flops()
+    # per step: the forward of G and D, and the input gradients, which cost as much again
+    # (weights get none)
+    assert anogan_search_flops(det, steps=10) == pytest.approx(10 * 2 * forward, rel=0.02)
+    rows = [{"precision": "fp32", "GFLOP/img": 1.0, "batched ms/img": "20.0",
+             "one-at-a-time ms/img": "300.0"}]
+    search_limits(rows, {"fp32": 100e9})  # 10 ms per image at the limit
+    assert rows[0]["batched % peak"] == 50.0 and rows[0]["speed-up at peak"] == "30.0x"
 
 
 def test_weight_ema_averages_recent_weights_and_warms_up():

@@ -250,9 +250,29 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def anogan_search_flops(det, steps: int) -> float:
+    """FLOPs per image of ``det``'s latent search: ``steps`` times one step (G and D's
+    features forward, their input gradients backward), convolutions and matrix products."""
+    from .methods._gan import no_weight_grads
+    from .methods.anogan import anogan_loss
+
+    m = det.model_
+    x = torch.zeros(2, *det.input_shape_)
+    z = torch.zeros(2, int(det.z_dim), requires_grad=True)
+
+    def step():
+        with no_weight_grads(m.G, m.D):
+            g = m.G(z)
+            loss, _ = anogan_loss(x, g, m.D.features(x), m.D.features(g), float(det.lam))
+            loss.sum().backward()
+
+    step_flops = count_flops(step) - count_flops(lambda: m.D.features(x))  # fx: once
+    return steps * step_flops / 2
+
+
 def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int = 4,
                        shapes=((1, 28, 28), (1, 64, 64)),
-                       precisions=("fp32", "bf16")) -> list[dict]:
+                       precisions=("fp32", "bf16"), flops: bool = False) -> list[dict]:
     """Seconds per image of AnoGAN's latent search, batched vs one image at a time.
 
     The same search (``steps`` Adam steps from the best of the candidate codes) on the
@@ -260,9 +280,11 @@ def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int =
     on what the networks learned. ``batch`` images (default: AnoGAN's ``score_batch_size``,
     the batch its scoring searches together) are searched together, ``single`` one by one,
     in each precision (``precision`` parameter of AnoGAN). The batched search runs as AnoGAN
-    scores (channels-last); the one-at-a-time figure is the faster of both memory layouts.
+    scores (channels-last, in ``search_threads`` parts); the one-at-a-time figure is the
+    faster of both memory layouts. ``flops``: each row also gives the search's FLOPs per
+    image (see :func:`search_limits`).
     """
-    from .methods.anogan import AnoGAN
+    from .methods.anogan import AnoGAN, search_threads
 
     batch = int(batch or AnoGAN().score_batch_size)
     rows = []
@@ -284,11 +306,25 @@ def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int =
                 det.search(x[i:i + 1], channels_last=cl)
             per_single[cl] = (time.perf_counter() - t0) / single
         best = min(per_single.values())
-        rows.append({"net": f"anogan search {shape[1]}x{shape[2]}x{shape[0]}",
-                     "precision": precision, "steps": steps,
-                     "batch": batch, "batched ms/img": f"{1000 * per_batched:.1f}",
-                     "one-at-a-time ms/img": f"{1000 * best:.1f}",
-                     "one-at-a-time layout": ("channels-last" if best == per_single[True]
-                                              else "contiguous"),
-                     "speed-up": f"{best / per_batched:.1f}x"})
+        row = {"net": f"anogan search {shape[1]}x{shape[2]}x{shape[0]}",
+               "precision": precision, "steps": steps, "batch": batch,
+               "parts": search_threads(batch, det.device_),
+               "batched ms/img": f"{1000 * per_batched:.1f}",
+               "one-at-a-time ms/img": f"{1000 * best:.1f}",
+               "one-at-a-time layout": ("channels-last" if best == per_single[True]
+                                        else "contiguous"),
+               "speed-up": f"{best / per_batched:.1f}x"}
+        if flops:
+            row["GFLOP/img"] = round(anogan_search_flops(det, steps) / 1e9, 3)
+        rows.append(row)
     return rows
+
+
+def search_limits(rows: list[dict], peak: dict[str, float]) -> None:
+    """Add to each search row (with ``GFLOP/img``) the batched search's share of the
+    machine's matmul limit ``peak`` in its precision, and the speed-up over one image at a
+    time that a search running at that limit would have: the most batching can give."""
+    for r in rows:
+        limit_s = r["GFLOP/img"] * 1e9 / peak[r["precision"]]
+        r["batched % peak"] = round(100 * limit_s / (float(r["batched ms/img"]) / 1000), 1)
+        r["speed-up at peak"] = f"{float(r['one-at-a-time ms/img']) / 1000 / limit_s:.1f}x"
