@@ -212,6 +212,7 @@ def test_search_speed_rows_compare_batched_with_one_at_a_time():
     assert float(row["batched ms/img"]) > 0 and float(row["one-at-a-time ms/img"]) > 0
     assert row["speed-up"].endswith("x") and row["one-at-a-time layout"] in ("channels-last", "contiguous")
     assert row["parts"] == 1  # 4 images: too few to split
+    assert row["speed-up vs fastest one-at-a-time"] == row["speed-up"]  # one precision only
 
 
 def test_search_flops_count_forward_and_input_gradients_of_g_and_d():

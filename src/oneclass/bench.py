@@ -115,7 +115,8 @@ _ANOGAN_EPOCHS = {"mnist": 40, "cifar10": 10}
 # Each AnoGAN suite runs twice: as above, then with the GCN-l1 + min-max preprocessing that
 # Ruff et al. (2018) used for every method of their benchmark, AnoGAN included. MNIST: 92.7
 # against 91.2 without it (8: 78.2 -> 90.4). CIFAR-10: 55.6 against 55.9; it trades classes
-# (truck 39.0 -> 66.3, frog 62.5 -> 39.7) rather than lifting the mean.
+# (truck 39.0 -> 66.3, frog 62.5 -> 39.7) rather than lifting the mean. MNIST has a third
+# row, GCN at 80 epochs (about 4.5 minutes of training per class): 93.9.
 for _ds in ("mnist", "cifar10"):
     _plain = [{"method": "anogan", "data": f"{_ds}:{c}",
                "params": {**_ANOGAN, "epochs": _ANOGAN_EPOCHS[_ds]}, "test_limit": 1000}
@@ -124,6 +125,10 @@ for _ds in ("mnist", "cifar10"):
                                          "label": "GCN-l1 + min-max scaling"} for job in _plain]
     SUITES[f"bigan-{_ds}"] = [{"method": "bigan", "data": f"{_ds}:{c}", "params": _BIGAN}
                               for c in range(10)]
+SUITES["anogan-mnist"] += [
+    {**job, "params": {**job["params"], "epochs": 80},
+     "label": "GCN-l1 + min-max scaling, 80 epochs"}
+    for job in SUITES["anogan-mnist"] if job.get("label") == "GCN-l1 + min-max scaling"]
 for _m in ("anogan", "bigan"):
     SUITES[f"{_m}-kolektor"] = [{"method": _m, "data": "{root}/kolektorsdd",
                                  "params": {"epochs": 100, "batch_size": 32}}]
