@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import oneclass
+from oneclass.data.base import ArraySet
+from oneclass.errors import ConfigError
 from oneclass.methods._common import mean_embedding
 from oneclass.methods.deep_svdd import one_class_loss, soft_boundary_loss
 from oneclass.metrics import auroc
@@ -90,3 +93,31 @@ def test_gradient_map_points_at_the_defect(defects_train, defects_test):
     inside = np.array([m[k].mean() for m, k in zip(maps, masks)])
     outside = np.array([m[~k].mean() for m, k in zip(maps, masks)])
     assert (inside > outside).mean() > 0.6
+
+
+def test_encoder_parameters_build_a_wider_net_with_a_hidden_layer(tmp_path):
+    enc = Encoder(1, (28, 28), widths=(16, 32), rep_dim=64, hidden=128)
+    assert [m.out_channels for m in enc.modules() if isinstance(m, torch.nn.Conv2d)] == [16, 32]
+    assert enc.hidden_layer[0].in_features == 32 * 7 * 7 and enc(torch.randn(3, 1, 28, 28)).shape == (3, 64)
+    for m in enc.modules():  # still bias-free
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            assert m.bias is None
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            assert not m.affine
+    assert Decoder(enc, 1)(torch.randn(3, 64)).shape == (3, 1, 28, 28)
+    # through the detector: trained, saved and rebuilt from its JSON description
+    rng = np.random.default_rng(0)
+    x = ArraySet(rng.integers(0, 256, (24, 28, 28), dtype=np.uint8))
+    det = oneclass.create("deep_svdd", widths=[8, 8], rep_dim=16, hidden=24, epochs=1,
+                          pretrain_epochs=1, batch_size=8, seed=0).fit(x)
+    det.save(tmp_path / "m")
+    again = oneclass.load(tmp_path / "m")
+    assert again.model_.encoder.hidden == 24 and again.model_.encoder.rep_dim == 16
+    np.testing.assert_allclose(again.score(x), det.score(x), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"widths": []}, {"widths": [8, -1]}, {"widths": 8},
+                                 {"rep_dim": 0}, {"hidden": -3}])
+def test_bad_encoder_parameters_are_named(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        oneclass.create("deep_sad", **bad).fit(ArraySet(np.zeros((4, 28, 28), np.uint8)))

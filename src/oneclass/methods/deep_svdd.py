@@ -40,11 +40,12 @@ def soft_boundary_loss(dist: torch.Tensor, radius: torch.Tensor, nu: float) -> t
 class SVDDNet(nn.Module):
     """``norm -> encoder`` with the centre ``c`` and radius ``R`` as buffers."""
 
-    def __init__(self, input_shape: tuple[int, int, int], gcn: bool = False):
+    def __init__(self, input_shape: tuple[int, int, int], gcn: bool = False, widths=None,
+                 rep_dim=None, hidden: int = 0):
         super().__init__()
         c, h, w = input_shape
         self.norm = InputNorm(c, gcn=gcn)
-        self.encoder = Encoder(c, (h, w))
+        self.encoder = Encoder(c, (h, w), widths=widths, rep_dim=rep_dim, hidden=hidden)
         self.register_buffer("c", torch.zeros(self.encoder.rep_dim))
         self.register_buffer("R", torch.zeros(()))
 
@@ -54,6 +55,24 @@ class SVDDNet(nn.Module):
     def dist(self, x: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
         """Squared distance to c; ``encoder`` replaces ``self.encoder`` (its DDP wrapper)."""
         return ((self.embed(x, encoder) - self.c) ** 2).sum(dim=1)
+
+
+def check_encoder_params(det) -> None:
+    """Clear errors for the encoder parameters ``widths``, ``rep_dim`` and ``hidden``."""
+    w = det.widths
+    if w is not None and (not isinstance(w, (list, tuple)) or not w
+                          or not all(isinstance(v, int) and v > 0 for v in w)):
+        raise ConfigError(f"widths must be a non-empty list of positive integers, got {w!r}")
+    if det.rep_dim is not None and int(det.rep_dim) < 1:
+        raise ConfigError(f"rep_dim must be a positive integer, got {det.rep_dim}")
+    if int(det.hidden) < 0:
+        raise ConfigError(f"hidden must be >= 0 (0: none), got {det.hidden}")
+
+
+def encoder_params(det) -> dict:
+    """The :class:`SVDDNet` arguments from a detector's parameters."""
+    return {"gcn": bool(det.gcn), "widths": det.widths, "rep_dim": det.rep_dim,
+            "hidden": int(det.hidden)}
 
 
 class SVDDScore(nn.Module):
@@ -129,10 +148,16 @@ class DeepSVDD(Detector):
         "pretrain_weight_decay": 5e-4,
         "gcn": False,
         "heatmap_sigma": None,
+        # encoder: block widths, representation size and a hidden layer before it; None / 0:
+        # the paper's net for the image size (see nets.lenet)
+        "widths": None,
+        "rep_dim": None,
+        "hidden": 0,
     }
 
     def _check_params(self) -> None:
         super()._check_params()
+        check_encoder_params(self)
         if self.objective not in ("one-class", "soft-boundary"):
             raise ConfigError(
                 f"objective must be 'one-class' or 'soft-boundary', got {self.objective!r}")
@@ -140,7 +165,7 @@ class DeepSVDD(Detector):
             raise ConfigError(f"nu must be in (0, 1], got {self.nu}")
 
     def _build(self, input_shape):
-        return SVDDNet(input_shape, gcn=bool(self.gcn))
+        return SVDDNet(input_shape, **encoder_params(self))
 
     def _pretrain_and_centre(self, x: torch.Tensor, loop: LoopConfig) -> None:
         """Autoencoder pretraining of phi on ``x``, then c = mean embedding of ``x``."""

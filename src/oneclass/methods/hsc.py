@@ -31,7 +31,7 @@ from ..heatmaps import gradient_map
 from ..registry import register
 from ..train import LoopConfig, run
 from ._common import adam
-from .deep_svdd import SVDDNet
+from .deep_svdd import SVDDNet, check_encoder_params, encoder_params
 from .fcdd import _neg_log_one_minus_exp
 
 
@@ -99,17 +99,21 @@ class HSC(Detector):
         "noise": "auto",  # auto: confetti only when no outlier images are given; or a mode
         "gcn": False,
         "heatmap_sigma": None,
+        "widths": None,  # encoder, as for Deep SVDD
+        "rep_dim": None,
+        "hidden": 0,
     }
 
     def _check_params(self) -> None:
         super()._check_params()
+        check_encoder_params(self)
         if self.noise != "auto" and self.noise not in NOISE_MODES:
             raise ConfigError(f"noise must be auto or one of {', '.join(NOISE_MODES)}, "
                               f"got {self.noise!r}")
 
     def _build(self, input_shape):
         # The centre stays at its initial 0: HSC's c is the origin.
-        return SVDDNet(input_shape, gcn=bool(self.gcn))
+        return SVDDNet(input_shape, **encoder_params(self))
 
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
         normal = y != ANOMALOUS

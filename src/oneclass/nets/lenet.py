@@ -13,7 +13,9 @@ One generic encoder covers the paper's networks:
   kernels keep a 128x128 net at about 70 M multiply-adds per image, so it trains on a CPU.
 
 Each block is conv k x k -> BN (eps 1e-4, no affine) -> leaky ReLU (0.1) -> max pool 2, with
-k = 5 for the paper's nets.
+k = 5 for the paper's nets. ``widths``, ``rep_dim`` and ``hidden`` (a bias-free hidden
+layer with batch norm before the representation) replace the defaults: Deep SAD's
+Fashion-MNIST net is widths (16, 32), hidden 128, rep_dim 64.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ def encoder_widths(h: int, w: int) -> tuple[tuple[int, ...], int, int]:
 class Encoder(nn.Module):
     """Bias-free LeNet-type encoder: image ``(N, C, H, W)`` -> ``(N, rep_dim)``."""
 
-    def __init__(self, in_channels: int, size: tuple[int, int], widths=None, rep_dim=None):
+    def __init__(self, in_channels: int, size: tuple[int, int], widths=None, rep_dim=None,
+                 hidden: int = 0):
         super().__init__()
         dw, dr, k = encoder_widths(*size)
         self.widths = tuple(widths or dw)
         self.rep_dim = int(rep_dim or dr)
         self.kernel = k
+        self.hidden = int(hidden)
         blocks, c = [], in_channels
         h, w = size
         self.sizes = [(h, w)]
@@ -59,10 +63,21 @@ class Encoder(nn.Module):
         if h < 1 or w < 1:
             raise ValueError(f"input {size} is too small for {len(self.widths)} pooling blocks")
         self.features = nn.Sequential(*blocks)
-        self.fc = nn.Linear(c * h * w, self.rep_dim, bias=False)
+        flat = c * h * w
+        if self.hidden:  # a hidden layer before the representation (Deep SAD's F-MNIST net)
+            self.hidden_layer = _hidden(flat, self.hidden)
+            flat = self.hidden
+        self.fc = nn.Linear(flat, self.rep_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).flatten(1))
+        x = self.features(x).flatten(1)
+        return self.fc(self.hidden_layer(x) if self.hidden else x)
+
+
+def _hidden(n_in: int, n_out: int) -> nn.Sequential:
+    """Bias-free linear layer, batch norm without affine parameters, leaky ReLU."""
+    return nn.Sequential(nn.Linear(n_in, n_out, bias=False),
+                         nn.BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(0.1))
 
 
 class Decoder(nn.Module):
@@ -73,7 +88,12 @@ class Decoder(nn.Module):
         sizes = encoder.sizes
         self.start = sizes[-1]
         self.c0 = encoder.widths[-1]
-        self.fc = nn.Linear(encoder.rep_dim, self.c0 * self.start[0] * self.start[1], bias=False)
+        n_in = encoder.rep_dim
+        if encoder.hidden:
+            self.hidden_layer = _hidden(n_in, encoder.hidden)
+            n_in = encoder.hidden
+        self.hidden = encoder.hidden
+        self.fc = nn.Linear(n_in, self.c0 * self.start[0] * self.start[1], bias=False)
         ups, k = [], encoder.kernel
         widths = list(encoder.widths[::-1])
         for i in range(len(widths) - 1):
@@ -88,7 +108,8 @@ class Decoder(nn.Module):
         self.out = nn.Conv2d(widths[-1], out_channels, k, padding=k // 2, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.fc(z).view(z.shape[0], self.c0, *self.start)
+        x = self.fc(self.hidden_layer(z) if self.hidden else z)
+        x = x.view(z.shape[0], self.c0, *self.start)
         for up, size in zip(self.ups, self.out_sizes):
             x = F.interpolate(x, size=size, mode="nearest")
             x = F.leaky_relu(up["bn"](up["conv"](x)), 0.1)
