@@ -14,8 +14,9 @@ One generic encoder covers the paper's networks:
 
 Each block is conv k x k -> BN (eps 1e-4, no affine) -> leaky ReLU (0.1) -> max pool 2, with
 k = 5 for the paper's nets. ``widths``, ``rep_dim`` and ``hidden`` (a bias-free hidden
-layer with batch norm before the representation) replace the defaults: Deep SAD's
-Fashion-MNIST net is widths (16, 32), hidden 128, rep_dim 64.
+layer with batch norm before the representation) replace the defaults; widths (16, 32),
+hidden 128 and rep_dim 64 give the Fashion-MNIST net of the Deep SAD code (as read in a
+fork of it; it did worse than the default here, see docs/benchmark-notes.md).
 """
 
 from __future__ import annotations
