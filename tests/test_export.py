@@ -99,6 +99,8 @@ def test_cli_export_fcdd_with_float_input_matches_torch(mvtec_dir, tmp_path, cap
 
 
 @pytest.mark.parametrize("name,extra", [("deep_sad", {"pretrain_epochs": 1}), ("hsc", {}),
+                                        ("hsc", {"widths": [8, 16], "rep_dim": 16,
+                                                 "hidden": 32}),
                                         ("bigan", {"width": 16}),
                                         ("bigan", {"width": 16, "gcn": True}),
                                         ("doc", {"net_size": 64})])
