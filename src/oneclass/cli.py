@@ -263,24 +263,20 @@ def cmd_bench(args) -> int:
         from .bench import machine
         from .io import write_text
 
+        peak = speed.peaks()
         if args.suite == "speed":
-            peak = speed.peaks()
             nets = (speed.lenet_rows(peak=peak),
                     speed.fcdd_rows(peak=peak, score_batches=_batches(args.score_batch)),
                     speed.patchcore_rows(peak=peak))
-            end = speed.peaks()
-            best = speed.against_best_peak([r for rows in nets for r in rows], [peak, end])
-            tables = (speed.peak_rows(peak) + speed.peak_rows(end, "end of run")
-                      + speed.peak_rows(best, "larger of the two: the limit of every % peak"),
-                      *nets)
+            limits = speed.against_best_peak
         else:
-            peak = speed.peaks()
-            rows = speed.anogan_search_rows(flops=True)
-            end = speed.peaks()
-            best = {k: max(peak[k], end[k]) for k in peak}  # the machine's speed drifts
-            speed.search_limits(rows, best)
-            tables = (speed.peak_rows(peak) + speed.peak_rows(end, "end of run")
-                      + speed.peak_rows(best, "larger of the two: the limit used below"), rows)
+            nets = (speed.anogan_search_rows(flops=True),)
+            limits = speed.search_limits
+        end = speed.peaks()
+        best = limits([r for rows in nets for r in rows], [peak, end])
+        tables = (speed.peak_rows(peak) + speed.peak_rows(end, "end of run")
+                  + speed.peak_rows(best, "larger of the two: the limit of every % peak"),
+                  *nets)
         table = "\n".join(speed.markdown(rows) for rows in tables)
         path = Path(args.out) / f"{args.suite}.md"
         batches = f"; FCDD scoring batch sizes {args.score_batch}" if args.suite == "speed" else ""

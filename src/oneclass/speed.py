@@ -90,11 +90,17 @@ def _efficiency(row: dict, kind: str, fn, batch: int, rate: float, peak: float) 
     row[f"{kind} % peak"] = round(100 * rate * per_img / peak, 1)
 
 
+def best_peak(peaks_seen: list[dict[str, float]]) -> dict[str, float]:
+    """The largest matmul rate per precision measured in a run (the machine's speed drifts;
+    the largest is the conservative limit)."""
+    return {k: max(p[k] for p in peaks_seen) for k in ("fp32", "bf16")}
+
+
 def against_best_peak(rows: list[dict], peaks_seen: list[dict[str, float]]) -> dict[str, float]:
     """Recompute every ``% peak`` of ``rows`` against the largest matmul rate measured in the
     run (the machine's speed drifts; the largest is the conservative limit). Rows whose
     ``variant`` ends in ``bf16`` use the bf16 limit. Returns the limits used."""
-    best = {k: max(p[k] for p in peaks_seen) for k in ("fp32", "bf16")}
+    best = best_peak(peaks_seen)
     for r in rows:
         p = best["bf16" if str(r.get("variant", "")).endswith("bf16") else "fp32"]
         for kind in ("train", "score"):
@@ -326,11 +332,14 @@ def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int =
     return rows
 
 
-def search_limits(rows: list[dict], peak: dict[str, float]) -> None:
+def search_limits(rows: list[dict], peaks_seen: list[dict[str, float]]) -> dict[str, float]:
     """Add to each search row (with ``GFLOP/img``) the batched search's share of the
-    machine's matmul limit ``peak`` in its precision, and the speed-up over one image at a
-    time that a search running at that limit would have: the most batching can give."""
+    machine's matmul limit (:func:`best_peak` of ``peaks_seen``) in its precision, and the
+    speed-up over one image at a time that a search running at that limit would have: the
+    most batching can give. Returns the limits used, as :func:`against_best_peak`."""
+    peak = best_peak(peaks_seen)
     for r in rows:
         limit_s = r["GFLOP/img"] * 1e9 / peak[r["precision"]]
         r["batched % peak"] = round(100 * limit_s / (float(r["batched ms/img"]) / 1000), 1)
         r["speed-up at peak"] = f"{float(r['one-at-a-time ms/img']) / 1000 / limit_s:.1f}x"
+    return peak

@@ -80,13 +80,13 @@ def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Ten
     searched at once in as many threads that share the intra-op threads (see
     :func:`shared_threads`); every image gets the result it gets in one part.
     """
-    parts = [p for p in torch.arange(len(x)).tensor_split(max(1, int(threads))) if len(p)]
+    k = max(1, min(int(threads), len(x)))  # no empty part
     with no_weight_grads(G, D):  # once for all threads: each would restore the flags early
-        if len(parts) <= 1:
+        if k == 1:
             return _search_part(G, D, x, z0, steps, lr, lam, bf16)
-        with shared_threads(len(parts)) as pool:
-            found = list(pool.map(lambda i: _search_part(G, D, x[i], z0[i], steps, lr, lam,
-                                                         bf16), parts))
+        with shared_threads(k) as pool:
+            found = list(pool.map(lambda xz: _search_part(G, D, *xz, steps, lr, lam, bf16),
+                                  zip(x.tensor_split(k), z0.tensor_split(k))))
     return Search(*(torch.cat(field) for field in zip(*found)))
 
 

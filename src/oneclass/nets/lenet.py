@@ -65,18 +65,18 @@ class Encoder(nn.Module):
             raise ValueError(f"input {size} is too small for {len(self.widths)} pooling blocks")
         self.features = nn.Sequential(*blocks)
         flat = c * h * w
-        if self.hidden:  # a hidden layer before the representation (Deep SAD's F-MNIST net)
-            self.hidden_layer = _hidden(flat, self.hidden)
-            flat = self.hidden
-        self.fc = nn.Linear(flat, self.rep_dim, bias=False)
+        self.hidden_layer = _hidden(flat, self.hidden)  # before the representation
+        self.fc = nn.Linear(self.hidden or flat, self.rep_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x).flatten(1)
-        return self.fc(self.hidden_layer(x) if self.hidden else x)
+        return self.fc(self.hidden_layer(self.features(x).flatten(1)))
 
 
-def _hidden(n_in: int, n_out: int) -> nn.Sequential:
-    """Bias-free linear layer, batch norm without affine parameters, leaky ReLU."""
+def _hidden(n_in: int, n_out: int) -> nn.Module:
+    """Bias-free linear layer, batch norm without affine parameters, leaky ReLU; for
+    ``n_out == 0`` none (identity, no weights: the default nets' state is unchanged)."""
+    if not n_out:
+        return nn.Identity()
     return nn.Sequential(nn.Linear(n_in, n_out, bias=False),
                          nn.BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(0.1))
 
@@ -89,12 +89,9 @@ class Decoder(nn.Module):
         sizes = encoder.sizes
         self.start = sizes[-1]
         self.c0 = encoder.widths[-1]
-        n_in = encoder.rep_dim
-        if encoder.hidden:
-            self.hidden_layer = _hidden(n_in, encoder.hidden)
-            n_in = encoder.hidden
-        self.hidden = encoder.hidden
-        self.fc = nn.Linear(n_in, self.c0 * self.start[0] * self.start[1], bias=False)
+        self.hidden_layer = _hidden(encoder.rep_dim, encoder.hidden)
+        self.fc = nn.Linear(encoder.hidden or encoder.rep_dim,
+                            self.c0 * self.start[0] * self.start[1], bias=False)
         ups, k = [], encoder.kernel
         widths = list(encoder.widths[::-1])
         for i in range(len(widths) - 1):
@@ -109,8 +106,7 @@ class Decoder(nn.Module):
         self.out = nn.Conv2d(widths[-1], out_channels, k, padding=k // 2, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.fc(self.hidden_layer(z) if self.hidden else z)
-        x = x.view(z.shape[0], self.c0, *self.start)
+        x = self.fc(self.hidden_layer(z)).view(z.shape[0], self.c0, *self.start)
         for up, size in zip(self.ups, self.out_sizes):
             x = F.interpolate(x, size=size, mode="nearest")
             x = F.leaky_relu(up["bn"](up["conv"](x)), 0.1)
