@@ -44,14 +44,16 @@ def test_fcdd_pixel_loss_matches_eq5():
     assert torch.isclose(fcdd_pixel_loss(A, torch.zeros_like(gt))[0], A.mean())
 
 
-NETS = [("cnn28", (1, 60, 60)), ("cnn32", (3, 64, 64)), ("cnn224", (3, 160, 160)),
-        ("effnet", (3, 200, 200))]
+NETS = [("cnn28", (1, 60, 60), "zeros"), ("cnn32", (3, 64, 64), "zeros"),
+        ("cnn224", (3, 160, 160), "zeros"), ("cnn28", (1, 60, 60), "reflect"),
+        ("cnn32", (3, 64, 64), "reflect"), ("cnn224", (3, 160, 160), "reflect"),
+        ("effnet", (3, 200, 200), "zeros")]
 
 
-@pytest.mark.parametrize("name, shape", NETS)
-def test_receptive_field_matches_a_gradient_probe(name, shape):
+@pytest.mark.parametrize("name, shape, padding", NETS)
+def test_receptive_field_matches_a_gradient_probe(name, shape, padding):
     torch.manual_seed(0)
-    net = fcdd_nets.build(name, shape[0], shape[1:], pretrained=False)
+    net = fcdd_nets.build(name, shape[0], shape[1:], pretrained=False, padding=padding)
     rf = receptive_field(net, shape)
     (top, bottom), (left, right) = probe_receptive_field(net, shape)
     with torch.no_grad():
@@ -205,3 +207,61 @@ def test_cpu_inference_in_chunks_equals_one_pass(monkeypatch):
         calls.clear()
         fcdd.chunked(model, x[:2])
         assert calls == [1, 1]
+
+
+def test_position_map_norm_divides_by_the_mean_normal_map(defects_train, defects_test, tmp_path):
+    det = _fcdd(epochs=2, map_norm="position", holdout=0.0).fit(defects_train)
+    ref = det.model_.map_ref
+    assert ref.shape == (24, 24) and not torch.allclose(ref, torch.ones_like(ref))
+    x = torch.stack([torch.from_numpy(np.atleast_3d(defects_train.read(i).image).transpose(2, 0, 1))
+                     for i in range(len(defects_train))]).float() / 255.0
+    with torch.no_grad():
+        A = det.model_(x)
+        raw = receptive_upsample(A, det.model_.rf, (24, 24), det._sigma())
+        # map_ref: the mean map of the normal training images plus a tenth of its mean
+        mean = raw.mean(0)
+        assert torch.allclose(ref, mean + 0.1 * mean.mean(), rtol=1e-4)
+        # the heatmap is the raw upsampled map over the reference; scores are unchanged
+        assert np.allclose(det.anomaly_map(x[:4]), (raw[:4] / ref).numpy(), rtol=1e-5)
+        assert np.allclose(det.score(x[:4]), A[:4].flatten(1).mean(1).numpy(), rtol=1e-5)
+    # saved with the weights; an explicit map_norm=none model has no reference
+    det.save(tmp_path / "m")
+    back = oneclass.load(tmp_path / "m")
+    assert back.map_norm == "position"
+    assert np.array_equal(back.anomaly_map(defects_test), det.anomaly_map(defects_test))
+    plain = _fcdd(epochs=1).fit(defects_train)
+    assert not hasattr(plain.model_, "map_ref")
+    plain.save(tmp_path / "p")
+    assert oneclass.load(tmp_path / "p").map_norm == "none"
+
+
+def test_map_norm_is_checked():
+    with pytest.raises(oneclass.errors.ConfigError, match="map_norm must be one of"):
+        _fcdd(map_norm="global")
+
+
+def test_reflect_padding_is_used_and_saved_and_old_models_keep_zeros(defects_train, tmp_path):
+    import json
+
+    convs = lambda m: [c for c in m.modules()  # noqa: E731 (the padded ones: not the 1x1 head)
+                       if isinstance(c, torch.nn.Conv2d) and max(c.padding) > 0]
+    det = _fcdd(epochs=1, padding="reflect").fit(defects_train)
+    assert {c.padding_mode for c in convs(det.model_)} == {"reflect"}
+    det.save(tmp_path / "r")
+    back = oneclass.load(tmp_path / "r")
+    assert {c.padding_mode for c in convs(back.model_)} == {"reflect"}
+    x = torch.rand(3, 1, 24, 24)
+    assert np.array_equal(back.score(x), det.score(x))
+    with pytest.raises(oneclass.errors.ConfigError, match="padding must be one of"):
+        _fcdd(padding="circle")
+    # a model saved before the parameters existed (neither in model.json) used zero padding
+    # and no map reference, which are today's defaults
+    zero = _fcdd(epochs=1).fit(defects_train)
+    assert {c.padding_mode for c in convs(zero.model_)} == {"zeros"}
+    zero.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "model.json").read_text())
+    del meta["params"]["padding"], meta["params"]["map_norm"]
+    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+    old = oneclass.load(tmp_path / "old")
+    assert old.padding == "zeros" and old.map_norm == "none"
+    assert np.array_equal(old.score(x), zero.score(x))

@@ -10,7 +10,9 @@ A fully convolutional network phi maps an image to a u x v map; its pseudo-Huber
   upsampled map A'(X): ``mean((1 - Y) * A') - log(1 - exp(-mean(Y * A')))``.
 
 Score: mean (or max) of A(X). Map: A(X) upsampled to the input by the network's receptive
-field with a fixed Gaussian kernel (or bilinear).
+field with a fixed Gaussian kernel (or bilinear); with ``map_norm='position'`` each pixel of
+the map is divided by the mean map of the normal training images there (plus a tenth of
+its overall mean), so a response counts by how unusual it is at that position.
 """
 
 from __future__ import annotations
@@ -57,12 +59,18 @@ def fcdd_pixel_loss(A_up: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return normal + torch.where(has, _neg_log_one_minus_exp(anomalous), torch.zeros_like(normal))
 
 
+#: Heatmap calibrations (``map_norm``).
+MAP_NORMS = ("none", "position")
+
+
 class FCDDModel(nn.Module):
     def __init__(self, input_shape, net: str, stride: int, frozen_blocks: int, pretrained: bool,
-                 gcn: bool = False):
+                 gcn: bool = False, map_reference: bool = False, padding: str = "zeros"):
         super().__init__()
         c, h, w = input_shape
-        self.net = fcdd_nets.build(net, c, (h, w), stride, frozen_blocks, pretrained)
+        if map_reference:  # per-pixel divisor of the upsampled map, set after training
+            self.register_buffer("map_ref", torch.ones(h, w))
+        self.net = fcdd_nets.build(net, c, (h, w), stride, frozen_blocks, pretrained, padding)
         if getattr(self.net, "channels_last", False):  # faster convolutions on CPU
             self.net.to(memory_format=torch.channels_last)
         if not isinstance(self.net, fcdd_nets.EffNetFCN):
@@ -90,7 +98,7 @@ class FCDDExport(nn.Module):
     def forward(self, x: torch.Tensor):
         A = self.model(x)
         score = A.flatten(1).mean(1) if self.image_score == "mean" else A.flatten(1).amax(1)
-        return score, _upsample(A, self.model.rf, tuple(x.shape[2:]), self.upsample, self.sigma)
+        return score, _upsample(A, self.model, tuple(x.shape[2:]), self.upsample, self.sigma)
 
 
 #: Inference on a CPU runs in chunks of at most this many pixels (32 images of 224x224):
@@ -107,11 +115,16 @@ def chunked(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> t
     return torch.cat([model(c).float() for c in torch.split(x, n)])
 
 
-def _upsample(A: torch.Tensor, rf: ReceptiveField, size: tuple[int, int], mode: str,
+def _upsample(A: torch.Tensor, model: FCDDModel, size: tuple[int, int], mode: str,
               sigma: float) -> torch.Tensor:
+    """The heatmap at the input ``size``: A upsampled, divided by ``map_ref`` if the model
+    has one (``map_norm='position'``)."""
     if mode == "bilinear":
-        return F.interpolate(A[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return receptive_upsample(A, rf, size, sigma)
+        up = F.interpolate(A[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    else:
+        up = receptive_upsample(A, model.rf, size, sigma)
+    ref = getattr(model, "map_ref", None)
+    return up if ref is None else up / ref
 
 
 class _FCDDTask:
@@ -180,6 +193,8 @@ class FCDD(Detector):
         "lr": 1e-3,
         "weight_decay": 1e-6,
         "net": "auto",  # auto: cnn28 for 28x28, cnn32 up to 64 px, else cnn224
+        # convolution padding of the from-scratch nets: zeros (the paper) or reflect
+        "padding": "zeros",
         "stride": 8,  # effnet output stride (8 or 16)
         "frozen_blocks": 3,  # effnet: stem and this many MBConv blocks stay frozen
         "pretrained": True,
@@ -192,6 +207,9 @@ class FCDD(Detector):
         "precision": "fp32",  # inference precision: fp32 or bf16 (autocast)
         "gcn": False,  # per-image contrast normalisation (l1) before the network
         "augment": "none",  # training augmentation: none, shift or shift-flip
+        # Heatmap calibration: none, or position (each pixel divided by the mean map of the
+        # normal training images there; suits aligned inspection images)
+        "map_norm": "none",
     }
 
     def _check_params(self) -> None:
@@ -210,6 +228,11 @@ class FCDD(Detector):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.augment not in augment.AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(augment.AUGMENTS)}, got {self.augment!r}")
+        if self.padding not in fcdd_nets.PADDINGS:
+            raise ConfigError(f"padding must be one of {', '.join(fcdd_nets.PADDINGS)}, "
+                              f"got {self.padding!r}")
+        if self.map_norm not in MAP_NORMS:
+            raise ConfigError(f"map_norm must be one of {', '.join(MAP_NORMS)}, got {self.map_norm!r}")
         if int(self.stride) not in (8, 16):
             raise ConfigError(f"stride must be 8 or 16, got {self.stride}")
         if self.gcn and self.net == "effnet":
@@ -219,7 +242,9 @@ class FCDD(Detector):
 
     def _build(self, input_shape):
         return FCDDModel(input_shape, self.net, int(self.stride), int(self.frozen_blocks),
-                         bool(self.pretrained), gcn=bool(self.gcn))
+                         bool(self.pretrained), gcn=bool(self.gcn),
+                         map_reference=self.map_norm == "position",
+                         padding=self.padding)
 
     def _sigma(self) -> float:
         if self.sigma is not None:
@@ -242,6 +267,20 @@ class FCDD(Detector):
         run(_FCDDTask(self, source), [x[normal]], epochs=int(self.epochs),
             batch_size=int(self.batch_size), seed=int(self.seed), phase="train", loop=loop,
             drop_last=True)
+        if self.map_norm == "position":
+            self._fit_map_reference(x[normal])
+
+    def _fit_map_reference(self, x: torch.Tensor) -> None:
+        """``map_ref``: the mean heatmap of the normal training images ``x`` (uint8) plus a
+        tenth of its overall mean, which keeps positions where normal maps are near zero
+        from turning every small response into a large ratio."""
+        model = self.model_
+        model.eval()
+        total = torch.zeros(self.input_shape_[1:], dtype=torch.float64)
+        for xb in self.batches(x):
+            total += self._map(xb).double().sum(0).cpu()  # map_ref is still all ones here
+        mean = (total / max(1, len(x))).float()
+        model.map_ref.copy_((mean + 0.1 * mean.mean()).clamp_min(1e-12).to(model.map_ref))
 
     def _autocast(self, x: torch.Tensor):
         """bf16 autocast for inference when ``precision='bf16'`` (about 1.1-1.5x on CPUs with
@@ -260,14 +299,14 @@ class FCDD(Detector):
 
     def _map(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return _upsample(self._A(x), self.model_.rf, tuple(x.shape[2:]), self.upsample,
+            return _upsample(self._A(x), self.model_, tuple(x.shape[2:]), self.upsample,
                              self._sigma())
 
     def _score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             A = self._A(x)
             score = A.flatten(1).mean(1) if self.image_score == "mean" else A.flatten(1).amax(1)
-            return score, _upsample(A, self.model_.rf, tuple(x.shape[2:]), self.upsample,
+            return score, _upsample(A, self.model_, tuple(x.shape[2:]), self.upsample,
                                     self._sigma())
 
     def export_module(self) -> nn.Module:

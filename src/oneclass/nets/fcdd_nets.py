@@ -8,6 +8,10 @@
 
 FCDD uses biases: outlier exposure rules out the trivial constant solution that makes
 Deep SVDD bias-free.
+
+Padding of the from-scratch nets' convolutions (``padding``): ``zeros`` as in the paper, or
+``reflect``, which mirrors the image at its border instead of framing it in a constant, so
+the border itself does not look like an edge. The receptive field is the same either way.
 """
 
 from __future__ import annotations
@@ -18,19 +22,22 @@ from torch import nn
 from .efficientnet_lite import MEAN, STD, EfficientNetLite0Trunk
 
 
-def _cbr(cin, cout, k, pool=None):
-    layers = [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout, eps=1e-4),
-              nn.LeakyReLU(0.01)]
+def _conv(cin, cout, k, padding="zeros"):
+    return nn.Conv2d(cin, cout, k, padding=k // 2, padding_mode=padding)
+
+
+def _cbr(cin, cout, k, pool=None, padding="zeros"):
+    layers = [_conv(cin, cout, k, padding), nn.BatchNorm2d(cout, eps=1e-4), nn.LeakyReLU(0.01)]
     if pool:
         layers.append(nn.MaxPool2d(*pool))
     return layers
 
 
 class CNN28(nn.Module):
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, padding: str = "zeros"):
         super().__init__()
-        self.features = nn.Sequential(*_cbr(in_channels, 8, 5, (2, 2)),
-                                      nn.Conv2d(8, 16, 5, padding=2), nn.MaxPool2d(2, 2))
+        self.features = nn.Sequential(*_cbr(in_channels, 8, 5, (2, 2), padding),
+                                      _conv(8, 16, 5, padding), nn.MaxPool2d(2, 2))
         self.head = nn.Conv2d(16, 1, 1)
 
     def forward(self, x):
@@ -38,10 +45,10 @@ class CNN28(nn.Module):
 
 
 class CNN32(nn.Module):
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, padding: str = "zeros"):
         super().__init__()
-        self.features = nn.Sequential(*_cbr(in_channels, 32, 5, (2, 2)), *_cbr(32, 64, 5, (2, 2)),
-                                      nn.Conv2d(64, 128, 5, padding=2))
+        self.features = nn.Sequential(*_cbr(in_channels, 32, 5, (2, 2), padding),
+                                      *_cbr(32, 64, 5, (2, 2), padding), _conv(64, 128, 5, padding))
         self.head = nn.Conv2d(128, 1, 1)
 
     def forward(self, x):
@@ -49,12 +56,13 @@ class CNN32(nn.Module):
 
 
 class CNN224(nn.Module):
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, padding: str = "zeros"):
         super().__init__()
         self.channels_last = True
+        p = padding
         self.features = nn.Sequential(
-            *_cbr(in_channels, 8, 5, (3, 2, 1)), *_cbr(8, 32, 5, (3, 2, 1)),
-            *_cbr(32, 64, 3), *_cbr(64, 128, 3, (3, 2, 1)), nn.Conv2d(128, 128, 3, padding=1))
+            *_cbr(in_channels, 8, 5, (3, 2, 1), p), *_cbr(8, 32, 5, (3, 2, 1), p),
+            *_cbr(32, 64, 3, None, p), *_cbr(64, 128, 3, (3, 2, 1), p), _conv(128, 128, 3, p))
         self.head = nn.Conv2d(128, 1, 1)
 
     def forward(self, x):
@@ -128,20 +136,25 @@ def auto_name(size: tuple[int, int]) -> str:
 
 
 def build(name: str, in_channels: int, size: tuple[int, int], stride: int = 8,
-          frozen_blocks: int = 3, pretrained: bool = True) -> nn.Module:
-    """Build an FCDD network by name (``auto`` picks by input size)."""
+          frozen_blocks: int = 3, pretrained: bool = True, padding: str = "zeros") -> nn.Module:
+    """Build an FCDD network by name (``auto`` picks by input size).
+
+    ``padding`` (zeros or reflect, see the module docstring) applies to the from-scratch
+    nets; the pretrained trunk keeps the padding it was trained with.
+    """
     if name == "auto":
         name = auto_name(size)
     if name == "cnn28":
-        return CNN28(in_channels)
+        return CNN28(in_channels, padding)
     if name == "cnn32":
-        return CNN32(in_channels)
+        return CNN32(in_channels, padding)
     if name == "cnn224":
-        return CNN224(in_channels)
+        return CNN224(in_channels, padding)
     if name == "effnet":
         return EffNetFCN(in_channels, stride, frozen_blocks, pretrained)
     raise ValueError(f"unknown FCDD network {name!r}; choose auto, cnn28, cnn32, cnn224, effnet")
 
 
 NETS = ("auto", "cnn28", "cnn32", "cnn224", "effnet")
+PADDINGS = ("zeros", "reflect")
 __all__ = ["build", "NETS", "CNN28", "CNN32", "CNN224", "EffNetFCN"]
