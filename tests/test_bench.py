@@ -205,3 +205,27 @@ def test_markdown_means_only_over_several_data_sets():
     two = markdown([{**base, "data": f"mnist:{c}", "image_auroc": a}
                     for c, a in ((0, 0.8), (1, 0.9))])
     assert "Mean image AUROC over 2 classes: **85.0**" in two
+
+
+def test_table_dates_come_from_git_not_from_the_checkout_time(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    from oneclass.bench import _table_date
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    table = tmp_path / "speed.md"
+    table.write_text("| a |\n")
+    os.utime(table, (1_700_000_000, 1_700_000_000))  # 2023-11-14
+    assert _table_date(table) == "2023-11-14"  # not in a repository: the file's time
+    env = {**os.environ, "GIT_AUTHOR_DATE": "2026-11-22T12:00:00", "GIT_COMMITTER_DATE":
+           "2026-11-22T12:00:00", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["init", "-q"], ["add", "speed.md"], ["commit", "-qm", "table"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, env=env, check=True)
+    assert _table_date(table) == "2026-11-22"  # committed and unchanged: the commit's day
+    table.write_text("| b |\n")
+    os.utime(table, (1_700_100_000, 1_700_100_000))  # 2023-11-16 (a stat git has not seen)
+    assert _table_date(table) == "2023-11-16"  # changed since: a new run, its own time
