@@ -229,3 +229,17 @@ def test_table_dates_come_from_git_not_from_the_checkout_time(tmp_path):
     table.write_text("| b |\n")
     os.utime(table, (1_700_100_000, 1_700_100_000))  # 2023-11-16 (a stat git has not seen)
     assert _table_date(table) == "2023-11-16"  # changed since: a new run, its own time
+
+
+def test_label_filter_keeps_only_the_matching_rows(tmp_path, monkeypatch):
+    import oneclass.bench as bench
+    from oneclass.errors import ConfigError
+
+    seen = []
+    monkeypatch.setattr(bench, "_run_jobs", lambda jobs, *a: seen.extend(jobs))
+    run_suite("fcdd-kolektor-seeds", tmp_path / "k", data_root="/nowhere", seeds=[3, 4],
+              label="528x216")
+    assert [j["seed"] for j in seen] == [3, 4]
+    assert all(j["params"]["size"] == [528, 216] and "528x216" in j["label"] for j in seen)
+    with pytest.raises(ConfigError, match="matches the filters"):
+        run_suite("fcdd-kolektor-seeds", tmp_path / "k", label="no such row")

@@ -116,8 +116,27 @@ def test_encoder_parameters_build_a_wider_net_with_a_hidden_layer(tmp_path):
     np.testing.assert_allclose(again.score(x), det.score(x), rtol=1e-5)
 
 
+def test_slope_sets_every_leaky_relu_and_survives_save_and_load(tmp_path):
+    enc = Encoder(1, (28, 28), hidden=16, slope=0.01)
+    slopes = {m.negative_slope for m in enc.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.01}
+    assert Decoder(enc, 1).slope == 0.01
+    z = torch.full((1, 4), -1.0)  # the slope is what a negative input is multiplied by
+    assert torch.equal(enc.hidden_layer[2](z), torch.full((1, 4), -0.01))
+    rng = np.random.default_rng(0)
+    x = ArraySet(rng.integers(0, 256, (24, 28, 28), dtype=np.uint8))
+    a = oneclass.create("deep_sad", slope=0.01, epochs=1, pretrain_epochs=1, batch_size=8,
+                        seed=0).fit(x)
+    b = oneclass.create("deep_sad", epochs=1, pretrain_epochs=1, batch_size=8, seed=0).fit(x)
+    assert not np.allclose(a.score(x), b.score(x))  # the slope changes the model
+    a.save(tmp_path / "m")
+    again = oneclass.load(tmp_path / "m")
+    assert again.model_.encoder.slope == 0.01
+    np.testing.assert_allclose(again.score(x), a.score(x), rtol=1e-5)
+
+
 @pytest.mark.parametrize("bad", [{"widths": []}, {"widths": [8, -1]}, {"widths": 8},
-                                 {"rep_dim": 0}, {"hidden": -3}])
+                                 {"rep_dim": 0}, {"hidden": -3}, {"slope": 1.5}])
 def test_bad_encoder_parameters_are_named(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         oneclass.create("deep_sad", **bad).fit(ArraySet(np.zeros((4, 28, 28), np.uint8)))

@@ -297,7 +297,8 @@ def cmd_bench(args) -> int:
     only = args.only.split(",") if args.only else None
     run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
               overrides=_parse_sets(args.set) or None, data=args.data or None,
-              methods=args.methods.split(",") if args.methods else None)
+              methods=args.methods.split(",") if args.methods else None,
+              label=args.label)
     print(f"results: {Path(args.out) / 'results.md'}")
     return 0
 
@@ -423,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the suite on this data (e.g. an MVTec-layout folder) instead of its "
                    "own datasets (repeatable); industrial default: DATA_ROOT/kolektorsdd")
     s.add_argument("--methods", help="comma-separated methods to run (default: all of the suite)")
+    s.add_argument("--label", help="run only the rows whose label contains this text (e.g. "
+                   "'528x216' for that row of fcdd-kolektor-seeds)")
     s.add_argument("--score-batch", default="64", metavar="B[,B...]",
                    help="with `speed`: scoring batch sizes of the FCDD rows (default 64)")
     s.set_defaults(func=cmd_bench)

@@ -41,11 +41,12 @@ class SVDDNet(nn.Module):
     """``norm -> encoder`` with the centre ``c`` and radius ``R`` as buffers."""
 
     def __init__(self, input_shape: tuple[int, int, int], gcn: bool = False, widths=None,
-                 rep_dim=None, hidden: int = 0):
+                 rep_dim=None, hidden: int = 0, slope: float = 0.1):
         super().__init__()
         c, h, w = input_shape
         self.norm = InputNorm(c, gcn=gcn)
-        self.encoder = Encoder(c, (h, w), widths=widths, rep_dim=rep_dim, hidden=hidden)
+        self.encoder = Encoder(c, (h, w), widths=widths, rep_dim=rep_dim, hidden=hidden,
+                               slope=slope)
         self.register_buffer("c", torch.zeros(self.encoder.rep_dim))
         self.register_buffer("R", torch.zeros(()))
 
@@ -58,7 +59,7 @@ class SVDDNet(nn.Module):
 
 
 def check_encoder_params(det) -> None:
-    """Clear errors for the encoder parameters ``widths``, ``rep_dim`` and ``hidden``."""
+    """Clear errors for the encoder parameters ``widths``, ``rep_dim``, ``hidden``, ``slope``."""
     w = det.widths
     if w is not None and (not isinstance(w, (list, tuple)) or not w
                           or not all(isinstance(v, int) and v > 0 for v in w)):
@@ -67,12 +68,14 @@ def check_encoder_params(det) -> None:
         raise ConfigError(f"rep_dim must be a positive integer, got {det.rep_dim}")
     if int(det.hidden) < 0:
         raise ConfigError(f"hidden must be >= 0 (0: none), got {det.hidden}")
+    if not 0.0 <= float(det.slope) < 1.0:
+        raise ConfigError(f"slope (of the leaky ReLUs) must be in [0, 1), got {det.slope}")
 
 
 def encoder_params(det) -> dict:
     """The :class:`SVDDNet` arguments from a detector's parameters."""
     return {"gcn": bool(det.gcn), "widths": det.widths, "rep_dim": det.rep_dim,
-            "hidden": int(det.hidden)}
+            "hidden": int(det.hidden), "slope": float(det.slope)}
 
 
 class SVDDScore(nn.Module):
@@ -153,6 +156,7 @@ class DeepSVDD(Detector):
         "widths": None,
         "rep_dim": None,
         "hidden": 0,
+        "slope": 0.1,  # negative slope of the encoder's and decoder's leaky ReLUs
     }
 
     def _check_params(self) -> None:

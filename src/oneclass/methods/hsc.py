@@ -102,6 +102,7 @@ class HSC(Detector):
         "widths": None,  # encoder, as for Deep SVDD
         "rep_dim": None,
         "hidden": 0,
+        "slope": 0.1,
     }
 
     def _check_params(self) -> None:

@@ -13,8 +13,9 @@ One generic encoder covers the paper's networks:
   kernels keep a 128x128 net at about 70 M multiply-adds per image, so it trains on a CPU.
 
 Each block is conv k x k -> BN (eps 1e-4, no affine) -> leaky ReLU (0.1) -> max pool 2, with
-k = 5 for the paper's nets. ``widths``, ``rep_dim`` and ``hidden`` (a bias-free hidden
-layer with batch norm before the representation) replace the defaults; widths (16, 32),
+k = 5 for the paper's nets. ``widths``, ``rep_dim``, ``hidden`` (a bias-free hidden
+layer with batch norm before the representation) and ``slope`` (of the leaky ReLUs; the Deep
+SAD reference code uses 0.01) replace the defaults; widths (16, 32),
 hidden 128 and rep_dim 64 give the Fashion-MNIST net of the Deep SAD code (as read in a
 fork of it; it did worse than the default here, see docs/benchmark-notes.md).
 """
@@ -44,9 +45,10 @@ class Encoder(nn.Module):
     """Bias-free LeNet-type encoder: image ``(N, C, H, W)`` -> ``(N, rep_dim)``."""
 
     def __init__(self, in_channels: int, size: tuple[int, int], widths=None, rep_dim=None,
-                 hidden: int = 0):
+                 hidden: int = 0, slope: float = 0.1):
         super().__init__()
         dw, dr, k = encoder_widths(*size)
+        self.slope = float(slope)
         self.widths = tuple(widths or dw)
         self.rep_dim = int(rep_dim or dr)
         self.kernel = k
@@ -57,7 +59,7 @@ class Encoder(nn.Module):
         for width in self.widths:
             blocks += [nn.Conv2d(c, width, k, padding=k // 2, bias=False),
                        nn.BatchNorm2d(width, eps=1e-4, affine=False),
-                       nn.LeakyReLU(0.1),
+                       nn.LeakyReLU(self.slope),
                        nn.MaxPool2d(2)]
             c, h, w = width, h // 2, w // 2
             self.sizes.append((h, w))
@@ -65,20 +67,20 @@ class Encoder(nn.Module):
             raise ValueError(f"input {size} is too small for {len(self.widths)} pooling blocks")
         self.features = nn.Sequential(*blocks)
         flat = c * h * w
-        self.hidden_layer = _hidden(flat, self.hidden)  # before the representation
+        self.hidden_layer = _hidden(flat, self.hidden, self.slope)  # before the representation
         self.fc = nn.Linear(self.hidden or flat, self.rep_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden_layer(self.features(x).flatten(1)))
 
 
-def _hidden(n_in: int, n_out: int) -> nn.Module:
+def _hidden(n_in: int, n_out: int, slope: float) -> nn.Module:
     """Bias-free linear layer, batch norm without affine parameters, leaky ReLU; for
     ``n_out == 0`` none (identity, no weights: the default nets' state is unchanged)."""
     if not n_out:
         return nn.Identity()
     return nn.Sequential(nn.Linear(n_in, n_out, bias=False),
-                         nn.BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(0.1))
+                         nn.BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(slope))
 
 
 class Decoder(nn.Module):
@@ -89,7 +91,8 @@ class Decoder(nn.Module):
         sizes = encoder.sizes
         self.start = sizes[-1]
         self.c0 = encoder.widths[-1]
-        self.hidden_layer = _hidden(encoder.rep_dim, encoder.hidden)
+        self.slope = encoder.slope
+        self.hidden_layer = _hidden(encoder.rep_dim, encoder.hidden, self.slope)
         self.fc = nn.Linear(encoder.hidden or encoder.rep_dim,
                             self.c0 * self.start[0] * self.start[1], bias=False)
         ups, k = [], encoder.kernel
@@ -109,6 +112,6 @@ class Decoder(nn.Module):
         x = self.fc(self.hidden_layer(z)).view(z.shape[0], self.c0, *self.start)
         for up, size in zip(self.ups, self.out_sizes):
             x = F.interpolate(x, size=size, mode="nearest")
-            x = F.leaky_relu(up["bn"](up["conv"](x)), 0.1)
+            x = F.leaky_relu(up["bn"](up["conv"](x)), self.slope)
         x = F.interpolate(x, size=self.out_sizes[-1], mode="nearest")
         return self.out(x)
