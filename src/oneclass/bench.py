@@ -132,7 +132,7 @@ _ANOGAN_EPOCHS = {"mnist": 40, "cifar10": 10}
 # against 91.2 without it (8: 78.2 -> 90.4). CIFAR-10: 55.6 against 55.9; it trades classes
 # (truck 39.0 -> 66.3, frog 62.5 -> 39.7) rather than lifting the mean. MNIST has a third
 # row, GCN at 80 epochs (about 4.5 minutes of training per class): 93.9. CIFAR-10 has GCN
-# at 40 epochs (four times its first two rows; 58.8) and at 80.
+# at 40 epochs (four times its first two rows; 58.8) and at 80 (57.8).
 _LONG = {"mnist": [80], "cifar10": [40, 80]}
 for _ds in ("mnist", "cifar10"):
     _plain = [{"method": "anogan", "data": f"{_ds}:{c}",
