@@ -72,6 +72,22 @@ def test_labeled_anomalies_raise_auroc():
     assert result[True] > result[False] + 0.05, result
 
 
+@pytest.mark.parametrize("with_anomalies", [False, True])
+def test_labeled_anomalies_join_pretraining_only_when_asked(monkeypatch, with_anomalies):
+    from oneclass.methods.deep_svdd import DeepSVDD
+
+    seen = []
+    orig = DeepSVDD._pretrain_and_centre
+    monkeypatch.setattr(DeepSVDD, "_pretrain_and_centre",
+                        lambda self, x, loop: (seen.append(len(x)), orig(self, x, loop)))
+    rng = np.random.default_rng(0)
+    x = np.concatenate([_stripes(30, rng, False), _stripes(6, rng, True)])
+    y = np.r_[np.full(26, -1), np.zeros(4, int), np.ones(6, int)]  # unlabeled, normal, anomalous
+    oneclass.create("deep_sad", epochs=1, pretrain_epochs=1, batch_size=16,
+                    init_with_anomalies=with_anomalies).fit(ArraySet(x, y))
+    assert seen == [36 if with_anomalies else 30]
+
+
 def test_cli_trains_on_a_folder_with_labeled_anomalies(mvtec_dir, tmp_path):
     import json
 

@@ -15,7 +15,7 @@ an unlabeled sample costs (plus eps), so with no labeled anomalies Deep SAD is D
 
 Score: ||phi(x) - c||^2. Map: smoothed absolute input gradient of the score. phi is
 initialised by autoencoder pretraining and c is the mean embedding of the non-anomalous
-training images (labeled anomalies are kept out of both).
+training images (labeled anomalies are kept out of both unless ``init_with_anomalies``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ class DeepSAD(DeepSVDD):
     defaults = {
         "eta": 1.0,  # weight of the labeled samples
         "eps": 1e-6,  # keeps the inverse distance of labeled anomalies finite
+        # autoencoder pretraining and the centre c also see the labeled anomalies (the
+        # reference code's trainers read every training image); default: they are kept out
+        "init_with_anomalies": False,
     }
 
     def _check_params(self) -> None:
@@ -72,7 +75,7 @@ class DeepSAD(DeepSVDD):
             raise ConfigError(f"eps must be positive, got {self.eps}")
 
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
-        self._pretrain_and_centre(x[y != ANOMALOUS], loop)
+        self._pretrain_and_centre(x if self.init_with_anomalies else x[y != ANOMALOUS], loop)
         self.n_labeled_anomalies_ = int((y == ANOMALOUS).sum())
         self.n_labeled_normals_ = int((y == 0).sum())
         task = _SADTask(self, self.model_)
