@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from oneclass.bench import SUITES, _resolve
+from oneclass.bench import SUITES, _resolve, limit_test
 from oneclass.metrics import image_metrics, pixel_metrics
 from oneclass.registry import create
 from oneclass.runs import _masks, test_set, training_data
@@ -37,10 +37,7 @@ def run_job(job: dict, data_root: str) -> dict:
     det = create(job["method"], **job["params"], seed=0)
     spec = _resolve(job["data"], data_root)
     train, outliers, _ = training_data(spec, data_root, 0)
-    test = test_set(spec, data_root, {})
-    if job.get("test_limit") and len(test) > int(job["test_limit"]):
-        rng = np.random.default_rng(1234)  # the suite's subset
-        test = test.subset(np.sort(rng.choice(len(test), int(job["test_limit"]), replace=False)))
+    test = limit_test(test_set(spec, data_root, {}), job.get("test_limit"))  # the suite's subset
     t0 = time.perf_counter()
     det.fit(train, outliers=outliers)
     rec = {"data": job["data"], "params": job["params"], "n_test": len(test),
@@ -68,7 +65,8 @@ def run_job(job: dict, data_root: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--suite", action="append", required=True, help="an AnoGAN suite (repeatable)")
-    ap.add_argument("--only", help="comma-separated data specs")
+    ap.add_argument("--only", help="comma-separated data specs (mnist:0), or the part of a "
+                    "suite's name after its last '-' (kolektor) for all of that suite's specs")
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--out", help="append one JSON line per job here")
     args = ap.parse_args()

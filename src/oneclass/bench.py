@@ -240,6 +240,15 @@ def machine() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
+def limit_test(test, limit: int | None):
+    """A job's test set cut to ``test_limit`` images: a fixed random subset, the same images
+    for every method and seed; the whole set without a limit or when it is smaller."""
+    if not limit or len(test) <= int(limit):
+        return test
+    rng = np.random.default_rng(1234)
+    return test.subset(np.sort(rng.choice(len(test), int(limit), replace=False)))
+
+
 def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
     """Child process: train, score, report metrics and the peak memory."""
     try:
@@ -261,9 +270,7 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
             spec, data_root, int(det.seed), outliers=outlier_spec, anomalies=anomalies,
             anomaly_limit=int(job.get("anomaly_limit") or 0), train_set=train)
         test = test_set(spec, data_root, {"anomalies": anomalies, "anomalies_used": used})
-        if job.get("test_limit") and len(test) > int(job["test_limit"]):
-            rng = np.random.default_rng(1234)  # the same images for every method and seed
-            test = test.subset(np.sort(rng.choice(len(test), int(job["test_limit"]), replace=False)))
+        test = limit_test(test, job.get("test_limit"))
         t0 = time.perf_counter()
         extra = {}
         if job.get("reference"):
