@@ -265,3 +265,40 @@ def test_reflect_padding_is_used_and_saved_and_old_models_keep_zeros(defects_tra
     old = oneclass.load(tmp_path / "old")
     assert old.padding == "zeros" and old.map_norm == "none"
     assert np.array_equal(old.score(x), zero.score(x))
+
+
+def test_an_ensemble_averages_its_members_and_trains_each_on_its_own_batch(
+        defects_train, defects_test, tmp_path):
+    from oneclass.methods.fcdd import pseudo_huber as ph
+
+    det = _fcdd(members=3, map_norm="position").fit(defects_train)
+    model = det.model_
+    nets = model.members
+    assert len(nets) == 3 and not hasattr(model, "net")
+    assert model.rf == _fcdd(epochs=1).fit(defects_train).model_.rf  # same architecture
+    w = [next(n.parameters()) for n in nets]
+    assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2])
+    x = torch.rand(4, 1, 24, 24)
+    with torch.no_grad():
+        each = [ph(n(model.norm(x))[:, 0]) for n in nets]
+        assert torch.allclose(model(x), torch.stack(each).mean(0), atol=1e-6)
+        # training: member k sees the k-th of the stacked batches
+        xs = torch.rand(12, 1, 24, 24)
+        split = model(xs, split=True)
+        assert split.shape == (3, 4, 3, 3)
+        for k, n in enumerate(nets):
+            assert torch.allclose(split[k], ph(n(model.norm(xs[4 * k:4 * k + 4]))[:, 0]), atol=1e-6)
+    assert auroc(defects_test.labels, det.score(defects_test)) > 0.7
+    det.save(tmp_path / "e")
+    back = oneclass.load(tmp_path / "e")
+    assert back.members == 3
+    assert np.array_equal(back.score(defects_test), det.score(defects_test))
+    assert np.array_equal(back.anomaly_map(defects_test), det.anomaly_map(defects_test))
+
+
+def test_a_single_model_keeps_its_weight_names_and_members_is_checked(defects_train):
+    det = _fcdd(epochs=1).fit(defects_train)
+    assert all(k.startswith(("net.", "norm.")) for k in det.model_.state_dict())
+    for bad in (0, 1.5):
+        with pytest.raises(oneclass.errors.ConfigError, match="members must be"):
+            _fcdd(members=bad)

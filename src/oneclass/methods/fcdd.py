@@ -64,28 +64,54 @@ MAP_NORMS = ("none", "position")
 
 
 class FCDDModel(nn.Module):
+    """The FCDD network(s): ``x -> A(X)``, the low-resolution heatmap.
+
+    With ``members > 1`` it is a deep ensemble of that many nets of the same architecture
+    (so the same receptive field), each initialised and trained on its own; ``A(X)`` is the
+    mean of their maps. A single net is stored as ``net`` (as before ensembles existed), an
+    ensemble as ``nets``.
+    """
+
     def __init__(self, input_shape, net: str, stride: int, frozen_blocks: int, pretrained: bool,
-                 gcn: bool = False, map_reference: bool = False, padding: str = "zeros"):
+                 gcn: bool = False, map_reference: bool = False, padding: str = "zeros",
+                 members: int = 1):
         super().__init__()
         c, h, w = input_shape
         if map_reference:  # per-pixel divisor of the upsampled map, set after training
             self.register_buffer("map_ref", torch.ones(h, w))
-        self.net = fcdd_nets.build(net, c, (h, w), stride, frozen_blocks, pretrained, padding)
-        if getattr(self.net, "channels_last", False):  # faster convolutions on CPU
-            self.net.to(memory_format=torch.channels_last)
-        if not isinstance(self.net, fcdd_nets.EffNetFCN):
+        nets = [fcdd_nets.build(net, c, (h, w), stride, frozen_blocks, pretrained, padding)
+                for _ in range(members)]
+        for n in nets:
+            if getattr(n, "channels_last", False):  # faster convolutions on CPU
+                n.to(memory_format=torch.channels_last)
+        if members == 1:
+            self.net = nets[0]
+        else:
+            self.nets = nn.ModuleList(nets)
+        if not isinstance(nets[0], fcdd_nets.EffNetFCN):
             self.norm = InputNorm(c, gcn=gcn)
-        self.rf: ReceptiveField = receptive_field(self._forward_raw, input_shape)
+        self.rf: ReceptiveField = receptive_field(nets[0], input_shape)
 
     @property
-    def _forward_raw(self) -> nn.Module:
-        return self.net
+    def members(self) -> list[nn.Module]:
+        """The nets of the ensemble (one for a single model)."""
+        return list(self.nets) if hasattr(self, "nets") else [self.net]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Low-resolution heatmap A(X): ``(N, u, v)``."""
+    def forward(self, x: torch.Tensor, split: bool = False) -> torch.Tensor:
+        """Low-resolution heatmap A(X): ``(N, u, v)``, the mean over the members.
+
+        With ``split=True`` (training) ``x`` holds one batch per member, stacked: ``(K * N,
+        C, H, W)``; member ``k`` sees the ``k``-th and the result is ``(K, N, u, v)``.
+        """
         if hasattr(self, "norm"):
             x = self.norm(x)
-        return pseudo_huber(self.net(x)[:, 0])
+        nets = self.members
+        if split:
+            xs = torch.chunk(x, len(nets))
+            return torch.stack([pseudo_huber(n(xk)[:, 0]) for n, xk in zip(nets, xs)])
+        if len(nets) == 1:
+            return pseudo_huber(nets[0](x)[:, 0])
+        return torch.stack([pseudo_huber(n(x)[:, 0]) for n in nets]).mean(0)
 
 
 class FCDDExport(nn.Module):
@@ -132,10 +158,10 @@ class _FCDDTask:
 
     def __init__(self, det: FCDD, source: AnomalySource):
         self.det, self.model, self.source = det, det.model_, source
-        net = self.model.net
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if isinstance(net, fcdd_nets.EffNetFCN):
-            trunk = [p for p in net.trunk.parameters() if p.requires_grad]
+        trunk = [p for n in self.model.members if isinstance(n, fcdd_nets.EffNetFCN)
+                 for p in n.trunk.parameters() if p.requires_grad]
+        if trunk:
             ids = {id(p) for p in trunk}
             rest = [p for p in trainable if id(p) not in ids]
             groups = [{"params": rest}, {"params": trunk, "lr": det.lr * det.trunk_lr_factor}]
@@ -146,10 +172,12 @@ class _FCDDTask:
         self.modules = {"model": self.model}
         self.optimizers, self.schedulers = {"fcdd": opt}, {"fcdd": sched}
 
-    def step(self, batch):
+    def _member_batch(self, x: torch.Tensor, gen: torch.Generator):
+        """One member's training batch from the normal images ``x`` (float in [0, 1]): a share
+        of them replaced by anomalies, then augmented. Returns images, labels, masks and
+        which anomalies have masks."""
         det = self.det
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-        x = batch[0].float() / 255.0
+        x = x.clone()
         n = len(x)
         labels = torch.zeros(n, dtype=torch.long)
         masks = torch.zeros(n, 1, *x.shape[2:])
@@ -159,21 +187,31 @@ class _FCDDTask:
             xa, ma, ha = self.source.draw(x[swap], gen)
             x[swap], masks[swap], has[swap], labels[swap] = xa, ma, ha, 1
         x, masks = augment.apply(det.augment, x, masks, gen)
+        return x, labels, masks, has
+
+    def step(self, batch):
+        det = self.det
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        x0 = batch[0].float() / 255.0
+        # each member gets its own anomalies and augmentation of the same normal images
+        parts = [self._member_batch(x0, gen) for _ in self.model.members]
         dev = det.device_
-        x, labels = x.to(dev), labels.to(dev)
-        A = self.modules["model"](x)
-        loss = fcdd_loss(A, labels)
-        if has.any():
-            idx = torch.nonzero(has).flatten().to(dev)
-            up = receptive_upsample(A[idx], self.model.rf, x.shape[2:], det._sigma())
-            loss = loss.clone()
-            loss[idx] = fcdd_pixel_loss(up, masks[has.cpu()][:, 0].to(dev))
-        loss = loss.mean()
+        x = torch.cat([p[0] for p in parts]).to(dev)
+        A = self.modules["model"](x, split=True)  # (members, N, u, v)
+        loss = 0.0
+        for Ak, (xk, labels, masks, has) in zip(A, parts):
+            lk = fcdd_loss(Ak, labels.to(dev))
+            if has.any():
+                idx = torch.nonzero(has).flatten().to(dev)
+                up = receptive_upsample(Ak[idx], self.model.rf, xk.shape[2:], det._sigma())
+                lk = lk.clone()
+                lk[idx] = fcdd_pixel_loss(up, masks[has][:, 0].to(dev))
+            loss = loss + lk.mean()  # a sum: each member is trained as it would be alone
         opt = self.optimizers["fcdd"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": loss.detach()}
+        return {"loss": loss.detach() / len(parts)}
 
     def end_epoch(self, epoch: int):
         self.schedulers["fcdd"].step()
@@ -210,6 +248,9 @@ class FCDD(Detector):
         # Heatmap calibration: none, or position (each pixel divided by the mean map of the
         # normal training images there; suits aligned inspection images)
         "map_norm": "none",
+        # deep ensemble: this many nets, each with its own initialisation, anomalies and
+        # augmentation; maps and scores are their mean (training and scoring cost x members)
+        "members": 1,
     }
 
     def _check_params(self) -> None:
@@ -233,6 +274,8 @@ class FCDD(Detector):
                               f"got {self.padding!r}")
         if self.map_norm not in MAP_NORMS:
             raise ConfigError(f"map_norm must be one of {', '.join(MAP_NORMS)}, got {self.map_norm!r}")
+        if int(self.members) < 1 or int(self.members) != float(self.members):
+            raise ConfigError(f"members must be a whole number >= 1, got {self.members!r}")
         if int(self.stride) not in (8, 16):
             raise ConfigError(f"stride must be 8 or 16, got {self.stride}")
         if self.gcn and self.net == "effnet":
@@ -244,7 +287,7 @@ class FCDD(Detector):
         return FCDDModel(input_shape, self.net, int(self.stride), int(self.frozen_blocks),
                          bool(self.pretrained), gcn=bool(self.gcn),
                          map_reference=self.map_norm == "position",
-                         padding=self.padding)
+                         padding=self.padding, members=int(self.members))
 
     def _sigma(self) -> float:
         if self.sigma is not None:
