@@ -76,7 +76,9 @@ SUITES["fcdd-kolektor"] += [
 # points), beside the two heatmap options measured in the tenth session: the map divided by
 # the mean map of the normal training images (map_norm=position), and that with reflect
 # padding of the convolutions, also at 1.5x the side (the faint cracks are the misses).
-# Seed 0 of the first row is the fcdd-kolektor suite's run.
+# Seed 0 of the first row is the fcdd-kolektor suite's run. The last row is a deep ensemble
+# of three nets (members=3), which evens out what a single seed picks up (about 10 minutes of
+# training here).
 SUITES["fcdd-kolektor-seeds"] = [
     {"method": "fcdd", "data": "{root}/kolektorsdd", "params": params, "label": label}
     for params, label in (
