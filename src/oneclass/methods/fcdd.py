@@ -173,11 +173,10 @@ class _FCDDTask:
         self.optimizers, self.schedulers = {"fcdd": opt}, {"fcdd": sched}
 
     def _member_batch(self, x: torch.Tensor, gen: torch.Generator):
-        """One member's training batch from the normal images ``x`` (float in [0, 1]): a share
-        of them replaced by anomalies, then augmented. Returns images, labels, masks and
-        which anomalies have masks."""
+        """One member's training batch from the normal images ``x`` (float in [0, 1], changed
+        in place): a share of them replaced by anomalies, then augmented. Returns images,
+        labels, masks and which anomalies have masks."""
         det = self.det
-        x = x.clone()
         n = len(x)
         labels = torch.zeros(n, dtype=torch.long)
         masks = torch.zeros(n, 1, *x.shape[2:])
@@ -192,9 +191,9 @@ class _FCDDTask:
     def step(self, batch):
         det = self.det
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-        x0 = batch[0].float() / 255.0
-        # each member gets its own anomalies and augmentation of the same normal images
-        parts = [self._member_batch(x0, gen) for _ in self.model.members]
+        # each member gets its own anomalies and augmentation of the same normal images (and
+        # its own float copy of them, which _member_batch changes)
+        parts = [self._member_batch(batch[0].float() / 255.0, gen) for _ in self.model.members]
         dev = det.device_
         x = torch.cat([p[0] for p in parts]).to(dev)
         A = self.modules["model"](x, split=True)  # (members, N, u, v)
