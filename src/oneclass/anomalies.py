@@ -18,6 +18,22 @@ import torch
 from .heatmaps import gaussian_blur
 
 
+def _span(y0: float, y1: float, x0: float, x1: float, h: int, w: int):
+    """The pixel window ``[y0, y1] x [x0, x1]`` clipped to an ``h x w`` image, as a pair of
+    slices, or None when it lies outside."""
+    ys, ye = max(0, math.floor(y0)), min(h, math.ceil(y1) + 1)
+    xs, xe = max(0, math.floor(x0)), min(w, math.ceil(x1) + 1)
+    if ys >= ye or xs >= xe:
+        return None
+    return slice(ys, ye), slice(xs, xe)
+
+
+def _window(cy: float, cx: float, radius: float, h: int, w: int):
+    """Slices of the pixels within ``radius`` (in each axis) of ``(cy, cx)`` (never empty:
+    the centre lies in the image)."""
+    return _span(cy - radius, cy + radius, cx - radius, cx + radius, h, w)
+
+
 def confetti(x: torch.Tensor, gen: torch.Generator, max_blobs: int = 3,
              size_range: tuple[float, float] = (0.04, 0.25)) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste 1..``max_blobs`` smoothed, rotated squares into each image.
@@ -43,20 +59,24 @@ def confetti(x: torch.Tensor, gen: torch.Generator, max_blobs: int = 3,
             half = 0.5 * max(2.0, side * (size_range[0] + r[0] * (size_range[1] - size_range[0])))
             cy, cx = r[1] * (h - 1), r[2] * (w - 1)
             a = (r[3] - 0.5) * math.pi / 2  # rotation in [-45, 45] degrees
-            u = (yy - cy) * math.cos(a) - (xx - cx) * math.sin(a)
-            v = (yy - cy) * math.sin(a) + (xx - cx) * math.cos(a)
-            blob = ((u.abs() <= half) & (v.abs() <= half)).float()
             if r[4] < 0.5 or c == 1:  # gray level; else a random colour
                 col = torch.full((c,), float(r[5]))
             else:
                 col = torch.rand(c, generator=gen)
-            region = x[i][:, blob > 0]
+            # the square lies within half * sqrt(2) of its centre: work on that window only
+            win = _window(float(cy), float(cx), half * math.sqrt(2) + 1, h, w)
+            u = (yy[win] - cy) * math.cos(a) - (xx[win] - cx) * math.sin(a)
+            v = (yy[win] - cy) * math.sin(a) + (xx[win] - cx) * math.cos(a)
+            blob = ((u.abs() <= half) & (v.abs() <= half)).float()
+            region = x[i][(slice(None), *win)][:, blob > 0]
             if region.numel():  # make sure the blob differs from what it covers
                 mean = region.mean(1)
                 close = (col - mean).abs() < 0.25
                 col = torch.where(close, torch.where(mean > 0.5, mean - 0.5, mean + 0.5), col)
-            colours[i] = torch.where(blob[None] > 0, col[:, None, None], colours[i])
-            masks[i, 0] = torch.maximum(masks[i, 0], blob)
+            cw = colours[i][(slice(None), *win)]
+            cw.copy_(torch.where(blob[None] > 0, col[:, None, None], cw))
+            mw = masks[i, 0][win]
+            mw.copy_(torch.maximum(mw, blob))
     soft = gaussian_blur(masks[:, 0], sigma=max(0.5, side / 112))[:, None].clamp(0, 1)
     out = x * (1 - soft) + colours * soft
     # Where blobs overlap, colours holds the last one; the soft edge blends into the image.
@@ -87,19 +107,34 @@ def scratches(x: torch.Tensor, gen: torch.Generator, max_lines: int = 3,
             py = r[2] * (h - 1) + torch.cumsum(torch.sin(angle), 0) * (length / steps)
             px = r[3] * (w - 1) + torch.cumsum(torch.cos(angle), 0) * (length / steps)
             radius = 0.5 + r[4] * 1.0
-            d2 = torch.full((h, w), float("inf"))
+            # pixels within `radius` of the line: distances are computed on the line's
+            # bounding window, and for each run of 4 points only on that run's own window
+            m = float(radius) + 1
+            win = _span(float(py.min()) - m, float(py.max()) + m, float(px.min()) - m,
+                        float(px.max()) + m, h, w)
+            if win is None:
+                continue
+            d2 = torch.full((win[0].stop - win[0].start, win[1].stop - win[1].start), float("inf"))
             for k in range(0, steps, 4):
-                seg = (yy - py[k:k + 4, None, None]) ** 2 + (xx - px[k:k + 4, None, None]) ** 2
-                d2 = torch.minimum(d2, seg.amin(0))
+                qy, qx = py[k:k + 4], px[k:k + 4]
+                sub = _span(float(qy.min()) - m, float(qy.max()) + m, float(qx.min()) - m,
+                            float(qx.max()) + m, h, w)
+                if sub is None:
+                    continue
+                seg = ((yy[sub] - qy[:, None, None]) ** 2 + (xx[sub] - qx[:, None, None]) ** 2)
+                ds = d2[sub[0].start - win[0].start:sub[0].stop - win[0].start,
+                        sub[1].start - win[1].start:sub[1].stop - win[1].start]
+                torch.minimum(ds, seg.amin(0), out=ds)
             line = d2 <= radius**2
             if not line.any():
                 continue
-            base = out[i][:, line].mean(1)
+            ow = out[i][(slice(None), *win)]
+            base = ow[:, line].mean(1)
             delta = 0.25 + 0.35 * r[5]
             sign = -1.0 if (base.mean() > 0.5) == (torch.rand(1, generator=gen) < 0.8) else 1.0
             col = (base + sign * delta).clamp(0, 1)
-            out[i] = torch.where(line[None], col[:, None, None], out[i])
-            masks[i, 0] |= line
+            ow.copy_(torch.where(line[None], col[:, None, None], ow))
+            masks[i, 0][win] |= line
     return out, masks
 
 
