@@ -187,6 +187,28 @@ def test_bf16_inference_stays_close_to_fp32(defects_train, defects_test):
     assert np.corrcoef(s32, s16)[0, 1] > 0.98
 
 
+def test_bf16_training_runs_the_net_in_bf16_and_still_learns(defects_train, defects_test,
+                                                             monkeypatch):
+    from oneclass.nets import fcdd_nets
+
+    dtypes = []
+    forward = fcdd_nets.CNN224.forward
+
+    def spy(self, x):
+        out = forward(self, x)
+        if torch.is_grad_enabled():  # training steps only
+            dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(fcdd_nets.CNN224, "forward", spy)
+    det = _fcdd(train_precision="bf16").fit(defects_train)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in det.model_.parameters())  # weights stay fp32
+    assert auroc(defects_test.labels, det.score(defects_test)) > 0.7
+    with pytest.raises(oneclass.errors.ConfigError, match="train_precision must be one of"):
+        _fcdd(train_precision="fp16")
+
+
 def test_cpu_inference_in_chunks_equals_one_pass(monkeypatch):
     from oneclass.methods import fcdd
 

@@ -89,7 +89,10 @@ SUITES["fcdd-kolektor-seeds"] = [
         ({"padding": "reflect", "map_norm": "position", "size": [528, 216]},
          "unsupervised, 528x216, reflect padding, position-normalised heatmaps"),
         ({"padding": "reflect", "map_norm": "position", "members": 3},
-         "unsupervised, ensemble of 3, reflect padding, position-normalised heatmaps"))]
+         "unsupervised, ensemble of 3, reflect padding, position-normalised heatmaps"),
+        ({"padding": "reflect", "map_norm": "position", "members": 5, "train_precision": "bf16"},
+         "unsupervised, ensemble of 5, bf16 training, reflect padding, position-normalised "
+         "heatmaps"))]
 SUITES["fcdd-fmnist"] = [
     {"method": "fcdd", "data": f"fashion-mnist:{c}",
      "params": {"noise": "none", "batch_size": 128, "epochs": 60, "gcn": True},

@@ -24,6 +24,7 @@ instead, which is the same computation without DDP's overlap of communication an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -40,6 +41,23 @@ from .errors import ModelFileError, TrainingError
 from .io import atomic_write
 
 log = logging.getLogger(__name__)
+
+#: Precisions a method may train or score in: float32, or bf16 autocast (weights, optimizer
+#: state and losses stay float32; convolutions and matrix products run in bfloat16).
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str):
+    """bf16 autocast on ``device`` for ``precision='bf16'``, else a context that does nothing.
+
+    On CPUs with AMX or AVX512-BF16 it is about twice as fast for convolutional nets (FCDD's
+    CNN224 training step at 352x144, batch 32: 0.94 -> 0.43 s on this 2-core machine); on
+    GPUs it needs bf16 support (Ampere or newer). Results differ from float32 in the last
+    bits of every product, so a bf16 run is reproducible but not identical to a float32 one.
+    """
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class Task(Protocol):

@@ -17,7 +17,6 @@ its overall mean), so a response counts by how unusual it is at that position.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -32,7 +31,7 @@ from ..heatmaps import receptive_upsample
 from ..nets import fcdd_nets
 from ..nets.receptive import ReceptiveField, receptive_field
 from ..registry import register
-from ..train import LoopConfig, run
+from ..train import PRECISIONS, LoopConfig, autocast, run
 
 
 def pseudo_huber(out: torch.Tensor) -> torch.Tensor:
@@ -196,7 +195,8 @@ class _FCDDTask:
         parts = [self._member_batch(batch[0].float() / 255.0, gen) for _ in self.model.members]
         dev = det.device_
         x = torch.cat([p[0] for p in parts]).to(dev)
-        A = self.modules["model"](x, split=True)  # (members, N, u, v)
+        with autocast(dev, det.train_precision):
+            A = self.modules["model"](x, split=True).float()  # (members, N, u, v)
         loss = 0.0
         for Ak, (xk, labels, masks, has) in zip(A, parts):
             lk = fcdd_loss(Ak, labels.to(dev))
@@ -242,6 +242,8 @@ class FCDD(Detector):
         "upsample": "gaussian",  # gaussian (receptive field) or bilinear
         "sigma": None,  # Gaussian std in pixels; default 1.5 x the network's stride
         "precision": "fp32",  # inference precision: fp32 or bf16 (autocast)
+        # training precision: fp32, or bf16 autocast (about 2x faster on CPUs with AMX)
+        "train_precision": "fp32",
         "gcn": False,  # per-image contrast normalisation (l1) before the network
         "augment": "none",  # training augmentation: none, shift or shift-flip
         # Heatmap calibration: none, or position (each pixel divided by the mean map of the
@@ -264,8 +266,10 @@ class FCDD(Detector):
             raise ConfigError(f"upsample must be 'gaussian' or 'bilinear', got {self.upsample!r}")
         if not 0.0 < float(self.anomaly_fraction) < 1.0:
             raise ConfigError(f"anomaly_fraction must be in (0, 1), got {self.anomaly_fraction}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        for key in ("precision", "train_precision"):
+            if getattr(self, key) not in PRECISIONS:
+                raise ConfigError(f"{key} must be one of {', '.join(PRECISIONS)}, "
+                                  f"got {getattr(self, key)!r}")
         if self.augment not in augment.AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(augment.AUGMENTS)}, got {self.augment!r}")
         if self.padding not in fcdd_nets.PADDINGS:
@@ -327,9 +331,7 @@ class FCDD(Detector):
     def _autocast(self, x: torch.Tensor):
         """bf16 autocast for inference when ``precision='bf16'`` (about 1.1-1.5x on CPUs with
         AVX512-BF16 or AMX); maps and scores are returned in float32."""
-        if self.precision == "bf16":
-            return torch.autocast(x.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(x.device, self.precision)
 
     def _A(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast(x):
