@@ -72,6 +72,40 @@ def test_labeled_anomalies_raise_auroc():
     assert result[True] > result[False] + 0.05, result
 
 
+def test_bf16_training_runs_the_encoder_in_bf16_keeps_distances_fp32_and_still_learns(
+        monkeypatch):
+    from oneclass.methods import deep_sad as sad_mod
+    from oneclass.nets import Decoder, Encoder
+
+    seen = {"enc": set(), "dec": set(), "dist": set()}
+    enc_fwd, dec_fwd, loss = Encoder.forward, Decoder.forward, sad_mod.deep_sad_loss
+
+    def spy(key, fn):
+        def wrapped(self, x):
+            out = fn(self, x)
+            if self.training:  # not the centre, the threshold or scoring
+                seen[key].add(out.dtype)
+            return out
+        return wrapped
+
+    monkeypatch.setattr(Encoder, "forward", spy("enc", enc_fwd))
+    monkeypatch.setattr(Decoder, "forward", spy("dec", dec_fwd))
+    monkeypatch.setattr(sad_mod, "deep_sad_loss",
+                        lambda d, *a: (seen["dist"].add(d.dtype), loss(d, *a))[1])
+    rng = np.random.default_rng(0)
+    x = np.concatenate([_stripes(100, rng, False), _stripes(20, rng, True)])
+    test = ArraySet(np.concatenate([_stripes(50, rng, False), _stripes(50, rng, True)]),
+                    np.r_[np.zeros(50), np.ones(50)].astype(int))
+    det = oneclass.create("deep_sad", epochs=12, pretrain_epochs=1, batch_size=32, lr=1e-3,
+                          train_precision="bf16")
+    det.fit(ArraySet(x, np.r_[np.full(100, -1), np.ones(20, int)]))
+    assert seen == {"enc": {torch.bfloat16}, "dec": {torch.bfloat16}, "dist": {torch.float32}}
+    assert all(p.dtype == torch.float32 for p in det.model_.parameters())
+    assert auroc(test.labels, det.score(test)) > 0.8
+    with pytest.raises(ConfigError, match="train_precision must be one of"):
+        oneclass.create("deep_sad", train_precision="half")
+
+
 @pytest.mark.parametrize("with_anomalies", [False, True])
 def test_labeled_anomalies_join_pretraining_only_when_asked(monkeypatch, with_anomalies):
     from oneclass.methods.deep_svdd import DeepSVDD

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train import LoopConfig, run
+from ..train import LoopConfig, autocast, run
 
 
 def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -31,8 +31,8 @@ class AutoencoderTask:
     ddp = True  # step calls self.modules[...]: the loop may wrap them in DDP
 
     def __init__(self, norm: nn.Module, encoder: nn.Module, decoder: nn.Module,
-                 device: torch.device, lr: float, weight_decay: float):
-        self.norm, self.device = norm, device
+                 device: torch.device, lr: float, weight_decay: float, precision: str = "fp32"):
+        self.norm, self.device, self.precision = norm, device, precision
         self.modules = {"encoder": encoder, "decoder": decoder}
         params = list(encoder.parameters()) + list(decoder.parameters())
         opt, sched = adam(params, lr, weight_decay)
@@ -40,8 +40,9 @@ class AutoencoderTask:
 
     def step(self, batch):
         x = self.norm(to_input(batch[0], self.device))
-        rec = self.modules["decoder"](self.modules["encoder"](x))
-        loss = F.mse_loss(rec, x)
+        with autocast(self.device, self.precision):
+            rec = self.modules["decoder"](self.modules["encoder"](x))
+        loss = F.mse_loss(rec.float(), x)
         opt = self.optimizers["ae"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -55,12 +56,14 @@ class AutoencoderTask:
 
 def pretrain_autoencoder(model: nn.Module, decoder: nn.Module, x: torch.Tensor, *, epochs: int,
                          batch_size: int, lr: float, weight_decay: float, seed: int,
-                         device: torch.device, loop: LoopConfig) -> list[dict]:
-    """Train ``model.encoder`` with ``decoder`` as an autoencoder on uint8 images ``x``."""
+                         device: torch.device, loop: LoopConfig,
+                         precision: str = "fp32") -> list[dict]:
+    """Train ``model.encoder`` with ``decoder`` as an autoencoder on uint8 images ``x``
+    (``precision='bf16'``: under bf16 autocast, the loss in float32)."""
     if epochs <= 0:
         return []
     decoder.to(device)
-    task = AutoencoderTask(model.norm, model.encoder, decoder, device, lr, weight_decay)
+    task = AutoencoderTask(model.norm, model.encoder, decoder, device, lr, weight_decay, precision)
     return run(task, [x], epochs=epochs, batch_size=batch_size, seed=seed + 7,
                phase="pretrain", loop=loop)
 

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..heatmaps import gradient_map
 from ..nets import Decoder, Encoder
 from ..registry import register
-from ..train import LoopConfig, run
+from ..train import PRECISIONS, LoopConfig, autocast, run
 from ._common import adam, mean_embedding, pretrain_autoencoder, to_input
 
 
@@ -54,8 +54,9 @@ class SVDDNet(nn.Module):
         return (encoder or self.encoder)(self.norm(x))
 
     def dist(self, x: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
-        """Squared distance to c; ``encoder`` replaces ``self.encoder`` (its DDP wrapper)."""
-        return ((self.embed(x, encoder) - self.c) ** 2).sum(dim=1)
+        """Squared distance to c, in float32 also under autocast; ``encoder`` replaces
+        ``self.encoder`` (its DDP wrapper)."""
+        return ((self.embed(x, encoder).float() - self.c) ** 2).sum(dim=1)
 
 
 def check_encoder_params(det) -> None:
@@ -110,7 +111,8 @@ class _SVDDTask:
 
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Distances of the batch and the objective to minimise."""
-        dist = self.model.dist(to_input(batch[0], self.det.device_), self.modules["encoder"])
+        with autocast(self.det.device_, self.det.train_precision):
+            dist = self.model.dist(to_input(batch[0], self.det.device_), self.modules["encoder"])
         if self.soft:
             return dist, soft_boundary_loss(dist, self.model.R, float(self.det.nu))
         return dist, one_class_loss(dist)
@@ -157,6 +159,9 @@ class DeepSVDD(Detector):
         "rep_dim": None,
         "hidden": 0,
         "slope": 0.1,  # negative slope of the encoder's and decoder's leaky ReLUs
+        # training precision (autoencoder and objective): fp32, or bf16 autocast (CIFAR-10
+        # LeNet: about 2x the images/s on CPUs with AMX); distances stay float32
+        "train_precision": "fp32",
     }
 
     def _check_params(self) -> None:
@@ -167,6 +172,9 @@ class DeepSVDD(Detector):
                 f"objective must be 'one-class' or 'soft-boundary', got {self.objective!r}")
         if not (0.0 < float(self.nu) <= 1.0):
             raise ConfigError(f"nu must be in (0, 1], got {self.nu}")
+        if self.train_precision not in PRECISIONS:
+            raise ConfigError(f"train_precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.train_precision!r}")
 
     def _build(self, input_shape):
         return SVDDNet(input_shape, **encoder_params(self))
@@ -178,7 +186,8 @@ class DeepSVDD(Detector):
         pretrain_autoencoder(model, decoder, x, epochs=int(self.pretrain_epochs),
                              batch_size=int(self.batch_size), lr=float(self.pretrain_lr),
                              weight_decay=float(self.pretrain_weight_decay),
-                             seed=int(self.seed), device=self.device_, loop=loop)
+                             seed=int(self.seed), device=self.device_, loop=loop,
+                             precision=self.train_precision)
         model.eval()
         model.c.copy_(mean_embedding(model.embed, x, self.device_))
 
