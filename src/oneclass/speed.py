@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -25,6 +24,7 @@ from .heatmaps import receptive_upsample
 from .methods.fcdd import chunked, pseudo_huber
 from .nets import Decoder, Encoder, fcdd_nets
 from .nets.receptive import receptive_field
+from .train import autocast
 
 #: Batch size of every scoring measurement (the default ``score_batch_size``).
 SCORE_BATCH = 64
@@ -177,7 +177,7 @@ def _fcdd_rows(name, shape, bs, variant, seconds, peak, score_batches):
     bf16 = variant.endswith("bf16")
 
     def amp():
-        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+        return autocast("cpu", "bf16" if bf16 else "fp32")
 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4)

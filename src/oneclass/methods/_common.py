@@ -8,12 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train import LoopConfig, autocast, run
+from ..errors import ConfigError
+from ..train import PRECISIONS, LoopConfig, autocast, run
 
 
 def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` on CPU -> float in [0, 1] on ``device``."""
     return x.to(device, non_blocking=True).float().div_(255.0)
+
+
+def check_precision(det, *keys: str) -> None:
+    """Clear errors for precision parameters (``precision``, ``train_precision``)."""
+    for key in keys:
+        if getattr(det, key) not in PRECISIONS:
+            raise ConfigError(f"{key} must be one of {', '.join(PRECISIONS)}, "
+                              f"got {getattr(det, key)!r}")
 
 
 def adam(params, lr: float, weight_decay: float, milestones: Sequence[int] = ()):

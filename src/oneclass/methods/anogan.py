@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..nets.dcgan import Discriminator, Generator
 from ..registry import register
 from ..train import LoopConfig, run
+from ._common import check_precision
 from ._gan import (
     GANDetector,
     TanhScale,
@@ -224,8 +225,7 @@ class AnoGAN(GANDetector):
             raise ConfigError(f"search_lr must be positive, got {self.search_lr}")
         if int(self.search_threads) < 0:
             raise ConfigError(f"search_threads must be >= 0 (0: auto), got {self.search_threads}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_precision(self, "precision")
         if not 0.0 <= float(self.g_ema) < 1.0:
             raise ConfigError(f"g_ema must be in [0, 1), got {self.g_ema}")
         if not 0.0 <= float(self.label_smoothing) < 0.5:

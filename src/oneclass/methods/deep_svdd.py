@@ -22,8 +22,8 @@ from ..errors import ConfigError
 from ..heatmaps import gradient_map
 from ..nets import Decoder, Encoder
 from ..registry import register
-from ..train import PRECISIONS, LoopConfig, autocast, run
-from ._common import adam, mean_embedding, pretrain_autoencoder, to_input
+from ..train import LoopConfig, autocast, run
+from ._common import adam, check_precision, mean_embedding, pretrain_autoencoder, to_input
 
 
 def one_class_loss(dist: torch.Tensor) -> torch.Tensor:
@@ -172,9 +172,7 @@ class DeepSVDD(Detector):
                 f"objective must be 'one-class' or 'soft-boundary', got {self.objective!r}")
         if not (0.0 < float(self.nu) <= 1.0):
             raise ConfigError(f"nu must be in (0, 1], got {self.nu}")
-        if self.train_precision not in PRECISIONS:
-            raise ConfigError(f"train_precision must be one of {', '.join(PRECISIONS)}, "
-                              f"got {self.train_precision!r}")
+        check_precision(self, "train_precision")
 
     def _build(self, input_shape):
         return SVDDNet(input_shape, **encoder_params(self))

@@ -31,7 +31,8 @@ from ..heatmaps import receptive_upsample
 from ..nets import fcdd_nets
 from ..nets.receptive import ReceptiveField, receptive_field
 from ..registry import register
-from ..train import PRECISIONS, LoopConfig, autocast, run
+from ..train import LoopConfig, autocast, run
+from ._common import check_precision
 
 
 def pseudo_huber(out: torch.Tensor) -> torch.Tensor:
@@ -266,10 +267,7 @@ class FCDD(Detector):
             raise ConfigError(f"upsample must be 'gaussian' or 'bilinear', got {self.upsample!r}")
         if not 0.0 < float(self.anomaly_fraction) < 1.0:
             raise ConfigError(f"anomaly_fraction must be in (0, 1), got {self.anomaly_fraction}")
-        for key in ("precision", "train_precision"):
-            if getattr(self, key) not in PRECISIONS:
-                raise ConfigError(f"{key} must be one of {', '.join(PRECISIONS)}, "
-                                  f"got {getattr(self, key)!r}")
+        check_precision(self, "precision", "train_precision")
         if self.augment not in augment.AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(augment.AUGMENTS)}, got {self.augment!r}")
         if self.padding not in fcdd_nets.PADDINGS:
