@@ -243,3 +243,23 @@ def test_label_filter_keeps_only_the_matching_rows(tmp_path, monkeypatch):
     assert all(j["params"]["size"] == [528, 216] and "528x216" in j["label"] for j in seen)
     with pytest.raises(ConfigError, match="matches the filters"):
         run_suite("fcdd-kolektor-seeds", tmp_path / "k", label="no such row")
+
+
+def test_deep_sad_suites_follow_the_papers_scenarios():
+    """Scenario (i) of Ruff et al. 2020 leaves the unlabeled data unpolluted; the published
+    figures belong to those rows, and the polluted twins keep the older jobs unchanged."""
+    from oneclass.bench import PUBLISHED, SUITES, _key
+
+    for name, ds in (("sad-mnist", "mnist"), ("sad-fmnist", "fashion-mnist"),
+                     ("sad-cifar10", "cifar10")):
+        clean, polluted = SUITES[name], SUITES[name + "-polluted"]
+        assert len(clean) == len(polluted) == 20
+        assert {j["semi"]["ratio_pollution"] for j in clean} == {0.0}
+        assert {j["semi"]["ratio_pollution"] for j in polluted} == {0.1}
+        for j in clean + polluted:  # one known anomaly class, never the normal one
+            c = int(j["data"].split(":")[1])
+            assert j["semi"]["known_outlier_class"] == (c + 1) % 10
+        assert {j["semi"]["ratio_known_outlier"] for j in clean} == {0.05, 0.0}
+        assert not {_key(j) for j in clean} & {_key(j) for j in polluted}
+        assert all((f"deep_sad ({j['label']})", ds) in PUBLISHED for j in clean)
+        assert not any((f"deep_sad ({j['label']})", ds) in PUBLISHED for j in polluted)
