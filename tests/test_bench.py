@@ -263,3 +263,7 @@ def test_deep_sad_suites_follow_the_papers_scenarios():
         assert not {_key(j) for j in clean} & {_key(j) for j in polluted}
         assert all((f"deep_sad ({j['label']})", ds) in PUBLISHED for j in clean)
         assert not any((f"deep_sad ({j['label']})", ds) in PUBLISHED for j in polluted)
+    long_ = SUITES["sad-mnist-long"]  # the reference's 150 + 150 epochs, unpolluted
+    assert {j["semi"]["ratio_pollution"] for j in long_} == {0.0}
+    assert {(j["params"]["pretrain_epochs"], j["params"]["epochs"]) for j in long_} == {(150, 150)}
+    assert all((f"deep_sad ({j['label']})", "mnist") in PUBLISHED for j in long_)

@@ -239,6 +239,13 @@ for _ds, _name, _p, _pp in (("mnist", "sad-mnist", _SAD, _SAD),
                             ("cifar10", "sad-cifar10", _SAD_CIFAR_BF16, _SAD_CIFAR)):
     SUITES[_name] = _sad_jobs(_ds, _p, SAD_LABEL, 0.0)
     SUITES[_name + "-polluted"] = _sad_jobs(_ds, _pp, SAD_POLLUTED_LABEL, 0.1)
+# MNIST with the reference's own schedule: autoencoder 150 epochs, Deep SAD 150 with the lr
+# drop at 50 (about 4 minutes per run here, 8x the suite's).
+_SAD_LONG = {**_SAD, "pretrain_epochs": 150, "epochs": 150, "lr_milestones": [50]}
+SAD_LONG_LABEL = SAD_LABEL + ", 150 + 150 epochs"
+SUITES["sad-mnist-long"] = _sad_jobs("mnist", _SAD_LONG, SAD_LONG_LABEL, 0.0)
+PUBLISHED.update({(f"deep_sad ({SAD_LONG_LABEL.format(ratio=r)})", "mnist"): v
+                  for r, v in ((0.05, 96.7), (0.0, 92.8))})
 # Labeled anomalies from each of the nine other classes in turn (90 runs; each class's row is
 # the mean over its nine runs), on the polluted data.
 SAD_ALL_LABEL = "labeled anomalies 0.05 of one class, mean over the nine, pollution 0.1"
@@ -526,6 +533,7 @@ COMMANDS = {
     "sad-mnist": "oneclass bench sad-mnist --data-root ../shared/data --out runs/bench-sad",
     "sad-fmnist": "oneclass bench sad-fmnist --data-root ../shared/data --out runs/bench-sad",
     "sad-cifar10": "oneclass bench sad-cifar10 --data-root ../shared/data --out runs/bench-sad",
+    "sad-mnist-long": "oneclass bench sad-mnist-long --data-root ../shared/data --out runs/bench-sad",
     **{f"sad-{ds}-polluted": (f"oneclass bench sad-{ds}-polluted --data-root ../shared/data "
                               "--out runs/bench-sad") for ds in ("mnist", "fmnist", "cifar10")},
     "hsc-cifar10": "oneclass bench hsc-cifar10 --data-root ../shared/data --out runs/bench-sad",
