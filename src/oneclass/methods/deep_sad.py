@@ -25,8 +25,7 @@ import torch
 from ..data.base import ANOMALOUS, UNLABELED
 from ..errors import ConfigError
 from ..registry import register
-from ..train import LoopConfig, autocast, run
-from ._common import to_input
+from ..train import LoopConfig, run
 from .deep_svdd import DeepSVDD, _SVDDTask
 
 
@@ -47,8 +46,7 @@ def deep_sad_loss(dist: torch.Tensor, y: torch.Tensor, eta: float, eps: float) -
 class _SADTask(_SVDDTask):
     def loss(self, batch):
         x, y = batch
-        with autocast(self.det.device_, self.det.train_precision):
-            dist = self.model.dist(to_input(x, self.det.device_), self.modules["encoder"])
+        dist = self.dist(x)
         per = deep_sad_loss(dist, y.to(dist.device), float(self.det.eta), float(self.det.eps))
         return dist, per.mean()
 

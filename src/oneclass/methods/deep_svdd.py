@@ -109,10 +109,15 @@ class _SVDDTask:
         self.model.c.copy_(s["c"])
         self.model.R.copy_(s["R"])
 
+    def dist(self, x: torch.Tensor) -> torch.Tensor:
+        """Training distances of uint8 images ``x`` to c: through the (DDP-wrapped) encoder,
+        under the training precision's autocast; float32 in any case."""
+        with autocast(self.det.device_, self.det.train_precision):
+            return self.model.dist(to_input(x, self.det.device_), self.modules["encoder"])
+
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Distances of the batch and the objective to minimise."""
-        with autocast(self.det.device_, self.det.train_precision):
-            dist = self.model.dist(to_input(batch[0], self.det.device_), self.modules["encoder"])
+        dist = self.dist(batch[0])
         if self.soft:
             return dist, soft_boundary_loss(dist, self.model.R, float(self.det.nu))
         return dist, one_class_loss(dist)
