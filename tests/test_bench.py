@@ -263,7 +263,11 @@ def test_deep_sad_suites_follow_the_papers_scenarios():
         assert not {_key(j) for j in clean} & {_key(j) for j in polluted}
         assert all((f"deep_sad ({j['label']})", ds) in PUBLISHED for j in clean)
         assert not any((f"deep_sad ({j['label']})", ds) in PUBLISHED for j in polluted)
-    long_ = SUITES["sad-mnist-long"]  # the reference's 150 + 150 epochs, unpolluted
-    assert {j["semi"]["ratio_pollution"] for j in long_} == {0.0}
-    assert {(j["params"]["pretrain_epochs"], j["params"]["epochs"]) for j in long_} == {(150, 150)}
-    assert all((f"deep_sad ({j['label']})", "mnist") in PUBLISHED for j in long_)
+    for name, ds in (("sad-mnist-long", "mnist"), ("sad-cifar10-long", "cifar10")):
+        long_ = SUITES[name]  # the reference's 150 + 150 epochs, unpolluted
+        assert {j["semi"]["ratio_pollution"] for j in long_} == {0.0}
+        assert {(j["params"]["pretrain_epochs"], j["params"]["epochs"],
+                 tuple(j["params"]["lr_milestones"])) for j in long_} == {(150, 150, (50,))}
+        assert all((f"deep_sad ({j['label']})", ds) in PUBLISHED for j in long_)
+        short = {_key({**j, "params": {}}) for j in SUITES[name.removesuffix("-long")]}
+        assert {_key({**j, "params": {}}) for j in long_} == short  # same data, longer training
