@@ -271,3 +271,11 @@ def test_deep_sad_suites_follow_the_papers_scenarios():
         assert all((f"deep_sad ({j['label']})", ds) in PUBLISHED for j in long_)
         short = {_key({**j, "params": {}}) for j in SUITES[name.removesuffix("-long")]}
         assert {_key({**j, "params": {}}) for j in long_} == short  # same data, longer training
+    # the second known-class row: same training as the long CIFAR-10 row, known class C+2
+    known2, long_ = SUITES["sad-cifar10-long-known2"], SUITES["sad-cifar10-long"]
+    assert [j["semi"]["known_outlier_class"] for j in known2] == [(c + 2) % 10 for c in range(10)]
+    assert {json.dumps(j["params"], sort_keys=True) for j in known2} == \
+        {json.dumps(j["params"], sort_keys=True) for j in long_}
+    assert {j["semi"]["ratio_known_outlier"] for j in known2} == {0.05}
+    assert not {_key(j) for j in known2} & {_key(j) for j in long_}
+    assert all((f"deep_sad ({j['label']})", "cifar10") in PUBLISHED for j in known2)

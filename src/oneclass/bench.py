@@ -251,6 +251,15 @@ for _ds, _name, _p in (("mnist", "sad-mnist", _SAD), ("cifar10", "sad-cifar10", 
     PUBLISHED.update({(f"deep_sad ({SAD_LONG_LABEL.format(ratio=r)})", _ds):
                       PUBLISHED[(f"deep_sad ({SAD_LABEL.format(ratio=r)})", _ds)]
                       for r in (0.05, 0.0)})
+# CIFAR-10's 0.05 row again with the known anomaly class (C+2) mod 10: the paper averages over
+# all nine known classes, and a second known class per normal class moves our figure toward
+# that protocol (the closing figure is the mean of the (C+1) and (C+2) rows, decided before
+# the run).
+SAD_LONG_KNOWN2_LABEL = SAD_LONG_LABEL.replace("(C+1)", "(C+2)").format(ratio=0.05)
+SUITES["sad-cifar10-long-known2"] = [
+    _sad_job("cifar10", c, {**_SAD_CIFAR_BF16, **_REFERENCE_SCHEDULE}, (c + 2) % 10, 0.05,
+             SAD_LONG_KNOWN2_LABEL) for c in range(10)]
+PUBLISHED[(f"deep_sad ({SAD_LONG_KNOWN2_LABEL})", "cifar10")] = 77.9
 # Labeled anomalies from each of the nine other classes in turn (90 runs; each class's row is
 # the mean over its nine runs), on the polluted data.
 SAD_ALL_LABEL = "labeled anomalies 0.05 of one class, mean over the nine, pollution 0.1"
