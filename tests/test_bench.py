@@ -279,3 +279,28 @@ def test_deep_sad_suites_follow_the_papers_scenarios():
     assert {j["semi"]["ratio_known_outlier"] for j in known2} == {0.05}
     assert not {_key(j) for j in known2} & {_key(j) for j in long_}
     assert all((f"deep_sad ({j['label']})", "cifar10") in PUBLISHED for j in known2)
+
+
+def test_defaults_suite_runs_every_registered_method_untouched():
+    from oneclass.bench import SUITES, markdown
+    from oneclass.registry import available
+
+    jobs = SUITES["defaults"]
+    data = list(dict.fromkeys(j["data"] for j in jobs))
+    assert {j["method"] for j in jobs} == set(available())  # a new method must join the check
+    assert all(j["params"] == {} and set(j) == {"method", "data", "params", "label"} for j in jobs)
+    assert len(jobs) == len(available()) * len(data)
+    assert any(":rgb" in d for d in data) and "{root}/kolektorsdd" in data
+    # the matrix: a row per method, a column per data set, pixel AUROC only where measured
+    recs = [{"suite": "defaults", "method": m, "data": d, "label": "defaults", "seed": s,
+             "image_auroc": a, "pixel_auroc": px, "train_seconds": t}
+            for m, d, s, a, px, t in (("fcdd", "synthetic:grid:120x200:rgb", 0, 0.9, 0.8, 10),
+                                      ("fcdd", "synthetic:grid:120x200:rgb", 1, 0.7, 0.6, 30),
+                                      ("fcdd", "elpv", 0, 0.6, None, 5),
+                                      ("doc", "/x/kolektorsdd", 0, 0.55, None, 7))]
+    text = markdown(recs)
+    lines = text.splitlines()
+    assert "| method | synthetic:grid:120x200:rgb | elpv | kolektorsdd |" in lines
+    assert "| fcdd | 80.0 / 70.0, 20 s | 60.0, 5 s | - |" in lines
+    assert "| doc | - | - | 55.0, 7 s |" in lines
+    assert "### fcdd" not in text  # not repeated as per-method tables

@@ -588,6 +588,19 @@ def test_synthetic_spec_has_masks_for_test():
     assert test.read(len(test) - 1).mask.any()
 
 
+def test_synthetic_spec_takes_size_and_colour():
+    train = load("synthetic:blobs:40x72:rgb", "train")
+    assert train.read(0).image.shape == (40, 72, 3) and len(train) == 200
+    test = load("synthetic:grid:rgb:24", "test")  # options in any order, N for a square
+    assert test.read(0).image.shape == (24, 24, 3) and test.has_masks
+    assert load("synthetic", "train").read(0).image.shape == (64, 64, 1)
+    for bad, words in (("synthetic:grid:12y9", "'12y9'"), ("synthetic:grid:4x4", "at least 8"),
+                       ("synthetic:wood", "unknown texture")):
+        with pytest.raises(DataError, match=words) as e:
+            load(bad, "train")
+        assert bad in str(e.value)
+
+
 def test_elpv_protocol_with_fake_data(monkeypatch):
     from oneclass.data import elpv as elpv_mod
 

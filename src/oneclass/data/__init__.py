@@ -6,7 +6,9 @@
   ``NAME:C:A[,A]`` tests class C against the classes A only (``fashion-mnist:7:9``);
   ``mnist``, ``cifar10``, ... (or ``:all``): every image, unlabeled (outlier exposure);
 - ``elpv`` / ``elpv:mono`` / ``elpv:poly``: solar cells from the elpv-dataset package;
-- ``synthetic`` / ``synthetic:TEXTURE``: generated defect images with masks (tests, demos).
+- ``synthetic`` / ``synthetic:TEXTURE[:HxW][:rgb]``: generated defect images with masks
+  (tests, demos, checks of the defaults on sizes and colours no benchmark has), 64x64 gray
+  unless told: ``synthetic:grid:120x200:rgb``.
 """
 
 from __future__ import annotations
@@ -67,15 +69,35 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
     if key == "synthetic":
         from .synthetic import make_defects
 
-        texture = arg or "stripes"
-        if split == "train":
-            return make_defects(200, 0, size=64, seed=1, texture=texture)
-        return make_defects(40, 40, size=64, seed=2, texture=texture)
+        texture, size, channels = _synthetic_options(spec, arg)
+        counts, seed = ((200, 0), 1) if split == "train" else ((40, 40), 2)
+        try:
+            return make_defects(*counts, size=size, channels=channels, seed=seed, texture=texture)
+        except DataError as exc:
+            raise DataError(f"{spec}: {exc}") from None
     if ":" in spec or not any(sep in spec for sep in "/\\."):
         raise DataError(
             f"{spec}: not a folder and not a known dataset (mnist:C, fashion-mnist:C, "
             "cifar10:C, elpv, synthetic, natural)")
     raise DataError(f"{spec}: no such file or folder")
+
+
+def _synthetic_options(spec: str, arg: str) -> tuple[str, tuple[int, int], int]:
+    """``TEXTURE[:HxW][:rgb|gray]`` of a ``synthetic`` spec (texture first, the rest in any
+    order) as (texture, (height, width), channels)."""
+    texture, *opts = arg.split(":") if arg else ["stripes"]
+    size, channels = (64, 64), 1
+    for opt in opts:
+        o = opt.strip().lower()
+        parts = o.split("x")
+        if o in ("rgb", "gray"):
+            channels = 3 if o == "rgb" else 1
+        elif 1 <= len(parts) <= 2 and all(p.isdecimal() for p in parts):
+            size = (int(parts[0]), int(parts[-1]))
+        else:
+            raise DataError(f"{spec}: {opt!r} is neither a size (HxW or N) nor rgb/gray; "
+                            "write synthetic:TEXTURE[:HxW][:rgb]")
+    return texture.strip() or "stripes", size, channels
 
 
 def concat(*sets: ImageSet) -> ImageSet:
