@@ -304,3 +304,17 @@ def test_defaults_suite_runs_every_registered_method_untouched():
     assert "| fcdd | 80.0 / 70.0, 20 s | 60.0, 5 s | - |" in lines
     assert "| doc | - | - | 55.0, 7 s |" in lines
     assert "### fcdd" not in text  # not repeated as per-method tables
+
+
+def test_machine_names_the_cpu_model(monkeypatch, tmp_path):
+    import oneclass.bench as bench
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Some  CPU 9000\nflags\t: a b\n")
+    real_open = open
+    monkeypatch.setattr(bench, "open", lambda path, *a, **k: real_open(
+        info if path == "/proc/cpuinfo" else path, *a, **k), raising=False)
+    assert bench.cpu_model() == "Some CPU 9000"
+    assert bench.machine().startswith("Some CPU 9000, ") and " cores, torch " in bench.machine()
+    info.write_text("processor\t: 0\n")  # no model line: the architecture instead
+    assert bench.cpu_model() and bench.cpu_model() != "Some CPU 9000"
