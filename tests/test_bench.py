@@ -318,3 +318,48 @@ def test_machine_names_the_cpu_model(monkeypatch, tmp_path):
     assert bench.machine().startswith("Some CPU 9000, ") and " cores, torch " in bench.machine()
     info.write_text("processor\t: 0\n")  # no model line: the architecture instead
     assert bench.cpu_model() and bench.cpu_model() != "Some CPU 9000"
+
+
+def test_score_variants_rescore_the_trained_model_as_a_run_with_those_params(tmp_path,
+                                                                            monkeypatch):
+    import oneclass.bench as bench
+
+    base = {"method": "anogan", "data": "synthetic", "label": "tiny", "test_limit": 24,
+            "params": {"epochs": 1, "width": 8, "z_dim": 4, "batch_size": 16,
+                       "search_steps": 0, "search_candidates": 4}}
+    variant = {"search_steps": 20, "lam": 0.9}
+    monkeypatch.setitem(bench.SUITES, "x-variants", [{**base, "score_variants": [variant]}])
+    monkeypatch.setitem(bench.SUITES, "x-direct", [
+        {**base, "params": {**base["params"], **variant}}])
+    logs: list[str] = []
+    recs = {r["params"]["search_steps"]: r for r in run_suite("x-variants", tmp_path / "v",
+                                                              log=logs.append)}
+    assert sorted(recs) == [0, 20] and recs[20]["scored_after"] == recs[0]["key"]
+    assert recs[20]["label"] == "tiny, lam=0.9, search_steps=20, 24 test images"
+    assert recs[0]["image_auroc"] != recs[20]["image_auroc"]
+    assert "lam=0.9, search_steps=20 " in logs[-1]
+    # the rescored line is what a run trained with those params gives, under the same key
+    direct = run_suite("x-direct", tmp_path / "d", log=lambda s: None)[0]
+    assert direct["key"] == recs[20]["key"]
+    assert direct["image_auroc"] == recs[20]["image_auroc"]
+    # resumed: done; with the variant's line lost, the job runs again and repeats the first
+    run_suite("x-variants", tmp_path / "v", log=logs.append)
+    assert logs[-1].endswith("done")
+    lines = (tmp_path / "v" / "results.jsonl").read_text().splitlines()
+    (tmp_path / "v" / "results.jsonl").write_text(lines[0] + "\n")
+    run_suite("x-variants", tmp_path / "v", log=logs.append)
+    assert f"recorded: {100 * recs[0]['image_auroc']:.2f}" in logs[-1]
+    assert "AUROC " + f"{100 * recs[0]['image_auroc']:.2f} (recorded" in logs[-1]
+    assert len((tmp_path / "v" / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_anogan_cifar10_width64_rows_are_rescored_with_the_papers_500_steps():
+    from oneclass.bench import SUITES, _key, _variant_jobs
+
+    rows = [j for j in SUITES["anogan-cifar10"] if j.get("label", "").endswith("width 64")]
+    assert len(rows) == 10 and all(j["params"]["search_steps"] == 100 for j in rows)
+    for j in rows:
+        (v,) = _variant_jobs(j)
+        assert v["params"] == {**j["params"], "search_steps": 500}
+        assert v["label"] == j["label"] + ", search_steps=500" and _key(v) != _key(j)
+    assert not any("score_variants" in j for j in SUITES["anogan-cifar10"] if j not in rows)

@@ -307,3 +307,25 @@ def test_gan_gcn_trains_saves_and_loads(name, small_train, tmp_path):
     back = oneclass.load(tmp_path / "m")
     assert back.model_.prep.gcn
     np.testing.assert_allclose(back.score(small_train), s, rtol=1e-5, atol=1e-5)
+
+
+def test_scoring_params_change_after_fit_and_only_they(anogan_fitted, small_train, caplog):
+    import copy
+
+    det = copy.deepcopy(anogan_fitted)
+    x = make_defects(4, 4, size=16, seed=7)
+    before = det.score(x)  # fills the search cache
+    det.set_scoring_params(search_steps=int(det.search_steps) + 7)
+    after = det.score(x)
+    assert not np.allclose(before, after)  # the cached search of the old settings is dropped
+    np.testing.assert_allclose(after, det.search(det.batches(x).__next__()).loss.numpy(),
+                               rtol=1e-5)
+    assert "former scoring settings" in caplog.text  # the fitted threshold may be stale
+    with pytest.raises(ConfigError, match="epochs cannot change after training"):
+        det.set_scoring_params(epochs=3)
+    steps = det.search_steps
+    with pytest.raises(ConfigError, match="search_steps"):
+        det.set_scoring_params(search_steps=-1)
+    assert det.search_steps == steps  # a refused value leaves the old one
+    det.set_scoring_params(search_steps=str(steps + 1))  # --set strings are read by type
+    assert det.search_steps == steps + 1

@@ -142,6 +142,9 @@ class Detector:
         "threshold": None,
         "score_batch_size": 64,
     }
+    #: Parameters that only change how a fitted model scores, never its weights:
+    #: :meth:`set_scoring_params` may change them after fit or load.
+    scoring_params: ClassVar[tuple[str, ...]] = ("score_batch_size",)
     #: Whether ``fit(outliers=...)`` is used (outlier exposure).
     uses_outliers: ClassVar[bool] = False
     #: Side used for images larger than 64 pixels when ``size`` is None.
@@ -171,6 +174,38 @@ class Detector:
 
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.all_defaults()}
+
+    def set_scoring_params(self, **params: Any) -> Detector:
+        """Change parameters of the scoring alone (``scoring_params``, e.g. AnoGAN's
+        ``search_steps``) on a fitted or loaded model, without training again.
+
+        Other parameters raise ConfigError, as do invalid values (the old ones are then
+        kept). ``threshold_`` stays the one derived at fit with the former settings; if the
+        change moves the scale of the scores, derive a new one before :meth:`predict`.
+        """
+        fixed = sorted(set(params) - set(self.scoring_params))
+        if fixed:
+            raise ConfigError(f"{self.name}: {', '.join(fixed)} cannot change after training; "
+                              f"the scoring parameters are {', '.join(self.scoring_params)}")
+        defaults = self.all_defaults()
+        old = {k: getattr(self, k) for k in params}
+        for k, v in params.items():
+            setattr(self, k, _param_type_cast(defaults[k], v, k))
+        try:
+            self._check_params()
+        except ConfigError:
+            for k, v in old.items():
+                setattr(self, k, v)
+            raise
+        self._scoring_changed()
+        if getattr(self, "threshold_source_", "explicit") != "explicit" and any(
+                old[k] != getattr(self, k) for k in params if k != "score_batch_size"):
+            log.warning("%s: threshold_ %.6g was derived with the former scoring settings",
+                        self.name, self.threshold_)
+        return self
+
+    def _scoring_changed(self) -> None:
+        """Hook after :meth:`set_scoring_params`: drop anything cached from the old settings."""
 
     def _check_params(self) -> None:
         if not (0.0 <= float(self.contamination) < 1.0):

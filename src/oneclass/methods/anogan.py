@@ -213,6 +213,9 @@ class AnoGAN(GANDetector):
         "search_threads": 0,
     }
 
+    scoring_params = ("score_batch_size", "lam", "search_steps", "search_lr",
+                      "search_candidates", "precision", "search_threads")
+
     def _check_params(self) -> None:
         super()._check_params()
         if not 0.0 <= float(self.lam) <= 1.0:
@@ -244,6 +247,10 @@ class AnoGAN(GANDetector):
         task.finish()
         contiguous(self.model_)
         self._cache.clear()
+
+    def _scoring_changed(self) -> None:
+        if hasattr(self, "_cache"):
+            self._cache.clear()
 
     def code_bank(self) -> torch.Tensor:
         """The fixed candidate codes the search starts from (seeded, so scores repeat)."""

@@ -255,6 +255,8 @@ class FCDD(Detector):
         "members": 1,
     }
 
+    scoring_params = ("score_batch_size", "precision")
+
     def _check_params(self) -> None:
         super()._check_params()
         if self.net not in fcdd_nets.NETS:
