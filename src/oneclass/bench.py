@@ -653,6 +653,8 @@ COMMANDS = {
     **{f"sad-{ds}-polluted": (f"oneclass bench sad-{ds}-polluted --data-root ../shared/data "
                               "--out runs/bench-sad") for ds in ("mnist", "fmnist", "cifar10")},
     "hsc-cifar10": "oneclass bench hsc-cifar10 --data-root ../shared/data --out runs/bench-sad",
+    "sad-cifar10-long-known2": ("oneclass bench sad-cifar10-long-known2 --data-root "
+                                "../shared/data --out runs/bench-sad-k2"),
     "sad-mnist-all-known": ("oneclass bench sad-mnist-all-known --data-root ../shared/data "
                             "--out runs/bench-sad9"),
 }
