@@ -34,13 +34,14 @@ bench: install
 	$(VENV)/bin/oneclass bench doc-kolektor --data-root ../shared/data --out runs/bench-doc
 	$(VENV)/bin/oneclass bench anogan-kolektor --data-root ../shared/data --out runs/bench-gan
 	$(VENV)/bin/oneclass bench industrial --data-root ../shared/data --out runs/bench-industrial
+	$(VENV)/bin/oneclass bench defaults --data-root ../shared/data --out runs/bench-defaults
 	$(VENV)/bin/oneclass bench speed --score-batch 32,64 --out runs/bench-speed
 	$(VENV)/bin/oneclass bench speed-anogan --out runs/bench-speed
 	$(VENV)/bin/oneclass bench export --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench serve --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench predict --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench docs --results runs/bench runs/bench-fcdd runs/bench-sad \
-	    runs/bench-sad9 runs/bench-industrial runs/bench-gan runs/bench-doc runs/bench-speed runs/bench-deploy \
+	    runs/bench-sad9 runs/bench-industrial runs/bench-defaults runs/bench-gan runs/bench-doc runs/bench-speed runs/bench-deploy \
 	    runs/bench-compare
 
 # anomalib for `oneclass bench compare`, in its own environment: it brings torch 2.14.1, which must
