@@ -359,7 +359,8 @@ def test_anogan_cifar10_width64_rows_are_rescored_with_the_papers_500_steps():
     rows = [j for j in SUITES["anogan-cifar10"] if j.get("label", "").endswith("width 64")]
     assert len(rows) == 10 and all(j["params"]["search_steps"] == 100 for j in rows)
     for j in rows:
-        (v,) = _variant_jobs(j)
+        ((v, name),) = _variant_jobs(j)
+        assert name == "search_steps=500"
         assert v["params"] == {**j["params"], "search_steps": 500}
         assert v["label"] == j["label"] + ", search_steps=500" and _key(v) != _key(j)
     assert not any("score_variants" in j for j in SUITES["anogan-cifar10"] if j not in rows)

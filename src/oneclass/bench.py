@@ -350,32 +350,28 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
             extra["reference"] = load_reference(_resolve(job["reference"], data_root), data_root)
         det.fit(train, outliers=outliers, **extra)
         train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scores = det.score(test)
-        score_s = time.perf_counter() - t0
-        rec = {k: v for k, v in image_metrics(test.labels, scores).items()}
         from .runs import _masks
 
-        if test.has_masks:
-            rec.update(pixel_metrics(_masks(test, det), det.anomaly_map(test)))
-        epochs = sum(1 for h in det.history_ if h["phase"] == "train")
+        def scored() -> dict[str, Any]:  # metrics and speed of scoring the test set
+            t0 = time.perf_counter()
+            scores = det.score(test)
+            score_s = time.perf_counter() - t0
+            rec = dict(image_metrics(test.labels, scores))
+            if test.has_masks:
+                rec.update(pixel_metrics(_masks(test, det), det.anomaly_map(test)))
+            return {**rec, "score_seconds": round(score_s, 3),
+                    "score_images_per_s": round(len(test) / score_s, 1)}
+
+        rec = scored()
         variants = []
         for params in job.get("score_variants") or []:  # the same trained model, rescored
             det.set_scoring_params(**params)
-            t0 = time.perf_counter()
-            v_scores = det.score(test)
-            v_s = time.perf_counter() - t0
-            v_rec = dict(image_metrics(test.labels, v_scores))
-            if test.has_masks:
-                v_rec.update(pixel_metrics(_masks(test, det), det.anomaly_map(test)))
-            v_rec.update({"score_seconds": round(v_s, 3),
-                          "score_images_per_s": round(len(test) / v_s, 1)})
-            variants.append(v_rec)
+            variants.append(scored())
+        epochs = sum(1 for h in det.history_ if h["phase"] == "train")
         rec.update({
-            "train_seconds": round(train_s, 2), "score_seconds": round(score_s, 3),
+            "train_seconds": round(train_s, 2),
             "train_images_per_s": round(det.n_train_ * max(epochs, 1) / max(
                 sum(h["seconds"] for h in det.history_ if h["phase"] == "train"), 1e-9), 1),
-            "score_images_per_s": round(len(test) / score_s, 1),
             "n_train": det.n_train_, "n_test": len(test),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         })
@@ -498,15 +494,16 @@ def _record(job: dict[str, Any], key: str, suite: str, payload: dict[str, Any]) 
             "date": date.today().isoformat(), "machine": machine()}
 
 
-def _variant_jobs(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """The jobs a run's ``score_variants`` stand for: the same job with those scoring
-    parameters (same key as a run trained with them), its label naming them."""
+def _variant_jobs(job: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """The jobs a run's ``score_variants`` stand for, each with its name ("k=v, ..."): the
+    same job with those scoring parameters (same key as a run trained with them), its label
+    naming them."""
     out = []
     for params in job.get("score_variants") or []:
         named = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
-        out.append({**{k: v for k, v in job.items() if k != "score_variants"},
-                    "params": {**job["params"], **params},
-                    "label": ", ".join(filter(None, [job.get("label", ""), named]))})
+        out.append(({**{k: v for k, v in job.items() if k != "score_variants"},
+                     "params": {**job["params"], **params},
+                     "label": ", ".join(filter(None, [job.get("label", ""), named]))}, named))
     return out
 
 
@@ -514,7 +511,7 @@ def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> None:
     for i, job in enumerate(jobs):
         key = _key(job)
         variant_jobs = _variant_jobs(job)
-        if key in done and all(_key(v) in done for v in variant_jobs):
+        if key in done and all(_key(v) in done for v, _ in variant_jobs):
             log(f"[{i + 1}/{len(jobs)}] {job['method']} {job['data']} seed {job['seed']}: done")
             continue
         q = ctx.Queue()
@@ -535,12 +532,11 @@ def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> None:
             continue
         variants = payload.pop("variants", [])
         shown = []
-        for j, extra in [(job, {})] + [
-                (v, {**m, "scored_after": key}) for v, m in zip(variant_jobs, variants)]:
+        for (j, name), extra in zip([(job, "AUROC")] + variant_jobs,
+                                    [{}] + [{**m, "scored_after": key} for m in variants]):
             k = _key(j)
             rec = _record(j, k, suite, {**payload, **extra})
-            shown.append(f"{j.get('label', '')[len(job.get('label', '')):].lstrip(', ') or 'AUROC'} "
-                         f"{_pct(rec.get('image_auroc'))}")
+            shown.append(f"{name} {_pct(rec.get('image_auroc'))}")
             if k in done:  # rerun for its variants: does it repeat what was recorded?
                 shown[-1] += f" (recorded: {_pct(done[k].get('image_auroc'))})"
                 continue
