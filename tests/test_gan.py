@@ -329,3 +329,27 @@ def test_scoring_params_change_after_fit_and_only_they(anogan_fitted, small_trai
     assert det.search_steps == steps  # a refused value leaves the old one
     det.set_scoring_params(search_steps=str(steps + 1))  # --set strings are read by type
     assert det.search_steps == steps + 1
+
+
+def test_gan_epochs_default_to_a_number_of_updates():
+    # 25 epochs were 50 updates on 180 images and 23,000 on 60,000: a GAN needs updates
+    det = oneclass.create("anogan")
+    assert det.epochs is None and det.batch_size == 64 and det.train_steps == 2000
+    assert det._train_epochs(180) == 1000  # 2 full batches an epoch (the short one is dropped)
+    assert det._train_epochs(60_000) == 3  # 937 batches an epoch
+    assert det._train_epochs(10) == 2000  # one short batch an epoch
+    assert oneclass.create("bigan", epochs=7)._train_epochs(180) == 7  # a set number is kept
+    # BiGAN's default: 1000 updates of G and E, each after critic_iters (2) critic updates
+    bigan = oneclass.create("bigan")
+    assert bigan.train_steps * bigan.critic_iters == 2000
+    with pytest.raises(ConfigError, match="train_steps"):
+        oneclass.create("bigan", train_steps=0)
+    with pytest.raises(ConfigError, match="epochs must be a number"):
+        oneclass.create("deep_svdd", epochs=None)
+
+
+@pytest.mark.parametrize("name", ["anogan", "bigan"])
+def test_gan_fit_without_epochs_makes_train_steps_updates(name, small_train):
+    det = oneclass.create(name, width=8, batch_size=16, holdout=0.0, train_steps=5)
+    det.fit(small_train)  # 40 images: 2 batches an epoch, so 3 epochs for 5 updates
+    assert [h["epoch"] for h in det.history_ if h["phase"] == "train"] == [1, 2, 3]

@@ -214,8 +214,12 @@ class Detector:
             raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
-        for k in ("epochs", "batch_size", "score_batch_size"):
-            if int(getattr(self, k)) < (0 if k == "epochs" else 1):
+        if self.epochs is None and "train_steps" not in self.all_defaults():
+            raise ConfigError(f"{self.name}: epochs must be a number")
+        if self.epochs is not None and int(self.epochs) < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        for k in ("batch_size", "score_batch_size"):
+            if int(getattr(self, k)) < 1:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         if float(self.lr) <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")

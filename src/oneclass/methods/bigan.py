@@ -142,6 +142,9 @@ class BiGAN(GANDetector):
     defaults = {
         "lr": 1e-4,
         "critic_iters": 2,  # critic updates per generator/encoder update
+        # with epochs None: 1000 generator/encoder updates, so 2000 critic updates, as many
+        # as AnoGAN's 2000 discriminator updates
+        "train_steps": 1000,
         "gp_weight": 10.0,
         "feature_weight": 1.0,  # weight of the l2 feature loss for G and E
         "alpha": 0.9,  # score: alpha * residual + (1 - alpha) * feature distance
@@ -163,7 +166,7 @@ class BiGAN(GANDetector):
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
         x = x[y != 1]  # unsupervised: labeled anomalies are not used
         self.model_.prep.fit(x)
-        run(_BiGANTask(self), [x], epochs=int(self.epochs), batch_size=int(self.batch_size),
+        run(_BiGANTask(self), [x], epochs=self._train_epochs(len(x)), batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop, drop_last=True)
         contiguous(self.model_)
 
