@@ -335,6 +335,7 @@ def test_score_variants_rescore_the_trained_model_as_a_run_with_those_params(tmp
     recs = {r["params"]["search_steps"]: r for r in run_suite("x-variants", tmp_path / "v",
                                                               log=logs.append)}
     assert sorted(recs) == [0, 20] and recs[20]["scored_after"] == recs[0]["key"]
+    assert recs[20]["scored_after_auroc"] == recs[0]["image_auroc"]  # the same model's
     assert recs[20]["label"] == "tiny, lam=0.9, search_steps=20, 24 test images"
     assert recs[0]["image_auroc"] != recs[20]["image_auroc"]
     assert "lam=0.9, search_steps=20 " in logs[-1]

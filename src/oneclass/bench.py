@@ -531,9 +531,12 @@ def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> None:
             log(f"[{i + 1}/{len(jobs)}] {job['method']} {job['data']}: FAILED {payload}")
             continue
         variants = payload.pop("variants", [])
+        # a rescored line keeps the AUROC its model gave with the job's own scoring: a model
+        # trained again may not repeat the recorded one (GAN training on another CPU)
+        after = {"scored_after": key, "scored_after_auroc": payload.get("image_auroc")}
         shown = []
         for (j, name), extra in zip([(job, "AUROC")] + variant_jobs,
-                                    [{}] + [{**m, "scored_after": key} for m in variants]):
+                                    [{}] + [{**m, **after} for m in variants]):
             k = _key(j)
             rec = _record(j, k, suite, {**payload, **extra})
             shown.append(f"{name} {_pct(rec.get('image_auroc'))}")
