@@ -8,7 +8,7 @@ import torch
 
 import oneclass
 from oneclass.errors import TrainingError
-from oneclass.train import LoopConfig, run
+from oneclass.train import LoopConfig, batches_per_epoch, run
 
 
 class _Task:
@@ -41,6 +41,24 @@ def test_history_has_one_record_per_epoch():
     hist = run(_Task(0), [torch.randn(10, 1)], epochs=4, batch_size=4, seed=0)
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     assert all(np.isfinite(h["loss"]) for h in hist)
+
+
+class _Counting(_Task):
+    def __init__(self):
+        super().__init__(0)
+        self.steps = 0
+
+    def step(self, batch):
+        self.steps += 1
+        return super().step(batch)
+
+
+@pytest.mark.parametrize("n", [3, 4, 10, 12, 13])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_batches_per_epoch_is_what_an_epoch_steps(n, drop_last):
+    task = _Counting()
+    run(task, [torch.randn(n, 1)], epochs=1, batch_size=4, seed=0, drop_last=drop_last)
+    assert batches_per_epoch(n, 4, drop_last) == task.steps
 
 
 class _Stop(Exception):

@@ -137,6 +137,18 @@ def _average_gradients_before_steps(task: Task, world: int) -> list:
     return [o.register_step_pre_hook(hook) for o in task.optimizers.values()]
 
 
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches an epoch of ``n`` images makes: with ``drop_last`` a last short batch is
+    dropped, unless it is the only one."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest and (not drop_last or full == 0) else 0)
+
+
+def epochs_for_steps(steps: int, n: int, batch_size: int, drop_last: bool) -> int:
+    """The fewest epochs (at least one) that make ``steps`` batches of ``n`` images."""
+    return max(1, math.ceil(steps / max(1, batches_per_epoch(n, batch_size, drop_last))))
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
@@ -230,9 +242,7 @@ def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
             m.train()
         sums: dict[str, float] = {}
         count = 0
-        batches = list(torch.split(order, batch_size))
-        if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-            batches = batches[:-1]
+        batches = list(torch.split(order, batch_size))[:batches_per_epoch(n, batch_size, drop_last)]
         if world > 1:  # the same global batches; each rank takes its slice of every one
             batches = [torch.tensor_split(b, world)[rank] for b in batches if len(b) >= world]
         bar = None

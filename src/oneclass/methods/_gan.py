@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 from ..detector import Detector, gcn_l1
 from ..errors import ConfigError
 from ..heatmaps import default_sigma, gaussian_blur
+from ..train import epochs_for_steps
 from ..viz import grid
 from ._common import to_input
 
@@ -196,13 +196,12 @@ class GANDetector(Detector):
 
     def _train_epochs(self, n: int) -> int:
         """Epochs to train on ``n`` images: ``epochs`` if set, else enough for ``train_steps``
-        batches (the training loop drops a last short batch, but keeps a single one)."""
+        batches (the GANs' training loop drops a last short batch)."""
         if self.epochs is not None:
             return int(self.epochs)
-        per_epoch = max(1, n // int(self.batch_size))
-        epochs = max(1, math.ceil(int(self.train_steps) / per_epoch))
-        log.info("%s: %d epochs of %d batches (train_steps %d over %d images)", self.name,
-                 epochs, per_epoch, int(self.train_steps), n)
+        epochs = epochs_for_steps(int(self.train_steps), n, int(self.batch_size), drop_last=True)
+        log.info("%s: %d epochs for train_steps %d over %d images", self.name, epochs,
+                 int(self.train_steps), n)
         return epochs
 
     def _width(self, input_shape: tuple[int, int, int]) -> int:
