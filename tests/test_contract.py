@@ -65,6 +65,40 @@ def test_threshold_does_not_flag_everything_without_anomalies(fitted):
     assert fitted.predict(normals).mean() < 0.5
 
 
+def test_holdout_threshold_flags_at_most_the_contamination():
+    from oneclass.detector import holdout_threshold
+
+    def flagged(scores, c):
+        scores = np.asarray(scores)
+        return int((scores >= holdout_threshold(scores, c)).sum())
+
+    rng = np.random.default_rng(0)
+    distinct = rng.permutation(100).astype(np.float32) / 7
+    assert flagged(distinct, 0.05) == 5
+    assert flagged(distinct, 0.0) == 0
+    assert flagged(distinct[:10], 0.05) == 0  # 0.5 of an image: none, not one
+    assert flagged(distinct[:40], 0.05) == 2
+    # collapsed scores: tied values never straddle the threshold, so nothing is flagged
+    assert flagged(np.full(30, 0.2, dtype=np.float32), 0.05) == 0
+    # a tie at the boundary: flagging one of the tied pair would be arbitrary, so neither is
+    tied = np.arange(100, dtype=np.float64)
+    tied[94] = tied[95]
+    assert flagged(tied, 0.05) == 4
+    # the threshold is just above the 95th score, also when compared in float32
+    thr = holdout_threshold(distinct, 0.05)
+    assert np.sort(distinct)[94] < thr <= np.sort(distinct)[95]
+    assert int((distinct >= np.float32(thr)).sum()) == 5
+
+
+def test_fit_refuses_scores_that_are_not_finite(defects_train, monkeypatch):
+    from oneclass.errors import TrainingError
+
+    det = oneclass.create("deep_svdd", **fast_params("deep_svdd"))
+    monkeypatch.setattr(type(det), "score", lambda self, x: np.full(len(x), np.nan))
+    with pytest.raises(TrainingError, match="scores of .* held-back normal images are not finite"):
+        det.fit(defects_train)
+
+
 def test_explicit_threshold(defects_train):
     det = oneclass.create(METHODS[0], **fast_params(METHODS[0]), threshold=1.5)
     det.fit(defects_train)

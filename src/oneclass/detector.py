@@ -10,10 +10,11 @@ Parameters are keyword-only and stored unchanged by ``__init__`` (scikit-learn s
 parameter has a default in the ``defaults`` of the class or one of its bases, and an unknown
 parameter is an error listing the valid ones. Fitted state ends in ``_``.
 
-The threshold: given explicitly (``threshold=...``), or the ``1 - contamination`` quantile of
-the scores of normal images that were held back from training (``holdout``), or of ``val``'s
-normal images when ``val`` is given. It never uses anomalies, so it cannot collapse to
-"everything anomalous" when none are labeled.
+The threshold: given explicitly (``threshold=...``), or the lowest one that flags at most a
+``contamination`` fraction of the normal images held back from training (``holdout``), or of
+``val``'s normal images when ``val`` is given (:func:`holdout_threshold`). It never uses
+anomalies, and tied scores never straddle it, so it cannot collapse to "everything
+anomalous" when none are labeled or when a model gives every image the same score.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import nn
 from . import __version__
 from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, materialize
 from .device import resolve_device, seed_everything
-from .errors import ConfigError, DataError, ModelFileError
+from .errors import ConfigError, DataError, ModelFileError, TrainingError
 from .io import atomic_dir, recover_dir, write_json
 from .train import LoopConfig
 
@@ -48,6 +49,19 @@ class Output(NamedTuple):
 
     score: torch.Tensor
     anomaly_map: torch.Tensor
+
+
+def holdout_threshold(scores: np.ndarray, contamination: float) -> float:
+    """The lowest threshold at which ``score >= threshold`` flags at most
+    ``floor(contamination * n)`` of ``n`` scores of normal images: the smallest float32 above
+    the ``(n - k)``-th smallest score. Tied scores land on the same side, so a model whose
+    scores collapsed to one value flags none of its normal images, and ``contamination=0``
+    flags none; with few images fewer than the fraction are flagged, never more."""
+    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if len(s) == 0:
+        raise ValueError("no scores to set a threshold from")
+    k = min(len(s) - 1, int(np.floor(float(contamination) * len(s) + 1e-9)))
+    return float(np.nextafter(np.float32(s[len(s) - k - 1]), np.float32(np.inf)))
 
 
 def gcn_l1(x: torch.Tensor) -> torch.Tensor:
@@ -361,19 +375,28 @@ class Detector:
         return self
 
     def _set_threshold(self, hold_set: ImageSet | None, x: torch.Tensor, y: torch.Tensor) -> None:
-        q = 1.0 - float(self.contamination)
         if hold_set is not None and len(hold_set):
-            ref = hold_set
-            src = f"quantile {q:g} of {len(hold_set)} held-back normal images"
+            ref, what = hold_set, f"{len(hold_set)} held-back normal images"
         else:
             ref = x[y != 1].float() / 255.0
-            src = f"quantile {q:g} of {len(ref)} training images (too few to hold back)"
+            what = f"{len(ref)} training images (too few to hold back)"
+            if self.threshold is None and float(self.holdout) > 0:
+                log.warning("%s: too few normal images to hold back %g of them; the threshold "
+                            "comes from the training images, which tend to score lower than "
+                            "new normal images, so expect more false alarms (give more "
+                            "images, or val=)", self.name, float(self.holdout))
         # The colour scale of heatmap overlays: from the median to the maximum of the maps
         # of normal images, so normal regions look cold and anomalies saturate.
         few = ref.subset(np.arange(min(len(ref), 64))) if isinstance(ref, ImageSet) else ref[:64]
         maps = self.anomaly_map(few)
-        self.map_scale_ = [float(np.median(maps)), float(maps.max())]
         scores = self.score(ref)
+        for name, v in (("scores", scores), ("heatmaps", maps)):
+            if not np.isfinite(v).all():
+                raise TrainingError(
+                    f"{self.name}: {int(np.size(v) - np.isfinite(v).sum())} of {np.size(v)} "
+                    f"values of the {name} of {what} are not finite (NaN or inf): the trained "
+                    f"model is unusable; train again with a lower learning rate or another seed")
+        self.map_scale_ = [float(np.median(maps)), float(maps.max())]
         if self.threshold is not None:
             self.threshold_ = float(self.threshold)
             self.threshold_source_ = "explicit"
@@ -382,8 +405,10 @@ class Detector:
                             "reference image (lowest %.6g): every image will be predicted "
                             "anomalous", self.name, self.threshold_, float(scores.min()))
             return
-        self.threshold_ = float(np.quantile(scores, q))
-        self.threshold_source_ = src
+        self.threshold_ = holdout_threshold(scores, float(self.contamination))
+        k = int(np.sum(scores >= self.threshold_))
+        self.threshold_source_ = (f"flags {k} of {what} (at most contamination "
+                                  f"{float(self.contamination):g})")
 
     # ------------------------------------------------------------------ inference
     def _check_fitted(self) -> None:

@@ -33,10 +33,14 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     pad_h = min(r, x.shape[2] - 1)
     pad_w = min(r, x.shape[3] - 1)
     x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w > 0 else "replicate")
+    # a side no longer than the kernel's radius cannot be reflect-padded by the radius: the
+    # kernel is cut to what fits and normalised again, so a constant map stays constant
     kw = k[r - pad_w:r + pad_w + 1] if pad_w < r else k
+    kw = kw / kw.sum()
     x = F.conv2d(x, kw.view(1, 1, 1, -1))
     x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect" if pad_h > 0 else "replicate")
     kh = k[r - pad_h:r + pad_h + 1] if pad_h < r else k
+    kh = kh / kh.sum()
     x = F.conv2d(x, kh.view(1, 1, -1, 1))
     return x[:, 0]
 
