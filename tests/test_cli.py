@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -101,6 +102,25 @@ def test_fcdd_semi_supervised_run_leaves_its_labeled_anomalies_out_of_eval(mvtec
     m = json.loads((run / "metrics.json").read_text())
     assert m["n_test"] == 22 - len(used)
     assert m["pixel_auroc"] is not None and m["aupro"] is not None
+
+
+def test_labeled_anomalies_stay_out_of_eval_however_the_folder_is_written(mvtec_dir, tmp_path,
+                                                                          monkeypatch):
+    from oneclass import runs
+
+    names = runs.test_set(str(mvtec_dir), None, {}).names
+    used = [n for n in names if "good" not in n][:2]
+    monkeypatch.chdir(mvtec_dir.parent)
+    written = [str(mvtec_dir), f"{mvtec_dir}/", mvtec_dir.name, f"./{mvtec_dir.name}/"]
+    for recorded in written:
+        for given in written:
+            cfg = {"anomalies": recorded, "anomalies_used": used}
+            test = runs.test_set(given, None, cfg)
+            assert len(test) == 22 - 2 and not set(used) & set(test.names), (recorded, given)
+    other = tmp_path / "copy"  # same names below another folder: nothing is left out
+    shutil.copytree(mvtec_dir, other)
+    assert len(runs.test_set(str(other), None, {"anomalies": mvtec_dir.name,
+                                                 "anomalies_used": used})) == 22
 
 
 def test_outliers_spec_is_loaded_for_fcdd(mvtec_dir, tmp_path):

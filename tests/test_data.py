@@ -126,6 +126,40 @@ def test_mvtec_mask_of_wrong_size_names_the_mask(mvtec_root):
         materialize(test, Preprocess())
 
 
+def test_mvtec_masks_of_good_images_are_ignored(mvtec_root):
+    """Converted datasets ship ground_truth/good/ (all-zero masks of the good test images)."""
+    for image in sorted((mvtec_root / "test" / "good").glob("*.png")):
+        _png(mvtec_root / "ground_truth" / "good" / f"{image.stem}_mask.png", _gray(24, 24, 0))
+    test = load(str(mvtec_root), "test")
+    assert len(test) == 3 + 5 and test.has_masks
+    good = [i for i in range(len(test)) if test.labels[i] == NORMAL]
+    assert all(not test.read(i).mask.any() for i in good)
+
+
+def test_mvtec_masks_are_matched_by_path_below_the_type_folder(tmp_path):
+    root = tmp_path / "ds"
+    _png(root / "train" / "good" / "000.png", _gray(8, 8))
+    for sub, col in (("a", 1), ("b", 6)):
+        _png(root / "test" / "crack" / sub / "001.png", _gray(8, 8))
+        m = _gray(8, 8, 0)
+        m[:, col] = 255
+        _png(root / "ground_truth" / "crack" / sub / "001_mask.png", m)
+    test = load(str(root), "test")
+    for i, sub, col in ((0, "a", 1), (1, "b", 6)):
+        assert test.names[i] == os.path.join("test", "crack", sub, "001.png")
+        assert np.flatnonzero(test.read(i).mask.any(axis=0)).tolist() == [col]
+
+
+def test_two_masks_of_one_image_name_both_files(mvtec_root):
+    image = _anomalous_files(mvtec_root)[0]
+    first = _mask_of(mvtec_root, image)
+    second = first.with_name(f"{image.stem}.png")  # also a mask name of the same image
+    shutil.copy(first, second)
+    with pytest.raises(DataError, match="same image") as e:
+        load(str(mvtec_root), "test")
+    assert str(first) in str(e.value) and str(second) in str(e.value)
+
+
 def test_mvtec_empty_training_and_test_folders(tmp_path):
     root = tmp_path / "ds"
     (root / "train" / "good").mkdir(parents=True)
@@ -296,6 +330,81 @@ def test_read_mask_is_any_nonzero(tmp_path):
     assert np.array_equal(mask, m > 0)
 
 
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_read_mask_tests_the_raw_values_of_deep_masks(tmp_path, mode):
+    """A 16-bit label mask with small values (1, 2, ...) is not scaled to zero first."""
+    m = np.zeros((4, 5), np.int32)
+    m[1, 2], m[3, 4], m[0, 0] = 1, 128, 300
+    if mode != "I;16":
+        m[2, 0] = -3  # was scaled by the image's own range: its minimum read as "not anomalous"
+    img = Image.fromarray(m.astype(np.uint16)) if mode == "I;16" else Image.fromarray(m, "I")
+    path = tmp_path / ("m.png" if mode == "I;16" else "m.tif")
+    (img if mode != "F" else img.convert("F")).save(path)
+    with Image.open(path) as im:
+        assert im.mode == mode
+    assert np.array_equal(read_mask(path), m != 0)
+
+
+def test_read_mask_uses_exif_orientation_and_alpha(tmp_path):
+    m = np.zeros((2, 4, 4), np.uint8)
+    m[0, 0] = (1, 0, 0, 100)  # faint and half transparent (0.4 on black): still anomalous
+    m[0, 3] = (255, 255, 255, 0)  # transparent: not anomalous
+    m[1, 1] = (0, 0, 0, 255)  # opaque black: not anomalous
+    Image.fromarray(m).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").tolist() == [[True, False, False, False]] + [[False] * 4]
+    im = Image.fromarray(np.array([[0, 0, 1]], np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "rot.png", exif=exif.tobytes())
+    assert read_mask(tmp_path / "rot.png").tolist() == [[False], [False], [True]]
+
+
+def test_read_mask_of_other_modes(tmp_path):
+    m = np.zeros((3, 4), bool)
+    m[1, 1] = m[2, 3] = True
+    Image.fromarray(m).save(tmp_path / "one.png")
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    rgb[m] = (0, 0, 1)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    p = Image.fromarray(m.astype(np.uint8), "P")
+    p.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    p.save(tmp_path / "p.png")
+    for name in ("one.png", "rgb.png", "p.png"):
+        assert np.array_equal(read_mask(tmp_path / name), m), name
+
+
+def test_32bit_images_have_one_scale_for_the_mode(tmp_path):
+    """Mode I is read as 16-bit data whatever an image's own maximum, so brightness keeps
+    its order across images (it used to be 200 -> 200 but 300 -> 1)."""
+    values = [0, 200, 300, 60000, 65535, 70000, -5]
+    Image.fromarray(np.array([values], np.int32), "I").save(tmp_path / "i.tif")
+    for v in (200, 300):  # one image each, as the per-image scale depended on the image
+        Image.fromarray(np.full((2, 2), v, np.int32), "I").save(tmp_path / f"{v}.tif")
+    img = read_image(tmp_path / "i.tif")[0, :, 0].tolist()
+    assert img == [0, 1, 1, 233, 255, 255, 0]
+    assert read_image(tmp_path / "200.tif")[0, 0, 0] <= read_image(tmp_path / "300.tif")[0, 0, 0]
+
+
+def test_transparent_colour_key_is_composited_on_black_like_alpha(tmp_path):
+    """PNGs with a tRNS colour key (no alpha channel) get transparent pixels black, as RGBA."""
+    Image.fromarray(np.array([[0, 100], [200, 100]], np.uint8)).save(tmp_path / "l.png",
+                                                                      transparency=100)
+    assert read_image(tmp_path / "l.png")[..., 0].tolist() == [[0, 0], [200, 0]]
+    rgb = np.array([[(10, 20, 30), (50, 60, 70)]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png", transparency=(10, 20, 30))
+    assert read_image(tmp_path / "rgb.png").tolist() == [[[0, 0, 0], [50, 60, 70]]]
+    p = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    p.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    p.save(tmp_path / "p.png", transparency=1)
+    assert read_image(tmp_path / "p.png").tolist() == [[[0, 0, 0], [0, 0, 0]]]
+    Image.fromarray(np.array([[5000, 1000]], np.uint16)).save(tmp_path / "g16.png",
+                                                              transparency=1000)
+    assert read_image(tmp_path / "g16.png")[..., 0].tolist() == [[19, 0]]
+    mask = np.array([[0, 7]], np.uint8)  # the key hides the mask's only non-zero pixel
+    Image.fromarray(mask).save(tmp_path / "m.png", transparency=7)
+    assert not read_mask(tmp_path / "m.png").any()
+
+
 # ------------------------------------------------------------------------ Preprocess
 
 
@@ -336,6 +445,18 @@ def test_preprocess_mask_nearest_stays_binary(size):
     assert set(torch.unique(m).tolist()) == {0.0, 1.0}
     # unchanged when no resize is asked for
     assert torch.equal(Preprocess().mask(mask)[0], torch.from_numpy(mask).float())
+
+
+def test_preprocess_mask_resize_is_centre_aligned_like_the_image():
+    """Each output pixel takes the mask value at its centre, as the image resize does: a
+    defect in columns 6-7 of 12 covers the centre (column 6) of output pixel 1 of 3."""
+    mask = np.zeros((12, 12), bool)
+    mask[:, 6:8] = True
+    m = Preprocess(size=(3, 3)).mask(mask)[0]
+    assert m.tolist() == [[0.0, 1.0, 0.0]] * 3
+    mask = np.zeros((12, 12), bool)
+    mask[:, 0:2] = True  # left of the centre of output pixel 0 (column 2): not seen
+    assert not Preprocess(size=(3, 3)).mask(mask).any()
 
 
 @pytest.mark.parametrize("pre", [
@@ -550,6 +671,30 @@ def test_symlink_loop_does_not_hang(plain_root):
     t.join(20)
     assert not t.is_alive(), "listing a folder with a symlink loop did not finish"
     assert len(result["set"]) == 3
+
+
+def test_colour_is_decided_from_every_image(tmp_path):
+    """Colour images sorted after many gray ones make the set colour."""
+    for i in range(70):
+        _png(tmp_path / "imgs" / f"a{i:03d}.png", _gray(4, 4, i))
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0] = 200
+    _png(tmp_path / "imgs" / "z.png", rgb)
+    assert load(str(tmp_path / "imgs"), "train").channels() == 3
+    (tmp_path / "imgs" / "z.png").unlink()
+    Image.fromarray(_gray(4, 4, 9)).convert("RGB").save(tmp_path / "imgs" / "z.png")
+    assert load(str(tmp_path / "imgs"), "train").channels() == 1  # RGB file, gray content
+
+
+def test_gray_files_are_known_from_their_headers(tmp_path, monkeypatch):
+    from oneclass.data.base import FileSet
+
+    for i in range(5):
+        _png(tmp_path / "imgs" / f"{i}.png", _gray(4, 4, i))
+    images = load(str(tmp_path / "imgs"), "train")
+    monkeypatch.setattr(FileSet, "read", lambda self, i: pytest.fail("decoded a gray file"))
+    assert images.channels() == 1
+    assert images.subset([3, 1]).channels() == 1
 
 
 # ---------------------------------------------------------------------------- ArraySet

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
 
 from oneclass.runs import predict, train
 
@@ -29,3 +34,50 @@ def test_resume_drops_a_cut_row_and_scores_each_image_once(mvtec_dir, tmp_path):
     assert all(abs(float(r["score"]) - by_path[r["path"]]) <= 1e-6 * max(1, abs(by_path[r["path"]]))
                for r in final)
     assert len(list((out / "heatmaps").glob("*.png"))) == 15  # for the images scored now
+
+
+@pytest.fixture(scope="module")
+def run(mvtec_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stream") / "run"
+    train("deep_svdd", str(mvtec_dir), out, {"epochs": 1, "pretrain_epochs": 0, "seed": 0},
+          progress=False)
+    return out
+
+
+def _images(root: Path, names: list[str]) -> Path:
+    for k, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((24, 24), 40 * k, np.uint8)).save(root / name)
+    return root
+
+
+def test_heatmap_names_are_unique_and_named_in_the_csv(run, tmp_path):
+    """a/img.png, a/img_1.png and b/img.png once gave img, img_1, img_1: one map overwrote
+    another. Names stay unique against every name used, in input order."""
+    inputs = _images(tmp_path / "in", ["a/img.png", "a/img_1.png", "b/img.png"])
+    out = tmp_path / "pred"
+    assert predict(run, [str(inputs)], out, batch_size=2)["scored"] == 3
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [Path(r["path"]).relative_to(inputs).as_posix() for r in rows] == [
+        "a/img.png", "a/img_1.png", "b/img.png"]
+    assert [r["heatmap"] for r in rows] == ["heatmaps/img.png", "heatmaps/img_1.png",
+                                            "heatmaps/img_2.png"]
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["img.png", "img_1.png",
+                                                                    "img_2.png"]
+    # a resume after a cut row keeps the column; without heatmaps it is empty
+    text = (out / "predictions.csv").read_text()
+    (out / "predictions.csv").write_text(text[: text.rindex(",")])
+    assert predict(run, [str(inputs)], out, resume=True, heatmaps=False)["scored"] == 1
+    again = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["heatmap"] for r in again] == ["heatmaps/img.png", "heatmaps/img_1.png", ""]
+
+
+def test_resume_of_a_file_without_the_heatmap_column_keeps_its_columns(run, tmp_path):
+    inputs = _images(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    out = tmp_path / "pred"
+    out.mkdir()
+    first = str(inputs / "a.png")
+    (out / "predictions.csv").write_text(f"path,score,label\n{first},0.5,0\n")
+    assert predict(run, [str(inputs)], out, resume=True)["scored"] == 2
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "path,score,label" and all(len(ln.split(",")) == 3 for ln in lines)

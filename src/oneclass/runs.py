@@ -84,9 +84,20 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
     """The test split of ``spec`` without the images the run trained on as labeled anomalies."""
     test = data_mod.load(spec, "test", root=root)
     used = set(cfg.get("anomalies_used") or [])
-    if used and cfg.get("anomalies") == spec:
+    if used and _same_data(cfg.get("anomalies"), spec):
         test = test.subset([i for i, n in enumerate(test.names) if n not in used])
     return test
+
+
+def _same_data(a: str | None, b: str) -> bool:
+    """Whether two data specs name the same data: folders compare by resolved path (``R``,
+    ``R/``, ``./R`` and the absolute path are one folder), dataset names as written."""
+    if not a:
+        return False
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
 
 
 def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
@@ -218,13 +229,21 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
                                "n_anomalous": int((labels == 1).sum())}
     if skipped:
         metrics["skipped_images"] = [name for name, _ in skipped]
-    im = image_metrics(labels[known], scores[known])
-    metrics.update({k: im[k] for k in ("image_auroc", "image_ap", "image_f1")})
-    metrics["image_f1_threshold"] = im.get("image_f1_threshold")
+    keys = ("image_auroc", "image_ap", "image_f1", "image_f1_threshold")
+    if known.any():
+        im = image_metrics(labels[known], scores[known])
+    else:  # a plain folder: the scores are still worth writing
+        log.warning("%s: all %d test images are unlabeled; image metrics need labeled data "
+                    "(an MVTec-layout folder or a benchmark); writing the scores only",
+                    spec, len(test))
+        im = dict.fromkeys(keys)
+    metrics.update({k: im[k] for k in keys})
     pred = scores >= det.threshold_
     metrics["threshold"] = det.threshold_
     metrics["threshold_source"] = det.threshold_source_
-    metrics["threshold_outside_scores"] = check_threshold(det.threshold_, scores, "test", both=True)
+    # all unlabeled images predicted normal is the usual case, as when predicting
+    metrics["threshold_outside_scores"] = check_threshold(det.threshold_, scores, "test",
+                                                          both=bool(known.any()))
     metrics["accuracy_at_threshold"] = float((pred[known] == (labels[known] == 1)).mean()) \
         if known.any() else None
     metrics["pixel_auroc"] = metrics["aupro"] = None
@@ -269,14 +288,23 @@ def _to_uint8_image(x) -> np.ndarray:
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+    """A heatmap name per path, unique against every name already given (a/img.png,
+    a/img_1.png, b/img.png -> img, img_1, img_2) and case-insensitively, so that no heatmap
+    overwrites another, on case-insensitive file systems too; the same in every run over the
+    same inputs, so that --resume keeps the names."""
+    used: set[str] = set()
     out = []
     for p in paths:
-        stem = p.stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}_{n}")
+        name, n = p.stem, 0
+        while name.casefold() in used:
+            n += 1
+            name = f"{p.stem}_{n}"
+        used.add(name.casefold())
+        out.append(name)
     return out
+
+
+PREDICTION_COLUMNS = ["path", "score", "label", "heatmap"]
 
 
 def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
@@ -284,8 +312,11 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             batch_size: int = 32, on_bad_image: str = "error") -> dict[str, Any]:
     """Score images and folders, streaming: ``OUT/predictions.csv`` and ``OUT/heatmaps/``.
 
-    Rows are appended batch by batch, so memory stays bounded whatever the number of images;
-    with ``resume`` images already in ``predictions.csv`` are skipped. With
+    ``predictions.csv`` has the columns path, score, label (1 at or above the threshold) and
+    heatmap (its file, ``heatmaps/NAME.png``, empty without heatmaps). Rows are appended batch
+    by batch, so memory stays bounded whatever the number of images; with ``resume`` images
+    already in ``predictions.csv`` are skipped and its columns kept (a file written before the
+    heatmap column existed goes on without it). With
     ``on_bad_image="skip"`` unreadable images get no row (a later ``resume`` tries them again).
     """
     import csv
@@ -318,8 +349,9 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     csv_path = out / "predictions.csv"
     stems = dict(zip(map(str, paths), _unique_stems(paths)))
     done: set[str] = set()
+    columns = PREDICTION_COLUMNS
     if resume and csv_path.exists():
-        done = _complete_rows(csv_path)
+        done, columns = _complete_rows(csv_path)
     todo = [p for p in paths if str(p) not in done]
     mode = "a" if resume and csv_path.exists() else "w"
     if heatmaps:
@@ -330,7 +362,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     with open(csv_path, mode, newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         if mode == "w":
-            writer.writerow(["path", "score", "label"])
+            writer.writerow(columns)
         if todo:
             fs, bad = data_mod.screen(FileSet(todo, [-1] * len(todo), names=[str(p) for p in todo]),
                                       on_bad_image, what="input images", allow_empty=True)
@@ -348,11 +380,14 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                 for j, i in enumerate(idx.tolist()):
                     label = int(scores[j] >= det.threshold_)
                     n_anom += label
+                    heatmap = ""
                     if maps is not None:
+                        heatmap = f"heatmaps/{stems[str(todo[i])]}.png"
                         png = to_png(overlay(_to_uint8_image(xb[j]), maps[j], lo, hi))
-                        atomic_write(out / "heatmaps" / f"{stems[str(todo[i])]}.png",
-                                     lambda p, b=png: p.write_bytes(b), fsync=False)
-                    writer.writerow([str(todo[i]), f"{scores[j]:.8g}", label])
+                        atomic_write(out / heatmap, lambda p, b=png: p.write_bytes(b), fsync=False)
+                    row = {"path": str(todo[i]), "score": f"{scores[j]:.8g}", "label": label,
+                           "heatmap": heatmap}
+                    writer.writerow([row.get(c, "") for c in columns])
                 fh.flush()
                 bar.update(len(idx))
             bar.close()
@@ -363,32 +398,36 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             "anomalous": n_anom, "csv": str(csv_path)}
 
 
-def _complete_rows(csv_path: Path) -> set[str]:
-    """Paths of the complete rows of an interrupted ``predictions.csv``; a row cut short by
-    the interruption is dropped from the file, so that appending continues on a new line."""
+def _complete_rows(csv_path: Path) -> tuple[set[str], list[str]]:
+    """Paths of the complete rows of an interrupted ``predictions.csv``, and its columns (new
+    rows follow them); a row cut short by the interruption is dropped from the file, so that
+    appending continues on a new line."""
     import csv
+    import io
 
-    good, done = [], set()
-    with open(csv_path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            try:
-                ok = row.get("label") in ("0", "1") and np.isfinite(float(row.get("score") or ""))
-            except ValueError:
-                ok = False
-            if ok and row.get("path"):
-                good.append(row)
-                done.add(row["path"])
     text = open(csv_path, newline="").read()
+    reader = csv.DictReader(io.StringIO(text))
+    columns = list(reader.fieldnames or PREDICTION_COLUMNS)
+    rows = list(reader)
+    if rows and not text.endswith("\n"):
+        rows.pop()  # no line end: cut short, even when what is left parses (half a heatmap name)
+    good, done = [], set()
+    for row in rows:
+        try:
+            ok = row.get("label") in ("0", "1") and np.isfinite(float(row.get("score") or ""))
+        except ValueError:
+            ok = False
+        if ok and row.get("path") and all(row.get(c) is not None for c in columns):
+            good.append(row)
+            done.add(row["path"])
     if not text.endswith("\n") or len(good) != text.count("\n") - 1:
-        import io
-
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["path", "score", "label"], extrasaction="ignore",
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore",
                                 lineterminator="\n")
         writer.writeheader()
         writer.writerows(good)
         write_text(csv_path, buf.getvalue())
-    return done
+    return done, columns
 
 
 def report(run: Path, data_spec: str | None = None, data_root: str | None = None,

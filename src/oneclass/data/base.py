@@ -17,9 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .images import read_image, read_mask, to_channels
+from .images import image_mode, read_image, read_mask, to_channels
 
 NORMAL, ANOMALOUS, UNLABELED = 0, 1, -1
+
+# Modes read_image turns into one channel: a file in one of them is gray from its header alone.
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
 @dataclass
@@ -56,9 +59,22 @@ class ImageSet:
         """Indices whose label equals ``label``."""
         return np.flatnonzero(self.labels == label)
 
+    def mode(self, i: int) -> str | None:
+        """The PIL mode of item ``i`` known without decoding it (file header), or None."""
+        return None
+
     def channels(self, limit: int = 64) -> int:
-        """3 if any of the first ``limit`` images is colour, else 1."""
-        for i in range(min(limit, len(self))):
+        """3 if any image is colour, else 1.
+
+        Every image is looked at, cheaply: a file whose header gives a gray mode is gray
+        without decoding it. The others (RGB files often hold gray pixels) are decoded, at
+        most ``limit`` of them spread evenly over the set, so that colour images sorted after
+        many gray ones are still seen.
+        """
+        maybe = [i for i in range(len(self)) if self.mode(i) not in GRAY_MODES]
+        if len(maybe) > limit:
+            maybe = [maybe[int(j)] for j in np.linspace(0, len(maybe) - 1, limit).round()]
+        for i in maybe:
             img = self.read(i).image
             if img.shape[2] == 3 and not (
                 np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
@@ -81,6 +97,9 @@ class Subset(ImageSet):
     def read(self, i: int) -> Sample:
         return self.parent.read(int(self.index[i]))
 
+    def mode(self, i: int) -> str | None:
+        return self.parent.mode(int(self.index[i]))
+
 
 class Concat(ImageSet):
     """Several image sets one after the other."""
@@ -100,6 +119,10 @@ class Concat(ImageSet):
         if s.mask is None and self.has_masks and s.label != ANOMALOUS:
             s.mask = np.zeros(s.image.shape[:2], bool)
         return s
+
+    def mode(self, i: int) -> str | None:
+        k = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        return self.parts[k].mode(i - int(self._offsets[k]))
 
 
 class ArraySet(ImageSet):
@@ -145,6 +168,9 @@ class ArraySet(ImageSet):
         mask = None if self.masks is None else self.masks[i].astype(bool)
         return Sample(self.images[i], int(self.labels[i]), mask, self.names[i], self.kinds[i])
 
+    def mode(self, i: int) -> str | None:
+        return "L" if self.images.shape[3] == 1 else None
+
 
 class FileSet(ImageSet):
     """Images read from files on demand, with optional mask files."""
@@ -181,6 +207,9 @@ class FileSet(ImageSet):
             mask = np.zeros(img.shape[:2], bool)
         return Sample(img, int(self.labels[i]), mask, self.names[i], self.kinds[i])
 
+    def mode(self, i: int) -> str | None:
+        return image_mode(self.paths[i])
+
 
 @dataclass
 class Preprocess:
@@ -209,10 +238,14 @@ class Preprocess:
         return x
 
     def mask(self, mask: np.ndarray) -> torch.Tensor:
-        """bool ``(H, W)`` -> float ``(1, H', W')`` in {0, 1} (nearest neighbour)."""
+        """bool ``(H, W)`` -> float ``(1, H', W')`` in {0, 1} (nearest neighbour).
+
+        "nearest-exact" takes the source pixel under each output pixel's centre, aligned like
+        the image resize; "nearest" takes the top-left one and shifts masks by up to a pixel.
+        """
         m = torch.from_numpy(np.array(mask, dtype=np.float32, copy=True))[None, None]
         if self.size is not None and tuple(m.shape[2:]) != tuple(self.size):
-            m = F.interpolate(m, size=tuple(self.size), mode="nearest")
+            m = F.interpolate(m, size=tuple(self.size), mode="nearest-exact")
         return m[0]
 
     def to_json(self) -> dict:

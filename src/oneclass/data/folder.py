@@ -7,9 +7,12 @@ MVTec AD layout::
     root/test/<type>/*.png                     anomalous test images of a defect type
     root/ground_truth/<type>/<stem>_mask.png   their pixel masks (optional as a whole)
 
+A mask belongs to the image at the same path below its type folder, with ``_mask`` dropped
+(``ground_truth/crack/a/001_mask.png`` or ``.../a/001.png`` for ``test/crack/a/001.png``).
 When ``ground_truth/`` exists every anomalous test image needs its mask and every mask its
-image; a missing one is an error naming the file. Without ``ground_truth/`` pixel metrics
-are simply not computed.
+image; a missing one, or two masks for one image, is an error naming the files. Masks of
+normal images (``ground_truth/good/``, shipped by some converted datasets) are ignored: normal
+images have empty masks. Without ``ground_truth/`` pixel metrics are simply not computed.
 """
 
 from __future__ import annotations
@@ -41,12 +44,25 @@ def _subdirs(p: Path) -> list[Path]:
     return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _image_key(kind_dir: Path, path: Path) -> tuple[str, str]:
+    """(type, path below the type folder without suffix): stems alone collide when test/<type>
+    has sub-folders (test/crack/a/001.png and test/crack/b/001.png)."""
+    return kind_dir.name, path.relative_to(kind_dir).with_suffix("").as_posix()
+
+
 def _mask_index(gt: Path) -> dict[tuple[str, str], Path]:
-    index = {}
+    """Mask files of anomalous types, keyed like :func:`_image_key` with ``_mask`` dropped."""
+    index: dict[tuple[str, str], Path] = {}
     for kind_dir in _subdirs(gt):
+        if kind_dir.name.lower() in NORMAL_DIRS:
+            continue
         for m in list_images(kind_dir):
-            stem = m.stem[:-5] if m.stem.endswith("_mask") else m.stem
-            index[(kind_dir.name, stem)] = m
+            kind, rel = _image_key(kind_dir, m)
+            key = (kind, rel[:-5] if rel.endswith("_mask") else rel)
+            if key in index:
+                raise DataError(f"{m}: two masks for the same image, this one and {index[key]}; "
+                                "keep one")
+            index[key] = m
     return index
 
 
@@ -76,15 +92,16 @@ def mvtec(root: Path, split: str) -> FileSet:
             if masks is None or normal:
                 mpaths.append(None)
                 continue
-            m = masks.pop((kind, p.stem), None)
+            key = _image_key(kind_dir, p)
+            m = masks.pop(key, None)
             if m is None:
                 raise DataError(
                     f"{p}: anomalous test image has no mask (expected "
-                    f"{gt / kind / (p.stem + '_mask.png')})")
+                    f"{gt / kind / (key[1] + '_mask.png')})")
             mpaths.append(m)
     if masks:
-        (kind, stem), m = sorted(masks.items())[0]
-        raise DataError(f"{m}: mask has no image (expected {test / kind / stem}.png or similar)")
+        (kind, rel), m = sorted(masks.items())[0]
+        raise DataError(f"{m}: mask has no image (expected {test / kind / rel}.png or similar)")
     if not paths:
         raise DataError(f"{test}: no test images")
     return FileSet(paths, labels, mpaths if masks is not None else None, kinds,

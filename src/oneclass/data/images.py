@@ -94,14 +94,29 @@ def read_image(path, label: str | None = None) -> np.ndarray:
 
     ``path`` is a file path or a binary file object (an upload); ``label`` names it in errors.
 
-    EXIF orientation is applied; alpha is dropped (composited on black); 16-bit images are
-    scaled to 8 bit; palette and CMYK images are converted to RGB.
+    EXIF orientation is applied; alpha, and the transparent colour of a PNG without alpha, is
+    composited on black; 16- and 32-bit integer images are scaled to 8 bit with one scale for
+    the mode; palette and CMYK images are converted to RGB.
     """
+    return _decode(path, label, _to_array)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask as bool ``(H, W)``: any non-zero pixel is anomalous.
+
+    The decoded values are tested as they are, not after scaling to 8 bit: a 16-bit label
+    mask holding 1, 2, ... would otherwise read as empty. Transparent pixels are not anomalous.
+    """
+    return _decode(path, None, _mask_array)
+
+
+def _decode(path, label, convert) -> np.ndarray:
+    """Open ``path`` and turn it into an array with ``convert``; every failure names the file."""
     source = Path(path) if isinstance(path, (str, os.PathLike)) else path
     path = label if label is not None else source
     img = _open(source, path)
     try:
-        arr = _to_array(img, path)
+        arr = convert(img)
     except DataError:
         raise
     except MemoryError:
@@ -115,15 +130,50 @@ def read_image(path, label: str | None = None) -> np.ndarray:
     return arr
 
 
-def _to_array(img: Image.Image, path: Path) -> np.ndarray:
+def _upright(img: Image.Image) -> Image.Image:
     try:
-        img = ImageOps.exif_transpose(img)
+        return ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block should not make a good image unreadable
-        pass
+        return img
+
+
+_KEYED = ("1", "L", "I", "I;16", "I;16B", "I;16L", "RGB")  # modes a tRNS colour key applies to
+
+
+def _transparent(img: Image.Image) -> np.ndarray | None:
+    """Pixels hidden by a PNG tRNS colour key (``info["transparency"]`` without an alpha
+    channel), or None. Palette images are left to ``convert("RGBA")``, which applies it."""
+    key = img.info.get("transparency")
+    if key is None or img.mode not in _KEYED or isinstance(key, bytes):
+        return None
+    if img.mode == "1":
+        arr, key = np.asarray(img.convert("L")), 255 if key else 0
+    else:
+        arr = np.asarray(img)
+    key = np.asarray(key)
+    if arr.ndim == 2 and key.ndim == 0:
+        return arr == key
+    if arr.ndim == 3 and key.shape == arr.shape[2:]:
+        return np.all(arr == key, axis=2)
+    return None  # a malformed key: ignore it rather than refuse the image
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    img = _upright(img)
+    arr = _colours(img)
+    hidden = _transparent(img)
+    if hidden is not None:  # as an alpha of 0 or 255, composited on black like RGBA below
+        arr = np.where(hidden[..., None], np.uint8(0), arr)
+    return arr
+
+
+def _colours(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # One scale for the mode, 16 bit (what 32-bit "I" images hold in practice: TIFF, and
+        # 16-bit PNG in older Pillow). A scale chosen from each image's own maximum made
+        # brightness non-monotonic across images (200 -> 200 but 300 -> 1).
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        arr = np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return arr[..., None]
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
@@ -143,10 +193,43 @@ def _to_array(img: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a ground-truth mask as bool ``(H, W)``: any non-zero pixel is anomalous."""
-    arr = read_image(path)
-    return arr.max(axis=2) > 0
+# Modes whose decoded values are tested as they are; others are converted first (palette
+# indices to their colours, and CMYK, YCbCr, ... to RGB, where black is zero).
+_RAW_MASK_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA")
+
+
+def _mask_array(img: Image.Image) -> np.ndarray:
+    img = _upright(img)
+    hidden = _transparent(img)
+    if img.mode not in _RAW_MASK_MODES:
+        img = img.convert("RGBA" if img.mode in ("P", "PA") else "RGB")
+    arr = np.asarray(img)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr, nan=0.0)  # as read_image: NaN is black
+    bands = img.getbands()
+    alpha = bands.index("A") if "A" in bands else None
+    colour = np.delete(arr, alpha, axis=2) if alpha is not None else arr
+    on = np.any(colour != 0, axis=2)
+    if alpha is not None:
+        on &= arr[..., alpha] != 0
+    if hidden is not None:
+        on &= ~hidden
+    return on
+
+
+def image_mode(path: Path) -> str | None:
+    """The PIL mode of an image file from its header (nothing decoded), or None when the file
+    cannot be opened (it then fails with a clear error when it is read)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.mode
+    except Exception:
+        return None
 
 
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
