@@ -117,6 +117,14 @@ def test_save_load_gives_identical_scores_and_maps(fitted, defects_test, tmp_pat
     assert np.array_equal(loaded.anomaly_map(sub), fitted.anomaly_map(sub))
     assert loaded.threshold_ == fitted.threshold_
     assert loaded.get_params() == fitted.get_params()
+    # fitted values kept in model.json come back, and a second save writes them again
+    for attr in type(fitted).fitted_json:
+        assert getattr(fitted, attr) is not None, attr
+        assert json.dumps(getattr(loaded, attr)) == json.dumps(getattr(fitted, attr)), attr
+    loaded.save(tmp_path / "m2")
+    again = json.loads((tmp_path / "m2" / "model.json").read_text())["fitted"]
+    assert {k: again[k] for k in meta["fitted"] if k != "train_seconds"} == \
+        {k: v for k, v in meta["fitted"].items() if k != "train_seconds"}
 
 
 def test_same_seed_same_scores(defects_train, defects_test):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from oneclass.train import run
+from oneclass.train import gather_across_ranks, run
+
+BATCH_SIZES = (16, 15)
 
 
 class _Linear:
@@ -46,9 +48,12 @@ def _linear_worker(rank: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     weights = {}
     for ddp in (True, False):
-        task = _Linear(ddp)
-        run(task, _linear_data(), epochs=3, batch_size=16, seed=0)
-        weights[str(ddp)] = task.lin.weight.detach().clone()
+        for bs in BATCH_SIZES:
+            task = _Linear(ddp)
+            run(task, _linear_data(), epochs=3, batch_size=bs, seed=0)
+            weights[f"{ddp} {bs}"] = task.lin.weight.detach().clone()
+    # rank 0 holds 2 values, rank 1 three: gathered in rank order
+    weights["gathered"] = gather_across_ranks(torch.arange(2.0 + rank) + 10 * rank)
     if rank == 0:
         torch.save(weights, out)
     # Both ranks leave together, as `oneclass train` does: a rank that tears gloo down while
@@ -58,14 +63,19 @@ def _linear_worker(rank: int, init: str, out: str) -> None:
 
 
 def test_two_ranks_take_the_single_process_steps_exactly(tmp_path):
-    """With DDP (tasks with ``ddp = True``) and with the gradient-averaging fallback."""
+    """With DDP (tasks with ``ddp = True``) and with the gradient-averaging fallback, for
+    batches that split evenly (16) and batches whose two slices differ by one image (15: 8
+    and 7, and a last batch of 4)."""
     import torch.multiprocessing as mp
 
-    single = _Linear(False)
-    run(single, _linear_data(), epochs=3, batch_size=16, seed=0)
     out = tmp_path / "w.pt"
     mp.spawn(_linear_worker, args=(f"file://{tmp_path / 'init'}", str(out)), nprocs=2)
     weights = torch.load(out, weights_only=True)
-    for w in weights.values():
-        torch.testing.assert_close(w, single.lin.weight.detach(), rtol=0, atol=1e-6)
-    assert not torch.equal(single.lin.weight, _Linear(False).lin.weight)  # it did train
+    for bs in BATCH_SIZES:
+        single = _Linear(False)
+        run(single, _linear_data(), epochs=3, batch_size=bs, seed=0)
+        for ddp in (True, False):
+            torch.testing.assert_close(weights[f"{ddp} {bs}"], single.lin.weight.detach(),
+                                       rtol=0, atol=1e-6, msg=f"ddp={ddp}, batch {bs}")
+        assert not torch.equal(single.lin.weight, _Linear(False).lin.weight)  # it did train
+    assert weights["gathered"].tolist() == [0.0, 1.0, 10.0, 11.0, 12.0]

@@ -29,6 +29,18 @@ def test_loss_normal_is_h_and_anomalous_is_minus_log_one_minus_exp():
     assert torch.isfinite(hsc_loss(torch.zeros(1), torch.tensor([True]))).all()
 
 
+def test_distance_keeps_its_precision_near_the_centre():
+    # sqrt(s + 1) - 1 rounds to 0 in float32 below s ~ 6e-8, which tied distinct embeddings
+    # and gave an anomaly there a zero gradient; the value is ~s / 2 there
+    z = torch.tensor([[1e-5, 0.0], [2e-5, 0.0], [1e-3, 0.0]], requires_grad=True)
+    h = hsc_distance(z)
+    s = (z.detach() ** 2).sum(dim=1).double()
+    torch.testing.assert_close(h.double(), (s + 1).sqrt() - 1, rtol=1e-6, atol=0)
+    assert h[0] < h[1] < h[2]
+    hsc_loss(h, torch.tensor([True, True, True])).sum().backward()
+    assert (z.grad[:, 0] < 0).all()  # an anomaly is pushed away from the centre
+
+
 def test_gradient_at_the_centre_is_finite():
     z = torch.zeros(2, 3, requires_grad=True)
     hsc_loss(hsc_distance(z), torch.tensor([False, True])).sum().backward()

@@ -229,6 +229,21 @@ def test_mask_of_another_size_is_named_at_eval(run_copy, capsys):
     assert len(json.loads((run / "metrics.json").read_text())["skipped_images"]) == 1
 
 
+def test_eval_on_unlabeled_images_writes_scores_without_image_metrics(run_copy, capsys):
+    """A plain folder has no labels: eval scores it and says image metrics need labels."""
+    data, run = run_copy
+    capsys.readouterr()
+    assert _cli("eval", run, "--data", data / "test" / "good") == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "need labeled" in err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_test"] == 6 and metrics["n_anomalous"] == 0
+    assert metrics["image_auroc"] is None and metrics["accuracy_at_threshold"] is None
+    assert "image_auroc   n/a" in out
+    rows = (run / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 and all(r.split(",")[2] == "-1" for r in rows[1:])
+
+
 def test_no_normal_training_images(tmp_path, capsys):
     root = write_mvtec(tmp_path / "t", n_train=2, n_test_good=2, n_test_defect=2, size=16)
     for p in (root / "train" / "good").iterdir():
@@ -444,6 +459,15 @@ def test_a_pickle_checkpoint_is_refused_without_running_it(tmp_path):
         oneclass.create("deep_svdd", epochs=2, pretrain_epochs=0, batch_size=16).fit(
             make_defects(20, 0, size=16, seed=0), loop=LoopConfig(checkpoint_dir=ckpt, resume=True))
     assert not marker.exists()
+
+
+def test_a_description_without_its_checksum_is_refused(saved, tmp_path):
+    d = _copy(saved[1], tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    del meta["weights_sha256"]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="no weights_sha256 entry"):
+        oneclass.load(d)
 
 
 def test_a_pickle_in_place_of_the_weights_is_refused_without_running_it(saved, tmp_path):

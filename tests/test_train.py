@@ -65,9 +65,13 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.parametrize("objective", ["one-class", "soft-boundary"])
 def test_resume_after_interruption_matches_uninterrupted_run(defects_train, defects_test,
-                                                              tmp_path):
-    params = dict(epochs=4, pretrain_epochs=2, batch_size=32, seed=3)
+                                                              tmp_path, objective):
+    # soft-boundary: R follows the batches after warmup_epochs (2), a count the resumed
+    # run must carry on from the checkpoint
+    params = dict(epochs=4, pretrain_epochs=2, batch_size=32, seed=3, objective=objective,
+                  warmup_epochs=2)
     full = oneclass.create("deep_svdd", **params).fit(defects_train).score(defects_test)
 
     def stop_after_second_train_epoch(rec):

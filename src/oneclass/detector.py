@@ -292,12 +292,17 @@ class Detector:
         raise ConfigError(f"{self.name}: not exportable to ONNX (the method defines no "
                           "export_module()); score it with oneclass predict / serve instead")
 
+    #: JSON-able fitted attributes (names ending in ``_``) that model.json keeps as they
+    #: are (without the ``_``) and ``load`` restores
+    fitted_json: ClassVar[tuple[str, ...]] = ()
+
     def _fitted_extra(self) -> dict[str, Any]:
         """JSON-able fitted values besides the weights (saved in model.json)."""
-        return {}
+        return {a.rstrip("_"): getattr(self, a, None) for a in self.fitted_json}
 
     def _load_fitted_extra(self, extra: dict[str, Any]) -> None:
-        pass
+        for a in self.fitted_json:
+            setattr(self, a, extra.get(a.rstrip("_")))
 
     # ------------------------------------------------------------------ fit
     def _resolve_preprocess(self, train: ImageSet) -> Preprocess:
@@ -553,7 +558,10 @@ class Detector:
             raw = wpath.read_bytes()
         except OSError as exc:
             raise ModelFileError(f"{wpath}: cannot read weights ({exc.strerror})") from None
-        if meta.get("weights_sha256") and hashlib.sha256(raw).hexdigest() != meta["weights_sha256"]:
+        if not meta.get("weights_sha256"):  # every saved model has one: removed by hand
+            raise ModelFileError(f"{meta_path}: no weights_sha256 entry, so the weights "
+                                 "cannot be checked (damaged or edited description)")
+        if hashlib.sha256(raw).hexdigest() != meta["weights_sha256"]:
             raise ModelFileError(f"{wpath}: weights do not match their checksum in model.json "
                                  "(file changed or damaged)")
         device_ = resolve_device(device)

@@ -85,7 +85,8 @@ class LoopConfig:
     history: list[dict] = field(default_factory=list)
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside distributed runs."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -93,7 +94,7 @@ def _rank_world() -> tuple[int, int]:
 
 def is_main_process() -> bool:
     """True outside distributed runs and on rank 0 (the rank that writes files)."""
-    return _rank_world()[0] == 0
+    return rank_world()[0] == 0
 
 
 def init_distributed() -> tuple[int, int]:
@@ -103,13 +104,30 @@ def init_distributed() -> tuple[int, int]:
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
-        return _rank_world()
+        return rank_world()
     if not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return _rank_world()
+    return rank_world()
+
+
+class _Share:
+    """This rank's share of the current global batch, ``len(slice) / len(batch)``.
+
+    A global batch of odd size splits into slices one image apart, and each rank's loss is
+    the mean over its own slice. Summing the ranks' gradients weighted by their shares (not
+    averaging them) gives the gradient of the mean over the whole batch, the step one process
+    takes."""
+
+    value = 1.0
+
+
+def _weighted_allreduce(share: type[_Share], bucket):
+    """DDP communication hook: ``sum over ranks of share * gradient``."""
+    buf = bucket.buffer().mul_(share.value)
+    return dist.all_reduce(buf, async_op=True).get_future().then(lambda f: f.value()[0])
 
 
 def _wrap_ddp(task: Task) -> dict[str, torch.nn.Module] | None:
@@ -121,20 +139,39 @@ def _wrap_ddp(task: Task) -> dict[str, torch.nn.Module] | None:
         if any(p.requires_grad for p in m.parameters()):
             dev = next(m.parameters()).device
             task.modules[k] = DDP(m, device_ids=[dev] if dev.type == "cuda" else None)
+            task.modules[k].register_comm_hook(_Share, _weighted_allreduce)
     return original
 
 
-def _average_gradients_before_steps(task: Task, world: int) -> list:
-    """For tasks without DDP: all-reduce (mean) the gradients before every optimizer step."""
+def _average_gradients_before_steps(task: Task) -> list:
+    """For tasks without DDP: before every optimizer step, all-reduce the gradients weighted
+    by each rank's share of the batch (see :class:`_Share`)."""
 
     def hook(opt, args, kwargs):
         for group in opt.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
+                    p.grad.mul_(_Share.value)
                     dist.all_reduce(p.grad)
-                    p.grad.div_(world)
 
     return [o.register_step_pre_hook(hook) for o in task.optimizers.values()]
+
+
+def gather_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The 1-D tensors ``t`` of all ranks, concatenated in rank order (the values of the
+    whole global batch under DDP); ``t`` itself in a single process."""
+    rank, world = rank_world()
+    if world == 1:
+        return t
+    n = torch.tensor([t.numel()], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    longest = int(max(int(s) for s in sizes))
+    padded = torch.zeros(longest, dtype=t.dtype, device=t.device)
+    padded[:t.numel()] = t.reshape(-1)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])
 
 
 def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
@@ -196,7 +233,7 @@ def run(
         The per-epoch log: one dict per epoch with the mean of each loss and the seconds.
     """
     loop = loop or LoopConfig()
-    rank, world = _rank_world()
+    rank, world = rank_world()
     n = len(data[0])
     if n == 0:
         raise TrainingError(f"{phase}: no training images")
@@ -217,7 +254,7 @@ def run(
         if getattr(task, "ddp", False):
             original = _wrap_ddp(task)
         else:
-            hooks = _average_gradients_before_steps(task, world)
+            hooks = _average_gradients_before_steps(task)
     try:
         return _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
                        ckpt, show, rank, world)
@@ -244,14 +281,19 @@ def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
         count = 0
         batches = list(torch.split(order, batch_size))[:batches_per_epoch(n, batch_size, drop_last)]
         if world > 1:  # the same global batches; each rank takes its slice of every one
-            batches = [torch.tensor_split(b, world)[rank] for b in batches if len(b) >= world]
+            # (a batch smaller than the world would leave a rank empty-handed: it is skipped)
+            batches = [(torch.tensor_split(b, world)[rank], len(b))
+                       for b in batches if len(b) >= world]
+        else:
+            batches = [(b, len(b)) for b in batches]
         bar = None
         if show:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(batches), desc=f"{phase} {epoch + 1}/{epochs}", leave=False,
                        file=sys.stderr)
-        for idx in batches:
+        for idx, whole in batches:
+            _Share.value = len(idx) / whole
             losses = task.step([t[idx] for t in data])
             for k, v in losses.items():
                 fv = float(v)

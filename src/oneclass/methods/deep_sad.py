@@ -55,6 +55,8 @@ class _SADTask(_SVDDTask):
 class DeepSAD(DeepSVDD):
     """Deep SAD: Deep SVDD with labeled normals and anomalies (see module docstring)."""
 
+    fitted_json = ("n_labeled_anomalies_", "n_labeled_normals_")
+
     defaults = {
         "eta": 1.0,  # weight of the labeled samples
         "eps": 1e-6,  # keeps the inverse distance of labeled anomalies finite
@@ -81,6 +83,3 @@ class DeepSAD(DeepSVDD):
         run(task, [x, semi_targets(y)], epochs=int(self.epochs), batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop)
 
-    def _fitted_extra(self):
-        return {"n_labeled_anomalies": getattr(self, "n_labeled_anomalies_", None),
-                "n_labeled_normals": getattr(self, "n_labeled_normals_", None)}

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..heatmaps import gradient_map
 from ..nets import Decoder, Encoder
 from ..registry import register
-from ..train import LoopConfig, autocast, run
+from ..train import LoopConfig, autocast, gather_across_ranks, run
 from ._common import adam, check_precision, mean_embedding, pretrain_autoencoder, to_input
 
 
@@ -103,11 +103,13 @@ class _SVDDTask:
         self.epoch = 0
 
     def extra_state(self):
-        return {"c": self.model.c, "R": self.model.R}
+        # the epoch too: R follows the batches only after warmup_epochs, also after --resume
+        return {"c": self.model.c, "R": self.model.R, "epoch": self.epoch}
 
     def load_extra_state(self, s):
         self.model.c.copy_(s["c"])
         self.model.R.copy_(s["R"])
+        self.epoch = int(s.get("epoch", 0))  # checkpoints of earlier versions lack it
 
     def dist(self, x: torch.Tensor) -> torch.Tensor:
         """Training distances of uint8 images ``x`` to c: through the (DDP-wrapped) encoder,
@@ -132,7 +134,9 @@ class _SVDDTask:
             # Ruff et al.: R solves the soft-boundary problem for fixed phi: the (1 - nu)
             # quantile of the distances of the current batch.
             with torch.no_grad():
-                self.model.R.fill_(torch.quantile(dist.detach().sqrt(), 1 - self.det.nu))
+                # over the global batch under DDP, so that every rank keeps the same R
+                d = gather_across_ranks(dist.detach())
+                self.model.R.fill_(torch.quantile(d.sqrt(), 1 - self.det.nu))
         return {"loss": loss.detach()}
 
     def end_epoch(self, epoch: int):
@@ -216,4 +220,4 @@ class DeepSVDD(Detector):
         return gradient_module(self._scorer(), self.input_shape_, self.heatmap_sigma)
 
     def _fitted_extra(self):
-        return {"radius": float(self.model_.R)}
+        return {**super()._fitted_extra(), "radius": float(self.model_.R)}

@@ -222,6 +222,8 @@ class _FCDDTask:
 class FCDD(Detector):
     """FCDD, fully convolutional with receptive-field heatmaps (see module docstring)."""
 
+    fitted_json = ("anomaly_kinds_",)
+
     default_size = 224
     keep_aspect = True
     uses_outliers = True
@@ -358,5 +360,4 @@ class FCDD(Detector):
         return FCDDExport(self.model_, self.image_score, self.upsample, self._sigma())
 
     def _fitted_extra(self):
-        return {"receptive_field": self.model_.rf.to_json(),
-                "anomaly_kinds": getattr(self, "anomaly_kinds_", None)}
+        return {**super()._fitted_extra(), "receptive_field": self.model_.rf.to_json()}

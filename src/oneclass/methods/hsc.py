@@ -29,15 +29,18 @@ from ..detector import Detector
 from ..errors import ConfigError
 from ..heatmaps import gradient_map
 from ..registry import register
-from ..train import LoopConfig, run
+from ..train import LoopConfig, rank_world, run
 from ._common import adam
 from .deep_svdd import SVDDNet, check_encoder_params, encoder_params
 from .fcdd import _neg_log_one_minus_exp
 
 
 def hsc_distance(z: torch.Tensor) -> torch.Tensor:
-    """Pseudo-Huber distance of embeddings ``(N, D)`` to the origin: sqrt(||z||^2 + 1) - 1."""
-    return ((z**2).sum(dim=1) + 1).sqrt() - 1
+    """Pseudo-Huber distance of embeddings ``(N, D)`` to the origin: sqrt(||z||^2 + 1) - 1,
+    computed as s / (sqrt(s + 1) + 1) with s = ||z||^2 (the same value), which keeps its
+    precision, and so its gradient, for small s where the difference rounds to 0 in float32."""
+    s = (z**2).sum(dim=1)
+    return s / ((s + 1).sqrt() + 1)
 
 
 def hsc_loss(h: torch.Tensor, anomalous: torch.Tensor) -> torch.Tensor:
@@ -55,7 +58,8 @@ class _HSCTask:
 
     def step(self, batch):
         det = self.det
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        # every rank reseeds the global generator alike: its rank keeps their draws apart
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))) + rank_world()[0])
         xn = batch[0].float() / 255.0
         xa, _, _ = self.source.draw(xn, gen)
         x = torch.cat([xn, xa]).to(det.device_)
@@ -88,6 +92,8 @@ class HSCScore(nn.Module):
 @register("hsc")
 class HSC(Detector):
     """Hypersphere classifier with outlier exposure (see module docstring)."""
+
+    fitted_json = ("anomaly_kinds_",)
 
     default_size = 64  # as Deep SVDD: one vector per image, LeNet-type network
     uses_outliers = True
@@ -141,6 +147,3 @@ class HSC(Detector):
         from ..export import gradient_module
 
         return gradient_module(HSCScore(self.model_), self.input_shape_, self.heatmap_sigma)
-
-    def _fitted_extra(self):
-        return {"anomaly_kinds": getattr(self, "anomaly_kinds_", None)}
