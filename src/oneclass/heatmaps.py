@@ -35,14 +35,23 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w > 0 else "replicate")
     # a side no longer than the kernel's radius cannot be reflect-padded by the radius: the
     # kernel is cut to what fits and normalised again, so a constant map stays constant
-    kw = k[r - pad_w:r + pad_w + 1] if pad_w < r else k
-    kw = kw / kw.sum()
+    # (the full kernel is used as it is: dividing it by its sum again would move results in
+    # the last bits)
+    kw = _cut(k, pad_w)
     x = F.conv2d(x, kw.view(1, 1, 1, -1))
     x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect" if pad_h > 0 else "replicate")
-    kh = k[r - pad_h:r + pad_h + 1] if pad_h < r else k
-    kh = kh / kh.sum()
+    kh = _cut(k, pad_h)
     x = F.conv2d(x, kh.view(1, 1, -1, 1))
     return x[:, 0]
+
+
+def _cut(k: torch.Tensor, pad: int) -> torch.Tensor:
+    """The middle ``2 pad + 1`` taps of the kernel ``k``, normalised again if cut."""
+    r = (len(k) - 1) // 2
+    if pad >= r:
+        return k
+    k = k[r - pad:r + pad + 1]
+    return k / k.sum()
 
 
 def default_sigma(h: int, w: int) -> float:
