@@ -412,8 +412,8 @@ class Detector:
             return
         self.threshold_ = holdout_threshold(scores, float(self.contamination))
         k = int(np.sum(scores >= self.threshold_))
-        self.threshold_source_ = (f"flags {k} of {what} (at most contamination "
-                                  f"{float(self.contamination):g})")
+        self.threshold_source_ = (f"flags {k} of {what}, at most contamination "
+                                  f"{float(self.contamination):g}")
 
     # ------------------------------------------------------------------ inference
     def _check_fitted(self) -> None:
