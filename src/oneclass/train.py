@@ -143,7 +143,7 @@ def _wrap_ddp(task: Task) -> dict[str, torch.nn.Module] | None:
     return original
 
 
-def _average_gradients_before_steps(task: Task) -> list:
+def _reduce_gradients_before_steps(task: Task) -> list:
     """For tasks without DDP: before every optimizer step, all-reduce the gradients weighted
     by each rank's share of the batch (see :class:`_Share`)."""
 
@@ -160,7 +160,7 @@ def _average_gradients_before_steps(task: Task) -> list:
 def gather_across_ranks(t: torch.Tensor) -> torch.Tensor:
     """The 1-D tensors ``t`` of all ranks, concatenated in rank order (the values of the
     whole global batch under DDP); ``t`` itself in a single process."""
-    rank, world = rank_world()
+    world = rank_world()[1]
     if world == 1:
         return t
     n = torch.tensor([t.numel()], device=t.device)
@@ -254,7 +254,7 @@ def run(
         if getattr(task, "ddp", False):
             original = _wrap_ddp(task)
         else:
-            hooks = _average_gradients_before_steps(task)
+            hooks = _reduce_gradients_before_steps(task)
     try:
         return _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
                        ckpt, show, rank, world)

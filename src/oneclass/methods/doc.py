@@ -214,6 +214,8 @@ class _DOCTask:
 class DOC(Detector):
     """DOC, compactness + descriptiveness features with kNN scoring (see module docstring)."""
 
+    fitted_json = ("reference_",)
+
     #: Larger images are resized to ``net_size`` (default 96) unless ``size`` is set.
     default_size = 96
     defaults = {
@@ -399,9 +401,8 @@ class DOC(Detector):
         return F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
 
     def _fitted_extra(self):
-        return {"bank_n": int(self.model_.bank.shape[0]),
-                "reference": getattr(self, "reference_", None)}
+        return {**super()._fitted_extra(), "bank_n": int(self.model_.bank.shape[0])}
 
     def _load_fitted_extra(self, extra):
+        super()._load_fitted_extra(extra)
         self._bank_n = int(extra["bank_n"])
-        self.reference_ = extra.get("reference")

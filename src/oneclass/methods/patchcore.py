@@ -183,6 +183,8 @@ class PatchCoreModel(nn.Module):
 class PatchCore(Detector):
     """PatchCore, nearest-neighbour distances to a coreset of pretrained patch features."""
 
+    fitted_json = ("n_patches_", "feature_grid_")
+
     default_size = 224
     keep_aspect = True
     defaults = {
@@ -275,10 +277,8 @@ class PatchCore(Detector):
             return gaussian_blur(up, float(self.sigma))
 
     def _fitted_extra(self):
-        return {"bank_size": self.bank_size_, "n_patches": getattr(self, "n_patches_", None),
-                "feature_grid": getattr(self, "feature_grid_", None)}
+        return {**super()._fitted_extra(), "bank_size": self.bank_size_}
 
     def _load_fitted_extra(self, extra):
+        super()._load_fitted_extra(extra)
         self.bank_size_ = int(extra["bank_size"])
-        self.n_patches_ = extra.get("n_patches")
-        self.feature_grid_ = extra.get("feature_grid")
