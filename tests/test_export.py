@@ -11,7 +11,7 @@ from torch import nn
 
 import oneclass
 from oneclass.detector import Detector
-from oneclass.errors import ConfigError
+from oneclass.errors import ConfigError, ModelFileError
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -113,3 +113,57 @@ def test_more_methods_export_with_parity(name, extra, defects_train, defects_tes
     path = export_onnx(det, tmp_path / f"{name}.onnx")
     x, _, _ = materialize(defects_test.subset(range(8)), det.preprocess_)
     _assert_parity(parity(det, path, x, batch_size=4))
+
+
+def test_cli_export_check_fails_when_the_graph_does_not_match(mvtec_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    from oneclass import export as export_mod
+    from oneclass.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "fcdd", "--data", str(mvtec_dir), "--out", str(run),
+                 "--epochs", "1", "--set", "batch_size=16", "-q"]) == 0
+    forward = export_mod.RawInput.forward
+
+    def off(self, x):  # a graph whose scores are shifted: what a broken export would do
+        score, amap = forward(self, x)
+        return score + 1.0 + score.abs(), amap
+
+    monkeypatch.setattr(export_mod.RawInput, "forward", off)
+    assert main(["export", str(run), "--out", str(tmp_path / "bad.onnx"), "--check", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "parity check failed: scores differ by up to" in err and "bad.onnx" in err
+    assert main(["export", str(run), "--out", str(tmp_path / "x.onnx"), "--check", "0"]) == 0
+
+
+def test_a_graph_that_does_not_validate_leaves_the_earlier_file(exported, tmp_path, monkeypatch):
+    import onnx
+
+    det, path = exported
+    out = tmp_path / "m.onnx"
+    out.write_bytes(path.read_bytes())
+
+    def invalid(model, *args, **kwargs):
+        raise onnx.checker.ValidationError("node 3 has no input")
+
+    monkeypatch.setattr(onnx.checker, "check_model", invalid)
+    with pytest.raises(ModelFileError, match="m.onnx: the exported ONNX graph does not validate "
+                                             r"\(node 3 has no input\); nothing was written"):
+        export_onnx(det, out)
+    assert out.read_bytes() == path.read_bytes()
+
+
+def test_read_metadata_errors_name_the_file(exported, tmp_path):
+    import onnx
+
+    _, path = exported
+    with pytest.raises(ModelFileError, match="nope.onnx: file not found"):
+        read_metadata(tmp_path / "nope.onnx")
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "oneclass":
+            prop.value = "{cut"
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelFileError, match="bad.onnx: its 'oneclass' metadata is not valid JSON"):
+        read_metadata(bad)

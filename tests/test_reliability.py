@@ -170,16 +170,30 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch, capsys):
         images_mod.read_image(p)
     images_mod.set_max_pixels(1200)
     assert images_mod.read_image(p).shape == (30, 40, 1)
+    # A bad variable is reported when an image is read, not at import (where it broke every
+    # command, even --version), and --max-pixels replaces it.
+    monkeypatch.setattr(images_mod, "_ENV_ERROR", None)
     monkeypatch.setenv("ONECLASS_MAX_PIXELS", "lots")
-    with pytest.raises(DataError, match="ONECLASS_MAX_PIXELS"):
-        images_mod._limit_from_env()
+    assert images_mod.max_pixels_from_env()
+    with pytest.raises(DataError, match="ONECLASS_MAX_PIXELS='lots': expected a positive whole"):
+        images_mod.read_image(p)
+    images_mod.set_max_pixels(1200)
+    assert images_mod.read_image(p).shape == (30, 40, 1)
     monkeypatch.setenv("ONECLASS_MAX_PIXELS", "500")
-    images_mod._limit_from_env()
+    images_mod.max_pixels_from_env()
     assert images_mod.MAX_PIXELS == 500
     images_mod.set_max_pixels(10**8)
     run = tmp_path / "missing-run"
     assert _cli("eval", run, "--max-pixels", "0") == 2
     _one_line_error(capsys.readouterr().err, "pixel limit must be positive")
+
+
+def test_a_bad_pixel_limit_variable_does_not_break_commands_that_read_no_image():
+    env = {**os.environ, "ONECLASS_MAX_PIXELS": "lots"}
+    r = subprocess.run([sys.executable, "-c", "import sys; from oneclass.cli import main; "
+                        "sys.exit(main(['--version']))"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("oneclass "), r.stderr
 
 
 def test_a_bomb_is_refused_from_its_header_before_decoding(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -124,6 +125,93 @@ def test_bad_uploads_get_clear_errors(client, kwargs, status, message):
     r = client.post("/predict", headers=headers, **kwargs)
     assert r.status_code == status
     assert message in r.json()["error"]
+
+
+@pytest.mark.parametrize("ctype", [None, b"IMAGE/PNG", b"application/octet-stream",
+                                   b"binary/octet-stream", b"text/plain"])
+def test_a_readable_image_is_scored_whatever_its_part_is_labelled(live, png, ctype):
+    # python-requests sends files={"file": open(...)} without a content type; S3 tools say
+    # binary/octet-stream: the data decides, not the label.
+    head = b'Content-Disposition: form-data; name="file"; filename="a.png"'
+    if ctype is not None:
+        head += b"\r\nContent-Type: " + ctype
+    port, _ = live
+    (status, _, body), = _exchange(port, _post(_multipart((head, png))))
+    assert status == 200, body
+    assert np.isfinite(json.loads(body)["score"])
+
+
+def _fresh_client(app, run_dir):
+    """A client of a second app on the module's scorer whose errors come back as responses."""
+    return TestClient(create_app(run_dir, api_key="s3cret", max_upload_mb=0.05,
+                                 scorer=app.state.scorer), raise_server_exceptions=False)
+
+
+def test_an_unexpected_error_is_a_json_500_and_is_logged(app, run_dir, png, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(app.state.scorer, "predict", broken)
+    with caplog.at_level(logging.ERROR, logger="oneclass.serve"):
+        r = _fresh_client(app, run_dir).post("/predict", headers=KEY,
+                                             files={"file": ("a.png", png, "image/png")})
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert "internal error (RuntimeError)" in r.json()["error"]
+    assert any("something inside broke" in (rec.exc_text or "") for rec in caplog.records)
+
+
+def test_a_non_finite_score_is_a_json_500_naming_the_image(app, run_dir, png, monkeypatch):
+    det = app.state.scorer.det
+    monkeypatch.setattr(det, "_score", lambda x: torch.full((len(x),), float("nan")))
+    r = _fresh_client(app, run_dir).post("/predict", headers=KEY,
+                                         files={"file": ("odd.png", png, "image/png")})
+    assert r.status_code == 500, r.text
+    assert r.json()["error"].startswith("odd.png: the model gave a score of nan")
+
+
+def test_model_info_survives_a_cut_log_and_a_broken_metrics_file(app, run_dir, tmp_path):
+    import shutil as sh
+
+    from oneclass.serve import Scorer
+
+    run = tmp_path / "run"
+    sh.copytree(run_dir, run)
+    log_path = run / "train_log.jsonl"
+    good = log_path.read_text().strip().splitlines()[-1]
+    with log_path.open("a") as f:
+        f.write('{"epoch": 2, "lo')  # a run killed while writing its log
+    (run / "metrics.json").write_text("{not json")
+    info = Scorer(run, "cpu").info()
+    assert info["last_epoch"] == json.loads(good) and info["metrics"] is None
+
+
+def test_decoding_does_not_block_the_event_loop(live, png, monkeypatch):
+    """While one upload is being decoded, /health is answered (decoding runs in a worker)."""
+    from oneclass.data import images
+
+    entered, release = threading.Event(), threading.Event()
+    real = images.read_image
+
+    def slow(*args, **kwargs):
+        entered.set()
+        assert release.wait(30), "the test never released the decoder"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(images, "read_image", slow)
+    port, _ = live
+    result = {}
+    upload = threading.Thread(
+        target=lambda: result.update(r=_exchange(port, _post(_multipart(_file_part(png))))))
+    upload.start()
+    try:
+        assert entered.wait(30)
+        (status, _, body), = _exchange(port, _get(b"/health", key=False))  # while decoding
+        assert status == 200 and not release.is_set()
+    finally:
+        release.set()
+        upload.join(30)
+    (status, _, body), = result["r"]
+    assert status == 200, body
 
 
 def test_page_is_served(client):

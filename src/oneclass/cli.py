@@ -157,7 +157,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_onnx, model_id, parity
+    from .export import export_onnx, model_id, parity, parity_problems
     from .runs import load_model, model_dir
 
     if args.format != "onnx":
@@ -176,6 +176,11 @@ def cmd_export(args) -> int:
         print(f"parity on {r['images']} random images: score max abs diff "
               f"{r['score_max_abs_diff']:.3g}, map max abs diff {r['map_max_abs_diff']:.3g}, "
               f"labels agree {r['labels_agree']:.0%}")
+        problems = parity_problems(r)
+        if problems:
+            print(f"oneclass: error: parity check failed: {'; '.join(problems)} (the file is at "
+                  f"{out}; do not deploy it)", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -184,6 +189,11 @@ def cmd_serve(args) -> int:
 
     from .serve import serve
 
+    from .data.images import max_pixels_from_env, set_max_pixels
+    from .serve import SERVE_MAX_PIXELS
+
+    if args.max_pixels is None and not max_pixels_from_env():
+        set_max_pixels(SERVE_MAX_PIXELS)  # a few MB of upload can hold that many pixels
     key = args.api_key or os.environ.get("ONECLASS_API_KEY") or None
     serve(Path(args.run), host=args.host, port=args.port, api_key=key,
           max_upload_mb=args.max_upload_mb, device=args.device or "auto", timeout=args.timeout,
@@ -379,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"],
                    help="input type of the graph; values are 0..255 either way")
     s.add_argument("--check", type=int, default=8, metavar="N",
-                   help="compare onnxruntime with torch on N random images (0: skip)")
+                   help="compare onnxruntime with torch on N random images (0: skip); exit "
+                   "status 1 when scores or maps differ by more than 1e-4 of their scale")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="HTTP service and web page scoring uploaded images")
@@ -396,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections served at once, more get 503 (0: no limit)")
     s.add_argument("--max-pixels", type=int, metavar="N",
                    help="uploads with more pixels than N get 400 (decompression bombs; "
-                   "default 178956970 or $ONECLASS_MAX_PIXELS)")
+                   "default 40000000 or $ONECLASS_MAX_PIXELS)")
     common(s, quiet=False)
     s.set_defaults(func=cmd_serve)
 

@@ -139,6 +139,9 @@ def metadata(det: Detector, input_dtype: str, model_id: str | None) -> dict[str,
                                               "before the graph",
                        "inside_graph": "x / 255, then the model's fitted input normalisation"},
         "params": det.get_params(),
+        # The graph is float32; a model scored in bf16 got its threshold from bf16 scores,
+        # which differ from float32 ones by up to about 0.5 % of the score range.
+        "threshold_precision": getattr(det, "precision", "fp32"),
     }
 
 
@@ -188,10 +191,14 @@ def export_onnx(det: Detector, out: str | Path, *, input_dtype: str = "uint8",
         prop.key, prop.value = k, v
     model.doc_string = (f"oneclass {det.name}: raw {input_dtype} images NCHW 0..255 -> score, "
                         "anomaly_map; see metadata 'oneclass'")
+    try:  # checked before it is written: a bad graph must not replace a good earlier file
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelFileError(f"{out}: the exported ONNX graph does not validate ({exc}); "
+                             "nothing was written") from None
     from .io import write_bytes
 
     write_bytes(out, model.SerializeToString())
-    onnx.checker.check_model(str(out))
     return out
 
 
@@ -199,6 +206,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The ``oneclass`` metadata of an exported model."""
     import onnx
 
+    if not Path(path).is_file():
+        raise ModelFileError(f"{path}: file not found")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends
@@ -206,7 +215,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     props = {p.key: p.value for p in model.metadata_props}
     if "oneclass" not in props:
         raise ModelFileError(f"{path}: no 'oneclass' metadata (not exported by oneclass)")
-    return json.loads(props["oneclass"])
+    try:
+        meta = json.loads(props["oneclass"])
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: its 'oneclass' metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: its 'oneclass' metadata is not a JSON object")
+    return meta
 
 
 def session(path: str | Path, threads: int | None = None):
@@ -229,6 +244,10 @@ def parity(det: Detector, path: str | Path, images: torch.Tensor | np.ndarray,
     """
     x = torch.as_tensor(np.asarray(images))
     meta = read_metadata(path)
+    # The graph is float32 whatever the model's inference precision: compare like with like.
+    saved = getattr(det, "precision", None)
+    if saved is not None:
+        det.precision = "fp32"
     feed = x.numpy() if meta["input"]["dtype"] == "uint8" else x.float().numpy()
     sess = session(path)
     t0 = time.perf_counter()
@@ -239,8 +258,12 @@ def parity(det: Detector, path: str | Path, images: torch.Tensor | np.ndarray,
         got_m.append(m)
     t_onnx = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref_s = det.score(x)
-    ref_m = det.anomaly_map(x)
+    try:
+        ref_s = det.score(x)
+        ref_m = det.anomaly_map(x)
+    finally:
+        if saved is not None:
+            det.precision = saved
     t_torch = time.perf_counter() - t0
     got_s, got_m = np.concatenate(got_s), np.concatenate(got_m)
     return {
@@ -253,3 +276,24 @@ def parity(det: Detector, path: str | Path, images: torch.Tensor | np.ndarray,
         "onnx_images_per_s": len(x) / max(t_onnx, 1e-9),
         "torch_images_per_s": len(x) / max(t_torch, 1e-9),
     }
+
+
+#: Tolerated difference between onnxruntime and torch, relative to the score range (at least
+#: 1) and to the largest map value: float32 kernels agree to about 1e-6 of that scale.
+PARITY_TOL = 1e-4
+
+
+def parity_problems(r: dict[str, float], rel_tol: float = PARITY_TOL) -> list[str]:
+    """What is wrong with a :func:`parity` result; empty when the export matches torch.
+
+    Labels may differ only for images within the tolerance of the threshold, which the
+    score test already bounds.
+    """
+    out = []
+    score_tol = rel_tol * max(r["score_range"], 1.0)
+    if not r["score_max_abs_diff"] <= score_tol:
+        out.append(f"scores differ by up to {r['score_max_abs_diff']:.3g} (tolerance {score_tol:.3g})")
+    map_tol = rel_tol * r["map_max"]
+    if not r["map_max_abs_diff"] <= map_tol:
+        out.append(f"maps differ by up to {r['map_max_abs_diff']:.3g} (tolerance {map_tol:.3g})")
+    return out

@@ -7,7 +7,9 @@ Routes (JSON unless said otherwise):
   eval`` when the run has them;
 - ``POST /predict``: one image as the multipart field ``file``; returns score, label,
   threshold and model id, plus the heatmap overlay as a base64 PNG with ``?heatmap=1``.
-  Uploads over the size limit get 413, non-image uploads 415, undecodable images 400;
+  Uploads over the size limit get 413; a file that is not a readable image gets 400, or 415
+  when its part declares a type that is not an image. The content decides, not the label: a
+  PNG sent without a content type, or as ``application/octet-stream``, is scored;
 - ``GET /``: a page to drop an image on and see its score and overlay.
 
 With an API key every route but ``/health`` and the page itself wants the header
@@ -21,8 +23,10 @@ is closed. Request bodies are counted as they arrive, so an upload over the limi
 with 413 after at most the limit has been read, with or without a Content-Length. A response
 sent before the request body was read in full (401, 413, 415, ...) closes the connection, so
 a client cannot keep streaming into it. At most ``max_connections`` (64) connections are
-served at once; more get 503. Every error, including a request line or header that is not
-HTTP, is a JSON object ``{"error": "..."}``.
+served at once; more get 503. Uploads are decoded in worker threads, at most two at once,
+and ``oneclass serve`` refuses images over 40 megapixels unless told otherwise. Every error, including a request line or header that is not
+HTTP, an unexpected failure (500, logged with its traceback) and a score that is not finite
+(500), is a JSON object ``{"error": "..."}``.
 
 FastAPI on uvicorn: the upload parsing, the TestClient for in-process tests, and a server
 that is the usual choice for Python model services. One model call runs at a time (a lock):
@@ -35,6 +39,7 @@ import base64
 import hmac
 import json
 import logging
+import math
 import threading
 import time
 from io import BytesIO
@@ -51,10 +56,41 @@ log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
 #: Room for the multipart envelope around the file when checking Content-Length.
 _ENVELOPE = 64 * 1024
+#: Pixel limit of ``oneclass serve`` unless --max-pixels or ONECLASS_MAX_PIXELS says otherwise:
+#: an upload of about 100 KB can be a 6000x6000 PNG, which takes ~0.9 GB and seconds to score.
+SERVE_MAX_PIXELS = 40_000_000
+#: Part content types that say nothing about the data: decoded like images.
+_GENERIC = ("application/octet-stream", "binary/octet-stream", "application/binary")
 #: Seconds a client gets for its request headers, and again for its request body.
 DEFAULT_TIMEOUT = 30.0
 #: Connections open at once; one more gets 503.
 DEFAULT_MAX_CONNECTIONS = 64
+
+
+class ScoringError(Exception):
+    """The model gave no usable answer for an image (a server-side error, 500)."""
+
+
+def _json_file(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable (a run being written)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _last_json_line(path: Path) -> Any:
+    """The last complete JSON line of ``path`` (a log a killed run may have cut short)."""
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
 
 
 class RequestBodyError(Exception):
@@ -138,27 +174,47 @@ class Scorer:
         self.det = load_model(self.run, device)
         self.model_id = model_id(model_dir(self.run))
         self.lock = threading.Lock()
+        self.decoders = threading.BoundedSemaphore(self.DECODERS)
+
+    #: Uploads decoded and resized at once (the model itself runs one call at a time).
+    DECODERS = 2
 
     def info(self) -> dict[str, Any]:
         det = self.det
-        metrics_path = self.run / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-        log_path = self.run / "train_log.jsonl"
-        last = log_path.read_text().strip().splitlines()[-1:] if log_path.is_file() else []
         return {"model_id": self.model_id, "method": det.name, "params": det.get_params(),
                 "threshold": det.threshold_, "threshold_source": det.threshold_source_,
                 "input_shape": list(det.input_shape_), "preprocess": det.preprocess_.to_json(),
                 "n_train": det.n_train_, "train_seconds": det.train_seconds_,
-                "last_epoch": json.loads(last[0]) if last else None, "metrics": metrics}
+                "last_epoch": _last_json_line(self.run / "train_log.jsonl"),
+                "metrics": _json_file(self.run / "metrics.json")}
 
-    def predict(self, image: np.ndarray, heatmap: bool = False) -> dict[str, Any]:
-        """Score a uint8 ``(H, W, C)`` image; with ``heatmap`` add the overlay PNG (base64)."""
+    def predict_upload(self, data: bytes, name: str, heatmap: bool = False) -> dict[str, Any]:
+        """Decode an uploaded file and score it (:meth:`predict`).
+
+        Decoding and resizing run in the caller's thread, at most :attr:`DECODERS` at once:
+        a small file can hold a very large image, and each one costs memory and CPU.
+        """
+        from .data.images import read_image
+
+        with self.decoders:
+            try:
+                return self.predict(read_image(BytesIO(data), label=name), heatmap, name)
+            except MemoryError:
+                raise DataError(f"{name}: not enough memory to score this image; send a "
+                                "smaller image") from None
+
+    def predict(self, image: np.ndarray, heatmap: bool = False,
+                name: str = "upload") -> dict[str, Any]:
+        """Score a uint8 ``(H, W, C)`` image; with ``heatmap`` add the overlay PNG (base64).
+
+        A score that is not finite raises :class:`ScoringError` (the model, not the image).
+        """
         from .runs import _to_uint8_image
         from .viz import overlay, to_png
 
         det = self.det
         t0 = time.perf_counter()
-        x = det.preprocess_.image(image, "upload")[None].to(det.device_)
+        x = det.preprocess_.image(image, name)[None].to(det.device_)
         with self.lock:
             if heatmap:
                 s, m = det._score_map(x)
@@ -166,6 +222,9 @@ class Scorer:
             else:
                 with torch.no_grad():
                     score, amap = float(det._score(x).float().cpu()[0]), None
+        if not math.isfinite(score):
+            raise ScoringError(f"{name}: the model gave a score of {score} for this image; the "
+                               "model file may be damaged or the image far outside its data")
         anomalous = score >= det.threshold_
         out: dict[str, Any] = {"score": score, "label": "anomalous" if anomalous else "normal",
                                "anomalous": bool(anomalous), "threshold": det.threshold_,
@@ -215,8 +274,6 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
-    from .data.images import read_image
-
     scorer = scorer or Scorer(Path(run), device)
     limit = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="oneclass", version=scorer.det.name, docs_url=None, redoc_url=None)
@@ -233,6 +290,17 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
         # FastAPI's own errors (404, 405, ...) in the same {"error": ...} form as ours.
         return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}"
                      if exc.status_code in (404, 405) else str(exc.detail))
+
+    @app.exception_handler(ScoringError)
+    async def scoring_error(request: Request, exc: ScoringError):
+        log.error("%s", exc)
+        return error(500, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # A bug or the environment: logged with its traceback, answered in JSON like the rest.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -283,16 +351,18 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
         if upload is None or isinstance(upload, str):
             return error(400, "no complete file in the multipart field 'file' (the field is "
                               "missing, not a file, or the upload was cut short)")
-        if not (upload.content_type or "").startswith(("image/", "application/octet-stream")):
-            return error(415, f"{upload.filename}: content type {upload.content_type!r} is not an "
-                              "image (send image/png, image/jpeg, ...)")
+        name = upload.filename or "upload"
         data = await upload.read(limit + 1)
         if len(data) > limit:
-            return error(413, f"{upload.filename}: upload is over the limit of {limit} bytes")
+            return error(413, f"{name}: upload is over the limit of {limit} bytes")
         try:
-            img = read_image(BytesIO(data), label=upload.filename or "upload")
-            return await run_in_threadpool(scorer.predict, img, heatmap)
+            # Decoded by content: clients label parts loosely (none, octet-stream, IMAGE/PNG).
+            return await run_in_threadpool(scorer.predict_upload, data, name, heatmap)
         except DataError as exc:
+            declared = (upload.content_type or "").split(";")[0].strip().lower()
+            if declared and not declared.startswith("image/") and declared not in _GENERIC:
+                return error(415, f"{name}: content type {declared!r} is not an image and the "
+                                  "data is not a readable image (send image/png, image/jpeg, ...)")
             return error(400, str(exc))
 
     if api_key:

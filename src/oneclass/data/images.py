@@ -19,24 +19,35 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 178_956_970
 
 
+#: A bad ONECLASS_MAX_PIXELS, reported when the first image is read (not at import, where it
+#: would break every command, even ``--version``); ``set_max_pixels`` clears it.
+_ENV_ERROR: str | None = None
+
+
 def set_max_pixels(limit: int) -> None:
     """Refuse images with more than ``limit`` pixels (decompression-bomb guard)."""
-    global MAX_PIXELS
+    global MAX_PIXELS, _ENV_ERROR
     if int(limit) < 1:
         raise DataError(f"the pixel limit must be positive, got {limit}")
     MAX_PIXELS = int(limit)
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own check then agrees with ours
+    _ENV_ERROR = None
 
 
-def _limit_from_env() -> None:
+def max_pixels_from_env() -> bool:
+    """Apply ONECLASS_MAX_PIXELS when it is set; True if it was."""
+    global _ENV_ERROR
     value = os.environ.get("ONECLASS_MAX_PIXELS", "").strip()
+    if not value:
+        return False
     try:
-        set_max_pixels(int(value) if value else MAX_PIXELS)
+        set_max_pixels(int(value))
     except (ValueError, DataError):
-        raise DataError(f"ONECLASS_MAX_PIXELS={value!r}: expected a positive whole number") from None
+        _ENV_ERROR = f"ONECLASS_MAX_PIXELS={value!r}: expected a positive whole number"
+    return True
 
 
-_limit_from_env()
+max_pixels_from_env()
 
 
 def is_image_file(path: Path) -> bool:
@@ -54,6 +65,8 @@ def _too_many_pixels(path: Path, w: int, h: int) -> DataError:
 
 def _open(source, path) -> Image.Image:
     """Open and decode ``source`` (a file path or a binary file object) named ``path`` in errors."""
+    if _ENV_ERROR:
+        raise DataError(_ENV_ERROR)
     try:
         # A FIFO or device named like an image would block or never end: read regular files only.
         if isinstance(source, Path) and not stat.S_ISREG(os.stat(source).st_mode):
