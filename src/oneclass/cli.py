@@ -187,10 +187,8 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
-    from .serve import serve
-
     from .data.images import max_pixels_from_env, set_max_pixels
-    from .serve import SERVE_MAX_PIXELS
+    from .serve import SERVE_MAX_PIXELS, serve
 
     if args.max_pixels is None and not max_pixels_from_env():
         set_max_pixels(SERVE_MAX_PIXELS)  # a few MB of upload can hold that many pixels

@@ -24,9 +24,9 @@ with 413 after at most the limit has been read, with or without a Content-Length
 sent before the request body was read in full (401, 413, 415, ...) closes the connection, so
 a client cannot keep streaming into it. At most ``max_connections`` (64) connections are
 served at once; more get 503. Uploads are decoded in worker threads, at most two at once,
-and ``oneclass serve`` refuses images over 40 megapixels unless told otherwise. Every error, including a request line or header that is not
-HTTP, an unexpected failure (500, logged with its traceback) and a score that is not finite
-(500), is a JSON object ``{"error": "..."}``.
+and ``oneclass serve`` refuses images over 40 megapixels unless told otherwise. Every error,
+including a request line or header that is not HTTP, an unexpected failure (500, logged with
+its traceback) and a score that is not finite (500), is a JSON object ``{"error": "..."}``.
 
 FastAPI on uvicorn: the upload parsing, the TestClient for in-process tests, and a server
 that is the usual choice for Python model services. One model call runs at a time (a lock):
