@@ -81,3 +81,20 @@ def classic_root(tmp_path: Path) -> Path:
     root = tmp_path / "bench"
     root.mkdir()
     return write_fake_mnist(root, 50, 30)
+
+
+def cli(*argv) -> int:
+    """Run the CLI in-process; arguments may be paths."""
+    from oneclass.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def one_line_error(err: str, *words: str) -> str:
+    """The single ``oneclass: error:`` line of ``err`` (no traceback), containing ``words``."""
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("oneclass: error:")]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]

@@ -45,9 +45,11 @@ def _read_config(path: str | None) -> dict[str, Any]:
         return {}
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (a config is JSON or TOML)") from None
     try:
         cfg = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -65,6 +67,19 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _count(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+    return parse
 
 
 def _progress(args) -> bool | None:
@@ -133,7 +148,7 @@ def cmd_eval(args) -> int:
     from .runs import evaluate, format_metrics
 
     m = evaluate(Path(args.run), args.data, args.data_root, args.device or "auto",
-                 on_bad_image=args.on_bad_image)
+                 on_bad_image=args.on_bad_image, progress=_progress(args))
     print(format_metrics(m))
     print(f"metrics written to {Path(args.run) / 'metrics.json'}")
     return 0
@@ -142,18 +157,30 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .runs import predict
 
+    csv_path = Path(args.out) / "predictions.csv"
     try:
         r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
-                    heatmaps=not args.no_heatmaps, device=args.device or "auto",
-                    progress=_progress(args), on_bad_image=args.on_bad_image,
-                    batch_size=args.batch_size)
-    except OSError as exc:  # rows are flushed batch by batch, so a rerun can continue
-        raise OneclassError(f"{args.out}: cannot write predictions ({exc.strerror or exc}); the rows "
-                            "already in predictions.csv are kept: rerun with --resume") from None
+                    overwrite=args.overwrite, heatmaps=not args.no_heatmaps,
+                    device=args.device or "auto", progress=_progress(args),
+                    on_bad_image=args.on_bad_image, batch_size=args.batch_size)
+    except (OSError, OneclassError) as exc:  # rows are flushed batch by batch: a rerun continues
+        if not _writing(exc):
+            raise
+        why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+        kept = "the rows already in predictions.csv are kept: " if csv_path.is_file() else ""
+        raise OneclassError(f"{args.out}: cannot write predictions ({why}); {kept}rerun with "
+                            "--resume") from None
     bad = f", {r['unreadable']} unreadable skipped" if r["unreadable"] else ""
     print(f"scored {r['scored']} images ({r['skipped']} already done{bad}), {r['anomalous']} "
           f"anomalous; results in {r['csv']}")
     return 0
+
+
+def _writing(exc: Exception) -> bool:
+    """Whether ``exc`` is a failure to write (disk full, permissions), not bad input."""
+    from .io import WriteError
+
+    return isinstance(exc, (OSError, WriteError))
 
 
 def cmd_export(args) -> int:
@@ -203,7 +230,8 @@ def cmd_report(args) -> int:
     from .runs import report
 
     path = report(Path(args.run), args.data, args.data_root, top=args.top,
-                  device=args.device or "auto", on_bad_image=args.on_bad_image)
+                  device=args.device or "auto", on_bad_image=args.on_bad_image,
+                  progress=_progress(args))
     print(f"report written to {path}")
     return 0
 
@@ -351,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outlier exposure images (another folder or dataset, e.g. cifar10)")
     s.add_argument("--anomalies", metavar="SPEC",
                    help="labeled anomalies from this spec's test split (left out of eval)")
-    s.add_argument("--anomaly-limit", type=int, default=5, metavar="N",
+    s.add_argument("--anomaly-limit", type=_count(1), default=5, metavar="N",
                    help="labeled anomalies per defect type (default 5)")
     s.add_argument("--reference", metavar="SPEC",
                    help="reference set of other classes (doc): mnist, fashion-mnist:-7, a folder "
@@ -373,8 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", metavar="INPUT")
     s.add_argument("--out", required=True)
     s.add_argument("--resume", action="store_true", help="skip images already in predictions.csv")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing predictions.csv and its heatmaps (without this, "
+                   "or --resume, an existing predictions.csv is an error)")
     s.add_argument("--no-heatmaps", action="store_true")
-    s.add_argument("--batch-size", type=int, default=32,
+    s.add_argument("--batch-size", type=_count(1), default=32,
                    help="images per batch (memory stays bounded by one batch)")
     common(s)
     images(s)
@@ -413,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--data")
     s.add_argument("--data-root")
-    s.add_argument("--top", type=int, default=8, help="examples per gallery")
+    s.add_argument("--top", type=_count(1), default=8, help="examples per gallery")
     common(s)
     images(s)
     s.set_defaults(func=cmd_report)

@@ -110,6 +110,10 @@ class InputNorm(nn.Module):
         return (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _param_type_cast(default: Any, value: Any, name: str) -> Any:
     """Parse a ``--set key=value`` string by the type of the parameter's default."""
     if not isinstance(value, str) or isinstance(default, str):
@@ -184,7 +188,7 @@ class Detector:
             )
         for k, v in {**defaults, **params}.items():
             setattr(self, k, _param_type_cast(defaults[k], v, k))
-        self._check_params()
+        self._validate()
 
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.all_defaults()}
@@ -206,7 +210,7 @@ class Detector:
         for k, v in params.items():
             setattr(self, k, _param_type_cast(defaults[k], v, k))
         try:
-            self._check_params()
+            self._validate()
         except ConfigError:
             for k, v in old.items():
                 setattr(self, k, v)
@@ -220,6 +224,21 @@ class Detector:
 
     def _scoring_changed(self) -> None:
         """Hook after :meth:`set_scoring_params`: drop anything cached from the old settings."""
+
+    def _validate(self) -> None:
+        """:meth:`_check_params`, with a value of the wrong type (``--set batch_size=null``,
+        ``--set size=abc``) reported as a ConfigError naming the odd parameters."""
+        try:
+            self._check_params()
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            odd = [f"{k}={getattr(self, k)!r}" for k, d in self.all_defaults().items()
+                   if _is_number(d) and not _is_number(getattr(self, k))
+                   or k == "size" and isinstance(getattr(self, k), str)]
+            which = f" ({', '.join(odd)})" if odd else ""
+            raise ConfigError(f"{self.name}: a parameter has a value of the wrong type{which}: "
+                              f"{exc}") from None
 
     def _check_params(self) -> None:
         if not (0.0 <= float(self.contamination) < 1.0):
@@ -420,19 +439,25 @@ class Detector:
         if not hasattr(self, "model_"):
             raise ConfigError(f"{self.name}: call fit() or load() before scoring")
 
-    def batches(self, x, batch_size: int | None = None) -> Iterator[torch.Tensor]:
+    def batches(self, x, batch_size: int | None = None,
+                progress: str | None = None) -> Iterator[torch.Tensor]:
         """Float batches on the model's device from an ImageSet, tensor or array.
 
         Tensors and arrays must be ``(N, C, H, W)`` in [0, 1] (float) or 0..255 (uint8) with
-        the model's channels and size.
+        the model's channels and size. ``progress``: the label of a progress bar over an
+        ImageSet (None: no bar).
         """
         self._check_fitted()
         bs = int(batch_size or self.score_batch_size)
         if isinstance(x, ImageSet):
+            from tqdm.auto import tqdm
+
             dl = torch.utils.data.DataLoader(Prepared(x, self.preprocess_), batch_size=bs,
                                              collate_fn=collate)
-            for xb, *_ in dl:
-                yield xb.to(self.device_)
+            with tqdm(total=len(x), desc=progress, disable=progress is None, leave=False) as bar:
+                for xb, *_ in dl:
+                    yield xb.to(self.device_)
+                    bar.update(len(xb))
             return
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
@@ -450,21 +475,21 @@ class Detector:
             xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
             yield xb.to(self.device_)
 
-    def score(self, x) -> np.ndarray:
-        """Anomaly scores ``(N,)``, higher = more anomalous."""
+    def score(self, x, progress: str | None = None) -> np.ndarray:
+        """Anomaly scores ``(N,)``, higher = more anomalous (``progress``: see :meth:`batches`)."""
         self._check_fitted()
         self.model_.eval()
         out = []
         with torch.no_grad():
-            for xb in self.batches(x):
+            for xb in self.batches(x, progress=progress):
                 out.append(self._score(xb).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
-    def anomaly_map(self, x) -> np.ndarray:
+    def anomaly_map(self, x, progress: str | None = None) -> np.ndarray:
         """Anomaly maps ``(N, H, W)`` at the model's input resolution."""
         self._check_fitted()
         self.model_.eval()
-        out = [self._map(xb).detach().float().cpu() for xb in self.batches(x)]
+        out = [self._map(xb).detach().float().cpu() for xb in self.batches(x, progress=progress)]
         return torch.cat(out).numpy() if out else np.zeros((0, *self.input_shape_[1:]), np.float32)
 
     def report_figures(self, x) -> dict[str, np.ndarray]:

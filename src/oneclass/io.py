@@ -7,7 +7,6 @@ crash or a full disk never leaves a half-written file where a good one was.
 from __future__ import annotations
 
 import errno
-import glob
 import json
 import os
 import shutil
@@ -28,10 +27,21 @@ def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+#: Folders this process has swept: once each, since listing a folder of 100k heatmaps on
+#: every write took about 20 ms a file.
+_swept: set[str] = set()
+
+
 def _sweep(path: Path) -> None:
-    """Remove temporary siblings of ``path`` left by writers that were killed (kill -9)."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+    """Remove temporary files and folders in ``path``'s folder left by writers that were
+    killed (kill -9); once per folder and process."""
+    folder = os.path.abspath(path.parent)
+    if folder in _swept:
+        return
+    _swept.add(folder)
+    for tmp in path.parent.glob(".*.tmp"):
+        parts = tmp.name[:-len(".tmp")].split(".")  # "", NAME..., PID, random
+        pid = parts[-2] if len(parts) >= 4 else ""
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -42,10 +52,15 @@ def _sweep(path: Path) -> None:
             pass  # alive (or not ours to signal): leave it
 
 
-def _explain(exc: OSError, path: Path) -> OneclassError:
+class WriteError(OneclassError):
+    """A file or directory could not be written (full disk, permissions)."""
+
+
+def _explain(exc: OSError, path: Path) -> WriteError:
+    kept = "the previous version was kept" if path.exists() else "nothing was written"
     if exc.errno == errno.ENOSPC:
-        return OneclassError(f"{path}: no space left on device; the previous file was kept")
-    return OneclassError(f"{path}: cannot write ({exc.strerror or exc})")
+        return WriteError(f"{path}: no space left on device; {kept}")
+    return WriteError(f"{path}: cannot write ({exc.strerror or exc}); {kept}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: bool = True) -> Path:
@@ -133,8 +148,11 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
         os.chmod(tmp, 0o777 & ~_UMASK)
         for f in tmp.rglob("*"):
             if f.is_file():  # fill may create subfolders; opening those would fail
+                os.chmod(f, 0o666 & ~_UMASK)  # savers (safetensors) may create them private
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+            elif f.is_dir():
+                os.chmod(f, 0o777 & ~_UMASK)
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import torch
 from . import data as data_mod
 from .data.screen import check_policy
 from .detector import Detector
-from .errors import ConfigError, OneclassError
+from .errors import ConfigError, DataError, OneclassError
 from .io import write_json, write_text
 from .metrics import image_metrics, pixel_metrics
 from .registry import create
@@ -37,13 +39,18 @@ def read_config(run: Path) -> dict[str, Any]:
     p = Path(run) / "config.json"
     if not p.is_file():
         raise OneclassError(f"{run}: not a run directory (no config.json); train one first")
-    return json.loads(p.read_text())
+    return _read_json(p, "the run's configuration")
+
+
+def _read_json(p: Path, what: str) -> Any:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OneclassError(f"{p}: {what} is not valid JSON ({exc}); the file is damaged") from None
 
 
 def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
     """Up to ``limit`` anomalous images per defect type from the test split of ``spec``."""
-    from .errors import DataError
-
     test = data_mod.load(spec, "test", root=root)
     rng = np.random.default_rng(seed)
     chosen = []
@@ -124,8 +131,14 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
               "on_bad_image": check_policy(on_bad_image)}
     if reference:  # only when given, so configs of earlier runs still match on --resume
         config["reference"] = reference
-    if resume and (out / "config.json").exists():
-        old = {k: v for k, v in read_config(out).items() if k not in ("anomalies_used", "skipped_images")}
+    ckpt = out / "checkpoints"
+    # The configuration of a training in progress waits in checkpoints/ and replaces
+    # config.json only with the model: a failed retraining leaves the earlier run consistent.
+    pending = ckpt / "config.json"
+    recorded = pending if pending.is_file() else out / "config.json"
+    if resume and recorded.exists():
+        old = {k: v for k, v in _read_json(recorded, "the run's configuration").items()
+               if k not in ("anomalies_used", "skipped_images")}
         old.setdefault("on_bad_image", "error")  # runs written before the policy existed
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than the run's "
@@ -135,7 +148,8 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)
     if used is not None:
         config["anomalies_used"] = used
-    train_set, skipped = data_mod.screen(train_set, on_bad_image, progress=bool(progress),
+    show = progress if progress is not None else sys.stderr.isatty()
+    train_set, skipped = data_mod.screen(train_set, on_bad_image, progress=show,
                                          what="training images")
     if skipped:
         config["skipped_images"] = [name for name, _ in skipped]
@@ -154,7 +168,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             log.warning("%s does not use a reference set; --reference is ignored", det.name)
     main = is_main_process()  # under torchrun only rank 0 writes files
     if main:
-        write_json(out / "config.json", config)
+        write_json(pending, config)
     log_path = out / "train_log.jsonl"
     if not resume and main:
         log_path.unlink(missing_ok=True)
@@ -163,13 +177,22 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         with open(log_path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
 
-    ckpt = out / "checkpoints"
     loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
     det.fit(train_set, outliers=outlier_set, loop=loop, **fit_extra)
     if main:
         det.save(out / "model")
+        write_json(out / "config.json", config)
+        stale = [f for f in DERIVED if (out / f).exists()]
+        for f in stale:  # they describe the model this one replaced
+            (out / f).unlink()
+        if stale:
+            log.info("%s: removed %s of the previous model", out, ", ".join(stale))
         shutil.rmtree(ckpt, ignore_errors=True)
     return det
+
+
+#: Files of a run computed from its model: removed when a new model replaces it.
+DERIVED = ("metrics.json", "scores.csv", "report.html")
 
 
 def check_threshold(threshold: float, scores: np.ndarray, what: str, *, both: bool = True) -> bool:
@@ -215,18 +238,54 @@ def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: s
 
 
 def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = None,
-             device: str = "auto", on_bad_image: str = "error") -> dict[str, Any]:
-    """Score the test split, write ``metrics.json`` and ``scores.csv``; return the metrics."""
+             device: str = "auto", on_bad_image: str = "error",
+             progress: bool | None = None) -> dict[str, Any]:
+    """Score the test split, write ``scores.csv`` and ``metrics.json``; return the metrics."""
     run = Path(run)
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
+    show = _show(progress)
     t0 = time.perf_counter()
-    scores = det.score(test)
+    scores = _finite(det.score(test, progress="scoring" if show else None), test)
     seconds = time.perf_counter() - t0
+    metrics = _metrics(run, det, spec, test, scores, skipped, show)
+    metrics["score_images_per_second"] = round(len(test) / max(seconds, 1e-9), 1)
+    pred = scores >= det.threshold_
+    rows = ["name,kind,label,score,predicted"]
+    rows += [f"{_csv(n)},{_csv(k)},{int(lab)},{s:.8g},{int(p)}"
+             for n, k, lab, s, p in zip(test.names, test.kinds, test.labels, scores, pred)]
+    # scores.csv first: metrics.json is the file that says an evaluation is complete
+    write_text(run / "scores.csv", "\n".join(rows) + "\n")
+    write_json(run / "metrics.json", metrics)
+    return metrics
+
+
+def _show(progress: bool | None) -> bool:
+    """Progress bars: as asked, or (None) when stderr is a terminal."""
+    return progress if progress is not None else sys.stderr.isatty()
+
+
+def _finite(scores: np.ndarray, test) -> np.ndarray:
+    """``scores``, or a DataError naming the images the model gave no finite score."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        names = ", ".join(f"{test.names[i]} ({scores[i]})" for i in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"the model gave no finite score for {len(bad)} of {len(scores)} images: "
+                        f"{names}{more}; the model file may be damaged or these images far "
+                        "outside its training data")
+    return scores
+
+
+def _metrics(run: Path, det: Detector, spec: str, test, scores: np.ndarray, skipped,
+             show: bool) -> dict[str, Any]:
+    """Image (and, with masks, pixel) metrics of ``scores`` on ``test``."""
+    from .export import model_id
+
     labels = test.labels
     known = labels >= 0
-    metrics: dict[str, Any] = {"data": spec, "n_test": int(len(test)),
-                               "n_anomalous": int((labels == 1).sum())}
+    metrics: dict[str, Any] = {"data": spec, "model_id": model_id(model_dir(run)),
+                               "n_test": int(len(test)), "n_anomalous": int((labels == 1).sum())}
     if skipped:
         metrics["skipped_images"] = [name for name, _ in skipped]
     keys = ("image_auroc", "image_ap", "image_f1", "image_f1_threshold")
@@ -248,16 +307,10 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
         if known.any() else None
     metrics["pixel_auroc"] = metrics["aupro"] = None
     if test.has_masks:
-        maps = det.anomaly_map(test)
+        maps = det.anomaly_map(test, progress="heatmaps" if show else None)
         masks = _masks(test, det)
         pm = pixel_metrics(masks, maps)
         metrics["pixel_auroc"], metrics["aupro"] = pm["pixel_auroc"], pm["aupro"]
-    metrics["score_images_per_second"] = round(len(test) / max(seconds, 1e-9), 1)
-    write_json(run / "metrics.json", metrics)
-    rows = ["name,kind,label,score,predicted"]
-    rows += [f"{_csv(n)},{_csv(k)},{int(lab)},{s:.8g},{int(p)}"
-             for n, k, lab, s, p in zip(test.names, test.kinds, labels, scores, pred)]
-    write_text(run / "scores.csv", "\n".join(rows) + "\n")
     return metrics
 
 
@@ -287,12 +340,13 @@ def _to_uint8_image(x) -> np.ndarray:
     return (x.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
+def _unique_stems(paths: list[Path], reserved: set[str] = frozenset()) -> list[str]:
     """A heatmap name per path, unique against every name already given (a/img.png,
-    a/img_1.png, b/img.png -> img, img_1, img_2) and case-insensitively, so that no heatmap
-    overwrites another, on case-insensitive file systems too; the same in every run over the
-    same inputs, so that --resume keeps the names."""
-    used: set[str] = set()
+    a/img_1.png, b/img.png -> img, img_1, img_2) and against ``reserved`` (names that rows of
+    an earlier run already point to), case-insensitively, so that no heatmap overwrites
+    another, on case-insensitive file systems too; the same in every run over the same
+    inputs, so that --resume keeps the names."""
+    used = {r.casefold() for r in reserved}
     out = []
     for p in paths:
         name, n = p.stem, 0
@@ -307,31 +361,10 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 PREDICTION_COLUMNS = ["path", "score", "label", "heatmap"]
 
 
-def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
-            heatmaps: bool = True, device: str = "auto", progress: bool | None = None,
-            batch_size: int = 32, on_bad_image: str = "error") -> dict[str, Any]:
-    """Score images and folders, streaming: ``OUT/predictions.csv`` and ``OUT/heatmaps/``.
-
-    ``predictions.csv`` has the columns path, score, label (1 at or above the threshold) and
-    heatmap (its file, ``heatmaps/NAME.png``, empty without heatmaps). Rows are appended batch
-    by batch, so memory stays bounded whatever the number of images; with ``resume`` images
-    already in ``predictions.csv`` are skipped and its columns kept (a file written before the
-    heatmap column existed goes on without it). With
-    ``on_bad_image="skip"`` unreadable images get no row (a later ``resume`` tries them again).
-    """
-    import csv
-    import sys
-
-    from tqdm.auto import tqdm
-
-    from .data.base import FileSet, loader
+def _input_paths(inputs: list[str]) -> list[Path]:
+    """The image files of ``inputs`` (files and folders), each once."""
     from .data.folder import list_images
-    from .errors import DataError
-    from .io import atomic_write
-    from .viz import overlay, to_png
 
-    check_policy(on_bad_image)
-    det = load_model(run, device)
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -344,31 +377,96 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             paths.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")
+    seen: set[Path] = set()
+    unique = []
+    for p in paths:
+        key = Path(os.path.realpath(p))  # no error on a symlink loop: reading it reports that
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    if len(unique) < len(paths):
+        log.warning("%d images were given more than once; each is scored once",
+                    len(paths) - len(unique))
+    return unique
+
+
+def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
+            overwrite: bool = False, heatmaps: bool = True, device: str = "auto",
+            progress: bool | None = None, batch_size: int = 32,
+            on_bad_image: str = "error") -> dict[str, Any]:
+    """Score images and folders, streaming: ``OUT/predictions.csv`` and ``OUT/heatmaps/``.
+
+    ``predictions.csv`` (UTF-8) has the columns path, score, label (1 at or above the
+    threshold) and heatmap (its file, ``heatmaps/NAME.png``, empty without heatmaps). Rows are
+    appended batch by batch, so memory stays bounded whatever the number of images; with
+    ``resume`` images already in ``predictions.csv`` are skipped and its columns and heatmap
+    names kept (a file written before the heatmap column existed goes on without it). An
+    existing ``predictions.csv`` is never replaced without ``overwrite``, which also clears
+    the old heatmaps, and only once the first batch is scored. With
+    ``on_bad_image="skip"`` unreadable images get no row (a later ``resume`` tries them
+    again). An image the model gives no finite score stops the run (its earlier rows kept).
+    """
+    import csv
+
+    from tqdm.auto import tqdm
+
+    from .data.base import FileSet, loader
+    from .io import atomic_write
+    from .viz import overlay, to_png
+
+    check_policy(on_bad_image)
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    if resume and overwrite:
+        raise ConfigError("--resume continues predictions.csv and --overwrite replaces it: "
+                          "give one of them")
+    det = load_model(run, device)
+    paths = _input_paths(inputs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; give --out a folder")
     csv_path = out / "predictions.csv"
-    stems = dict(zip(map(str, paths), _unique_stems(paths)))
-    done: set[str] = set()
+    if csv_path.exists() and not (resume or overwrite):
+        raise DataError(f"{csv_path} exists: pass --resume to continue it or --overwrite to "
+                        "replace it and its heatmaps")
+    done: dict[str, str] = {}
     columns = PREDICTION_COLUMNS
     if resume and csv_path.exists():
         done, columns = _complete_rows(csv_path)
     todo = [p for p in paths if str(p) not in done]
+    n_bad = 0
+    fs = None
+    if todo:  # checked before anything is written: a bad input loses no earlier result
+        fs, bad = data_mod.screen(FileSet(todo, [-1] * len(todo), names=[str(p) for p in todo]),
+                                  on_bad_image, what="input images", allow_empty=True)
+        n_bad = len(bad)
+        if len(fs) == 0 and not done:
+            raise DataError(f"none of the {len(todo)} input images can be read")
+        todo = [Path(n) for n in fs.names]
+    reserved = {Path(h).stem for h in done.values() if h}
+    stems = dict(zip(map(str, todo), _unique_stems(todo, reserved)))
+    out.mkdir(parents=True, exist_ok=True)
     mode = "a" if resume and csv_path.exists() else "w"
-    if heatmaps:
-        (out / "heatmaps").mkdir(exist_ok=True)
     lo, hi = (det.map_scale_ or [None, None])
-    n_anom, n_bad = 0, 0
-    show = progress if progress is not None else sys.stderr.isatty()
-    with open(csv_path, mode, newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
+    n_anom = 0
+    state: dict[str, Any] = {}
+
+    def start():
+        """Open predictions.csv when the first batch is scored: a bad first image (read only
+        now under on_bad_image=error) or any earlier failure leaves an old file as it was."""
+        if overwrite:
+            shutil.rmtree(out / "heatmaps", ignore_errors=True)
+        if heatmaps:
+            (out / "heatmaps").mkdir(exist_ok=True)
+        fh = state["fh"] = open(csv_path, mode, newline="", encoding="utf-8")
+        state["writer"] = csv.writer(fh, lineterminator="\n")
         if mode == "w":
-            writer.writerow(columns)
+            state["writer"].writerow(columns)
+            fh.flush()
+
+    try:
         if todo:
-            fs, bad = data_mod.screen(FileSet(todo, [-1] * len(todo), names=[str(p) for p in todo]),
-                                      on_bad_image, what="input images", allow_empty=True)
-            n_bad = len(bad)
-            todo = [Path(n) for n in fs.names]
-            bar = tqdm(total=len(todo), desc="scoring", disable=not show, leave=False)
+            bar = tqdm(total=len(todo), desc="scoring", disable=not _show(progress), leave=False)
             for xb, _, _, _, idx in loader(fs, det.preprocess_, batch_size):
                 xb = xb.to(det.device_)
                 if heatmaps:
@@ -377,6 +475,10 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                 else:
                     with torch.no_grad():
                         scores, maps = det._score(xb).float().cpu().numpy(), None
+                _finite(scores, FileSet([todo[i] for i in idx.tolist()], [-1] * len(idx),
+                                        names=[str(todo[i]) for i in idx.tolist()]))
+                if not state:
+                    start()
                 for j, i in enumerate(idx.tolist()):
                     label = int(scores[j] >= det.threshold_)
                     n_anom += label
@@ -387,10 +489,15 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                         atomic_write(out / heatmap, lambda p, b=png: p.write_bytes(b), fsync=False)
                     row = {"path": str(todo[i]), "score": f"{scores[j]:.8g}", "label": label,
                            "heatmap": heatmap}
-                    writer.writerow([row.get(c, "") for c in columns])
-                fh.flush()
+                    state["writer"].writerow([row.get(c, "") for c in columns])
+                state["fh"].flush()
                 bar.update(len(idx))
             bar.close()
+        if not state:  # nothing new to score: the file still exists, with its header
+            start()
+    finally:
+        if state:
+            state["fh"].close()
     if len(todo) >= 10 and n_anom == len(todo):
         log.warning("all %d images are at or above the threshold %.6g: every image is predicted "
                     "anomalous; check the threshold parameter", len(todo), det.threshold_)
@@ -398,29 +505,35 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             "anomalous": n_anom, "csv": str(csv_path)}
 
 
-def _complete_rows(csv_path: Path) -> tuple[set[str], list[str]]:
-    """Paths of the complete rows of an interrupted ``predictions.csv``, and its columns (new
-    rows follow them); a row cut short by the interruption is dropped from the file, so that
-    appending continues on a new line."""
+def _complete_rows(csv_path: Path) -> tuple[dict[str, str], list[str]]:
+    """The complete rows of an interrupted ``predictions.csv`` (path -> heatmap file), and its
+    columns (new rows follow them); a row cut short by the interruption, even inside a
+    character, is dropped from the file, so that appending continues on a new line."""
     import csv
     import io
 
-    text = open(csv_path, newline="").read()
+    raw = csv_path.read_bytes()
+    whole = raw[:raw.rfind(b"\n") + 1]  # up to the last line end: the cut tail goes
+    try:
+        text = whole.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not a UTF-8 predictions file ({exc}); use a new --out "
+                        "or --overwrite") from None
     reader = csv.DictReader(io.StringIO(text))
     columns = list(reader.fieldnames or PREDICTION_COLUMNS)
-    rows = list(reader)
-    if rows and not text.endswith("\n"):
-        rows.pop()  # no line end: cut short, even when what is left parses (half a heatmap name)
-    good, done = [], set()
-    for row in rows:
+    if "path" not in columns or "score" not in columns:
+        raise DataError(f"{csv_path}: not a predictions file (columns {columns}); use a new "
+                        "--out or --overwrite")
+    good, done = [], {}
+    for row in reader:
         try:
             ok = row.get("label") in ("0", "1") and np.isfinite(float(row.get("score") or ""))
         except ValueError:
             ok = False
         if ok and row.get("path") and all(row.get(c) is not None for c in columns):
             good.append(row)
-            done.add(row["path"])
-    if not text.endswith("\n") or len(good) != text.count("\n") - 1:
+            done[row["path"]] = row.get("heatmap") or ""
+    if len(whole) != len(raw) or len(good) != text.count("\n") - 1:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore",
                                 lineterminator="\n")
@@ -431,20 +544,36 @@ def _complete_rows(csv_path: Path) -> tuple[set[str], list[str]]:
 
 
 def report(run: Path, data_spec: str | None = None, data_root: str | None = None,
-           top: int = 8, device: str = "auto", on_bad_image: str = "error") -> Path:
-    """Write ``RUN/report.html`` for the test split of the run's data (or ``data_spec``)."""
+           top: int = 8, device: str = "auto", on_bad_image: str = "error",
+           progress: bool | None = None) -> Path:
+    """Write ``RUN/report.html`` for the test split of the run's data (or ``data_spec``).
+
+    The metrics come from ``metrics.json`` when it was written by ``eval`` for this model on
+    this data; otherwise they are computed for the report alone (``metrics.json`` is left as
+    it is: it stays the run's own evaluation).
+    """
+    from .export import model_id
     from .report import Example, build_report
 
     run = Path(run)
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}")
+    test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
+    show = _show(progress)
+    scores = _finite(det.score(test, progress="scoring" if show else None), test)
     mpath = run / "metrics.json"
-    metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
-    if metrics.get("data") != spec:
-        metrics = evaluate(run, spec, root, device, on_bad_image)
-    test = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")[0]
-    scores = det.score(test)
+    metrics = {}
+    if mpath.exists():
+        try:
+            metrics = json.loads(mpath.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            log.warning("%s: not valid JSON; computing the report's metrics afresh", mpath)
+    if not isinstance(metrics, dict) or metrics.get("data") != spec \
+            or metrics.get("model_id") != model_id(model_dir(run)):
+        metrics = _metrics(run, det, spec, test, scores, skipped, show)
     order = np.argsort(-scores, kind="stable")
-    k = min(top, len(order))
+    k = min(int(top), len(order))
 
     def examples(idx) -> list[Example]:
         from .data.base import loader

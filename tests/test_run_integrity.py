@@ -1,0 +1,285 @@
+"""A run directory and a predictions folder stay consistent and lose nothing: failed
+commands keep earlier results, retraining drops results of the replaced model, resumed
+predictions keep their heatmaps apart, and odd input is one line, never a traceback."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import pathlib
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from oneclass import io as io_mod
+from oneclass.cli import main
+from oneclass.data.synthetic import write_mvtec
+from oneclass.registry import get
+
+from .conftest import cli as _cli
+from .conftest import one_line_error as _one_line_error
+
+TRAIN = ["--method", "deep_svdd", "--epochs", "1", "--set", "pretrain_epochs=1",
+         "--set", "batch_size=16", "--seed", "1", "-q"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("integrity")
+    data = write_mvtec(base / "toy", n_train=24, n_test_good=6, n_test_defect=6, size=16, seed=4)
+    assert _cli("train", "--data", data, "--out", base / "run", *TRAIN) == 0
+    return data, base / "run"
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    data, run = trained
+    return data, Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_an_existing_predictions_file_is_never_replaced_by_accident(run_copy, tmp_path, capsys):
+    data, run = run_copy
+    out = tmp_path / "p"
+    assert _cli("predict", run, data / "test", "--out", out, "-q") == 0
+    before = (out / "predictions.csv").read_bytes()
+    n_maps = len(list((out / "heatmaps").iterdir()))
+    assert n_maps == len(_rows(out)) == 12
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "b.png").write_bytes(b"garbage")
+    capsys.readouterr()
+    # without --resume or --overwrite: refused, before anything is touched
+    assert _cli("predict", run, bad, "--out", out, "-q") == 2
+    _one_line_error(capsys.readouterr().err, "predictions.csv exists", "--resume", "--overwrite")
+    # with --overwrite but a bad input: refused once the input is checked, earlier rows kept
+    assert _cli("predict", run, bad, "--out", out, "--overwrite", "-q") == 2
+    _one_line_error(capsys.readouterr().err, "b.png")
+    assert (out / "predictions.csv").read_bytes() == before
+    assert len(list((out / "heatmaps").iterdir())) == n_maps
+    # --overwrite with good input: the new rows and only their heatmaps
+    one = data / "test" / "good" / "000.png"
+    assert _cli("predict", run, one, "--out", out, "--overwrite", "-q") == 0
+    assert [r["path"] for r in _rows(out)] == [str(one)]
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["000.png"]
+
+
+def test_resume_keeps_the_heatmaps_earlier_rows_point_to(run_copy, tmp_path):
+    data, run = run_copy
+    out = tmp_path / "p"
+    good, spot = data / "test" / "good" / "000.png", sorted((data / "test").glob("[!g]*/000.png"))[0]
+    assert _cli("predict", run, good, "--out", out, "-q") == 0
+    first = (out / "heatmaps" / "000.png").read_bytes()
+    # the same stem comes first now: it must not take the name the earlier row holds
+    assert _cli("predict", run, spot, good, "--out", out, "--resume", "-q") == 0
+    rows = {r["path"]: r["heatmap"] for r in _rows(out)}
+    assert rows[str(good)] == "heatmaps/000.png" and rows[str(spot)] != rows[str(good)]
+    assert (out / "heatmaps" / "000.png").read_bytes() == first
+    assert (out / rows[str(spot)]).is_file()
+
+
+def test_resume_after_a_cut_inside_a_character(run_copy, tmp_path):
+    data, run = run_copy
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("café.png", "über.png"):
+        shutil.copy(data / "test" / "good" / "000.png", folder / name)
+    out = tmp_path / "p"
+    assert _cli("predict", run, folder, "--out", out, "-q") == 0
+    raw = (out / "predictions.csv").read_bytes()
+    cut = raw.index("über".encode()) + 1  # inside the two bytes of "ü"
+    (out / "predictions.csv").write_bytes(raw[:cut])
+    assert _cli("predict", run, folder, "--out", out, "--resume", "-q") == 0
+    assert sorted(Path(r["path"]).name for r in _rows(out)) == ["café.png", "über.png"]
+
+
+def test_duplicate_inputs_are_scored_once(run_copy, tmp_path, capsys):
+    data, run = run_copy
+    one = data / "test" / "good" / "000.png"
+    out = tmp_path / "p"
+    assert _cli("predict", run, one, one, data / "test" / "good", "--out", out, "-q") == 0
+    paths = [r["path"] for r in _rows(out)]
+    assert len(paths) == len(set(paths)) == 6
+    assert "2 images were given more than once" in capsys.readouterr().err
+
+
+def test_predict_when_no_input_can_be_read_is_an_error(run_copy, tmp_path, capsys):
+    data, run = run_copy
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("a.png", "b.png"):
+        (bad / name).write_bytes(b"not an image")
+    assert _cli("predict", run, bad, "--out", tmp_path / "p", "--on-bad-image", "skip", "-q") == 2
+    _one_line_error(capsys.readouterr().err, "none of the 2 input images can be read")
+
+
+def test_a_full_disk_while_writing_a_heatmap_says_how_to_continue(run_copy, tmp_path, capsys,
+                                                                  monkeypatch):
+    data, run = run_copy
+    real = pathlib.Path.write_bytes
+
+    def full(self, b):
+        if self.name.startswith(".00"):  # a heatmap's temporary file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, b)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    assert _cli("predict", run, data / "test", "--out", tmp_path / "p", "-q") == 2
+    line = _one_line_error(capsys.readouterr().err, "cannot write predictions",
+                           "no space left on device", "rerun with --resume")
+    assert "nothing was written" in line and "previous version" not in line
+
+
+# ---------------------------------------------------------------- train, eval, report
+
+
+def test_retraining_drops_the_results_of_the_replaced_model(run_copy, capsys):
+    data, run = run_copy
+    assert _cli("eval", run) == 0 and _cli("report", run) == 0
+    old = json.loads((run / "metrics.json").read_text())
+    digest = json.loads((run / "model" / "model.json").read_text())["weights_sha256"]
+    assert old["model_id"] == digest[:12]
+    assert _cli("train", "--data", data, "--out", run, *TRAIN[:-3], "--seed", "5", "-q") == 0
+    assert not any((run / f).exists() for f in ("metrics.json", "scores.csv", "report.html"))
+
+
+def test_report_uses_metrics_of_this_model_only(run_copy, tmp_path):
+    data, run = run_copy
+    assert _cli("eval", run) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    m["image_auroc"] = 0.123456  # as if written for another model ...
+    m["model_id"] = "0" * 12
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert _cli("report", run) == 0
+    assert "0.1235" not in (run / "report.html").read_text()  # ... so not shown
+    m["model_id"] = json.loads((run / "model" / "model.json").read_text())["weights_sha256"][:12]
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert _cli("report", run) == 0  # this model's evaluation: reused as it is
+    assert "0.1235" in (run / "report.html").read_text()
+
+
+def test_report_on_other_data_leaves_the_runs_evaluation(run_copy):
+    data, run = run_copy
+    assert _cli("eval", run) == 0
+    before = (run / "metrics.json").read_bytes(), (run / "scores.csv").read_bytes()
+    assert _cli("report", run, "--data", data / "test" / "good") == 0
+    assert ((run / "metrics.json").read_bytes(), (run / "scores.csv").read_bytes()) == before
+
+
+def test_a_failed_retraining_leaves_the_run_as_it_was(run_copy, capsys):
+    data, run = run_copy
+    before = (run / "config.json").read_bytes()
+    assert _cli("train", "--data", data, "--out", run, *TRAIN, "--set", "lr=1e30") == 2
+    _one_line_error(capsys.readouterr().err)
+    assert (run / "config.json").read_bytes() == before
+    assert json.loads(before)["params"]["lr"] == 1e-4
+
+
+def test_eval_writes_the_scores_before_the_metrics(run_copy, monkeypatch, capsys):
+    data, run = run_copy
+    (run / "metrics.json").write_text('{"marker": 1}')
+    real = pathlib.Path.write_bytes
+
+    def full(self, b):
+        if self.name.startswith(".scores.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, b)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    assert _cli("eval", run) == 2
+    _one_line_error(capsys.readouterr().err, "scores.csv", "no space left on device")
+    assert json.loads((run / "metrics.json").read_text()) == {"marker": 1}
+
+
+def test_non_finite_scores_name_the_images(run_copy, tmp_path, monkeypatch, capsys):
+    data, run = run_copy
+
+    def nan_score(self, x):  # a function of x, so that gradient heatmaps still run
+        return (x * float("nan")).flatten(1).sum(1)
+
+    monkeypatch.setattr(get("deep_svdd"), "_score", nan_score)
+    assert _cli("eval", run) == 2
+    _one_line_error(capsys.readouterr().err, "no finite score for 12 of 12 images", "000.png")
+    assert _cli("predict", run, data / "test" / "good", "--out", tmp_path / "p", "-q") == 2
+    _one_line_error(capsys.readouterr().err, "no finite score", "000.png")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["predict", "{run}", "{data}", "--out", "{tmp}/p", "--batch-size", "0"], ["--batch-size"]),
+    (["report", "{run}", "--top", "-1"], ["--top"]),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--anomaly-limit", "0",
+      "--method", "fcdd"], ["--anomaly-limit"]),
+])
+def test_bad_counts_are_refused_by_the_parser(run_copy, tmp_path, capsys, argv, words):
+    data, run = run_copy
+    argv = [a.format(run=run, data=data, tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(w in err for w in words) and ">= 1" in err
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("size=abc", ["size='abc'"]),
+    ("batch_size=null", ["batch_size=None"]),
+])
+def test_set_values_of_the_wrong_type_are_one_line(run_copy, tmp_path, capsys, setting, words):
+    data, _ = run_copy
+    assert _cli("train", "--data", data, "--out", tmp_path / "r", "--method", "fcdd",
+                "--set", setting, "-q") == 2
+    _one_line_error(capsys.readouterr().err, "wrong type", *words)
+
+
+def test_damaged_json_files_are_one_line(run_copy, tmp_path, capsys):
+    data, run = run_copy
+    cfg = tmp_path / "cfg.json"
+    cfg.write_bytes(b"\xff\xfe\x00binary")
+    assert _cli("train", "--config", cfg, "--out", tmp_path / "r", "-q") == 2
+    _one_line_error(capsys.readouterr().err, "cfg.json", "not a text file")
+    (run / "metrics.json").write_text("{cut")
+    assert _cli("report", run) == 0  # a damaged metrics.json is recomputed for the report
+    (run / "config.json").write_text("{cut")
+    assert _cli("eval", run) == 2
+    _one_line_error(capsys.readouterr().err, "config.json", "not valid JSON")
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_saved_model_files_get_the_umask_mode_not_private(run_copy, tmp_path, monkeypatch):
+    # safetensors creates its file 0600: a service running as another user could not read it
+    from oneclass.runs import load_model
+
+    det = load_model(run_copy[1], "cpu")
+    monkeypatch.setattr(io_mod, "_UMASK", 0o022)
+    det.save(tmp_path / "m")
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "m").iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_the_sweep_of_dead_writers_lists_a_folder_once(tmp_path, monkeypatch):
+    calls = []
+    real = pathlib.Path.glob
+
+    def counting(self, pattern):
+        calls.append(self)
+        return real(self, pattern)
+
+    monkeypatch.setattr(pathlib.Path, "glob", counting)
+    dead = tmp_path / ".a.png.999999999.abc.tmp"
+    dead.write_text("half")
+    for i in range(20):
+        io_mod.write_bytes(tmp_path / f"{i}.png", b"x")
+    assert not dead.exists()
+    assert calls.count(tmp_path) == 1
