@@ -143,3 +143,15 @@ def test_set_values_are_typed_like_suite_parameters():
                         "net=effnet", "size=64,64", "threshold=null"])
     assert sets == {"epochs": 60, "lr": 1e-3, "gcn": True, "lr_milestones": [10, 20],
                     "net": "effnet", "size": "64,64", "threshold": None}
+
+
+def test_demo_runs_train_eval_and_report_on_other_data(mvtec_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(mvtec_dir), "--out", str(out), "--epochs", "1",
+                 "--set", "batch_size=16", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert f"oneclass demo: fcdd on {mvtec_dir}, 1 epochs" in text and "ELPV" not in text
+    auroc = float(text.split("image AUROC: ")[1].split()[0])
+    assert auroc == pytest.approx(json.loads((out / "metrics.json").read_text())["image_auroc"],
+                                  abs=1e-4)
+    assert (out / "report.html").is_file() and (out / "model" / "model.json").is_file()

@@ -101,13 +101,17 @@ def cmd_train(args) -> int:
     rank, world = init_distributed()  # under torchrun: join the process group
     if rank != 0:  # one log, from rank 0
         logging.getLogger().setLevel(logging.WARNING)
+    ok = False
     try:
-        return _train(args, rank, world)
+        code = _train(args, rank, world)
+        ok = True
+        return code
     finally:
         if world > 1:
             import torch.distributed as dist
 
-            dist.barrier()
+            if ok:  # after a failure the other ranks may never reach a barrier: do not wait
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -245,13 +249,15 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     params: dict[str, Any] = _parse_sets(args.set)
     params["epochs"] = args.epochs
-    print(f"oneclass demo: {args.method} on ELPV solar cells, {args.epochs} epochs (normal "
-          "cells for training; held-back normal and defective cells for testing)")
-    det = train(args.method, args.data, out, params, progress=_progress(args))
+    what = ("ELPV solar cells (normal cells for training; held-back normal and defective "
+            "cells for testing)" if args.data == "elpv" else args.data)
+    print(f"oneclass demo: {args.method} on {what}, {args.epochs} epochs")
+    det = train(args.method, args.data, out, params, data_root=args.data_root,
+                progress=_progress(args))
     print(f"trained in {det.train_seconds_:.1f} s")
-    m = evaluate(out, args.data)
+    m = evaluate(out, args.data, args.data_root, progress=_progress(args))
     print(format_metrics(m))
-    path = report(out, args.data)
+    path = report(out, args.data, args.data_root, progress=_progress(args))
     print(f"report: {path}")
     print(f"image AUROC: {m['image_auroc']:.4f}  (demo finished in "
           f"{time.perf_counter() - t0:.0f} s)")
@@ -474,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--method", default="fcdd")
     s.add_argument("--data", default="elpv")
+    s.add_argument("--data-root", help="folder of the benchmark npz files (for --data mnist:C, ...)")
     s.add_argument("--epochs", type=int, default=4,
                    help="training epochs (default 4: the demo runs in minutes on a CPU)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

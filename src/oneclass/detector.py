@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,12 +378,13 @@ class Detector:
         self.preprocess_ = self._resolve_preprocess(train)
         fit_set, hold_set = self._split_holdout(train, val)
         t0 = time.perf_counter()
-        x, y, masks = materialize(fit_set, self.preprocess_, progress=bool(loop.progress),
+        show = loop.progress if loop.progress is not None else sys.stderr.isatty()
+        x, y, masks = materialize(fit_set, self.preprocess_, progress=show,
                                   desc="loading images")
         self.input_shape_ = tuple(int(s) for s in x.shape[1:])
         self._outliers = None
         if outliers is not None and self.uses_outliers:
-            self._outliers = materialize(outliers, self.preprocess_, progress=bool(loop.progress),
+            self._outliers = materialize(outliers, self.preprocess_, progress=show,
                                          desc="loading outliers")[0]
         self.model_ = self._build(self.input_shape_).to(self.device_)
         norm = getattr(self.model_, "norm", None)
