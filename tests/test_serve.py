@@ -796,3 +796,20 @@ def test_a_short_soak_has_no_errors_and_flat_memory(run_dir):
     rss = [s["rss_mb"] for s in r["samples"]]
     assert len(rss) == 6 and rss[0] > 50  # before any request, then every 110; torch loaded
     assert rss[-1] - rss[1] < 16, rss  # after the first 110, within 16 MB
+
+
+def test_serve_command_lowers_the_pixel_limit_unless_told(monkeypatch, tmp_path):
+    from oneclass import serve as serve_mod
+    from oneclass.cli import main
+    from oneclass.data import images
+
+    seen = []
+    monkeypatch.setattr(serve_mod, "serve", lambda *a, **k: seen.append(images.MAX_PIXELS))
+    monkeypatch.setattr(images, "MAX_PIXELS", images.MAX_PIXELS)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    monkeypatch.delenv("ONECLASS_MAX_PIXELS", raising=False)
+    assert main(["serve", str(tmp_path)]) == 0
+    monkeypatch.setenv("ONECLASS_MAX_PIXELS", "123456")
+    assert main(["serve", str(tmp_path)]) == 0
+    assert main(["serve", str(tmp_path), "--max-pixels", "999"]) == 0
+    assert seen == [serve_mod.SERVE_MAX_PIXELS, 123456, 999]

@@ -134,9 +134,16 @@ def metadata(det: Detector, input_dtype: str, model_id: str | None) -> dict[str,
         "outputs": {"score": "(N,) higher = more anomalous",
                     "anomaly_map": f"(N, {h}, {w}) at the input resolution"},
         "preprocess": {**det.preprocess_.to_json(),
-                       "resize": "bilinear with antialiasing to size (H, W), before the graph",
-                       "channels_conversion": "luminance (RGB -> 1) or gray replicated (1 -> 3), "
-                                              "before the graph",
+                       # In the order oneclass applies them, before the graph:
+                       "decoding": "EXIF orientation applied; alpha and PNG colour-key "
+                                   "transparency composited on black; 16-bit and 32-bit integer "
+                                   "images scaled to 8 bit",
+                       "channels_conversion": "on the uint8 image: RGB -> 1 as round(0.299 R + "
+                                              "0.587 G + 0.114 B), 1 -> 3 by replicating gray",
+                       "resize": "then x / 255 in float, bilinear with antialiasing "
+                                 "(align_corners=False) to size (H, W), clipped to [0, 1]; a "
+                                 "float32 graph takes that times 255 unrounded, a uint8 graph "
+                                 "its rounding (at most 0.5/255 off a pixel)",
                        "inside_graph": "x / 255, then the model's fitted input normalisation"},
         "params": det.get_params(),
         # The graph is float32; a model scored in bf16 got its threshold from bf16 scores,
