@@ -54,6 +54,13 @@ def _linear_worker(rank: int, init: str, out: str) -> None:
             weights[f"{ddp} {bs}"] = task.lin.weight.detach().clone()
     # rank 0 holds 2 values, rank 1 three: gathered in rank order
     weights["gathered"] = gather_across_ranks(torch.arange(2.0 + rank) + 10 * rank)
+    # the Deep SVDD centre: each rank's encoder differs a little (its own batch-norm
+    # statistics, here + rank); every rank must take rank 0's centre
+    from oneclass.methods._common import mean_embedding
+
+    x = torch.full((8, 4), 255, dtype=torch.uint8)  # 1.0 after to_input
+    c = mean_embedding(lambda z: z[:, :3] + rank, x, torch.device("cpu"))
+    weights["centres"] = gather_across_ranks(c)
     if rank == 0:
         torch.save(weights, out)
     # Both ranks leave together, as `oneclass train` does: a rank that tears gloo down while
@@ -79,3 +86,4 @@ def test_two_ranks_take_the_single_process_steps_exactly(tmp_path):
                                        rtol=0, atol=1e-6, msg=f"ddp={ddp}, batch {bs}")
         assert not torch.equal(single.lin.weight, _Linear(False).lin.weight)  # it did train
     assert weights["gathered"].tolist() == [0.0, 1.0, 10.0, 11.0, 12.0]
+    assert weights["centres"].tolist() == [1.0] * 6  # rank 1 holds rank 0's centre, not 2.0

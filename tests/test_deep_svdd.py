@@ -140,3 +140,13 @@ def test_slope_sets_every_leaky_relu_and_survives_save_and_load(tmp_path):
 def test_bad_encoder_parameters_are_named(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         oneclass.create("deep_sad", **bad).fit(ArraySet(np.zeros((4, 28, 28), np.uint8)))
+
+
+@pytest.mark.parametrize("method", ["deep_svdd", "deep_sad"])
+def test_a_last_batch_of_one_image_trains_with_a_hidden_layer(method):
+    # 17 images at batch 8 leave a last batch of one: batch norm (hidden layer) used to refuse
+    x = np.random.default_rng(0).integers(0, 256, (19, 16, 16, 1), dtype=np.uint8)
+    data = ArraySet(x, np.zeros(19, np.int64))
+    det = oneclass.create(method, epochs=1, pretrain_epochs=1, batch_size=8, hidden=8,
+                          holdout=0.1, seed=0).fit(data)
+    assert det.n_train_ == 17 and np.isfinite(det.score(data)).all()

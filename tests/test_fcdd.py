@@ -324,3 +324,16 @@ def test_a_single_model_keeps_its_weight_names_and_members_is_checked(defects_tr
     for bad in (0, 1.5):
         with pytest.raises(oneclass.errors.ConfigError, match="members must be"):
             _fcdd(members=bad)
+
+
+def test_pseudo_huber_is_float32_under_bf16_autocast():
+    # in bf16, A = sqrt(phi^2 + 1) - 1 rounds to 0 below about 0.004, and an anomaly whose mean
+    # A is 0 gets no gradient from -log(1 - exp(-A))
+    phi = torch.full((2, 3, 3), 0.01, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        A = pseudo_huber(phi)
+    assert A.dtype == torch.float32
+    want = math.sqrt(float(phi[0, 0, 0]) ** 2 + 1) - 1  # about 5e-5
+    assert A[0, 0, 0].item() == pytest.approx(want, rel=1e-3) and want > 0
+    fcdd_loss(A, torch.tensor([0, 1])).sum().backward()
+    assert phi.grad[1].abs().min() > 0  # the anomaly pushes its outputs away

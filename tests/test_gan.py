@@ -73,6 +73,15 @@ def test_latent_search_lowers_the_residual_on_an_image_g_can_make():
     assert (found.residual / x[0].numel()).max() < 0.05
 
 
+def test_latent_search_changes_neither_g_nor_d():
+    det = _untrained_anogan(search_steps=20)
+    before = {k: v.clone() for k, v in det.model_.state_dict().items()}  # weights and BN buffers
+    det.score(torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
+    after = det.model_.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), \
+        [k for k in before if not torch.equal(before[k], after[k])]
+
+
 def test_an_image_gets_the_same_score_alone_or_in_any_batch():
     det = _untrained_anogan(search_steps=10)
     x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -125,6 +134,26 @@ def test_gradient_penalty_is_zero_for_a_unit_gradient_critic():
     real = (torch.randn(4, 1, 3, 3), torch.randn(4, 2))
     fake = (torch.randn(4, 1, 3, 3), torch.randn(4, 2))
     assert gradient_penalty(Linear(), real, fake).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gradient_penalty_reaches_the_critics_weights():
+    # the penalty is a function of D's input gradient: without create_graph it would give
+    # D's weights no gradient at all
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x, z):  # gradient norm |w| over (x, z): penalty (|w| - 1)^2 = 1
+            return self.w * (0.6 * x.flatten(1)[:, 0] + 0.8 * z[:, 0])
+
+    D = Scaled()
+    real = (torch.randn(4, 1, 3, 3), torch.randn(4, 2))
+    fake = (torch.randn(4, 1, 3, 3), torch.randn(4, 2))
+    gp = gradient_penalty(D, real, fake)
+    assert gp.item() == pytest.approx(1.0, abs=1e-5)
+    gp.backward()
+    assert D.w.grad.item() == pytest.approx(2.0, abs=1e-4)  # d/dw (w - 1)^2 at w = 2
 
 
 def test_report_shows_samples_and_reconstructions(mvtec_dir, tmp_path):

@@ -93,7 +93,7 @@ def test_reweighting_scales_scores_down_and_keeps_the_ranking(fitted_pc):
 
 
 @pytest.mark.parametrize("bad", [{"layers": [7]}, {"layers": [2, 2]}, {"coreset_ratio": 0.0},
-                                 {"coreset_max": 0}])
+                                 {"coreset_max": 0}, {"reweight_k": 1}])
 def test_bad_parameters_are_refused(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         oneclass.create("patchcore", **bad)

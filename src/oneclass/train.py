@@ -109,7 +109,8 @@ def init_distributed() -> tuple[int, int]:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # on GPUs, gloo too: small collectives on CPU tensors (epoch loss sums) need it
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     return rank_world()
 
 
@@ -155,6 +156,13 @@ def _reduce_gradients_before_steps(task: Task) -> list:
                     dist.all_reduce(p.grad)
 
     return [o.register_step_pre_hook(hook) for o in task.optimizers.values()]
+
+
+def broadcast_from_first(t: torch.Tensor) -> torch.Tensor:
+    """``t`` of rank 0 on every rank (in place; a no-op in a single process)."""
+    if rank_world()[1] > 1:
+        dist.broadcast(t, 0)
+    return t
 
 
 def gather_across_ranks(t: torch.Tensor) -> torch.Tensor:

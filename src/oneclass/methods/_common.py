@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..train import PRECISIONS, LoopConfig, autocast, run
+from ..train import PRECISIONS, LoopConfig, autocast, broadcast_from_first, run
 
 
 def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -92,4 +92,6 @@ def mean_embedding(encode, x: torch.Tensor, device: torch.device, batch: int = 5
     c = (total / n).float()
     c[(c.abs() < eps) & (c < 0)] = -eps
     c[(c.abs() < eps) & (c >= 0)] = eps
-    return c
+    # Under DDP each rank's batch-norm running statistics differ a little after pretraining
+    # (each updates them on its own slices), and with them c: every rank takes rank 0's.
+    return broadcast_from_first(c.contiguous())

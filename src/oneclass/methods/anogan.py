@@ -12,7 +12,9 @@ lambda = 0.1. Score: L at the final z. Map: |x - G(z)|, averaged over channels a
 The search is the same for every image, training or test (the threshold on held-back normal
 images uses it too). It runs batched: the loss of the batch is the sum of the per-image
 losses, so each image's gradient depends only on its own z, and Adam updates every
-coordinate on its own; an image gets the same score alone or in any batch. The start is the
+coordinate on its own; an image gets the same score alone or in any batch, up to
+floating-point rounding (about 1e-4 relative: convolution kernels sum in an order that
+depends on the batch size and the number of threads). The start is the
 best (lowest residual) of ``search_candidates`` fixed random codes, which gives the gradient
 search a far better start than one random code.
 """

@@ -31,12 +31,15 @@ from ..heatmaps import receptive_upsample
 from ..nets import fcdd_nets
 from ..nets.receptive import ReceptiveField, receptive_field
 from ..registry import register
-from ..train import LoopConfig, autocast, run
+from ..train import LoopConfig, autocast, rank_world, run
 from ._common import check_precision
 
 
 def pseudo_huber(out: torch.Tensor) -> torch.Tensor:
-    """``A = sqrt(phi^2 + 1) - 1`` (Eq. 1 of the paper)."""
+    """``A = sqrt(phi^2 + 1) - 1`` (Eq. 1 of the paper), in float32 also under bf16 autocast:
+    in bf16 every A below about 0.004 rounds to 0, and an anomaly whose mean A does gets no
+    gradient from ``-log(1 - exp(-A))``."""
+    out = out.float()
     return (out**2 + 1).sqrt() - 1
 
 
@@ -190,7 +193,8 @@ class _FCDDTask:
 
     def step(self, batch):
         det = self.det
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        # every rank reseeds the global generator alike: its rank keeps their anomalies apart
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))) + rank_world()[0])
         # each member gets its own anomalies and augmentation of the same normal images (and
         # its own float copy of them, which _member_batch changes)
         parts = [self._member_batch(batch[0].float() / 255.0, gen) for _ in self.model.members]

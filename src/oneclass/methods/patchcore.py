@@ -214,8 +214,8 @@ class PatchCore(Detector):
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if int(self.coreset_max) < 1:
             raise ConfigError(f"coreset_max must be positive, got {self.coreset_max}")
-        if int(self.reweight_k) < 1:
-            raise ConfigError(f"reweight_k must be positive, got {self.reweight_k}")
+        if int(self.reweight_k) < 2:  # the softmax over one distance is 1: every weight 0
+            raise ConfigError(f"reweight_k must be at least 2, got {self.reweight_k}")
         if float(self.sigma) < 0:
             raise ConfigError(f"sigma must be >= 0, got {self.sigma}")
 
@@ -263,6 +263,8 @@ class PatchCore(Detector):
             return s
         bank = self.model_.bank
         k = min(int(self.reweight_k), len(bank))
+        if k < 2:  # a bank of one patch: nothing to weigh against
+            return s
         star = idx.flatten(1).gather(1, where[:, None])[:, 0]  # m*: nearest bank row
         _, neigh = nearest(bank[star], bank, k=k)  # N_b(m*), m* itself first
         patch = q[torch.arange(len(q)), where]  # m_test*

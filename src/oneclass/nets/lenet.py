@@ -74,13 +74,25 @@ class Encoder(nn.Module):
         return self.fc(self.hidden_layer(self.features(x).flatten(1)))
 
 
+class _BatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d that normalises a training batch of one image with its running statistics
+    (PyTorch refuses to: one value per channel has no variance). A last batch of one, or a
+    DDP slice of one, then trains instead of stopping; same state dict as BatchNorm1d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        return super().forward(x)
+
+
 def _hidden(n_in: int, n_out: int, slope: float) -> nn.Module:
     """Bias-free linear layer, batch norm without affine parameters, leaky ReLU; for
     ``n_out == 0`` none (identity, no weights: the default nets' state is unchanged)."""
     if not n_out:
         return nn.Identity()
     return nn.Sequential(nn.Linear(n_in, n_out, bias=False),
-                         nn.BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(slope))
+                         _BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(slope))
 
 
 class Decoder(nn.Module):
