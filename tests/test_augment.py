@@ -22,6 +22,17 @@ def test_shift_flip_moves_masks_with_their_images():
     assert torch.equal(xa.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))  # nothing left the frame
 
 
+def test_a_defect_at_the_edge_is_mirrored_with_its_mask():
+    # reflect padding copies a defect within `pad` pixels of the edge into the border strip;
+    # its mask must be copied alike, or the pixel loss trains defect pixels as normal
+    masks = torch.zeros(50, 1, 28, 28)
+    masks[:, :, 10:14, 0:3] = 1
+    x = masks.clone()  # the image is its own mask
+    for seed in range(50):
+        xa, ma = augment.apply("shift", x, masks, torch.Generator().manual_seed(seed))
+        assert torch.equal(xa, ma), seed
+
+
 def test_shift_flip_without_masks_and_none_is_identity():
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(4, 1, 8, 8)

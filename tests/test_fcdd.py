@@ -107,6 +107,19 @@ def test_confetti_changes_pixels_inside_its_mask():
     assert torch.equal(confetti(x, g2)[0], xa)
 
 
+def test_confetti_blends_each_blob_into_the_image_without_a_halo():
+    # outside the blobs' masks every pixel lies between the background and a blob colour (the
+    # soft edge once blended towards black: pixels darker than both, outside the mask)
+    x = torch.full((50, 1, 40, 40), 0.5)
+    xa, mask = confetti(x, torch.Generator().manual_seed(0), max_blobs=1)
+    for i in range(len(x)):
+        inside = xa[i][mask[i]]
+        colour = float(inside.median())
+        lo, hi = min(0.5, colour) - 1e-4, max(0.5, colour) + 1e-4
+        outside = xa[i][~mask[i]]
+        assert ((outside >= lo) & (outside <= hi)).all(), (i, colour, float(outside.min()))
+
+
 def test_anomaly_source_uses_real_anomalies_with_masks():
     xr = torch.full((2, 1, 8, 8), 200, dtype=torch.uint8)
     mr = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
@@ -176,6 +189,18 @@ def test_scratches_are_thin_lines_that_change_their_pixels():
     assert torch.equal(xa[~mask.expand_as(xa)], x[~mask.expand_as(x)])
     xm, mm = synthetic(x, torch.Generator().manual_seed(2), "mixed")
     assert xm.shape == x.shape and (mm.flatten(1).sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("background", [0.0, 1.0])
+def test_scratches_show_on_black_and_white_backgrounds(background):
+    # a line drawn towards the near limit was clamped to the background colour: masked and
+    # labeled anomalous, yet not one pixel changed
+    from oneclass.anomalies import scratches
+
+    x = torch.full((200, 1, 28, 28), background)
+    xa, mask = scratches(x, torch.Generator().manual_seed(0))
+    diff = (xa - x).abs()
+    assert (diff[mask] >= 0.25 - 1e-6).all()
 
 
 def test_bf16_inference_stays_close_to_fp32(defects_train, defects_test):

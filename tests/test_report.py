@@ -50,6 +50,12 @@ def test_normalize_map_constant_is_zero():
     assert np.isfinite(n).all()
 
 
+def test_normalize_map_with_an_empty_range_still_shows_what_is_above_it():
+    # predict/serve colour with map_scale_ = [median, max] of normal maps, which can be equal
+    n = viz.normalize_map(np.array([[0.0, 1.0, 5.0, np.nan]]), 1.0, 1.0)
+    np.testing.assert_array_equal(n, [[0.0, 0.0, 1.0, 0.0]])
+
+
 def test_overlay_shape_dtype_and_colours():
     img = np.full((16, 16, 3), 128, dtype=np.uint8)
     amap = np.zeros((16, 16))
@@ -310,3 +316,11 @@ def test_report_downscales_large_images(tmp_path):
         with Image.open(io.BytesIO(base64.b64decode(u))) as im:
             sizes.append(im.size)
     assert sizes == [(report.MAX_SIDE, report.MAX_SIDE)] * 3  # image, heatmap, mask outline
+
+
+def test_numpy_non_finite_values_in_info_are_shown_as_text():
+    import numpy as np
+
+    from oneclass.report import _plain
+
+    assert _plain({"p": np.float64("nan"), "q": [np.float32("inf")]}) == {"p": "nan", "q": ["inf"]}

@@ -77,9 +77,16 @@ def confetti(x: torch.Tensor, gen: torch.Generator, max_blobs: int = 3,
             cw.copy_(torch.where(blob[None] > 0, col[:, None, None], cw))
             mw = masks[i, 0][win]
             mw.copy_(torch.maximum(mw, blob))
-    soft = gaussian_blur(masks[:, 0], sigma=max(0.5, side / 112))[:, None].clamp(0, 1)
-    out = x * (1 - soft) + colours * soft
-    # Where blobs overlap, colours holds the last one; the soft edge blends into the image.
+    sigma = max(0.5, side / 112)
+    soft = gaussian_blur(masks[:, 0], sigma=sigma)[:, None]
+    # The colour layer is blurred with the mask and divided by it, so that a blob's soft edge
+    # blends its own colour into the image (blending colours, 0 outside the blobs, drew a
+    # dark halo around every blob, outside its mask). Where blobs overlap, colours holds the
+    # last one.
+    spread = gaussian_blur(colours.reshape(n * c, h, w), sigma=sigma).reshape(n, c, h, w)
+    spread = (spread / soft.clamp_min(1e-6)).clamp(0, 1)
+    soft = soft.clamp(0, 1)
+    out = x * (1 - soft) + spread * soft
     return out.clamp(0, 1), (soft > 0.5)
 
 
@@ -132,7 +139,10 @@ def scratches(x: torch.Tensor, gen: torch.Generator, max_lines: int = 3,
             base = ow[:, line].mean(1)
             delta = 0.25 + 0.35 * r[5]
             sign = -1.0 if (base.mean() > 0.5) == (torch.rand(1, generator=gen) < 0.8) else 1.0
-            col = (base + sign * delta).clamp(0, 1)
+            col = base + sign * delta
+            # the other way where the drawn one leaves [0, 1]: a line the colour of the
+            # background changed nothing yet was masked and labeled anomalous
+            col = torch.where((col < 0) | (col > 1), base - sign * delta, col).clamp(0, 1)
             ow.copy_(torch.where(line[None], col[:, None, None], ow))
             masks[i, 0][win] |= line
     return out, masks

@@ -28,7 +28,8 @@ def shift_flip(x: torch.Tensor, masks: torch.Tensor | None, gen: torch.Generator
         xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         x = torch.stack([xp[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(off)])
         if masks is not None:
-            mp = F.pad(masks, (pad, pad, pad, pad))
+            # reflected like the image: a defect near the edge is mirrored with its mask
+            mp = F.pad(masks, (pad, pad, pad, pad), mode="reflect")
             masks = torch.stack([mp[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(off)])
     if flip:
         f = (torch.rand(n, generator=gen) < 0.5)[:, None, None, None]

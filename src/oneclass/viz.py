@@ -79,10 +79,12 @@ def normalize_map(
         vmin = float(finite.min()) if finite.size else 0.0
     if vmax is None:
         vmax = float(finite.max()) if finite.size else 0.0
-    if not (np.isfinite(vmin) and np.isfinite(vmax)) or vmax <= vmin:
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
         out = np.zeros(a.shape, dtype=np.float32)
         out[np.isposinf(a)] = 1.0
         return out
+    if vmax <= vmin:  # a step at vmin: above it hot, at or below it cold
+        return (np.nan_to_num(a, nan=-np.inf) > vmin).astype(np.float32)
     out = (a - vmin) / (vmax - vmin)
     out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
