@@ -201,10 +201,68 @@ def test_markdown_means_only_over_several_data_sets():
     base = {"method": "fcdd", "label": "", "seed": 0, "image_ap": 0.5, "train_seconds": 1.0,
             "train_images_per_s": 1.0, "score_images_per_s": 1.0, "peak_rss_mb": 1.0}
     one = markdown([{**base, "data": "/x/kolektorsdd", "image_auroc": 0.8}])
-    assert "| kolektorsdd | 1 | 80.0 |" in one and "Mean image AUROC" not in one
+    assert "| kolektorsdd | 1 | 1 | 80.0 |" in one and "Mean image AUROC" not in one
     two = markdown([{**base, "data": f"mnist:{c}", "image_auroc": a}
                     for c, a in ((0, 0.8), (1, 0.9))])
     assert "Mean image AUROC over 2 classes: **85.0**" in two
+    assert "only 2 of the 10 classes: not comparable" in two and "published" not in two
+
+
+def test_markdown_counts_runs_and_seeds_apart_and_uses_the_sample_std():
+    from oneclass.bench import markdown
+
+    base = {"method": "deep_svdd", "label": "", "image_ap": 0.5, "train_seconds": 1.0,
+            "train_images_per_s": 1.0, "score_images_per_s": 1.0, "peak_rss_mb": 1.0}
+    recs = [{**base, "data": f"mnist:{c}", "seed": 0, "image_auroc": 0.9} for c in range(10)]
+    recs += [{**base, "data": "mnist:0", "seed": 0, "image_auroc": 0.8}]  # e.g. another class
+    text = markdown(recs)
+    # two runs of one seed; sample std of 80 and 90 is 7.07 (the population std would be 5.0)
+    assert "| mnist:0 | 2 | 1 | 85.0 ± 7.1 |" in text
+    assert "classes with 1 to 2 runs: not comparable" in text and "published" not in text
+    # rescored lines show the same models' first scoring beside them
+    resc = [{**base, "data": f"cifar10:{c}", "seed": 0, "image_auroc": 0.6,
+             "scored_after_auroc": 0.62} for c in range(10)]
+    text = markdown(resc)
+    assert "same models, first scoring %" in text and "| cifar10:3 | 1 | 1 | 60.0 | 62.0 |" in text
+    assert "**60.0**" in text and "the same trained models with their first scoring: 62.0" in text
+
+
+def test_docs_commands_are_derived_from_the_recorded_lines():
+    from oneclass.bench import SUITES, _key, suite_commands
+
+    jobs = SUITES["fcdd-kolektor-seeds"]
+    recs = []
+    for i, job in enumerate(jobs):  # the first row with seeds 0-4, the others with 0-2
+        for seed in range(5 if i == 0 else 3):
+            recs.append({"suite": "fcdd-kolektor-seeds", "seed": seed,
+                         "key": _key({**job, "seed": seed})})
+    recs.append({"suite": "fcdd-kolektor-seeds", "seed": 0, "key": "[\"other\"]"})
+    commands, unmatched = suite_commands(recs, "runs/x")
+    assert commands[0] == ("oneclass bench fcdd-kolektor-seeds --seeds 0,1,2 --data-root "
+                           "../shared/data --out runs/x")
+    assert commands[1] == (f"oneclass bench fcdd-kolektor-seeds --seeds 0,1,2,3,4 --label "
+                           f"'{jobs[0]['label']}' --data-root ../shared/data --out runs/x")
+    assert len(commands) == 2 and unmatched == 1
+    # only some methods of a suite recorded: --methods says which
+    industrial = [j for j in SUITES["industrial"] if j["method"] == "patchcore"]
+    recs = [{"suite": "industrial", "seed": 0, "key": _key({**j, "seed": 0})} for j in industrial]
+    assert suite_commands(recs, "runs/i")[0] == [
+        "oneclass bench industrial --methods patchcore --data-root ../shared/data --out runs/i"]
+
+
+def test_failed_runs_make_the_suite_fail_after_recording_the_others(tmp_path, monkeypatch):
+    import oneclass.bench as bench
+
+    monkeypatch.setattr(bench, "_run_jobs", lambda *a: ["fcdd x seed 0: boom"])
+    with pytest.raises(bench.BenchError, match="1 of 1 runs of smoke failed.*boom"):
+        run_suite("smoke", tmp_path / "s")
+
+
+def test_result_lines_record_the_code_version():
+    from oneclass.bench import _record
+
+    rec = _record({"method": "fcdd", "data": "x", "seed": 0, "params": {}}, "k", "smoke", {})
+    assert "commit" in rec and (rec["commit"] is None or len(rec["commit"]) >= 7)
 
 
 def test_table_dates_come_from_git_not_from_the_checkout_time(tmp_path):

@@ -17,6 +17,7 @@ import queue as queue_mod
 import resource
 import signal
 import subprocess
+import sys
 import threading
 import time
 from datetime import date
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, OneclassError
 from .io import write_text
 
 #: Published mean AUROC (in %) to print beside ours: (method, dataset) -> value.
@@ -442,8 +443,15 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
                           "--label)")
     ctx = mp.get_context("spawn")
     with _sigterm_exits():
-        _run_jobs(jobs, done, ctx, path, out, suite, data_root, log)
+        failed = _run_jobs(jobs, done, ctx, path, out, suite, data_root, log)
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(jobs)} runs of {suite} failed (the others are "
+                         f"recorded in {path}; rerun to retry): " + "; ".join(failed))
     return list(done.values())
+
+
+class BenchError(OneclassError):
+    """Runs of a suite failed; the finished ones are recorded."""
 
 
 def wait_for(p, q, poll: float = 5.0) -> tuple[str, Any]:
@@ -491,7 +499,19 @@ def _record(job: dict[str, Any], key: str, suite: str, payload: dict[str, Any]) 
         label = ", ".join(filter(None, [label, f"{job['test_limit']} test images"]))
     return {"key": key, "suite": suite, "method": job["method"], "data": job["data"],
             "label": label, "seed": job["seed"], "params": job["params"], **payload,
-            "date": date.today().isoformat(), "machine": machine()}
+            "date": date.today().isoformat(), "machine": machine(), "commit": _commit()}
+
+
+def _commit() -> str | None:
+    """The code a run used: ``git describe`` of the checkout (``-dirty`` with local changes),
+    or None outside a git checkout. Result lines are reused on resume whatever the code
+    version: after a change that moves figures, run into a new ``--out``."""
+    try:
+        r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=10"],
+                           cwd=Path(__file__).parent, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
 
 
 def _variant_jobs(job: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
@@ -507,7 +527,18 @@ def _variant_jobs(job: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     return out
 
 
-def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> None:
+#: Classes of the one-vs-rest benchmarks: a mean over fewer is marked incomplete.
+CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10}
+
+
+def _pct_value(v) -> float:
+    """A fraction as a percentage; a missing value (None) is NaN, 0.0 stays 0."""
+    return float("nan") if v is None else 100.0 * float(v)
+
+
+def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> list[str]:
+    """Run the jobs not in ``done``; returns the failed ones (the others are recorded)."""
+    failed: list[str] = []
     for i, job in enumerate(jobs):
         key = _key(job)
         variant_jobs = _variant_jobs(job)
@@ -529,6 +560,7 @@ def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> None:
             p.join()
         if status != "ok":
             log(f"[{i + 1}/{len(jobs)}] {job['method']} {job['data']}: FAILED {payload}")
+            failed.append(f"{job['method']} {job['data']} seed {job['seed']}: {payload}")
             continue
         variants = payload.pop("variants", [])
         # a rescored line keeps the AUROC its model gave with the job's own scoring: a model
@@ -550,11 +582,17 @@ def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> None:
             f"{'; '.join(shown)} train {payload['train_seconds']} s, "
             f"peak {payload['peak_rss_mb']} MB")
         write_text(out / "results.md", markdown(list(done.values())))
+    return failed
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
-    """A table per (method, dataset): one row per class, mean and std over seeds. Runs of
-    the ``defaults`` suite come first, as one method-by-dataset matrix."""
+    """A table per (method and label, dataset): one row per class, the mean and sample
+    standard deviation over its runs. ``runs`` counts result lines, ``seeds`` their distinct
+    seeds (fewer seeds than runs: the runs differ in something else, e.g. the known anomaly
+    class). Rescored runs (``scored_after_auroc``) also show what the same trained models gave
+    with their first scoring. A mean over fewer classes than the dataset has, or over
+    classes with different numbers of runs, says so and is not set beside a published mean.
+    Runs of the ``defaults`` suite come first, as one method-by-dataset matrix."""
     matrix = [r for r in records if r.get("suite") == "defaults"]
     records = [r for r in records if r.get("suite") != "defaults"]
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -564,36 +602,62 @@ def markdown(records: list[dict[str, Any]]) -> str:
         groups.setdefault((r["method"] + label, ds), []).append(r)
     parts = []
     for (method, ds), rs in sorted(groups.items()):
+        rescored = any(x.get("scored_after_auroc") is not None for x in rs)
         parts.append(f"### {method} on {ds}\n")
-        parts.append("| data | seeds | image AUROC % | image AP % | pixel AUROC % | AUPRO % | "
-                     "train s | train img/s | score img/s | peak MB |")
-        parts.append("|---|---|---|---|---|---|---|---|---|---|")
+        extra_h, extra_l = (" same models, first scoring % |", "---|") if rescored else ("", "")
+        parts.append("| data | runs | seeds | image AUROC % |" + extra_h + " image AP % | "
+                     "pixel AUROC % | AUPRO % | train s | train img/s | score img/s | peak MB |")
+        parts.append("|---|---|---|---|" + extra_l + "---|---|---|---|---|---|---|")
         by_data: dict[str, list[dict]] = {}
         for r in rs:
             by_data.setdefault(r["data"], []).append(r)
-        means = []
+        means, firsts, counts = [], [], []
         for d in sorted(by_data, key=lambda s: (len(s), s)):
             g = by_data[d]
-            a = np.array([100 * (x.get("image_auroc") or np.nan) for x in g])
-            ap = np.array([100 * (x.get("image_ap") or np.nan) for x in g])
+            a = np.array([_pct_value(x.get("image_auroc")) for x in g])
+            ap = np.array([_pct_value(x.get("image_ap")) for x in g])
             means.append(a.mean())
-            std = f" ± {a.std():.1f}" if len(a) > 1 else ""
+            counts.append(len(g))
+            std = f" ± {a.std(ddof=1):.1f}" if len(a) > 1 else ""
+            cell = ""
+            if rescored:  # lines from before the field existed have no first scoring
+                b = np.array([_pct_value(x.get("scored_after_auroc")) for x in g])
+                have = b[np.isfinite(b)]
+                firsts.append(b.mean())  # NaN unless every run of the class has it
+                part = f" ({len(have)} of {len(b)} runs)" if 0 < len(have) < len(b) else ""
+                cell = f" {have.mean():.1f}{part} |" if len(have) else " - |"
             px = [100 * x["pixel_auroc"] for x in g if x.get("pixel_auroc") is not None]
             pro = [100 * x["aupro"] for x in g if x.get("aupro") is not None]
             px_s = f"{np.mean(px):.1f}" if px else "-"
             pro_s = f"{np.mean(pro):.1f}" if pro else "-"
+            seeds = len({x.get("seed", 0) for x in g})
             parts.append(
-                f"| {Path(d).name} | {len(g)} | {a.mean():.1f}{std} | {ap.mean():.1f} | "
-                f"{px_s} | {pro_s} | "
+                f"| {Path(d).name} | {len(g)} | {seeds} | {a.mean():.1f}{std} |{cell} "
+                f"{ap.mean():.1f} | {px_s} | {pro_s} | "
                 f"{np.mean([x['train_seconds'] for x in g]):.0f} | "
                 f"{np.mean([x['train_images_per_s'] for x in g]):.0f} | "
                 f"{np.mean([x['score_images_per_s'] for x in g]):.0f} | "
                 f"{max(x['peak_rss_mb'] for x in g):.0f} |")
         pub = PUBLISHED.get((method, ds), PUBLISHED.get((method.split(" (")[0], ds)))
-        pub_s = f" (published: {pub})" if pub is not None else ""
+        expected = CLASSES.get(ds)
+        caveats = []
+        if expected and len(means) < expected:
+            caveats.append(f"only {len(means)} of the {expected} classes")
+        if len(set(counts)) > 1:
+            caveats.append(f"classes with {min(counts)} to {max(counts)} runs")
+        pub_s = f" (published: {pub})" if pub is not None and not caveats else ""
+        caveat_s = f" ({'; '.join(caveats)}: not comparable with a full mean)" if caveats else ""
+        known = [(m, f) for m, f in zip(means, firsts) if np.isfinite(f)]
+        first_s = ""
+        if rescored and known:
+            first_s = (f"; the same trained models with their first scoring: "
+                       f"{np.mean([f for _, f in known]):.1f}")
+            if len(known) < len(means):
+                first_s += (f" over the {len(known)} classes that recorded it (these classes "
+                            f"rescored: {np.mean([m for m, _ in known]):.1f})")
         if len(means) > 1:
             parts.append(f"\nMean image AUROC over {len(means)} classes: "
-                         f"**{np.mean(means):.1f}**{pub_s}\n")
+                         f"**{np.mean(means):.1f}**{pub_s}{first_s}{caveat_s}\n")
         elif pub is not None:  # one data set: its row is the figure
             parts.append(f"\nPublished image AUROC: {pub}\n")
     text = "\n".join(parts) + "\n" if parts else ""
@@ -659,6 +723,70 @@ COMMANDS = {
 }
 
 
+def suite_commands(recs: list[dict[str, Any]], out: str) -> tuple[list[str], int]:
+    """The ``oneclass bench`` commands that make the lines ``recs`` (into ``out``), and how
+    many lines match no row of their suite as it is now.
+
+    A line belongs to a suite row when its key is that row's with one of the seeds (or one
+    of its rescoring variants). Rows recorded with the same seeds share a command; others
+    get ``--label`` with the row's label; ``--methods`` when only some methods are recorded.
+    """
+    keys = {r["key"] for r in recs}
+    commands: list[str] = []
+    matched: set[str] = set()
+    for su in sorted({r["suite"] for r in recs}):
+        jobs = SUITES.get(su, [])
+        seeds_of: list[tuple[dict, tuple[int, ...]]] = []
+        for job in jobs:
+            found = []
+            for seed in sorted({r.get("seed", 0) for r in recs if r["suite"] == su}):
+                j = {**job, "seed": seed}
+                ks = [_key(j)] + [_key({**v, "seed": seed}) for v, _ in _variant_jobs(job)]
+                hit = [k for k in ks if k in keys]
+                if hit:
+                    found.append(seed)
+                    matched.update(hit)
+            if found:
+                seeds_of.append((job, tuple(found)))
+        if not seeds_of:
+            continue
+        methods = sorted({j["method"] for j, _ in seeds_of})
+        m_opt = f" --methods {','.join(methods)}" if set(methods) < {j["method"] for j in jobs} \
+            else ""
+        root = "" if su == "smoke" else " --data-root ../shared/data"
+        by_seeds: dict[tuple[int, ...], list[dict]] = {}
+        for job, seeds in seeds_of:
+            by_seeds.setdefault(seeds, []).append(job)
+        fewest = min(by_seeds, key=len)  # seeds every row has, when there are such
+        base = fewest if all(set(fewest) <= set(k) for k in by_seeds) else \
+            max(by_seeds, key=lambda k: len(by_seeds[k]))
+        opts = (su, m_opt, root, out)
+
+        rows_not_run = len(jobs) - len(seeds_of) - sum(
+            1 for j in jobs if m_opt and j["method"] not in methods)
+
+        def labels(group: list[dict]) -> list[str | None]:
+            return list(dict.fromkeys(j.get("label") or None for j in group))
+
+        # the seeds most rows have: the whole suite (or, when some rows are not recorded, the
+        # recorded rows by label); rows with other seeds: by label, as one adds seeds to a row
+        if rows_not_run == 0:
+            commands.append(_command(*opts, base))
+        else:
+            commands += [_command(*opts, base, lab) for lab in labels(by_seeds[base])]
+        for seeds, group in sorted(by_seeds.items()):
+            if seeds != base:
+                commands += [_command(*opts, seeds, lab) for lab in labels(group)]
+    return commands, sum(1 for r in recs if r["key"] not in matched)
+
+
+def _command(su: str, m_opt: str, root: str, out: str, seeds: tuple[int, ...],
+             label: str | None = None) -> str:
+    s_opt = f" --seeds {','.join(map(str, seeds))}" if seeds != (0,) else ""
+    l_opt = f" --label '{label}'" if label else ""
+    return f"oneclass bench {su}{s_opt}{m_opt}{l_opt}{root} --out {out}"
+
+
 #: Tables written by the throughput commands: file -> (heading, suite that writes it).
 _TABLES = {
     "speed.md": ("Network throughput", "speed --score-batch 32,64"),
@@ -700,15 +828,28 @@ def write_docs(result_dirs: list[Path], out: Path, notes: Path | None = None) ->
             dates = sorted({r["date"] for r in recs})
             machines = sorted({r["machine"] for r in recs})
             parts.append(f"## Results in `{d}` ({', '.join(suites)})\n")
-            parts.append("Commands:\n")
-            parts += [f"    {COMMANDS.get(su, 'oneclass bench ' + su)}" for su in suites]
+            if (d / "compare.md").exists():
+                parts.append("These lines were written by `oneclass bench compare` (command "
+                             "below), which runs oneclass's side of the comparison.\n")
+            else:
+                commands, unmatched = suite_commands(recs, f"runs/{d.name}")
+                parts.append("Commands (derived from the recorded lines: their suites, seeds, "
+                             "rows and methods):\n")
+                parts += [f"    {c}" for c in commands]
+                if unmatched:
+                    parts.append(f"\n{unmatched} lines match no row of their suite as it is "
+                                 "now (other datasets, `--set` overrides or renamed rows): "
+                                 "their commands are in the notes.")
             parts.append(f"\nDates: {', '.join(dates)}. Machine: {'; '.join(machines)}.\n")
             parts.append(markdown(recs))
+        elif not d.is_dir():
+            print(f"warning: {d}: no such results folder; left out of {out}", file=sys.stderr)
         cmp = d / "compare.md"
         if cmp.exists():
             parts.append(f"## Side by side with anomalib (`{d}`)\n")
             parts.append("Command: `oneclass bench compare --data-root ../shared/data --out "
-                         f"{d}` (after `make compare`).\n")
+                         f"{d}` (after `make compare`). The anomalib lines record neither date "
+                         "nor machine; the oneclass lines above do.\n")
             parts.append(cmp.read_text())
         for fname, (title, suite) in _TABLES.items():
             sp = d / fname
