@@ -689,40 +689,6 @@ def defaults_matrix(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-COMMANDS = {
-    "svdd-mnist": "oneclass bench svdd-mnist --data-root ../shared/data --out runs/bench",
-    "svdd-cifar10": "oneclass bench svdd-cifar10 --data-root ../shared/data --out runs/bench",
-    "fcdd-kolektor": "oneclass bench fcdd-kolektor --data-root ../shared/data --out runs/bench-fcdd",
-    "fcdd-kolektor-seeds": ("oneclass bench fcdd-kolektor-seeds --seeds 0,1,2 --data-root "
-                            "../shared/data --out runs/bench-fcdd"),
-    "fcdd-fmnist": "oneclass bench fcdd-fmnist --data-root ../shared/data --out runs/bench-fcdd",
-    "fcdd-cifar10": "oneclass bench fcdd-cifar10 --data-root ../shared/data --out runs/bench-fcdd",
-    "smoke": "oneclass bench smoke --out runs/bench-smoke",
-    **{su: f"oneclass bench {su} --data-root ../shared/data --out runs/bench-gan"
-       for su in ("anogan-mnist", "anogan-cifar10", "bigan-mnist", "bigan-cifar10",
-                  "anogan-kolektor", "bigan-kolektor")},
-    "industrial": "oneclass bench industrial --data-root ../shared/data --out runs/bench-industrial",
-    "defaults": "oneclass bench defaults --data-root ../shared/data --out runs/bench-defaults",
-    "doc-cifar10": "oneclass bench doc-cifar10 --data-root ../shared/data --out runs/bench-doc",
-    "doc-fmnist-sneaker": "oneclass bench doc-fmnist-sneaker --data-root ../shared/data "
-                          "--out runs/bench-doc",
-    "doc-kolektor": "oneclass bench doc-kolektor --data-root ../shared/data --out runs/bench-doc",
-    "sad-mnist": "oneclass bench sad-mnist --data-root ../shared/data --out runs/bench-sad",
-    "sad-fmnist": "oneclass bench sad-fmnist --data-root ../shared/data --out runs/bench-sad",
-    "sad-cifar10": "oneclass bench sad-cifar10 --data-root ../shared/data --out runs/bench-sad",
-    "sad-mnist-long": "oneclass bench sad-mnist-long --data-root ../shared/data --out runs/bench-sad",
-    "sad-cifar10-long": ("oneclass bench sad-cifar10-long --data-root ../shared/data "
-                         "--out runs/bench-sad --label 'anomalies 0.05'"),
-    **{f"sad-{ds}-polluted": (f"oneclass bench sad-{ds}-polluted --data-root ../shared/data "
-                              "--out runs/bench-sad") for ds in ("mnist", "fmnist", "cifar10")},
-    "hsc-cifar10": "oneclass bench hsc-cifar10 --data-root ../shared/data --out runs/bench-sad",
-    "sad-cifar10-long-known2": ("oneclass bench sad-cifar10-long-known2 --data-root "
-                                "../shared/data --out runs/bench-sad-k2"),
-    "sad-mnist-all-known": ("oneclass bench sad-mnist-all-known --data-root ../shared/data "
-                            "--out runs/bench-sad9"),
-}
-
-
 def suite_commands(recs: list[dict[str, Any]], out: str) -> tuple[list[str], int]:
     """The ``oneclass bench`` commands that make the lines ``recs`` (into ``out``), and how
     many lines match no row of their suite as it is now.
