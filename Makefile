@@ -24,6 +24,9 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# The suites of a few hours or less on 2 CPU cores, then docs/benchmarks.md from all result
+# folders. The long suites (CIFAR-10, the GAN and Deep SAD CIFAR-10 rows, sad-mnist-all-known:
+# days together) run by the commands that docs/benchmarks.md prints above each table.
 bench: install
 	$(VENV)/bin/oneclass bench svdd-mnist --data-root ../shared/data --out runs/bench
 	$(VENV)/bin/oneclass bench fcdd-kolektor --data-root ../shared/data --out runs/bench-fcdd
