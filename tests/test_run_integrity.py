@@ -178,11 +178,24 @@ def test_report_on_other_data_leaves_the_runs_evaluation(run_copy):
 
 def test_a_failed_retraining_leaves_the_run_as_it_was(run_copy, capsys):
     data, run = run_copy
-    before = (run / "config.json").read_bytes()
+    before = {f: (run / f).read_bytes() for f in ("config.json", "train_log.jsonl")}
     assert _cli("train", "--data", data, "--out", run, *TRAIN, "--set", "lr=1e30") == 2
     _one_line_error(capsys.readouterr().err)
-    assert (run / "config.json").read_bytes() == before
-    assert json.loads(before)["params"]["lr"] == 1e-4
+    assert {f: (run / f).read_bytes() for f in before} == before  # config and log of the model
+    assert json.loads(before["config.json"])["params"]["lr"] == 1e-4
+    # a successful retraining then replaces both, and its log is complete
+    assert _cli("train", "--data", data, "--out", run, *TRAIN[:-3], "--seed", "2", "-q") == 0
+    lines = (run / "train_log.jsonl").read_text().splitlines()
+    assert json.loads((run / "config.json").read_text())["params"]["seed"] == 2
+    assert len(lines) == 2 and not (run / "checkpoints").exists()  # pretrain 1 + train 1
+
+
+def test_size_can_be_given_as_h_w(run_copy, tmp_path):
+    data, _ = run_copy
+    for text in ("24,32", "24x32"):
+        out = tmp_path / text
+        assert _cli("train", "--data", data, "--out", out, *TRAIN, "--set", f"size={text}") == 0
+        assert json.loads((out / "model" / "model.json").read_text())["input_shape"][1:] == [24, 32]
 
 
 def test_eval_writes_the_scores_before_the_metrics(run_copy, monkeypatch, capsys):

@@ -121,8 +121,12 @@ def _param_type_cast(default: Any, value: Any, name: str) -> Any:
         return value
     v = value.strip()
     try:
-        if default is None:
-            return json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false", "null") else v
+        if default is None:  # JSON when it parses (numbers, lists, null), else the text
+            try:
+                return json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false", "null") \
+                    else v
+            except ValueError:
+                return v  # e.g. size=32,32 or 32x32, which the parameter's own check reads
         if isinstance(default, bool):
             if v.lower() in ("1", "true", "yes", "on"):
                 return True

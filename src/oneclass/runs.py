@@ -1,8 +1,9 @@
 """A run directory: what `oneclass train` writes and `eval` / `predict` / `report` read.
 
     RUN/config.json        method, data spec, data root and the effective parameters
-    RUN/train_log.jsonl    one JSON line per epoch (losses, seconds)
-    RUN/checkpoints/       per-phase checkpoints while training (removed when it finishes)
+    RUN/train_log.jsonl    one JSON line per epoch (losses, seconds) of the saved model
+    RUN/checkpoints/       while training: per-phase checkpoints, the configuration and the
+                           log so far (moved beside the model, or removed, when it finishes)
     RUN/model/             the saved model (model.json + weights.safetensors)
     RUN/metrics.json       written by `oneclass eval`
     RUN/scores.csv         per-image test scores written by `oneclass eval`
@@ -169,12 +170,18 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     main = is_main_process()  # under torchrun only rank 0 writes files
     if main:
         write_json(pending, config)
-    log_path = out / "train_log.jsonl"
-    if not resume and main:
-        log_path.unlink(missing_ok=True)
+    # The per-epoch log, too, waits in checkpoints/ and replaces RUN/train_log.jsonl with the
+    # model: a failed retraining keeps the log of the model that stays.
+    log_path = ckpt / "train_log.jsonl"
+    if main:
+        if not resume:
+            log_path.unlink(missing_ok=True)
+        elif not log_path.exists() and (out / "train_log.jsonl").exists() and ckpt.is_dir():
+            shutil.copyfile(out / "train_log.jsonl", log_path)  # a run from before this rule
 
     def on_epoch(rec: dict) -> None:
-        with open(log_path, "a") as fh:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
 
     loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
@@ -182,6 +189,10 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     if main:
         det.save(out / "model")
         write_json(out / "config.json", config)
+        if log_path.exists():
+            os.replace(log_path, out / "train_log.jsonl")
+        else:  # no epoch ran (epochs=0): no log of an earlier model may stay beside this one
+            (out / "train_log.jsonl").unlink(missing_ok=True)
         stale = [f for f in DERIVED if (out / f).exists()]
         for f in stale:  # they describe the model this one replaced
             (out / f).unlink()
@@ -192,7 +203,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
 
 
 #: Files of a run computed from its model: removed when a new model replaces it.
-DERIVED = ("metrics.json", "scores.csv", "report.html")
+DERIVED = ("metrics.json", "scores.csv", "report.html", "model.onnx")
 
 
 def check_threshold(threshold: float, scores: np.ndarray, what: str, *, both: bool = True) -> bool:
