@@ -156,3 +156,14 @@ def test_semi_supervised_set_draws_labeled_anomalies_from_one_class(monkeypatch,
     assert (s.images[s.labels == 1, 0, 0, 0] == 80).all()
     with pytest.raises(DataError, match="another class"):
         semi.semi_supervised("mnist", 3, known_outlier_class=3, root=str(tmp_path))
+
+
+def test_threshold_source_says_when_it_comes_from_unlabeled_images():
+    # the paper's semi-supervised sets label no image normal: nothing to hold back, and the
+    # threshold's source must not claim there were too few normal images
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 16, 16, 1), dtype=np.uint8)
+    labels = np.r_[np.full(36, -1), np.ones(4)].astype(np.int64)
+    det = oneclass.create("deep_sad", epochs=1, pretrain_epochs=1, batch_size=16, seed=0)
+    det.fit(ArraySet(x, labels))
+    assert "36 unlabeled training images (none is labeled normal" in det.threshold_source_

@@ -410,7 +410,15 @@ class Detector:
         else:
             ref = x[y != 1].float() / 255.0
             what = f"{len(ref)} training images (too few to hold back)"
-            if self.threshold is None and float(self.holdout) > 0:
+            if not bool((y == 0).any()):  # semi-supervised sets: unlabeled, maybe polluted
+                what = (f"{len(ref)} unlabeled training images (none is labeled normal to hold "
+                        "back)")
+                if self.threshold is None:
+                    log.info("%s: no training image is labeled normal; the threshold comes from "
+                             "the unlabeled training images, which may hold anomalies; pass "
+                             "val= (or set threshold) for a threshold from known normals",
+                             self.name)
+            elif self.threshold is None and float(self.holdout) > 0:
                 log.warning("%s: too few normal images to hold back %g of them; the threshold "
                             "comes from the training images, which tend to score lower than "
                             "new normal images, so expect more false alarms (give more "
