@@ -88,3 +88,28 @@ def test_resume_after_interruption_matches_uninterrupted_run(defects_train, defe
     resumed = oneclass.create("deep_svdd", **params).fit(
         defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True))
     assert np.array_equal(resumed.score(defects_test), full)
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("anogan", {"g_ema": 0.9, "search_steps": 5, "search_candidates": 4}),
+    ("bigan", {}),
+    ("fcdd", {}),
+])
+def test_other_methods_resume_to_the_uninterrupted_model(name, extra, defects_train,
+                                                         defects_test, tmp_path):
+    params = dict(epochs=3, batch_size=16, seed=3, **extra)
+    if name in ("anogan", "bigan"):
+        params.update(width=8, z_dim=8)
+    full = oneclass.create(name, **params).fit(defects_train).score(defects_test)
+
+    def stop_after_second_epoch(rec):
+        if rec["epoch"] == 2:
+            raise _Stop
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Stop):
+        oneclass.create(name, **params).fit(
+            defects_train, loop=LoopConfig(checkpoint_dir=ckpt, on_epoch=stop_after_second_epoch))
+    resumed = oneclass.create(name, **params).fit(
+        defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True))
+    assert np.array_equal(resumed.score(defects_test), full)
