@@ -252,7 +252,11 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
         return img
     if channels == 1:
         w = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return (img.astype(np.float32) @ w + 0.5).astype(np.uint8)[..., None]
+        out = np.empty((*img.shape[:2], 1), np.uint8)
+        step = max(1, (1 << 22) // max(1, img.shape[1]))  # rows of ~4 Mpx: bounded float copies
+        for r in range(0, img.shape[0], step):
+            out[r:r + step, :, 0] = img[r:r + step].astype(np.float32) @ w + 0.5
+        return out
     if channels == 3 and c == 1:
         return np.repeat(img, 3, axis=2)
     raise DataError(f"cannot convert an image with {c} channels to {channels}")
