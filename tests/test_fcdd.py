@@ -166,6 +166,31 @@ def test_labeled_anomalies_with_masks_are_used(defects_train, defects_test):
     assert auroc(rest.labels, det.score(rest)) > 0.6
 
 
+def test_with_masked_anomalies_every_image_takes_its_loss_on_the_upsampled_map(monkeypatch):
+    """As the reference in this setting: normal images' mean A over the upsampled map, the
+    masked anomalies' pixel loss on the same scale."""
+    from oneclass.methods import fcdd as fcdd_mod
+
+    det = _fcdd(epochs=1, size=24)
+    det.model_ = det._build((1, 24, 24))
+    det.device_ = torch.device("cpu")
+    xr = torch.full((2, 1, 24, 24), 200, dtype=torch.uint8)
+    mr = torch.zeros(2, 1, 24, 24, dtype=torch.uint8)
+    mr[:, :, 4:9, 4:9] = 1
+    masked = AnomalySource((xr, mr, torch.tensor([True, True])), None, noise=False)
+    plain = AnomalySource((xr, None, torch.tensor([False, False])), None, noise=False)
+    assert fcdd_mod._FCDDTask(det, masked).pixel_mode
+    assert not fcdd_mod._FCDDTask(det, plain).pixel_mode
+    seen = []
+    real_loss = fcdd_mod.fcdd_loss
+    monkeypatch.setattr(fcdd_mod, "fcdd_loss", lambda A, y: seen.append(A.shape) or real_loss(A, y))
+    x = torch.randint(0, 256, (8, 1, 24, 24), dtype=torch.uint8)
+    fcdd_mod._FCDDTask(det, masked).step([x])
+    fcdd_mod._FCDDTask(det, plain).step([x])
+    assert seen[0] == (8, 24, 24)  # upsampled: the image size
+    assert seen[1][1:] != (24, 24)  # the low-resolution map
+
+
 def test_outlier_exposure_images_are_used(defects_train):
     from oneclass.data.base import ArraySet
 

@@ -174,6 +174,12 @@ class _FCDDTask:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(det.epochs)))
         self.modules = {"model": self.model}
         self.optimizers, self.schedulers = {"fcdd": opt}, {"fcdd": sched}
+        # With labeled anomalies that have pixel masks, every image takes its loss on the
+        # upsampled map, as the reference does in this setting (Liznerski et al., Eq. 5 for
+        # all samples): the upsampled map is several times the scale of the low-resolution
+        # one, so mixing the two per batch weighed the masked anomalies against the rest.
+        real = source.real
+        self.pixel_mode = bool(real is not None and real[1] is not None and bool(real[2].any()))
 
     def _member_batch(self, x: torch.Tensor, gen: torch.Generator):
         """One member's training batch from the normal images ``x`` (float in [0, 1], changed
@@ -204,10 +210,13 @@ class _FCDDTask:
             A = self.modules["model"](x, split=True).float()  # (members, N, u, v)
         loss = 0.0
         for Ak, (xk, labels, masks, has) in zip(A, parts):
+            if self.pixel_mode:  # image-level terms on the upsampled map too: one scale
+                Ak = receptive_upsample(Ak, self.model.rf, xk.shape[2:], det._sigma())
             lk = fcdd_loss(Ak, labels.to(dev))
             if has.any():
                 idx = torch.nonzero(has).flatten().to(dev)
-                up = receptive_upsample(Ak[idx], self.model.rf, xk.shape[2:], det._sigma())
+                up = Ak[idx] if self.pixel_mode else \
+                    receptive_upsample(Ak[idx], self.model.rf, xk.shape[2:], det._sigma())
                 lk = lk.clone()
                 lk[idx] = fcdd_pixel_loss(up, masks[has][:, 0].to(dev))
             loss = loss + lk.mean()  # a sum: each member is trained as it would be alone
