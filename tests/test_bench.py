@@ -206,6 +206,8 @@ def test_markdown_means_only_over_several_data_sets():
                     for c, a in ((0, 0.8), (1, 0.9))])
     assert "Mean image AUROC over 2 classes: **85.0**" in two
     assert "only 2 of the 10 classes: not comparable" in two and "published" not in two
+    single = markdown([{**base, "data": "mnist:0", "image_auroc": 0.8, "method": "deep_svdd"}])
+    assert "ublished" not in single  # one class of ten is no stand-in for the mean
 
 
 def test_markdown_counts_runs_and_seeds_apart_and_uses_the_sample_std():
@@ -301,6 +303,13 @@ def test_label_filter_keeps_only_the_matching_rows(tmp_path, monkeypatch):
     assert all(j["params"]["size"] == [528, 216] and "528x216" in j["label"] for j in seen)
     with pytest.raises(ConfigError, match="matches the filters"):
         run_suite("fcdd-kolektor-seeds", tmp_path / "k", label="no such row")
+    # a label that is also part of longer ones selects its own row only; '' the unlabeled
+    seen.clear()
+    run_suite("fcdd-kolektor-seeds", tmp_path / "k", data_root="/nowhere", label="unsupervised")
+    assert {j["label"] for j in seen} == {"unsupervised"}
+    seen.clear()
+    run_suite("anogan-cifar10", tmp_path / "k", data_root="/nowhere", label="")
+    assert seen and {j.get("label", "") for j in seen} == {""}
 
 
 def test_deep_sad_suites_follow_the_papers_scenarios():

@@ -164,8 +164,8 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(images_mod, "_ENV_ERROR", None)
     monkeypatch.setenv("ONECLASS_MAX_PIXELS", "lots")
     assert images_mod.max_pixels_from_env()
-    with pytest.raises(DataError, match="ONECLASS_MAX_PIXELS='lots': expected a positive whole"):
-        images_mod.read_image(p)
+    with pytest.raises(ConfigError, match="ONECLASS_MAX_PIXELS='lots': expected a positive whole"):
+        images_mod.read_image(p)  # a ConfigError: --on-bad-image skip must not skip every image
     images_mod.set_max_pixels(1200)
     assert images_mod.read_image(p).shape == (30, 40, 1)
     monkeypatch.setenv("ONECLASS_MAX_PIXELS", "500")
@@ -539,12 +539,14 @@ def test_same_seed_gives_bit_identical_weights_and_scores(name):
 
 
 def test_a_dead_writers_temporary_files_are_swept_and_a_live_ones_kept(tmp_path):
-    dead = tmp_path / ".x.json.999999999.abc.tmp"  # above pid_max: that writer is gone
-    live = tmp_path / f".x.json.{os.getppid()}.abc.tmp"
+    dead = tmp_path / ".x.json.999999999.abcd1234.tmp"  # above pid_max: that writer is gone
+    live = tmp_path / f".x.json.{os.getppid()}.abcd1234.tmp"
+    users = tmp_path / ".notes.2024.v2.tmp"  # a user's file that only looks like ours
+    users.write_text("keep me")
     dead.write_text("half")
     live.write_text("in progress")
     io_mod.write_json(tmp_path / "x.json", {"v": 1})
-    assert not dead.exists() and live.exists()
+    assert not dead.exists() and live.exists() and users.exists()
     assert json.loads((tmp_path / "x.json").read_text()) == {"v": 1}
 
 

@@ -290,9 +290,38 @@ def test_the_sweep_of_dead_writers_lists_a_folder_once(tmp_path, monkeypatch):
         return real(self, pattern)
 
     monkeypatch.setattr(pathlib.Path, "glob", counting)
-    dead = tmp_path / ".a.png.999999999.abc.tmp"
+    dead = tmp_path / ".a.png.999999999.abcd1234.tmp"
     dead.write_text("half")
     for i in range(20):
         io_mod.write_bytes(tmp_path / f"{i}.png", b"x")
     assert not dead.exists()
     assert calls.count(tmp_path) == 1
+
+
+def test_a_resumed_retraining_logs_only_its_own_epochs(run_copy):
+    data, run = run_copy
+    from oneclass.runs import train
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_once(rec):
+        raise Stop
+
+    params = {"epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "seed": 7}
+    import oneclass.runs as runs_mod
+
+    real_loop = runs_mod.LoopConfig
+
+    def stopping_loop(**kw):  # interrupted after its first epoch's checkpoint
+        return real_loop(**{**kw, "on_epoch": stop_at_once})
+
+    runs_mod.LoopConfig = stopping_loop
+    try:
+        with pytest.raises(Stop):
+            train("deep_svdd", str(data), run, params, progress=False)
+    finally:
+        runs_mod.LoopConfig = real_loop
+    train("deep_svdd", str(data), run, params, resume=True, progress=False)
+    lines = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in lines] == ["train"]  # the resumed run's own remaining epoch

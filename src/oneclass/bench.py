@@ -429,12 +429,16 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
     if data:  # the suite's settings (each once) on the given datasets instead of its own
         settings = {json.dumps({**j, "data": None}, sort_keys=True): j for j in suite_jobs}
         suite_jobs = [{**j, "data": d} for d in data for j in settings.values()]
+    # --label: the rows with exactly this label if there are any (so a label that is part
+    # of longer ones, or '' for unlabeled rows, names one row), else those containing it
+    exact = label is not None and any(j.get("label", "") == label for j in suite_jobs)
     for job in suite_jobs:
         if only and job["data"] not in only:
             continue
         if methods and job["method"] not in methods:
             continue
-        if label and label not in job.get("label", ""):
+        if label is not None and (job.get("label", "") != label if exact
+                                  else label not in job.get("label", "")):
             continue
         for seed in seeds:
             jobs.append({**job, "params": {**job["params"], **(overrides or {})}, "seed": seed})
@@ -658,7 +662,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
         if len(means) > 1:
             parts.append(f"\nMean image AUROC over {len(means)} classes: "
                          f"**{np.mean(means):.1f}**{pub_s}{first_s}{caveat_s}\n")
-        elif pub is not None:  # one data set: its row is the figure
+        elif pub is not None and not (expected and expected > 1):  # one data set: its row
             parts.append(f"\nPublished image AUROC: {pub}\n")
     text = "\n".join(parts) + "\n" if parts else ""
     return (defaults_matrix(matrix) + ("\n" if text else "") if matrix else "") + text
@@ -731,8 +735,8 @@ def suite_commands(recs: list[dict[str, Any]], out: str) -> tuple[list[str], int
         rows_not_run = len(jobs) - len(seeds_of) - sum(
             1 for j in jobs if m_opt and j["method"] not in methods)
 
-        def labels(group: list[dict]) -> list[str | None]:
-            return list(dict.fromkeys(j.get("label") or None for j in group))
+        def labels(group: list[dict]) -> list[str]:  # '' selects the unlabeled rows
+            return list(dict.fromkeys(j.get("label", "") for j in group))
 
         # the seeds most rows have: the whole suite (or, when some rows are not recorded, the
         # recorded rows by label); rows with other seeds: by label, as one adds seeds to a row
@@ -749,7 +753,7 @@ def suite_commands(recs: list[dict[str, Any]], out: str) -> tuple[list[str], int
 def _command(su: str, m_opt: str, root: str, out: str, seeds: tuple[int, ...],
              label: str | None = None) -> str:
     s_opt = f" --seeds {','.join(map(str, seeds))}" if seeds != (0,) else ""
-    l_opt = f" --label '{label}'" if label else ""
+    l_opt = f" --label '{label}'" if label is not None else ""
     return f"oneclass bench {su}{s_opt}{m_opt}{l_opt}{root} --out {out}"
 
 

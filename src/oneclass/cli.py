@@ -218,11 +218,14 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
-    from .data.images import max_pixels_from_env, set_max_pixels
+    from .data.images import check_max_pixels_env, max_pixels_from_env, set_max_pixels
     from .serve import SERVE_MAX_PIXELS, serve
 
-    if args.max_pixels is None and not max_pixels_from_env():
-        set_max_pixels(SERVE_MAX_PIXELS)  # a few MB of upload can hold that many pixels
+    if args.max_pixels is None:
+        if max_pixels_from_env():
+            check_max_pixels_env()  # a bad value stops the service now, not every upload
+        else:
+            set_max_pixels(SERVE_MAX_PIXELS)  # a few MB of upload can hold that many pixels
     key = args.api_key or os.environ.get("ONECLASS_API_KEY") or None
     serve(Path(args.run), host=args.host, port=args.port, api_key=key,
           max_upload_mb=args.max_upload_mb, device=args.device or "auto", timeout=args.timeout,
@@ -470,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the suite on this data (e.g. an MVTec-layout folder) instead of its "
                    "own datasets (repeatable); industrial default: DATA_ROOT/kolektorsdd")
     s.add_argument("--methods", help="comma-separated methods to run (default: all of the suite)")
-    s.add_argument("--label", help="run only the rows whose label contains this text (e.g. "
-                   "'528x216' for that row of fcdd-kolektor-seeds)")
+    s.add_argument("--label", help="run only the rows with exactly this label, or if none has "
+                   "it, the rows whose label contains this text (e.g. '528x216'); '' selects "
+                   "the unlabeled rows")
     s.add_argument("--score-batch", default="64", metavar="B[,B...]",
                    help="with `speed`: scoring batch sizes of the FCDD rows (default 64)")
     s.set_defaults(func=cmd_bench)

@@ -37,7 +37,7 @@ from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, material
 from .device import resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
 from .io import atomic_dir, recover_dir, write_json
-from .train import LoopConfig
+from .train import LoopConfig, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,8 @@ class Detector:
         self.preprocess_ = self._resolve_preprocess(train)
         fit_set, hold_set = self._split_holdout(train, val)
         t0 = time.perf_counter()
-        show = loop.progress if loop.progress is not None else sys.stderr.isatty()
+        show = (loop.progress if loop.progress is not None else sys.stderr.isatty()) \
+            and is_main_process()
         x, y, masks = materialize(fit_set, self.preprocess_, progress=show,
                                   desc="loading images")
         self.input_shape_ = tuple(int(s) for s in x.shape[1:])

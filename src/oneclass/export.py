@@ -278,6 +278,7 @@ def parity(det: Detector, path: str | Path, images: torch.Tensor | np.ndarray,
         "score_max_abs_diff": float(np.abs(got_s - ref_s).max()),
         "map_max_abs_diff": float(np.abs(got_m - ref_m).max()),
         "score_range": float(np.ptp(ref_s)),
+        "score_max": float(np.abs(ref_s).max()),
         "map_max": float(np.abs(ref_m).max()),
         "labels_agree": float(np.mean((got_s >= det.threshold_) == (ref_s >= det.threshold_))),
         "onnx_images_per_s": len(x) / max(t_onnx, 1e-9),
@@ -297,7 +298,8 @@ def parity_problems(r: dict[str, float], rel_tol: float = PARITY_TOL) -> list[st
     score test already bounds.
     """
     out = []
-    score_tol = rel_tol * max(r["score_range"], 1.0)
+    # relative to the scores' spread, or to their size when they barely spread (one image)
+    score_tol = rel_tol * max(r["score_range"], 1e-3 * r.get("score_max", 0.0), 1.0)
     if not r["score_max_abs_diff"] <= score_tol:
         out.append(f"scores differ by up to {r['score_max_abs_diff']:.3g} (tolerance {score_tol:.3g})")
     map_tol = rel_tol * r["map_max"]

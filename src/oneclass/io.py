@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,6 +28,8 @@ def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+#: The random part tempfile gives its names (8 characters).
+_MKSTEMP = re.compile(r"[a-z0-9_]{8}")
 #: Folders this process has swept: once each, since listing a folder of 100k heatmaps on
 #: every write took about 20 ms a file.
 _swept: set[str] = set()
@@ -42,8 +45,8 @@ def _sweep(path: Path) -> None:
     for tmp in path.parent.glob(".*.tmp"):
         parts = tmp.name[:-len(".tmp")].split(".")  # "", NAME..., PID, random
         pid = parts[-2] if len(parts) >= 4 else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
+        if not pid.isdigit() or int(pid) == os.getpid() or not _MKSTEMP.fullmatch(parts[-1]):
+            continue  # not one of ours (a user's hidden file that happens to end in .tmp)
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:  # the writer is gone: its file can never be completed

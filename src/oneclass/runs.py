@@ -137,19 +137,22 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     # config.json only with the model: a failed retraining leaves the earlier run consistent.
     pending = ckpt / "config.json"
     recorded = pending if pending.is_file() else out / "config.json"
+    # a run interrupted before configuration and log waited in checkpoints/ (older versions):
+    # its log so far is RUN/train_log.jsonl, which the resumed run continues
+    legacy = resume and not pending.is_file() and any(ckpt.glob("*.pt"))
     if resume and recorded.exists():
         old = {k: v for k, v in _read_json(recorded, "the run's configuration").items()
                if k not in ("anomalies_used", "skipped_images")}
         old.setdefault("on_bad_image", "error")  # runs written before the policy existed
         if old != json.loads(json.dumps(config)):
-            raise ConfigError(f"{out}: --resume with a different configuration than the run's "
-                              "config.json; use a new --out or the same options")
+            raise ConfigError(f"{out}: --resume with a different configuration than "
+                              f"{recorded.relative_to(out)}; use a new --out or the same options")
     out.mkdir(parents=True, exist_ok=True)
     train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)
     if used is not None:
         config["anomalies_used"] = used
-    show = progress if progress is not None else sys.stderr.isatty()
+    show = (progress if progress is not None else sys.stderr.isatty()) and is_main_process()
     train_set, skipped = data_mod.screen(train_set, on_bad_image, progress=show,
                                          what="training images")
     if skipped:
@@ -176,8 +179,8 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     if main:
         if not resume:
             log_path.unlink(missing_ok=True)
-        elif not log_path.exists() and (out / "train_log.jsonl").exists() and ckpt.is_dir():
-            shutil.copyfile(out / "train_log.jsonl", log_path)  # a run from before this rule
+        elif legacy and not log_path.exists() and (out / "train_log.jsonl").exists():
+            shutil.copyfile(out / "train_log.jsonl", log_path)
 
     def on_epoch(rec: dict) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -309,7 +309,7 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
         return error(422, f"invalid request ({what})")
 
     @app.get("/health")
-    def health():
+    async def health():  # on the event loop: never queued behind uploads in the thread pool
         return {"status": "ok", "model_id": scorer.model_id}
 
     @app.get("/model")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -47,6 +47,12 @@ def max_pixels_from_env() -> bool:
     return True
 
 
+def check_max_pixels_env() -> None:
+    """Raise the ConfigError of a malformed ONECLASS_MAX_PIXELS (unless a limit was set since)."""
+    if _ENV_ERROR:
+        raise ConfigError(_ENV_ERROR)
+
+
 max_pixels_from_env()
 
 
@@ -65,8 +71,7 @@ def _too_many_pixels(path: Path, w: int, h: int) -> DataError:
 
 def _open(source, path) -> Image.Image:
     """Open and decode ``source`` (a file path or a binary file object) named ``path`` in errors."""
-    if _ENV_ERROR:
-        raise DataError(_ENV_ERROR)
+    check_max_pixels_env()  # a ConfigError: not a bad image, so --on-bad-image skip stops too
     try:
         # A FIFO or device named like an image would block or never end: read regular files only.
         if isinstance(source, Path) and not stat.S_ISREG(os.stat(source).st_mode):
