@@ -15,6 +15,7 @@ def test_smoke_suite_records_results_and_resumes(tmp_path):
     assert len(recs) == 1
     r = recs[0]
     assert 0.0 <= r["image_auroc"] <= 1.0 and r["train_seconds"] > 0 and r["peak_rss_mb"] > 0
+    assert "commit" in r  # taken by the run's own process
     lines = (tmp_path / "b" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["data"] == "synthetic"
     # a second call finds the run done and does not train again

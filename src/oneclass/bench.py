@@ -323,6 +323,7 @@ def limit_test(test, limit: int | None):
 def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
     """Child process: train, score, report metrics and the peak memory."""
     try:
+        commit = _commit()  # the code this process imports now, not the checkout at the end
         from .metrics import image_metrics, pixel_metrics
         from .registry import create
         from .runs import test_set, training_data
@@ -375,6 +376,7 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
                 sum(h["seconds"] for h in det.history_ if h["phase"] == "train"), 1e-9), 1),
             "n_train": det.n_train_, "n_test": len(test),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "commit": commit,
         })
         if variants:
             rec["variants"] = variants
@@ -503,13 +505,15 @@ def _record(job: dict[str, Any], key: str, suite: str, payload: dict[str, Any]) 
         label = ", ".join(filter(None, [label, f"{job['test_limit']} test images"]))
     return {"key": key, "suite": suite, "method": job["method"], "data": job["data"],
             "label": label, "seed": job["seed"], "params": job["params"], **payload,
-            "date": date.today().isoformat(), "machine": machine(), "commit": _commit()}
+            "date": date.today().isoformat(), "machine": machine(),
+            "commit": payload.get("commit", _commit())}
 
 
 def _commit() -> str | None:
     """The code a run used: ``git describe`` of the checkout (``-dirty`` with local changes),
-    or None outside a git checkout. Result lines are reused on resume whatever the code
-    version: after a change that moves figures, run into a new ``--out``."""
+    taken by the run's process when it starts; None outside a git checkout. Result lines are
+    reused on resume whatever the code version: after a change that moves figures, run into a
+    new ``--out``."""
     try:
         r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=10"],
                            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=20)
