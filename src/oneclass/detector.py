@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, material
 from .device import resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
 from .io import atomic_dir, recover_dir, write_json
-from .train import LoopConfig, is_main_process
+from .train import LoopConfig, is_main_process, show_progress
 
 log = logging.getLogger(__name__)
 
@@ -382,8 +381,7 @@ class Detector:
         self.preprocess_ = self._resolve_preprocess(train)
         fit_set, hold_set = self._split_holdout(train, val)
         t0 = time.perf_counter()
-        show = (loop.progress if loop.progress is not None else sys.stderr.isatty()) \
-            and is_main_process()
+        show = show_progress(loop.progress) and is_main_process()
         x, y, masks = materialize(fit_set, self.preprocess_, progress=show,
                                   desc="loading images")
         self.input_shape_ = tuple(int(s) for s in x.shape[1:])

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from .errors import ConfigError, DataError, OneclassError
 from .io import write_json, write_text
 from .metrics import image_metrics, pixel_metrics
 from .registry import create
-from .train import LoopConfig, is_main_process
+from .train import LoopConfig, is_main_process, show_progress
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)
     if used is not None:
         config["anomalies_used"] = used
-    show = (progress if progress is not None else sys.stderr.isatty()) and is_main_process()
+    show = show_progress(progress) and is_main_process()
     train_set, skipped = data_mod.screen(train_set, on_bad_image, progress=show,
                                          what="training images")
     if skipped:
@@ -258,9 +257,9 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     run = Path(run)
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
-    show = _show(progress)
+    show = show_progress(progress)
     t0 = time.perf_counter()
-    scores = _finite(det.score(test, progress="scoring" if show else None), test)
+    scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
     seconds = time.perf_counter() - t0
     metrics = _metrics(run, det, spec, test, scores, skipped, show)
     metrics["score_images_per_second"] = round(len(test) / max(seconds, 1e-9), 1)
@@ -274,19 +273,14 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     return metrics
 
 
-def _show(progress: bool | None) -> bool:
-    """Progress bars: as asked, or (None) when stderr is a terminal."""
-    return progress if progress is not None else sys.stderr.isatty()
-
-
-def _finite(scores: np.ndarray, test) -> np.ndarray:
-    """``scores``, or a DataError naming the images the model gave no finite score."""
+def _finite(scores: np.ndarray, names) -> np.ndarray:
+    """``scores``, or a DataError naming (``names``) the images the model gave no finite score."""
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
-        names = ", ".join(f"{test.names[i]} ({scores[i]})" for i in bad[:5])
+        shown = ", ".join(f"{names[i]} ({scores[i]})" for i in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(f"the model gave no finite score for {len(bad)} of {len(scores)} images: "
-                        f"{names}{more}; the model file may be damaged or these images far "
+                        f"{shown}{more}; the model file may be damaged or these images far "
                         "outside its training data")
     return scores
 
@@ -480,7 +474,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
 
     try:
         if todo:
-            bar = tqdm(total=len(todo), desc="scoring", disable=not _show(progress), leave=False)
+            bar = tqdm(total=len(todo), desc="scoring", disable=not show_progress(progress), leave=False)
             for xb, _, _, _, idx in loader(fs, det.preprocess_, batch_size):
                 xb = xb.to(det.device_)
                 if heatmaps:
@@ -489,8 +483,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                 else:
                     with torch.no_grad():
                         scores, maps = det._score(xb).float().cpu().numpy(), None
-                _finite(scores, FileSet([todo[i] for i in idx.tolist()], [-1] * len(idx),
-                                        names=[str(todo[i]) for i in idx.tolist()]))
+                _finite(scores, [str(todo[i]) for i in idx.tolist()])
                 if not state:
                     start()
                 for j, i in enumerate(idx.tolist()):
@@ -574,8 +567,8 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
-    show = _show(progress)
-    scores = _finite(det.score(test, progress="scoring" if show else None), test)
+    show = show_progress(progress)
+    scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
     mpath = run / "metrics.json"
     metrics = {}
     if mpath.exists():

@@ -97,6 +97,11 @@ def is_main_process() -> bool:
     return rank_world()[0] == 0
 
 
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars: as asked, or (None) when stderr is a terminal."""
+    return progress if progress is not None else sys.stderr.isatty()
+
+
 def init_distributed() -> tuple[int, int]:
     """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
     ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...): nccl on GPUs, gloo on CPUs. A no-op
@@ -255,8 +260,7 @@ def run(
         _load(task, state)
         start = int(state["epoch"])
         log.info("%s: resumed after epoch %d of %d", phase, start, epochs)
-    show = loop.progress if loop.progress is not None else sys.stderr.isatty()
-    show = show and rank == 0
+    show = show_progress(loop.progress) and rank == 0
     original, hooks = None, []
     if world > 1:
         if getattr(task, "ddp", False):
