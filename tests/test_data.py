@@ -811,3 +811,117 @@ def test_natural_without_scikit_image_says_what_to_install(monkeypatch):
     with pytest.raises(DataError, match="pip install scikit-image"):
         load("natural:4:8", "train")
     natural.photos.cache_clear()
+
+
+# --------------------------------------------- input that used to pass silently (review)
+
+
+def test_unreadable_defect_folder_is_an_error_naming_it(mvtec_root, monkeypatch):
+    """os.walk ignored listing errors: a defect type that could not be read vanished."""
+    crack = next(d for d in (mvtec_root / "test").iterdir() if d.name != "good")
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == crack:
+            raise PermissionError(13, "Permission denied", str(crack))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=f"{crack}: cannot read folder"):
+        load(str(mvtec_root), "test")
+
+
+def test_test_only_mvtec_folder_keeps_masks_out_of_the_images(mvtec_root, tmp_path):
+    only = tmp_path / "eval"
+    shutil.copytree(mvtec_root / "test", only / "test")
+    shutil.copytree(mvtec_root / "ground_truth", only / "ground_truth")
+    full = load(str(mvtec_root), "test")
+    test = load(str(only), "test")
+    assert test.names == full.names and test.labels.tolist() == full.labels.tolist()
+    assert not any("_mask" in n for n in test.names)
+    with pytest.raises(DataError, match="test set only"):
+        load(str(only), "train")
+
+
+def test_images_directly_in_test_folder_are_an_error(mvtec_root):
+    _png(mvtec_root / "test" / "loose.png", _gray(24, 24))
+    with pytest.raises(DataError, match="directly in test/.*loose.png"):
+        load(str(mvtec_root), "test")
+
+
+def test_two_anomalous_images_for_one_mask_name_both(mvtec_root):
+    img = _anomalous_files(mvtec_root)[0]
+    twin = img.with_suffix(".jpg")
+    Image.open(img).save(twin)
+    with pytest.raises(DataError, match="same name as") as err:
+        load(str(mvtec_root), "test")
+    assert img.name in str(err.value) and twin.name in str(err.value)
+    # normal images need no mask: two of one name are simply two images
+    n = len(load(str(mvtec_root) if twin.unlink() is None else "", "test"))
+    good = sorted((mvtec_root / "test" / "good").iterdir())[0]
+    Image.open(good).save(good.with_suffix(".jpg"))
+    assert len(load(str(mvtec_root), "test")) == n + 1
+
+
+def test_mvtec_folder_as_reference_set_is_its_normal_images(mvtec_root):
+    from oneclass.data.reference import load_reference
+
+    ref = load_reference(str(mvtec_root))
+    assert ref.classes is None and ref.class_names == []
+    assert len(ref.images) == len(load(str(mvtec_root), "train"))
+    assert not any("ground_truth" in n or "test" in n for n in ref.images.names)
+
+
+def test_damaged_benchmark_file_is_a_data_error_naming_it(tmp_path):
+    from oneclass.data import classic
+
+    x = np.zeros((4, 28, 28), np.uint8)
+    y = np.arange(4)
+    path = tmp_path / classic.FILES["mnist"]
+    np.savez_compressed(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    classic._arrays.cache_clear()
+    with pytest.raises(DataError, match=f"{path}: cannot read train split"):
+        load("mnist:0", "train", root=str(tmp_path))
+
+
+def test_float_images_share_one_scale(tmp_path):
+    """Each float image was scaled by its own range: a dimmer copy read the same."""
+    ramp = np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)
+    Image.fromarray(ramp, "F").save(tmp_path / "a.tif")
+    Image.fromarray(ramp / 2, "F").save(tmp_path / "b.tif")
+    Image.fromarray(ramp * 200, "F").save(tmp_path / "c.tif")
+    Image.fromarray(np.full((4, 5), 0.8, np.float32), "F").save(tmp_path / "d.tif")
+    a, b, c = (read_image(tmp_path / f"{n}.tif")[..., 0].astype(int) for n in "abc")
+    assert a.max() == 255 and b.max() == 128 and c.max() == 200
+    assert np.abs(a - 2 * b).max() <= 1
+    assert (read_image(tmp_path / "d.tif") == 204).all()
+    Image.fromarray(ramp * 1000, "F").save(tmp_path / "e.tif")
+    with pytest.raises(DataError, match=r"e\.tif: float image with values in \[0, 1000\]"):
+        read_image(tmp_path / "e.tif")
+
+
+def test_jpeg_mask_noise_is_not_anomalous(tmp_path):
+    m = np.zeros((32, 32), np.uint8)
+    m[10:20, 10:20] = 255
+    Image.fromarray(m).save(tmp_path / "m.jpg", quality=90)
+    noisy = np.asarray(Image.open(tmp_path / "m.jpg"))
+    assert ((noisy != 0) & (m == 0)).sum() > 0  # the noise this guards against
+    assert read_mask(tmp_path / "m.jpg").sum() == 100
+
+
+def test_skip_policy_on_an_empty_set_names_it():
+    from oneclass.data.screen import screen
+
+    with pytest.raises(DataError, match="anomalies: no images"):
+        screen(ArraySet(np.zeros((0, 8, 8), np.uint8)), "skip", what="anomalies")
+    empty, bad = screen(ArraySet(np.zeros((0, 8, 8), np.uint8)), "skip", allow_empty=True)
+    assert len(empty) == 0 and bad == []
+
+
+def test_write_mvtec_refuses_a_used_folder(tmp_path):
+    root = write_mvtec(tmp_path / "ds", n_train=4, n_test_good=2, n_test_defect=3, size=16)
+    with pytest.raises(DataError, match="not an empty folder"):
+        write_mvtec(root, n_train=2, n_test_good=1, n_test_defect=1, size=32)
+    assert len(load(str(root), "train")) == 4
+    assert not list(tmp_path.glob("*.tmp"))

@@ -387,3 +387,12 @@ def test_pseudo_huber_is_float32_under_bf16_autocast():
     assert A[0, 0, 0].item() == pytest.approx(want, rel=1e-3) and want > 0
     fcdd_loss(A, torch.tensor([0, 1])).sum().backward()
     assert phi.grad[1].abs().min() > 0  # the anomaly pushes its outputs away
+
+
+def test_receptive_field_names_string_padding():
+    from torch import nn
+
+    from oneclass.nets.receptive import receptive_field
+
+    with pytest.raises(ValueError, match="string padding is not supported"):
+        receptive_field(nn.Sequential(nn.Conv2d(1, 1, 3, padding="same")), (1, 8, 8))

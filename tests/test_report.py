@@ -324,3 +324,10 @@ def test_numpy_non_finite_values_in_info_are_shown_as_text():
     from oneclass.report import _plain
 
     assert _plain({"p": np.float64("nan"), "q": [np.float32("inf")]}) == {"p": "nan", "q": ["inf"]}
+
+
+def test_normalize_map_spans_huge_ranges_without_overflow():
+    from oneclass.viz import normalize_map
+
+    out = normalize_map(np.array([[-1e308, 0.0, 1e308]]))
+    assert np.allclose(out, [[0.0, 0.5, 1.0]])

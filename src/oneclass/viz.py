@@ -85,7 +85,7 @@ def normalize_map(
         return out
     if vmax <= vmin:  # a step at vmin: above it hot, at or below it cold
         return (np.nan_to_num(a, nan=-np.inf) > vmin).astype(np.float32)
-    out = (a - vmin) / (vmax - vmin)
+    out = (a / 2 - vmin / 2) / (vmax / 2 - vmin / 2)  # halves: no overflow on huge ranges
     out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,20 +49,25 @@ def _arrays(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (the {name} benchmark needs it)")
     try:
-        d = np.load(path)
-        if name == "cifar10":
-            from PIL import Image
-
-            buf, off = d[f"{split}_jpeg"], d[f"{split}_offsets"]
-            x = np.stack([
-                np.asarray(Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes())).convert("RGB"))
-                for i in range(len(off) - 1)])
-        else:
-            x = d[f"x_{split}"]
-        y = d[f"y_{split}"].astype(np.int64)
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read {split} split ({exc})") from None
+        with np.load(path) as d:
+            x, y = _split_arrays(d, name, split)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read {split} split ({type(exc).__name__}: {exc}); "
+                        "the file may be damaged") from None
     return x, y
+
+
+def _split_arrays(d, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "cifar10":
+        from PIL import Image
+
+        buf, off = d[f"{split}_jpeg"], d[f"{split}_offsets"]
+        x = np.stack([
+            np.asarray(Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes())).convert("RGB"))
+            for i in range(len(off) - 1)])
+    else:
+        x = d[f"x_{split}"]
+    return x, d[f"y_{split}"].astype(np.int64)
 
 
 def one_vs_rest(name: str, cls: int, split: str, root=None,

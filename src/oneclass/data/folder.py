@@ -13,6 +13,9 @@ When ``ground_truth/`` exists every anomalous test image needs its mask and ever
 image; a missing one, or two masks for one image, is an error naming the files. Masks of
 normal images (``ground_truth/good/``, shipped by some converted datasets) are ignored: normal
 images have empty masks. Without ``ground_truth/`` pixel metrics are simply not computed.
+A test set on its own (``test/`` and ``ground_truth/``, no ``train/``) is read the same way.
+Images directly in ``test/`` (not in a type folder) and folders that cannot be listed are
+errors, never skipped.
 """
 
 from __future__ import annotations
@@ -22,22 +25,32 @@ from pathlib import Path
 
 from ..errors import DataError
 from .base import ANOMALOUS, NORMAL, UNLABELED, FileSet
-from .images import is_image_file
+from .images import IMAGE_SUFFIXES, is_image_file
 
 NORMAL_DIRS = ("good", "ok", "normal")
 
 
+def _unreadable(err: OSError):
+    raise DataError(f"{err.filename}: cannot read folder ({err.strerror or err})")
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder``, sorted; symbolic links to folders are not followed."""
+    """Image files below ``folder``, sorted; symbolic links to folders are not followed.
+
+    A folder that cannot be listed is an error naming it: skipping it would silently drop,
+    say, a whole defect type from a test set.
+    """
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out += [Path(dirpath) / f for f in sorted(filenames) if is_image_file(Path(f))]
     return out
 
 
 def is_mvtec(root: Path) -> bool:
-    return (root / "train").is_dir() and (root / "test").is_dir()
+    """``train/`` and ``test/``, or a test set on its own: ``test/`` with ``ground_truth/``."""
+    return (root / "test").is_dir() and ((root / "train").is_dir()
+                                          or (root / "ground_truth").is_dir())
 
 
 def _subdirs(p: Path) -> list[Path]:
@@ -70,6 +83,9 @@ def mvtec(root: Path, split: str) -> FileSet:
     """The ``train`` or ``test`` split of an MVTec-layout folder."""
     root = Path(root)
     if split == "train":
+        if not (root / "train").is_dir():
+            raise DataError(f"{root / 'train'}: no such folder; this MVTec-layout folder holds "
+                            "a test set only (test/ and ground_truth/)")
         good = root / "train" / "good"
         folder = good if good.is_dir() else root / "train"
         paths = list_images(folder)
@@ -81,18 +97,27 @@ def mvtec(root: Path, split: str) -> FileSet:
     test = root / "test"
     gt = root / "ground_truth"
     masks = _mask_index(gt) if gt.is_dir() else None
+    loose = [p for p in test.iterdir() if p.is_file() and is_image_file(p)]
+    if loose:
+        raise DataError(f"{test}: {len(loose)} image(s) directly in test/ (first: {sorted(loose)[0].name}); "
+                        "put normal images in test/good and anomalies in test/<type>")
     paths, labels, mpaths, kinds = [], [], [], []
     for kind_dir in _subdirs(test):
         kind = kind_dir.name
         normal = kind.lower() in NORMAL_DIRS
+        seen: dict[str, Path] = {}
         for p in list_images(kind_dir):
+            key = _image_key(kind_dir, p)
+            if masks is not None and not normal and key[1] in seen:
+                raise DataError(f"{p}: same name as {seen[key[1]]} apart from the suffix; masks "
+                                "are matched by name, so keep one of the two")
+            seen[key[1]] = p
             paths.append(p)
             labels.append(NORMAL if normal else ANOMALOUS)
             kinds.append("good" if normal else kind)
             if masks is None or normal:
                 mpaths.append(None)
                 continue
-            key = _image_key(kind_dir, p)
             m = masks.pop(key, None)
             if m is None:
                 raise DataError(
@@ -114,7 +139,8 @@ def plain(root: Path, split: str) -> FileSet:
     root = Path(root)
     paths = list_images(root) if root.is_dir() else [root]
     if not paths:
-        raise DataError(f"{root}: no images found (looked for {', '.join(('png', 'jpg', 'bmp', 'tif'))})")
+        raise DataError(f"{root}: no images found (looked for "
+                        f"{', '.join(s.lstrip('.') for s in sorted(IMAGE_SUFFIXES))})")
     label = NORMAL if split == "train" else UNLABELED
     return FileSet(paths, [label] * len(paths), names=[str(p) for p in paths],
                    kinds=["good" if label == NORMAL else "unknown"] * len(paths),

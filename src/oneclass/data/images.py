@@ -114,13 +114,17 @@ def read_image(path, label: str | None = None) -> np.ndarray:
 
     EXIF orientation is applied; alpha, and the transparent colour of a PNG without alpha, is
     composited on black; 16- and 32-bit integer images are scaled to 8 bit with one scale for
-    the mode; palette and CMYK images are converted to RGB.
+    the mode; float images are read on the scale [0, 1] when all their values lie in it, else
+    [0, 255] (other values are an error); palette and CMYK images are converted to RGB.
     """
     return _decode(path, label, _to_array)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a ground-truth mask as bool ``(H, W)``: any non-zero pixel is anomalous.
+
+    JPEG masks are the exception: their compression spreads faint noise around every drawn
+    defect, so a pixel of a JPEG mask is anomalous from half-scale (128) on.
 
     The decoded values are tested as they are, not after scaling to 8 bit: a 16-bit label
     mask holding 1, 2, ... would otherwise read as empty. Transparent pixels are not anomalous.
@@ -135,8 +139,8 @@ def _decode(path, label, convert) -> np.ndarray:
     img = _open(source, path)
     try:
         arr = convert(img)
-    except DataError:
-        raise
+    except DataError as exc:  # the converters do not know the file's name
+        raise DataError(f"{path}: {exc}") from None
     except MemoryError:
         raise DataError(f"{path}: not enough memory to convert this image") from None
     except Exception as exc:  # an exotic mode PIL cannot convert
@@ -194,11 +198,16 @@ def _colours(img: Image.Image) -> np.ndarray:
         arr = np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return arr[..., None]
     if img.mode == "F":
+        # One scale for all images, never each image's own range (that made two images that
+        # differ only in brightness equal): [0, 1] when every value lies in it, else [0, 255].
         arr = np.asarray(img, dtype=np.float64)
         finite = np.isfinite(arr)  # NaN and infinities become black
         lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
-        with np.errstate(invalid="ignore", over="ignore"):
-            arr = np.where(finite, (arr - lo) / (hi - lo) * 255.0 if hi > lo else 0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"float image with values in [{lo:g}, {hi:g}]; float images are read "
+                            "on the scale [0, 1] or [0, 255]: rescale it or save it as 8 or 16 bit")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        arr = np.where(finite, arr * scale, 0.0)
         return np.clip(arr + 0.5, 0, 255).astype(np.uint8)[..., None]
     if img.mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.uint8)[..., None]
@@ -217,6 +226,7 @@ _RAW_MASK_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "R
 
 
 def _mask_array(img: Image.Image) -> np.ndarray:
+    lossy = img.format == "JPEG"  # compression noise around a drawn defect is not anomalous
     img = _upright(img)
     hidden = _transparent(img)
     if img.mode not in _RAW_MASK_MODES:
@@ -228,7 +238,7 @@ def _mask_array(img: Image.Image) -> np.ndarray:
     bands = img.getbands()
     alpha = bands.index("A") if "A" in bands else None
     colour = np.delete(arr, alpha, axis=2) if alpha is not None else arr
-    on = np.any(colour != 0, axis=2)
+    on = np.any(colour >= 128 if lossy else colour != 0, axis=2)
     if alpha is not None:
         on &= arr[..., alpha] != 0
     if hidden is not None:

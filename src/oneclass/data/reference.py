@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import DataError
 from .base import UNLABELED, FileSet, ImageSet
 from .classic import ALIASES, CLASSES, all_images
-from .folder import list_images
+from .folder import is_mvtec, list_images
 
 
 @dataclass
@@ -97,6 +97,11 @@ def load_reference(spec: str, root: str | None = None) -> Reference:
         return Reference(images, None, [], spec)
     path = Path(spec)
     if path.is_dir():
+        if is_mvtec(path):  # train/, test/ and ground_truth/ are not classes: its normal images
+            if not (path / "train").is_dir():
+                raise DataError(f"reference {spec}: an MVTec-layout folder without train/; give "
+                                "a folder of images or of class folders")
+            return Reference(load(spec, "train", root=root), None, [], spec)
         ref = _class_folders(path, spec)
         if ref is not None:
             return ref

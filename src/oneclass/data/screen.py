@@ -50,6 +50,9 @@ def screen(images: ImageSet, on_bad: str = "error", *, progress: bool = False,
     check_policy(on_bad)
     if on_bad == "error":
         return images, []
+    label = what or images.description or "images"
+    if len(images) == 0 and not allow_empty:
+        raise DataError(f"{label}: no images")
     from tqdm.auto import tqdm
 
     good, bad = [], []
@@ -60,7 +63,6 @@ def screen(images: ImageSet, on_bad: str = "error", *, progress: bool = False,
             bad.append((images.names[i], str(exc)))
         else:
             good.append(i)
-    label = what or images.description or "images"
     if not good and not allow_empty:
         raise DataError(f"{label}: none of the {len(images)} images can be read; first: {bad[0][1]}")
     if not bad:

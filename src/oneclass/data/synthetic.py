@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..io import atomic_dir
 from .base import ANOMALOUS, NORMAL, ArraySet
 
 TEXTURES = ("stripes", "grid", "blobs")
@@ -330,30 +331,36 @@ def write_mvtec(
 
     Creates ``root/train/good/000.png ...``, ``root/test/good/...``, ``root/test/<kind>/...``
     for every defect kind that occurs, and ``root/ground_truth/<kind>/<stem>_mask.png``
-    (grayscale 0/255, same size as its image). Existing files of the same name are
-    overwritten. Returns ``root`` as a Path.
+    (grayscale 0/255, same size as its image). ``root`` must not exist or be empty (files of an
+    earlier call would mix with the new ones); the folder appears complete or not at all.
+    Returns ``root`` as a Path.
     """
     n_train = _check_count("n_train", n_train)
     n_test_good = _check_count("n_test_good", n_test_good)
     data = make_defects(n_train + n_test_good, n_test_defect, size, channels, seed, texture)
     root = Path(root)
-    counts: dict[tuple[str, str], int] = {}
-    width = max(3, len(str(len(data))))
-    for i in range(len(data)):
-        kind = data.kinds[i]
-        split = "train" if i < n_train else "test"
-        k = counts.get((split, kind), 0)
-        counts[(split, kind)] = k + 1
-        stem = f"{k:0{width}d}"
-        folder = root / split / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        _save(data.images[i], folder / f"{stem}.png")
-        if data.labels[i] == ANOMALOUS:
-            gt = root / "ground_truth" / kind
-            gt.mkdir(parents=True, exist_ok=True)
-            mask = data.masks[i].astype(np.uint8) * 255
-            Image.fromarray(mask).save(gt / f"{stem}_mask.png")
-    return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f"{root}: exists and is not an empty folder; write_mvtec writes a new one")
+
+    def fill(tmp: Path) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        width = max(3, len(str(len(data))))
+        for i in range(len(data)):
+            kind = data.kinds[i]
+            split = "train" if i < n_train else "test"
+            k = counts.get((split, kind), 0)
+            counts[(split, kind)] = k + 1
+            stem = f"{k:0{width}d}"
+            folder = tmp / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            _save(data.images[i], folder / f"{stem}.png")
+            if data.labels[i] == ANOMALOUS:
+                gt = tmp / "ground_truth" / kind
+                gt.mkdir(parents=True, exist_ok=True)
+                mask = data.masks[i].astype(np.uint8) * 255
+                Image.fromarray(mask).save(gt / f"{stem}_mask.png")
+
+    return atomic_dir(root, fill)
 
 
 # ------------------------------------------------------------------------ classic glyphs

@@ -7,8 +7,10 @@ layer, in the order they execute, and composes the standard recurrences per axis
     j' = j * stride,   r' = r + (k_eff - 1) * j,   s' = s + ((k_eff - 1) / 2 - padding) * j
 
 with ``k_eff = dilation * (k - 1) + 1``. Element-wise layers (activations, batch norm) and
-residual additions do not change the field of the main path. The result is checked against
-a brute-force gradient probe (:func:`probe_receptive_field`) in the tests.
+identity shortcuts do not change the field of the main path. A convolution or pooling on a
+shortcut would be chained in as if it were the next layer, so nets with such shortcuts are not
+supported; every shipped net is checked against a brute-force gradient probe
+(:func:`probe_receptive_field`) in the tests.
 """
 
 from __future__ import annotations
@@ -56,10 +58,10 @@ def receptive_field(net: nn.Module, input_shape: tuple[int, int, int]) -> Recept
         net.train(was_training)
     r, j, s = [1, 1], [1, 1], [0.0, 0.0]
     for m in layers:
-        k, st, pad = _pair(m.kernel_size), _pair(m.stride), _pair(m.padding)
-        dil = _pair(getattr(m, "dilation", 1))
         if isinstance(m.padding, str):
             raise ValueError(f"{m}: string padding is not supported for receptive fields")
+        k, st, pad = _pair(m.kernel_size), _pair(m.stride), _pair(m.padding)
+        dil = _pair(getattr(m, "dilation", 1))
         for a in range(2):
             ke = dil[a] * (k[a] - 1) + 1
             s[a] = s[a] + ((ke - 1) / 2 - pad[a]) * j[a]
