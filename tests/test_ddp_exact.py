@@ -87,3 +87,47 @@ def test_two_ranks_take_the_single_process_steps_exactly(tmp_path):
         assert not torch.equal(single.lin.weight, _Linear(False).lin.weight)  # it did train
     assert weights["gathered"].tolist() == [0.0, 1.0, 10.0, 11.0, 12.0]
     assert weights["centres"].tolist() == [1.0] * 6  # rank 1 holds rank 0's centre, not 2.0
+
+
+class _NanOnRankOne(_Linear):
+    """Rank 1's second step reports a NaN loss; rank 0's losses stay finite."""
+
+    def __init__(self, rank: int):
+        super().__init__(ddp=True)
+        self.rank, self.steps = rank, 0
+
+    def step(self, batch):
+        loss = super().step(batch)
+        self.steps += 1
+        if self.rank == 1 and self.steps == 2:
+            return {"loss": torch.tensor(float("nan"))}
+        return loss
+
+
+def _nan_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from oneclass.errors import TrainingError
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        run(_NanOnRankOne(rank), _linear_data(), epochs=2, batch_size=16, seed=0)
+        message = "no error"
+    except TrainingError as exc:
+        message = f"TrainingError: {exc}"
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(message)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
+    """Only the rank that saw the NaN used to stop; the other failed in its next collective
+    with a raw gloo error (or hung until the timeout)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "msg"
+    mp.spawn(_nan_worker, args=(f"file://{tmp_path / 'init'}", str(out)), nprocs=2)
+    first, second = ((tmp_path / f"msg.{r}").read_text() for r in (0, 1))
+    assert first.startswith("TrainingError:") and "another process in epoch 1" in first
+    assert second.startswith("TrainingError: train: loss 'loss' became nan in epoch 1")

@@ -302,6 +302,9 @@ def _copy(src: Path, dst: Path) -> Path:
     (lambda m: m.update(input_shape=[1, 10**6, 10**6]), ["damaged", "not a (C, H, W) image shape"]),
     (lambda m: m["params"].update(eta=2), ["damaged", "unknown parameter(s) eta"]),
     (lambda m: m.update(method="no_such"), ["unknown method 'no_such'"]),
+    (lambda m: m["fitted"].update(threshold=float("nan")), ["damaged", "threshold nan"]),
+    (lambda m: m["preprocess"].update(size=[24, 24]), ["damaged", "does not match input_shape"]),
+    (lambda m: m["preprocess"].update(channels=3), ["damaged", "does not match input_shape"]),
 ])
 def test_damaged_or_foreign_model_description(saved, tmp_path, edit, words):
     d = _copy(saved[1], tmp_path / "m")
@@ -312,6 +315,40 @@ def test_damaged_or_foreign_model_description(saved, tmp_path, edit, words):
         oneclass.load(d)
     for w in words:
         assert w in str(e.value)
+
+
+def test_a_missing_parameter_is_named_when_loading(saved, tmp_path, caplog):
+    d = _copy(saved[1], tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    del meta["params"]["rep_dim"]
+    (d / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        oneclass.load(d)
+    assert "no saved value for rep_dim=" in caplog.text
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"heatmap_sigma": ".5"}, "heatmap_sigma must be a number >= 0"),
+    ({"heatmap_sigma": -1}, "heatmap_sigma must be a number >= 0"),
+    ({"seed": -1}, "seed must be an integer"),
+    ({"seed": 1.5}, "seed must be an integer"),
+])
+def test_bad_values_are_refused_before_training(params, words):
+    with pytest.raises(ConfigError, match=words):
+        oneclass.create("deep_svdd", **params)
+
+
+def test_numpy_scalars_are_plain_values_that_save(tmp_path):
+    det = oneclass.create("deep_svdd", **{**fast_params("deep_svdd"), "epochs": np.int64(1),
+                                          "lr": np.float32(1e-3)})
+    assert type(det.epochs) is int and type(det.lr) is float
+    det.fit(make_defects(20, 0, size=16, seed=1)).save(tmp_path / "m")
+    assert oneclass.load(tmp_path / "m").epochs == 1
+
+
+def test_patchcore_refuses_a_negative_projection():
+    with pytest.raises(ConfigError, match="projection_dim must be >= 0"):
+        oneclass.create("patchcore", projection_dim=-1)
 
 
 # ---------------------------------------------------------------- 3. interruptions

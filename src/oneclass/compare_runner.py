@@ -130,7 +130,7 @@ def run(name: str, folder: str, size: tuple[int, int], weights: dict | None,
     score_s = time.perf_counter() - t0
     scores = torch.cat(scores).numpy()
     maps = torch.cat(maps).numpy()
-    rec = {"library": "anomalib", "method": name, "data": folder,
+    rec = {"library": "anomalib", "method": name, "data": folder, "size": list(size),
            "weights": "EfficientNet-Lite0 ImageNet (converted)" if loaded else "random",
            **image_metrics(yte.numpy(), scores)}
     if mte is not None:

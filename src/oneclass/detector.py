@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,8 @@ def _is_number(v: Any) -> bool:
 
 def _param_type_cast(default: Any, value: Any, name: str) -> Any:
     """Parse a ``--set key=value`` string by the type of the parameter's default."""
+    if isinstance(value, np.generic):  # numpy scalars: plain Python values, as JSON saves them
+        value = value.item()
     if not isinstance(value, str) or isinstance(default, str):
         return value
     v = value.strip()
@@ -264,6 +267,11 @@ class Detector:
             raise ConfigError(f"threshold must be a finite number (or unset), got {self.threshold}")
         if self.size is not None:
             self._size_tuple()
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed or not 0 <= int(self.seed) < 2**63:
+            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        sigma = getattr(self, "heatmap_sigma", None)
+        if sigma is not None and (not _is_number(sigma) or not 0 <= sigma < math.inf):
+            raise ConfigError(f"heatmap_sigma must be a number >= 0 or unset (null), got {sigma!r}")
 
     def _size_tuple(self) -> tuple[int, int] | None:
         s = self.size
@@ -603,6 +611,10 @@ class Detector:
             raise ModelFileError(f"{wpath}: weights do not match their checksum in model.json "
                                  "(file changed or damaged)")
         device_ = resolve_device(device)
+        missing = sorted(set(klass.all_defaults()) - set(meta.get("params") or {}) - {"device"})
+        if missing:  # a model saved before a parameter existed, or an edited description
+            log.warning("%s: no saved value for %s; using the current default(s)", meta_path,
+                        ", ".join(f"{k}={klass.all_defaults()[k]!r}" for k in missing))
         try:  # a damaged or hand-edited description: one clear error, not a KeyError
             det = klass(**{**dict(meta["params"]), "device": device})
             det.device_ = device_
@@ -611,8 +623,14 @@ class Detector:
             c, h, w = det.input_shape_
             if c not in (1, 3) or not (1 <= h <= 16384 and 1 <= w <= 16384):
                 raise ValueError(f"input_shape {list(det.input_shape_)} is not a (C, H, W) image shape")
+            pre = det.preprocess_
+            if pre.channels != c or pre.size is not None and tuple(pre.size) != (h, w):
+                raise ValueError(f"preprocess (channels {pre.channels}, size {pre.size}) does not "
+                                 f"match input_shape {list(det.input_shape_)}")
             fitted = meta["fitted"]
             det.threshold_ = float(fitted["threshold"])
+            if not math.isfinite(det.threshold_):
+                raise ValueError(f"threshold {fitted['threshold']} is not a finite number")
             det.threshold_source_ = fitted["threshold_source"]
             det.n_train_ = fitted.get("n_train")
             det.map_scale_ = fitted.get("map_scale")

@@ -257,8 +257,16 @@ def run(
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ModelFileError(f"{ckpt}: cannot read checkpoint ({exc})") from None
-        _load(task, state)
-        start = int(state["epoch"])
+        try:
+            _load(task, state)
+            start = int(state["epoch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            what = f"no entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise ModelFileError(f"{ckpt}: checkpoint does not fit this model ({what}); "
+                                 "remove it to train from the start") from None
+        if start > epochs:
+            raise ModelFileError(f"{ckpt}: checkpoint is after epoch {start}, beyond the "
+                                 f"{epochs} epochs asked for; remove it or ask for more epochs")
         log.info("%s: resumed after epoch %d of %d", phase, start, epochs)
     show = show_progress(loop.progress) and rank == 0
     original, hooks = None, []
@@ -276,6 +284,24 @@ def run(
             task.modules.update(original)
         for h in hooks:
             h.remove()
+
+
+def _check_finite(losses: dict[str, float], phase: str, epoch: int, world: int) -> None:
+    """Raise on a NaN or infinite loss, on every rank when any rank has one (a rank that
+    stopped alone would leave the others failing in their next collective, or hanging)."""
+    bad = [(k, v) for k, v in losses.items() if not math.isfinite(v)]
+    if world > 1:
+        flag = torch.tensor([1.0 if bad else 0.0])
+        dist.all_reduce(flag)
+        if flag.item() and not bad:
+            raise TrainingError(
+                f"{phase}: a loss became NaN or infinite on another process in epoch "
+                f"{epoch + 1}; lower the learning rate (--set lr=...) or check the input images")
+    if bad:
+        k, v = bad[0]
+        raise TrainingError(
+            f"{phase}: loss '{k}' became {v} in epoch {epoch + 1}; lower the "
+            "learning rate (--set lr=...) or check the input images")
 
 
 def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last, ckpt, show,
@@ -306,14 +332,9 @@ def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
                        file=sys.stderr)
         for idx, whole in batches:
             _Share.value = len(idx) / whole
-            losses = task.step([t[idx] for t in data])
-            for k, v in losses.items():
-                fv = float(v)
-                if not math.isfinite(fv):
-                    raise TrainingError(
-                        f"{phase}: loss '{k}' became {fv} in epoch {epoch + 1}; lower the "
-                        "learning rate (--set lr=...) or check the input images"
-                    )
+            losses = {k: float(v) for k, v in task.step([t[idx] for t in data]).items()}
+            _check_finite(losses, phase, epoch, world)
+            for k, fv in losses.items():
                 sums[k] = sums.get(k, 0.0) + fv * len(idx)
             count += len(idx)
             if bar is not None:

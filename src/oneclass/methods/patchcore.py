@@ -218,6 +218,9 @@ class PatchCore(Detector):
             raise ConfigError(f"reweight_k must be at least 2, got {self.reweight_k}")
         if float(self.sigma) < 0:
             raise ConfigError(f"sigma must be >= 0, got {self.sigma}")
+        if self.projection_dim is not None and int(self.projection_dim) < 0:
+            raise ConfigError(f"projection_dim must be >= 0 (0: no projection), got "
+                              f"{self.projection_dim}")
 
     def _build(self, input_shape):
         return PatchCoreModel(input_shape, self.layers, getattr(self, "bank_size_", 0),
