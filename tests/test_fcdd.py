@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import oneclass
 from oneclass.anomalies import AnomalySource, confetti
+from oneclass.data.synthetic import make_defects
 from oneclass.heatmaps import receptive_upsample
 from oneclass.methods.fcdd import fcdd_loss, fcdd_pixel_loss, pseudo_huber
 from oneclass.metrics import auroc
@@ -396,3 +397,32 @@ def test_receptive_field_names_string_padding():
 
     with pytest.raises(ValueError, match="string padding is not supported"):
         receptive_field(nn.Sequential(nn.Conv2d(1, 1, 3, padding="same")), (1, 8, 8))
+
+
+def test_pseudo_huber_keeps_small_outputs_in_float32():
+    """sqrt(phi^2 + 1) - 1 cancelled to 0 for |phi| below about 2.4e-4: an anomaly whose map
+    was that small got a constant loss and no gradient."""
+    phi = torch.full((2, 7, 7), 1e-4, requires_grad=True)
+    A = pseudo_huber(phi)
+    assert A[0, 0, 0].item() == pytest.approx(5e-9, rel=1e-5)
+    loss = fcdd_loss(A, torch.tensor([0, 1]))
+    assert loss[1].item() == pytest.approx(-math.log(5e-9), rel=1e-4)
+    loss.sum().backward()
+    assert phi.grad[1].abs().min() > 0
+
+
+def test_loading_an_effnet_model_does_not_read_the_imagenet_weights(tmp_path, monkeypatch):
+    from oneclass.nets.efficientnet_lite import EfficientNetLite0Trunk
+
+    det = _fcdd(net="effnet", epochs=0).fit(make_defects(8, 0, size=32, channels=3, seed=0))
+    det.save(tmp_path / "m")
+
+    def refuse(self):
+        raise AssertionError("ImageNet weights read while loading a saved model")
+
+    monkeypatch.setattr(EfficientNetLite0Trunk, "load_imagenet", refuse)
+    loaded = oneclass.load(tmp_path / "m")
+    x = make_defects(2, 0, size=32, channels=3, seed=1)
+    assert np.array_equal(loaded.score(x), det.score(x))
+    with pytest.raises(AssertionError, match="ImageNet weights read"):
+        _fcdd(net="effnet", epochs=0).fit(make_defects(8, 0, size=32, channels=3, seed=0))

@@ -170,6 +170,9 @@ class Detector:
     #: Parameters that only change how a fitted model scores, never its weights:
     #: :meth:`set_scoring_params` may change them after fit or load.
     scoring_params: ClassVar[tuple[str, ...]] = ("score_batch_size",)
+    #: True while :meth:`load` builds the model: ``_build`` then skips reading pretrained
+    #: weights, which the saved ones replace.
+    _restoring: bool = False
     #: Whether ``fit(outliers=...)`` is used (outlier exposure).
     uses_outliers: ClassVar[bool] = False
     #: Side used for images larger than 64 pixels when ``size`` is None.
@@ -636,7 +639,11 @@ class Detector:
             det.map_scale_ = fitted.get("map_scale")
             det.train_seconds_ = fitted.get("train_seconds", 0.0)
             det._load_fitted_extra(fitted)
-            det.model_ = det._build(det.input_shape_)
+            det._restoring = True  # the saved weights replace every pretrained one: not read
+            try:
+                det.model_ = det._build(det.input_shape_)
+            finally:
+                det._restoring = False
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
             raise ModelFileError(f"{meta_path}: damaged model description ({what})") from None

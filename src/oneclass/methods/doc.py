@@ -286,7 +286,8 @@ class DOC(Detector):
     def _build(self, input_shape):
         n = getattr(self, "_bank_n", 0)
         return DOCNet(input_shape[0], int(self.net_size), int(self.trainable_blocks), n,
-                      pretrained=bool(self.pretrained), normalize=bool(self.normalize))
+                      pretrained=bool(self.pretrained) and not self._restoring,
+                      normalize=bool(self.normalize))
 
     @torch.no_grad()
     def _lower_all(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,8 +39,10 @@ def pseudo_huber(out: torch.Tensor) -> torch.Tensor:
     """``A = sqrt(phi^2 + 1) - 1`` (Eq. 1 of the paper), in float32 also under bf16 autocast:
     in bf16 every A below about 0.004 rounds to 0, and an anomaly whose mean A does gets no
     gradient from ``-log(1 - exp(-A))``."""
-    out = out.float()
-    return (out**2 + 1).sqrt() - 1
+    s = out.float() ** 2
+    # s / (sqrt(s + 1) + 1), the same value without the cancellation of sqrt(s + 1) - 1: in
+    # float32 that rounded every |phi| below about 2.4e-4 to A = 0 (no gradient, tied scores)
+    return s / ((s + 1).sqrt() + 1)
 
 
 def _neg_log_one_minus_exp(a: torch.Tensor) -> torch.Tensor:
@@ -303,7 +305,7 @@ class FCDD(Detector):
 
     def _build(self, input_shape):
         return FCDDModel(input_shape, self.net, int(self.stride), int(self.frozen_blocks),
-                         bool(self.pretrained), gcn=bool(self.gcn),
+                         bool(self.pretrained) and not self._restoring, gcn=bool(self.gcn),
                          map_reference=self.map_norm == "position",
                          padding=self.padding, members=int(self.members))
 

@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from .lenet import BatchNorm1d
+
 
 def plan(size: tuple[int, int], max_start: int = 7) -> tuple[int, tuple[int, int]]:
     """Number of stride-2 stages and the start map ``(h0, w0)`` for images of ``size``."""
@@ -46,7 +48,7 @@ class Generator(nn.Module):
         chs = _widths(width, n)[::-1]  # small end first
         self.start = (chs[0], h0, w0)
         self.fc = nn.Sequential(nn.Linear(self.z_dim, chs[0] * h0 * w0, bias=False),
-                                nn.BatchNorm1d(chs[0] * h0 * w0), nn.ReLU(True))
+                                BatchNorm1d(chs[0] * h0 * w0), nn.ReLU(True))
         layers: list[nn.Module] = []
         for a, b in zip(chs[:-1], chs[1:]):
             layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b),

@@ -74,7 +74,7 @@ class Encoder(nn.Module):
         return self.fc(self.hidden_layer(self.features(x).flatten(1)))
 
 
-class _BatchNorm1d(nn.BatchNorm1d):
+class BatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d that normalises a training batch of one image with its running statistics
     (PyTorch refuses to: one value per channel has no variance). A last batch of one, or a
     DDP slice of one, then trains instead of stopping; same state dict as BatchNorm1d."""
@@ -92,7 +92,7 @@ def _hidden(n_in: int, n_out: int, slope: float) -> nn.Module:
     if not n_out:
         return nn.Identity()
     return nn.Sequential(nn.Linear(n_in, n_out, bias=False),
-                         _BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(slope))
+                         BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(slope))
 
 
 class Decoder(nn.Module):
