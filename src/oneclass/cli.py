@@ -207,7 +207,7 @@ def cmd_export(args) -> int:
         print(f"parity on {r['images']} random images: score max abs diff "
               f"{r['score_max_abs_diff']:.3g}, map max abs diff {r['map_max_abs_diff']:.3g}, "
               f"labels agree {r['labels_agree']:.0%}")
-        problems = parity_problems(r)
+        problems = parity_problems(r, map_rel_tol=det.map_parity_tol)
         if problems:
             print(f"oneclass: error: parity check failed: {'; '.join(problems)} (the file is at "
                   f"{out}; do not deploy it)", file=sys.stderr)

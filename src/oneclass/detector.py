@@ -173,6 +173,8 @@ class Detector:
     #: True while :meth:`load` builds the model: ``_build`` then skips reading pretrained
     #: weights, which the saved ones replace.
     _restoring: bool = False
+    #: Relative tolerance of ``oneclass export --check`` for maps (None: the default 1e-4).
+    map_parity_tol: ClassVar[float | None] = None
     #: Whether ``fit(outliers=...)`` is used (outlier exposure).
     uses_outliers: ClassVar[bool] = False
     #: Side used for images larger than 64 pixels when ``size`` is None.

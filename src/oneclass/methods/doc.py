@@ -221,6 +221,13 @@ class _DOCTask:
 class DOC(Detector):
     """DOC, compactness + descriptiveness features with kNN scoring (see module docstring)."""
 
+    # The gradient map is not continuous in the last bits: ReLU6 masks of the 16-layer trunk
+    # and the k-nearest-neighbour set flip with float rounding. Measured on toy sets: torch's
+    # own float32 and float64 maps differ by 3.8e-3 of the map's largest value; onnxruntime
+    # and torch by 1.7e-3 to 3.8e-2 (random-noise images, runs under CPU load). Scores are
+    # held to the default 1e-4; the maps' check catches a broken graph, not rounding.
+    map_parity_tol = 1e-1
+
     fitted_json = ("reference_",)
 
     #: Larger images are resized to ``net_size`` (default 96) unless ``size`` is set.
