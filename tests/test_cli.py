@@ -104,6 +104,21 @@ def test_fcdd_semi_supervised_run_leaves_its_labeled_anomalies_out_of_eval(mvtec
     assert m["pixel_auroc"] is not None and m["aupro"] is not None
 
 
+def test_a_method_that_ignores_labeled_anomalies_says_so(mvtec_dir, tmp_path, capsys):
+    """--anomalies was silently dropped by the unsupervised methods (while the picked images
+    still left the test set); --outliers and --reference already warned."""
+    assert main(["train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out",
+                 str(tmp_path / "r"), "--epochs", "1", "--set", "pretrain_epochs=0",
+                 "--anomalies", str(mvtec_dir), "--anomaly-limit", "1", "-q"]) == 0
+    assert "deep_svdd learns from normal images only" in capsys.readouterr().err
+
+
+def test_export_check_refuses_a_negative_count(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["export", "run", "--check", "-1"])
+    assert e.value.code == 2 and "-1" in capsys.readouterr().err
+
+
 def test_labeled_anomalies_stay_out_of_eval_however_the_folder_is_written(mvtec_dir, tmp_path,
                                                                           monkeypatch):
     from oneclass import runs

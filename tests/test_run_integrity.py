@@ -110,7 +110,7 @@ def test_duplicate_inputs_are_scored_once(run_copy, tmp_path, capsys):
     assert _cli("predict", run, one, one, data / "test" / "good", "--out", out, "-q") == 0
     paths = [r["path"] for r in _rows(out)]
     assert len(paths) == len(set(paths)) == 6
-    assert "2 images were given more than once" in capsys.readouterr().err
+    assert "2 extra copies of images given more than once" in capsys.readouterr().err
 
 
 def test_predict_when_no_input_can_be_read_is_an_error(run_copy, tmp_path, capsys):
@@ -325,3 +325,21 @@ def test_a_resumed_retraining_logs_only_its_own_epochs(run_copy):
     train("deep_svdd", str(data), run, params, resume=True, progress=False)
     lines = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in lines] == ["train"]  # the resumed run's own remaining epoch
+
+
+def test_resume_refuses_predictions_of_another_model(run_copy, tmp_path, capsys):
+    """predict --resume used to append one model's scores to another's without a word."""
+    data, run = run_copy
+    out = tmp_path / "p"
+    one = data / "test" / "good" / "000.png"
+    assert _cli("predict", run, one, "--out", out, "-q") == 0
+    side = json.loads((out / "predictions.json").read_text())
+    assert side["model_id"] and len(side["model_id"]) == 12
+    (out / "predictions.json").write_text(json.dumps({**side, "model_id": "0123456789ab"}))
+    capsys.readouterr()
+    assert _cli("predict", run, data / "test" / "good", "--out", out, "--resume", "-q") == 2
+    err = capsys.readouterr().err
+    assert "written by model 0123456789ab" in err and "would mix their scores" in err
+    assert len(_rows(out)) == 1  # nothing appended
+    assert _cli("predict", run, data / "test" / "good", "--out", out, "--overwrite", "-q") == 0
+    assert json.loads((out / "predictions.json").read_text())["model_id"] == side["model_id"]

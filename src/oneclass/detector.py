@@ -175,6 +175,9 @@ class Detector:
     _restoring: bool = False
     #: Relative tolerance of ``oneclass export --check`` for maps (None: the default 1e-4).
     map_parity_tol: ClassVar[float | None] = None
+    #: Whether images labeled anomalous in ``fit`` are learned from (semi-supervised);
+    #: the others train on the normal images alone.
+    uses_anomalies: ClassVar[bool] = False
     #: Whether ``fit(outliers=...)`` is used (outlier exposure).
     uses_outliers: ClassVar[bool] = False
     #: Side used for images larger than 64 pixels when ``size`` is None.
@@ -434,7 +437,7 @@ class Detector:
                 log.warning("%s: too few normal images to hold back %g of them; the threshold "
                             "comes from the training images, which tend to score lower than "
                             "new normal images, so expect more false alarms (give more "
-                            "images, or val=)", self.name, float(self.holdout))
+                            "images, or pass val= to fit() in Python)", self.name, float(self.holdout))
         # The colour scale of heatmap overlays: from the median to the maximum of the maps
         # of normal images, so normal regions look cold and anomalies saturate.
         few = ref.subset(np.arange(min(len(ref), 64))) if isinstance(ref, ImageSet) else ref[:64]

@@ -158,6 +158,10 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         config["skipped_images"] = [name for name, _ in skipped]
     if outlier_set is not None:
         outlier_set = data_mod.screen(outlier_set, on_bad_image, what="outlier images")[0]
+    if used is not None and not det.uses_anomalies:
+        log.warning("%s learns from normal images only; the labeled anomalies of --anomalies "
+                    "are left out of training (and, from the same folder, out of its test "
+                    "set)", det.name)
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
     fit_extra = {}
@@ -393,8 +397,8 @@ def _input_paths(inputs: list[str]) -> list[Path]:
             seen.add(key)
             unique.append(p)
     if len(unique) < len(paths):
-        log.warning("%d images were given more than once; each is scored once",
-                    len(paths) - len(unique))
+        log.warning("%d extra cop%s of images given more than once; each image is scored once",
+                    len(paths) - len(unique), "y" if len(paths) - len(unique) == 1 else "ies")
     return unique
 
 
@@ -439,7 +443,12 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                         "replace it and its heatmaps")
     done: dict[str, str] = {}
     columns = PREDICTION_COLUMNS
+    from .export import model_id
+
+    mid = model_id(model_dir(run))
+    sidecar = out / "predictions.json"  # which model wrote predictions.csv
     if resume and csv_path.exists():
+        _check_same_model(sidecar, csv_path, mid)
         done, columns = _complete_rows(csv_path)
     todo = [p for p in paths if str(p) not in done]
     n_bad = 0
@@ -466,6 +475,9 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             shutil.rmtree(out / "heatmaps", ignore_errors=True)
         if heatmaps:
             (out / "heatmaps").mkdir(exist_ok=True)
+        if mode == "w":
+            write_json(sidecar, {"model_id": mid, "run": str(run), "method": det.name,
+                                 "threshold": det.threshold_})
         fh = state["fh"] = open(csv_path, mode, newline="", encoding="utf-8")
         state["writer"] = csv.writer(fh, lineterminator="\n")
         if mode == "w":
@@ -510,6 +522,22 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                     "anomalous; check the threshold parameter", len(todo), det.threshold_)
     return {"scored": len(todo), "skipped": len(paths) - len(todo) - n_bad, "unreadable": n_bad,
             "anomalous": n_anom, "csv": str(csv_path)}
+
+
+def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None) -> None:
+    """Refuse to continue a ``predictions.csv`` that another model wrote."""
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("model_id")
+    except FileNotFoundError:
+        log.warning("%s: no %s beside it (an older version wrote it), so it cannot be checked "
+                    "that the same model scored its rows", csv_path, sidecar.name)
+        return
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{sidecar}: cannot read ({exc}); use --overwrite or another --out") from None
+    if recorded != mid:
+        raise ConfigError(f"{csv_path} was written by model {recorded}, and this run's model is "
+                          f"{mid}: --resume would mix their scores; use --overwrite or another "
+                          "--out")
 
 
 def _complete_rows(csv_path: Path) -> tuple[dict[str, str], list[str]]:

@@ -55,6 +55,8 @@ class _SADTask(_SVDDTask):
 class DeepSAD(DeepSVDD):
     """Deep SAD: Deep SVDD with labeled normals and anomalies (see module docstring)."""
 
+    uses_anomalies = True
+
     fitted_json = ("n_labeled_anomalies_", "n_labeled_normals_")
 
     defaults = {

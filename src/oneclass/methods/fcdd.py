@@ -237,6 +237,8 @@ class _FCDDTask:
 class FCDD(Detector):
     """FCDD, fully convolutional with receptive-field heatmaps (see module docstring)."""
 
+    uses_anomalies = True
+
     fitted_json = ("anomaly_kinds_",)
 
     default_size = 224

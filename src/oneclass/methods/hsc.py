@@ -93,6 +93,8 @@ class HSCScore(nn.Module):
 class HSC(Detector):
     """Hypersphere classifier with outlier exposure (see module docstring)."""
 
+    uses_anomalies = True
+
     fitted_json = ("anomaly_kinds_",)
 
     default_size = 64  # as Deep SVDD: one vector per image, LeNet-type network
