@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -92,8 +93,13 @@ def _open(source, path) -> Image.Image:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path}: image is over the limit of {MAX_PIXELS} pixels {_BOMB}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses from twice the limit before the header is ours to read; its message
+        # holds the pixel count
+        n = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"of {n.group(1)} pixels " if n else ""
+        raise DataError(f"{path}: image {size}is over the limit of {MAX_PIXELS} pixels "
+                        f"{_BOMB}") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except OSError as exc:
