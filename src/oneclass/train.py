@@ -97,6 +97,13 @@ def is_main_process() -> bool:
     return rank_world()[0] == 0
 
 
+def rank_generator() -> torch.Generator:
+    """A generator for a training step's random draws, seeded from the global one plus the
+    rank: the loop reseeds the global generator alike on every rank, so without the rank all
+    ranks would draw the same anomalies, augmentation or reference images."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))) + rank_world()[0])
+
+
 def show_progress(progress: bool | None) -> bool:
     """Progress bars: as asked, or (None) when stderr is a terminal."""
     return progress if progress is not None else sys.stderr.isatty()

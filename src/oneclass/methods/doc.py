@@ -50,7 +50,7 @@ from ..errors import ConfigError, DataError
 from ..heatmaps import gradient_map
 from ..nets.efficientnet_lite import MEAN, STD, EfficientNetLite0Trunk, Lite0Head
 from ..registry import register
-from ..train import LoopConfig, rank_world, run
+from ..train import LoopConfig, rank_generator, rank_world, run
 from ._common import to_input
 
 log = logging.getLogger(__name__)
@@ -190,13 +190,10 @@ class _DOCTask:
     def step(self, batch):
         dev = self.det.device_
         h_t = batch[0].to(dev)
-        # Every rank reseeds the global generator alike: its rank keeps their picks apart, so a
-        # global batch holds batch_size distinct draws (under DDP the compactness loss is still
-        # each rank's slice mean: DOC is not step-for-step equal to one process).
-        # One process draws from the global generator as it always did (recorded runs repeat).
-        rank, world = rank_world()
-        gen = (torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
-               if world > 1 else None)
+        # Under DDP each rank picks its own reference images (the compactness loss is still each
+        # rank's slice mean: DOC is not step-for-step equal to one process). One process draws
+        # from the global generator as it always did (recorded runs repeat).
+        gen = rank_generator() if rank_world()[1] > 1 else None
         pick = torch.randint(0, len(self.ref_h), (len(h_t),), generator=gen)
         h_r, y_r = self.ref_h[pick].to(dev), self.ref_y[pick].to(dev)
         # One forward pass through the shared layers for both streams.

@@ -31,7 +31,7 @@ from ..heatmaps import receptive_upsample
 from ..nets import fcdd_nets
 from ..nets.receptive import ReceptiveField, receptive_field
 from ..registry import register
-from ..train import LoopConfig, autocast, rank_world, run
+from ..train import LoopConfig, autocast, rank_generator, run
 from ._common import check_precision
 
 
@@ -201,8 +201,7 @@ class _FCDDTask:
 
     def step(self, batch):
         det = self.det
-        # every rank reseeds the global generator alike: its rank keeps their anomalies apart
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))) + rank_world()[0])
+        gen = rank_generator()
         # each member gets its own anomalies and augmentation of the same normal images (and
         # its own float copy of them, which _member_batch changes)
         parts = [self._member_batch(batch[0].float() / 255.0, gen) for _ in self.model.members]

@@ -29,7 +29,7 @@ from ..detector import Detector
 from ..errors import ConfigError
 from ..heatmaps import gradient_map
 from ..registry import register
-from ..train import LoopConfig, rank_world, run
+from ..train import LoopConfig, rank_generator, run
 from ._common import adam
 from .deep_svdd import SVDDNet, check_encoder_params, encoder_params
 from .fcdd import _neg_log_one_minus_exp
@@ -58,8 +58,7 @@ class _HSCTask:
 
     def step(self, batch):
         det = self.det
-        # every rank reseeds the global generator alike: its rank keeps their draws apart
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))) + rank_world()[0])
+        gen = rank_generator()
         xn = batch[0].float() / 255.0
         xa, _, _ = self.source.draw(xn, gen)
         x = torch.cat([xn, xa]).to(det.device_)
