@@ -63,10 +63,16 @@ def _linear_worker(rank: int, init: str, out: str) -> None:
     weights["centres"] = gather_across_ranks(c)
     if rank == 0:
         torch.save(weights, out)
-    # Both ranks leave together, as `oneclass train` does: a rank that tears gloo down while
-    # the other still talks to it can abort ("terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    _leave()
+
+
+def _leave() -> None:
+    """Leave as `oneclass train` does: together, then without interpreter shutdown, where a
+    gloo thread still freeing its last collective aborts the process (train.exit_now)."""
+    from oneclass.train import exit_now, leave_distributed
+
+    leave_distributed(ok=True)
+    exit_now(0)
 
 
 def test_two_ranks_take_the_single_process_steps_exactly(tmp_path):
@@ -117,8 +123,7 @@ def _nan_worker(rank: int, init: str, out: str) -> None:
         message = f"TrainingError: {exc}"
     with open(f"{out}.{rank}", "w") as f:
         f.write(message)
-    dist.barrier()
-    dist.destroy_process_group()
+    _leave()
 
 
 def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):

@@ -73,7 +73,7 @@ def test_detector_without_export_hook_is_not_exportable(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cli_export_fcdd_with_float_input_matches_torch(mvtec_dir, tmp_path, capsys):
+def test_cli_export_fcdd_with_float_input_matches_torch(mvtec_dir, tmp_path, capfd):
     from oneclass.cli import main
     from oneclass.data.base import materialize
     from oneclass.runs import load_model
@@ -81,11 +81,15 @@ def test_cli_export_fcdd_with_float_input_matches_torch(mvtec_dir, tmp_path, cap
     run = tmp_path / "run"
     assert main(["train", "--method", "fcdd", "--data", str(mvtec_dir), "--out", str(run),
                  "--epochs", "1", "--set", "batch_size=16", "-q"]) == 0
+    capfd.readouterr()
     out = tmp_path / "m.onnx"
     assert main(["export", str(run), "--out", str(out), "--input-dtype", "float32",
                  "--check", "4"]) == 0
-    text = capsys.readouterr().out
+    text, err = capfd.readouterr()
     assert "score max abs diff" in text and "labels agree 100%" in text
+    # the exporter's and optimiser's INFO lines ("Removed 30 unused nodes", "Replaced
+    # initializer ...", "torchvision is not installed") were some 30 lines per export
+    assert err.strip() == "", err[:500]
     meta = read_metadata(out)
     digest = json.loads((run / "model" / "model.json").read_text())["weights_sha256"]
     assert meta["input"]["dtype"] == "float32" and meta["model_id"] == digest[:12]

@@ -172,9 +172,8 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch, capsys):
     images_mod.max_pixels_from_env()
     assert images_mod.MAX_PIXELS == 500
     images_mod.set_max_pixels(10**8)
-    run = tmp_path / "missing-run"
-    assert _cli("eval", run, "--max-pixels", "0") == 2
-    _one_line_error(capsys.readouterr().err, "pixel limit must be positive")
+    with pytest.raises(DataError, match="pixel limit must be positive"):
+        images_mod.set_max_pixels(0)  # the CLI's parser refuses --max-pixels 0 before
 
 
 def test_a_bad_pixel_limit_variable_does_not_break_commands_that_read_no_image():
@@ -191,6 +190,25 @@ def test_a_bomb_is_refused_from_its_header_before_decoding(tmp_path):
     assert p.stat().st_size < 1000
     with pytest.raises(DataError, match="decompression bomb"):
         images_mod.read_image(p)
+
+
+def test_eps_is_not_decoded_so_ghostscript_never_runs(tmp_path, monkeypatch):
+    """Pillow decodes EPS by running Ghostscript, an outside program, on the file's content:
+    an upload or a file in a folder could start it. EPS is now an unreadable format."""
+    from PIL import EpsImagePlugin
+
+    from oneclass.errors import NotAnImageError
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs", raising=False)
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+           b"0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+    p = tmp_path / "a.png"  # the name does not decide
+    p.write_bytes(eps)
+    with pytest.raises(NotAnImageError, match="a.png: not a readable image"):
+        images_mod.read_image(p)
+    assert ran == []
 
 
 def test_extreme_aspect_ratio_gives_a_bounded_input():

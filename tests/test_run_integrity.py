@@ -168,6 +168,29 @@ def test_report_uses_metrics_of_this_model_only(run_copy, tmp_path):
     assert "0.1235" in (run / "report.html").read_text()
 
 
+def test_report_recomputes_metrics_when_the_test_images_changed(run_copy):
+    """``eval``'s metrics.json was reused whenever data and model matched: an image added
+    since showed beside the old AUROC. Here one good test image is copied in as a defect."""
+    data, run = run_copy
+    data = Path(shutil.copytree(data, run.parent / "data2"))
+    assert _cli("eval", run, "--data", data) == 0
+    before = json.loads((run / "metrics.json").read_text())
+    good = sorted((data / "test" / "good").iterdir())[0]
+    defect = next(d for d in (data / "test").iterdir() if d.name != "good")
+    shutil.copy(good, defect / "relabelled.png")
+    mask = sorted((data / "ground_truth" / defect.name).iterdir())[0]
+    shutil.copy(mask, mask.parent / "relabelled_mask.png")
+    assert _cli("report", run, "--data", data) == 0
+    html = (run / "report.html").read_text()
+    assert _cli("eval", run, "--data", data) == 0
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["n_test"] == before["n_test"] + 1
+    assert after["test_digest"] != before["test_digest"]
+    shown = f'image_auroc</th><td class="num">{after["image_auroc"]:.4f}'
+    assert shown in html, html[html.find("image_auroc"):][:80]
+    assert after["image_auroc"] != before["image_auroc"]
+
+
 def test_report_on_other_data_leaves_the_runs_evaluation(run_copy):
     data, run = run_copy
     assert _cli("eval", run) == 0
@@ -230,6 +253,8 @@ def test_non_finite_scores_name_the_images(run_copy, tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("argv, words", [
     (["predict", "{run}", "{data}", "--out", "{tmp}/p", "--batch-size", "0"], ["--batch-size"]),
     (["report", "{run}", "--top", "-1"], ["--top"]),
+    (["serve", "{run}", "--max-pixels", "0"], ["--max-pixels"]),
+    (["eval", "{run}", "--max-pixels", "-5"], ["--max-pixels"]),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--anomaly-limit", "0",
       "--method", "fcdd"], ["--anomaly-limit"]),
 ])
@@ -241,6 +266,26 @@ def test_bad_counts_are_refused_by_the_parser(run_copy, tmp_path, capsys, argv, 
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and all(w in err for w in words) and ">= 1" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["serve", "{run}", "--max-upload-mb", "nan"], ["--max-upload-mb", "positive number"]),
+    (["serve", "{run}", "--max-upload-mb", "inf"], ["--max-upload-mb", "positive number"]),
+    (["serve", "{run}", "--max-upload-mb", "0"], ["--max-upload-mb", "positive number"]),
+    (["serve", "{run}", "--max-upload-mb", "-5"], ["--max-upload-mb", "positive number"]),
+    (["serve", "{run}", "--max-connections", "-1"], ["--max-connections", ">= 0"]),
+    (["serve", "{run}", "--port", "70000"], ["--port", "0 to 65535"]),
+    (["serve", "{run}", "--port", "-1"], ["--port", "0 to 65535"]),
+])
+def test_serve_limits_out_of_range_are_refused_by_the_parser(run_copy, capsys, argv, words):
+    """These started a server that refused every request (503 with "-1 connections", 413
+    over "-5242880 bytes") or crashed with a traceback (nan, inf, port 70000)."""
+    data, run = run_copy
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(run=run) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(w in err for w in words), err
 
 
 @pytest.mark.parametrize("setting, words", [

@@ -114,6 +114,9 @@ def test_oversized_upload_is_413(client):
     ({"files": {"file": ("a.png", b"", "image/png")}}, 400, "a.png:"),
     ({"files": {"file": ("bomb.png", png_bomb(60000, 60000), "image/png")}}, 400,
      "bomb.png: image of 3600000000 pixels is over the limit of 178956970 pixels"),
+    # a readable image over the pixel limit is not "not an image", whatever its label
+    ({"files": {"file": ("bomb.png", png_bomb(60000, 60000), "text/plain")}}, 400,
+     "bomb.png: image of 3600000000 pixels is over the limit"),
     ({"files": {"other": ("a.png", b"x", "image/png")}}, 400, "field 'file'"),
     ({"files": {"file": (None, b"x" * 100)}}, 400, "field 'file'"),  # a text field
     ({"files": {"file": (None, b"x" * (60 * 1024))}}, 413, "limit"),  # a text field, too long
@@ -139,6 +142,17 @@ def test_a_readable_image_is_scored_whatever_its_part_is_labelled(live, png, cty
     (status, _, body), = _exchange(port, _post(_multipart((head, png))))
     assert status == 200, body
     assert np.isfinite(json.loads(body)["score"])
+
+
+def test_head_works_where_get_does(live):
+    """Liveness probes may send HEAD: it was 405 on every route."""
+    port, _ = live
+    for target in (b"/health", b"/", b"/model"):
+        (status, headers, body), = _exchange(port, b"HEAD" + _get(target)[3:])
+        assert status == 200, (target, body)
+        assert body == b""
+    (status, _, _), = _exchange(port, b"HEAD" + _get(b"/model", key=False)[3:])
+    assert status == 401
 
 
 def _fresh_client(app, run_dir):

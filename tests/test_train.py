@@ -129,3 +129,21 @@ def test_other_methods_resume_to_the_uninterrupted_model(name, extra, defects_tr
     resumed = oneclass.create(name, **params).fit(
         defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True))
     assert np.array_equal(resumed.score(defects_test), full)
+
+
+def test_exit_now_flushes_output_and_keeps_the_exit_code():
+    """The end of a torchrun process: buffered output (stdout is a pipe here) and log lines
+    must come out although interpreter shutdown is skipped."""
+    import subprocess
+    import sys
+
+    code = ("import logging, sys\n"
+            "from oneclass.train import exit_now\n"
+            "logging.basicConfig(stream=sys.stderr, format='%(message)s')\n"
+            "print('trained', end='')\n"
+            "logging.getLogger('oneclass').warning('logged')\n"
+            "exit_now(3)\n"
+            "print('never')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (3, "trained", "logged")

@@ -65,7 +65,18 @@ def _positive_float(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
     return value
 
 
@@ -100,7 +111,7 @@ def cmd_train(args) -> int:
 
     rank, world = init_distributed()  # under torchrun: join the process group
     if rank != 0:  # one log, from rank 0
-        logging.getLogger().setLevel(logging.WARNING)
+        log.setLevel(logging.WARNING)
     ok = False
     try:
         code = _train(args, rank, world)
@@ -108,11 +119,10 @@ def cmd_train(args) -> int:
         return code
     finally:
         if world > 1:
-            import torch.distributed as dist
+            from .train import leave_distributed
 
-            if ok:  # after a failure the other ranks may never reach a barrier: do not wait
-                dist.barrier()
-            dist.destroy_process_group()
+            leave_distributed(ok)
+            args.exit_now = True  # see train.exit_now
 
 
 def _train(args, rank: int, world: int) -> int:
@@ -351,7 +361,8 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="oneclass", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=_version())
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, with the INFO lines of the libraries used (onnx, ...)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -359,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
                         help="an unreadable image stops the command with its name (error, the "
                         "default) or is left out with a warning and a count (skip)")
-        sp.add_argument("--max-pixels", type=int, metavar="N",
+        sp.add_argument("--max-pixels", type=_count(1), metavar="N",
                         help="refuse images with more pixels than N (decompression bombs; "
                         "default 178956970 or $ONECLASS_MAX_PIXELS)")
 
@@ -434,16 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="HTTP service and web page scoring uploaded images")
     s.add_argument("run")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=_port, default=8000)
     s.add_argument("--api-key", help="require this key in the X-API-Key header (all routes but "
                    "/health and the page); default: the ONECLASS_API_KEY environment variable")
-    s.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get 413")
+    s.add_argument("--max-upload-mb", type=_positive_float, default=20.0,
+                   help="larger uploads get 413")
     s.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
                    help="a client must send its request headers, and then its body, each "
                    "within this many seconds; slower clients get 408 and are disconnected")
-    s.add_argument("--max-connections", type=int, default=64, metavar="N",
+    s.add_argument("--max-connections", type=_count(0), default=64, metavar="N",
                    help="connections served at once, more get 503 (0: no limit)")
-    s.add_argument("--max-pixels", type=int, metavar="N",
+    s.add_argument("--max-pixels", type=_count(1), metavar="N",
                    help="uploads with more pixels than N get 400 (decompression bombs; "
                    "default 40000000 or $ONECLASS_MAX_PIXELS)")
     common(s, quiet=False)
@@ -503,14 +515,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
-        format="%(message)s", stream=sys.stderr, force=True)
+    level = logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO)
+    # Our INFO lines, and only warnings from the libraries below us (onnx's optimiser alone
+    # logs some thirty INFO lines per export); --verbose shows everything.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr, force=True)
+    log.setLevel(level)
     try:
-        return _run(args)
+        code = _run(args)
     finally:
+        log.setLevel(logging.NOTSET)
         for h in logging.getLogger().handlers[:]:  # the stream may close after we return
             logging.getLogger().removeHandler(h)
+    if getattr(args, "exit_now", False):  # a torchrun process: its work is done and saved
+        from .train import exit_now
+
+        exit_now(code)
+    return code
 
 
 def _run(args) -> int:

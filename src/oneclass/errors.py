@@ -13,6 +13,11 @@ class DataError(OneclassError, ValueError):
     """An image, mask or data specification that cannot be used."""
 
 
+class NotAnImageError(DataError):
+    """Bytes that do not decode as an image: an unknown, corrupt or truncated format (not a
+    file that cannot be opened, nor an image refused for its size)."""
+
+
 class ConfigError(OneclassError, ValueError):
     """An unknown method or parameter, or a parameter value out of range."""
 

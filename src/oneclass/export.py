@@ -15,6 +15,7 @@ exported map is the exact gradient map, not an approximation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -162,6 +163,18 @@ def model_id(model_dir: Path) -> str | None:
     return digest[:12] if digest else None
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR):
+    """Raise the level of logger ``name`` to ``level`` inside the block."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def export_onnx(det: Detector, out: str | Path, *, input_dtype: str = "uint8",
                 model_id: str | None = None, opset: int = 18) -> Path:
     """Write ``det`` as an ONNX model to ``out`` (a single file, weights inside)."""
@@ -180,8 +193,8 @@ def export_onnx(det: Detector, out: str | Path, *, input_dtype: str = "uint8",
             example = example.float()
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
+            warnings.simplefilter("ignore")  # and the exporter's "torchvision is not installed"
             prog = torch.onnx.export(
                 wrapper, (example,), dynamo=True, verbose=False, opset_version=opset,
                 input_names=["image"], output_names=["score", "anomaly_map"],

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -277,6 +278,18 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     return metrics
 
 
+def _test_digest(test, scores: np.ndarray) -> str:
+    """A fingerprint of the scored test set: its names, labels and scores (to 6 digits).
+
+    ``report`` reuses ``metrics.json`` only when it matches, so images added, removed,
+    relabelled or changed since ``eval`` give fresh metrics, not the old ones.
+    """
+    h = hashlib.sha256()
+    for name, label, score in zip(test.names, test.labels, scores):
+        h.update(f"{name}\0{int(label)}\0{float(score):.6g}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:16]
+
+
 def _finite(scores: np.ndarray, names) -> np.ndarray:
     """``scores``, or a DataError naming (``names``) the images the model gave no finite score."""
     bad = np.flatnonzero(~np.isfinite(scores))
@@ -297,6 +310,7 @@ def _metrics(run: Path, det: Detector, spec: str, test, scores: np.ndarray, skip
     labels = test.labels
     known = labels >= 0
     metrics: dict[str, Any] = {"data": spec, "model_id": model_id(model_dir(run)),
+                               "test_digest": _test_digest(test, scores),
                                "n_test": int(len(test)), "n_anomalous": int((labels == 1).sum())}
     if skipped:
         metrics["skipped_images"] = [name for name, _ in skipped]
@@ -584,8 +598,8 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     """Write ``RUN/report.html`` for the test split of the run's data (or ``data_spec``).
 
     The metrics come from ``metrics.json`` when it was written by ``eval`` for this model on
-    this data; otherwise they are computed for the report alone (``metrics.json`` is left as
-    it is: it stays the run's own evaluation).
+    these test images, with these labels and scores; otherwise they are computed for the
+    report alone (``metrics.json`` is left as it is: it stays the run's own evaluation).
     """
     from .export import model_id
     from .report import Example, build_report
@@ -605,7 +619,8 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
         except (ValueError, UnicodeDecodeError):
             log.warning("%s: not valid JSON; computing the report's metrics afresh", mpath)
     if not isinstance(metrics, dict) or metrics.get("data") != spec \
-            or metrics.get("model_id") != model_id(model_dir(run)):
+            or metrics.get("model_id") != model_id(model_dir(run)) \
+            or metrics.get("test_digest") != _test_digest(test, scores):
         metrics = _metrics(run, det, spec, test, scores, skipped, show)
     order = np.argsort(-scores, kind="stable")
     k = min(int(top), len(order))

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, NotAnImageError
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,13 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     def page():
         return PAGE.replace("{{KEY_HEADER}}", API_KEY_HEADER)
 
+    # HEAD wherever GET works (HTTP asks it; liveness probes send it); not in the schema,
+    # where it would repeat the GET operations
+    for path, endpoint, kind in (("/health", health, None), ("/model", model, None),
+                                 ("/", page, HTMLResponse)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False,
+                          **({"response_class": kind} if kind else {}))
+
     @app.post("/predict")
     async def predict(request: Request, heatmap: bool = False):
         ctype = request.headers.get("content-type", "")
@@ -360,7 +367,8 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
             return await run_in_threadpool(scorer.predict_upload, data, name, heatmap)
         except DataError as exc:
             declared = (upload.content_type or "").split(";")[0].strip().lower()
-            if declared and not declared.startswith("image/") and declared not in _GENERIC:
+            if isinstance(exc, NotAnImageError) and declared \
+                    and not declared.startswith("image/") and declared not in _GENERIC:
                 return error(415, f"{name}: content type {declared!r} is not an image and the "
                                   "data is not a readable image (send image/png, image/jpeg, ...)")
             return error(400, str(exc))

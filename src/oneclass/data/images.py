@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, NotAnImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -65,6 +65,19 @@ def is_image_file(path: Path) -> bool:
 _BOMB = "(a decompression bomb?); raise the limit with ONECLASS_MAX_PIXELS or --max-pixels"
 
 
+def _formats() -> tuple[str, ...]:
+    """The formats Pillow may decode: all it knows but EPS, which it decodes by running
+    Ghostscript, an external program that has no business reading uploads."""
+    global _FORMATS
+    if _FORMATS is None:
+        Image.init()
+        _FORMATS = tuple(f for f in Image.ID if f != "EPS")
+    return _FORMATS
+
+
+_FORMATS: tuple[str, ...] | None = None
+
+
 def _too_many_pixels(path: Path, w: int, h: int) -> DataError:
     return DataError(f"{path}: image of {w}x{h} = {w * h} pixels is over the limit of {MAX_PIXELS} "
                      f"pixels {_BOMB}")
@@ -81,7 +94,7 @@ def _open(source, path) -> Image.Image:
             # PIL warns from 1x its limit (ours) and refuses from 2x; the check below gives
             # the size in the message for the range in between.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source)
+            img = Image.open(source, formats=_formats())
             try:
                 if img.width * img.height > MAX_PIXELS:  # header only: nothing decoded yet
                     raise _too_many_pixels(path, img.width, img.height)
@@ -101,15 +114,15 @@ def _open(source, path) -> Image.Image:
         raise DataError(f"{path}: image {size}is over the limit of {MAX_PIXELS} pixels "
                         f"{_BOMB}") from None
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
+        raise NotAnImageError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except OSError as exc:
         if exc.errno is not None:  # the file system's error (symlink loop, permissions), not PIL's
             raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+        raise NotAnImageError(f"{path}: corrupt or truncated image ({exc})") from None
     except MemoryError:
         raise DataError(f"{path}: not enough memory to decode this image") from None
     except Exception as exc:  # decoders raise struct.error, IndexError, ... on hostile input
-        raise DataError(f"{path}: corrupt image ({type(exc).__name__}: {exc})") from None
+        raise NotAnImageError(f"{path}: corrupt image ({type(exc).__name__}: {exc})") from None
     return img
 
 
