@@ -181,3 +181,127 @@ def test_score_map_in_one_pass_agrees_with_score_and_map(fitted, defects_test):
         ref = fitted._score(x)
     torch.testing.assert_close(score, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(amap, fitted._map(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def svdd(defects_train):
+    return oneclass.create("deep_svdd", **fast_params("deep_svdd")).fit(defects_train)
+
+
+def _as_tensor(sub) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(sub.read(i).image.copy()).permute(2, 0, 1)
+                        for i in range(len(sub))])
+
+
+def test_every_integer_and_float_encoding_of_an_image_scores_alike(svdd, defects_test):
+    """int64 arrays (numpy's default) and int32 tensors in 0..255 were taken for [0, 1]:
+    scores 10^5 times too large, every image flagged, no warning."""
+    x = _as_tensor(defects_test.subset(range(6)))
+    want = svdd.score(x)
+    for other in (x.long(), x.int(), x.numpy().astype(np.int64), x.float() / 255,
+                  x.numpy().astype(np.float64) / 255):
+        np.testing.assert_allclose(svdd.score(other), want, rtol=1e-5, atol=1e-6)
+    # a flipped view (negative strides) is scored as the flipped image
+    flipped = np.flip(x.numpy(), axis=-1)
+    np.testing.assert_allclose(svdd.score(flipped), svdd.score(x.flip(-1)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda x: x.float(), "float images must lie in [0, 1], got values in [43, 216]"),
+    (lambda x: x.long() - 100, "integer images must lie in 0..255"),
+    (lambda x: x.long() * 2, "integer images must lie in 0..255"),
+    (lambda x: (x.float() / 255).masked_fill(x > 200, float("nan")), "NaN"),
+    (lambda x: x > 0, "dtype torch.bool"),
+    (lambda x: x.numpy().astype(object), "dtype object"),
+])
+def test_images_out_of_range_are_a_clear_error(svdd, defects_test, bad, words):
+    x = _as_tensor(defects_test.subset(range(4)))
+    with pytest.raises(DataError) as exc:
+        svdd.score(bad(x))
+    assert words in str(exc.value)
+
+
+def test_fit_names_what_it_takes(defects_train):
+    det = oneclass.create("deep_svdd", **fast_params("deep_svdd"))
+    for what, args in (("train", (np.zeros((40, 24, 24), np.uint8),)),
+                       ("val", (defects_train, torch.zeros(4, 1, 24, 24)))):
+        with pytest.raises(DataError, match=f"{what} must be an ImageSet, got .*ArraySet"):
+            det.fit(*args)
+
+
+def test_a_val_set_without_normal_images_is_an_error(defects_train, defects_test):
+    det = oneclass.create("deep_svdd", **fast_params("deep_svdd"))
+    anomalous = defects_test.subset(defects_test.where(label=1))
+    with pytest.raises(DataError, match="no normal images .* to set the threshold"):
+        det.fit(defects_train, anomalous)
+
+
+def test_list_defaults_are_not_shared():
+    a = oneclass.create("deep_svdd")
+    a.lr_milestones.append(5)
+    a.get_params()["lr_milestones"].append(7)
+    assert oneclass.create("deep_svdd").lr_milestones == []
+    assert oneclass.registry.get("deep_svdd").all_defaults()["lr_milestones"] == []
+    assert a.lr_milestones == [5]
+
+
+def test_set_params_validates_like_the_constructor_and_changes_nothing_on_error():
+    det = oneclass.create("fcdd")
+    assert det.set_params(epochs=7, precision="bf16") is det
+    assert (det.epochs, det.precision) == (7, "bf16")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        det.set_params(epochs=9, epochz=1)
+    with pytest.raises(ConfigError):
+        det.set_params(epochs=9, score_batch_size="abc")
+    assert (det.epochs, det.score_batch_size) == (7, oneclass.create("fcdd").score_batch_size)
+    # scikit-learn's clone: get_params(deep=...) and set_params
+    sklearn_base = pytest.importorskip("sklearn.base")
+    twin = sklearn_base.clone(det)
+    assert twin is not det and twin.get_params() == det.get_params()
+
+
+def test_set_params_on_a_fitted_model_changes_scoring_params_only(svdd):
+    with pytest.raises(ConfigError, match="cannot change after training"):
+        svdd.set_params(rep_dim=3)
+
+
+def test_set_scoring_params_keeps_every_old_value_when_one_cannot_be_read():
+    det = oneclass.create("fcdd")
+    before = det.get_params()
+    with pytest.raises(ConfigError, match="abc"):
+        det.set_scoring_params(precision="bf16", score_batch_size="abc")
+    assert det.get_params() == before
+
+
+def test_method_names_must_be_lookup_names():
+    with pytest.raises(ValueError, match="lower case with underscores .*'my_svdd'"):
+        oneclass.register("My-SVDD")
+
+
+def test_save_refuses_to_delete_other_files(svdd, tmp_path):
+    """save() replaces the whole directory: a folder with other files lost them, and a file
+    at the path left a hidden '.name.old' that broke every later save."""
+    from oneclass.io import WriteError
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "notes.txt").write_text("keep me")
+    with pytest.raises(WriteError, match="holds data, notes.txt, not only a saved model"):
+        svdd.save(project)
+    assert (project / "notes.txt").read_text() == "keep me" and (project / "data").is_dir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(WriteError, match="exists and is not a directory"):
+        svdd.save(afile)
+    assert afile.read_text() == "x"
+    svdd.save(tmp_path / "m")
+    svdd.save(tmp_path / "m")  # a saved model's directory is replaced
+    assert sorted(f.name for f in (tmp_path / "m").iterdir()) == ["model.json", "weights.safetensors"]
+
+
+def test_save_to_the_current_directory(svdd, tmp_path, monkeypatch, defects_test):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    svdd.save(".")
+    np.testing.assert_allclose(oneclass.load(tmp_path / "here").score(defects_test),
+                               svdd.score(defects_test), rtol=1e-6)

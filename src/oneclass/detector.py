@@ -19,10 +19,12 @@ anomalous" when none are labeled or when a model gives every image the same scor
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +38,7 @@ from . import __version__
 from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, materialize
 from .device import resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
-from .io import atomic_dir, recover_dir, write_json
+from .io import WriteError, atomic_dir, recover_dir, write_json
 from .train import LoopConfig, is_main_process, show_progress
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,49 @@ def _param_type_cast(default: Any, value: Any, name: str) -> Any:
     return value
 
 
+MODEL_FILES = ("model.json", "weights.safetensors")
+
+
+def _check_save_target(path: Path) -> None:
+    """A WriteError unless ``path`` is free or a saved model's directory (which save replaces
+    as a whole: other files in it would be deleted)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise WriteError(f"{path}: exists and is not a directory; a model is saved to a "
+                         "directory of its own")
+    try:
+        other = sorted(f.name for f in path.iterdir() if f.name not in MODEL_FILES)
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot list ({exc.strerror})") from None
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise WriteError(f"{path}: holds {shown}, not only a saved model; saving replaces the "
+                         "whole directory, so save to a new directory (or move these away)")
+
+
+def _unit_range(x: torch.Tensor) -> torch.Tensor:
+    """A float tensor of images in [0, 1] from uint8 or other integer images in 0..255, or
+    float images in [0, 1]; other values are a DataError (an int64 array in 0..255 used to be
+    scored as if it were in [0, 1], giving scores 10^5 times too large without a warning)."""
+    if x.dtype == torch.bool or x.is_complex():
+        raise DataError(f"cannot score a tensor of dtype {x.dtype}: images are uint8 (0..255) "
+                        "or float (0..1)")
+    if x.numel() == 0:
+        return x.float()
+    lo, hi = float(x.min()), float(x.max())
+    if not x.is_floating_point():
+        if lo < 0 or hi > 255:
+            raise DataError(f"integer images must lie in 0..255, got values in [{lo:g}, {hi:g}]")
+        return x.float() / 255.0
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise DataError("float images contain NaN or infinite values")
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise DataError(f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                        "pass images in 0..255 as uint8")
+    return x.float()
+
+
 class Detector:
     """Base class of all methods. Subclasses set ``defaults`` and implement the hooks."""
 
@@ -191,7 +236,7 @@ class Detector:
         merged: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):
             merged.update(getattr(klass, "defaults", {}) or {})
-        return merged
+        return copy.deepcopy(merged)  # the class's own lists stay as they are
 
     def __init__(self, **params: Any):
         defaults = self.all_defaults()
@@ -202,11 +247,26 @@ class Detector:
                 f"{', '.join(sorted(defaults))}"
             )
         for k, v in {**defaults, **params}.items():
-            setattr(self, k, _param_type_cast(defaults[k], v, k))
+            # a copy: a list default (lr_milestones) changed in one detector stays there
+            setattr(self, k, copy.deepcopy(_param_type_cast(defaults[k], v, k)))
         self._validate()
 
-    def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.all_defaults()}
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters (copies; ``deep`` is accepted for scikit-learn's
+        ``clone`` and changes nothing: no parameter is an estimator)."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in self.all_defaults()}
+
+    def set_params(self, **params: Any) -> Detector:
+        """Change constructor parameters before :meth:`fit`, validated as by the constructor
+        (unknown names and invalid values raise ConfigError and change nothing). On a fitted
+        or loaded model only the scoring parameters can change (:meth:`set_scoring_params`):
+        the others describe the trained weights."""
+        if hasattr(self, "model_"):
+            return self.set_scoring_params(**params)
+        checked = type(self)(**{**self.get_params(), **params})  # raises before any change
+        for k in params:
+            setattr(self, k, getattr(checked, k))
+        return self
 
     def set_scoring_params(self, **params: Any) -> Detector:
         """Change parameters of the scoring alone (``scoring_params``, e.g. AnoGAN's
@@ -222,8 +282,9 @@ class Detector:
                               f"the scoring parameters are {', '.join(self.scoring_params)}")
         defaults = self.all_defaults()
         old = {k: getattr(self, k) for k in params}
-        for k, v in params.items():
-            setattr(self, k, _param_type_cast(defaults[k], v, k))
+        new = {k: _param_type_cast(defaults[k], v, k) for k, v in params.items()}  # may raise
+        for k, v in new.items():
+            setattr(self, k, v)
         try:
             self._validate()
         except ConfigError:
@@ -365,7 +426,11 @@ class Detector:
     def _split_holdout(self, train: ImageSet, val: ImageSet | None):
         if val is not None:
             normals = val.where(label=NORMAL)
-            return train, (val.subset(normals) if len(normals) else None)
+            if not len(normals):
+                raise DataError(f"{val.description or 'val'}: no normal images (label 0) to "
+                                f"set the threshold with ({len(val)} images); pass normal "
+                                "images as val, or no val to hold back training images")
+            return train, val.subset(normals)
         normal = train.where(label=NORMAL)
         n_hold = int(round(len(normal) * float(self.holdout)))
         if n_hold < 2 or len(normal) - n_hold < 2:
@@ -387,6 +452,12 @@ class Detector:
                 exposure treat them as anomalies, the others ignore them).
             loop: run-time options (checkpoints, resume, progress, epoch callback).
         """
+        for what, images in (("train", train), ("val", val), ("outliers", outliers)):
+            if images is not None and not isinstance(images, ImageSet):
+                raise DataError(
+                    f"{self.name}.fit: {what} must be an ImageSet, got {type(images).__name__}; "
+                    "use oneclass.data.load(SPEC) or oneclass.data.ArraySet(images) with uint8 "
+                    "images (N, H, W) or (N, H, W, C)")
         if len(train) == 0:
             raise DataError(f"{train.description or 'training set'}: no training images")
         if not np.any(train.labels != 1):
@@ -489,9 +560,14 @@ class Detector:
                     bar.update(len(xb))
             return
         if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
+            if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer)
+                                       or np.issubdtype(x.dtype, np.floating)):
+                raise DataError(f"cannot score an array of dtype {x.dtype}: images are uint8 "
+                                "(0..255) or float (0..1)")
+            x = torch.from_numpy(np.ascontiguousarray(x))  # flipped views have negative strides
         if not isinstance(x, torch.Tensor):
             raise DataError(f"cannot score an object of type {type(x).__name__}")
+        x = _unit_range(x)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape_):
@@ -501,7 +577,6 @@ class Detector:
                 "and convert channels automatically"
             )
         for xb in torch.split(x, bs):
-            xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
             yield xb.to(self.device_)
 
     def score(self, x, progress: str | None = None) -> np.ndarray:
@@ -559,10 +634,13 @@ class Detector:
         """Write ``model.json`` and ``weights.safetensors`` to the directory ``path``.
 
         The directory is built beside the target and renamed into place, so an interrupted
-        save never leaves a half-written model.
+        save never leaves a half-written model. It replaces the whole directory: a directory
+        that holds other files (or a file at ``path``) is refused, not deleted.
         """
         from safetensors.torch import save_file
 
+        path = Path(os.path.abspath(path))  # "." has no name to build a sibling from
+        _check_save_target(path)
         desc = self.describe()
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
 

@@ -6,6 +6,7 @@ crash or a full disk never leaves a half-written file where a good one was.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -116,6 +117,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def _remove(path: Path) -> None:
+    """Delete ``path``, a directory tree or a file, if it is there (errors ignored)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def _old(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
@@ -157,10 +167,10 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
             elif f.is_dir():
                 os.chmod(f, 0o777 & ~_UMASK)
         if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(path, old)
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not path.exists():

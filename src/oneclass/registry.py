@@ -18,6 +18,10 @@ T = TypeVar("T", bound=type)
 def register(name: str) -> Callable[[T], T]:
     """Class decorator that registers a Detector subclass under ``name``."""
 
+    if not isinstance(name, str) or name != _key(name) or not name:
+        raise ValueError(f"method name {name!r} must be lower case with underscores "
+                         f"({_key(str(name))!r}): get() and the CLI look names up that way")
+
     def deco(cls: T) -> T:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
@@ -26,6 +30,11 @@ def register(name: str) -> Callable[[T], T]:
         return cls
 
     return deco
+
+
+def _key(name: str) -> str:
+    """How a method name is looked up: ``Deep-SVDD`` finds ``deep_svdd``."""
+    return name.strip().lower().replace("-", "_")
 
 
 def _ensure_loaded() -> None:
@@ -41,7 +50,7 @@ def available() -> list[str]:
 def get(name: str) -> type[Detector]:
     """The Detector class registered under ``name``."""
     _ensure_loaded()
-    key = name.strip().lower().replace("-", "_")
+    key = _key(name)
     if key not in _METHODS:
         close = difflib.get_close_matches(key, list(_METHODS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
