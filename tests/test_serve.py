@@ -155,6 +155,20 @@ def test_head_works_where_get_does(live):
     assert status == 401
 
 
+def test_a_port_in_use_is_one_line_and_exit_2(run_dir, capsys):
+    """uvicorn's bind failure logged "serving ... on" first and exited with status 3."""
+    from oneclass.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(run_dir), "--port", str(port), "--api-key", "k"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in err
+    assert "serving" not in err and "Traceback" not in err
+
+
 def _fresh_client(app, run_dir):
     """A client of a second app on the module's scorer whose errors come back as responses."""
     return TestClient(create_app(run_dir, api_key="s3cret", max_upload_mb=0.05,

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError, NotAnImageError
+from .errors import DataError, NotAnImageError, OneclassError
 
 log = logging.getLogger(__name__)
 
@@ -503,9 +503,32 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     """Run the service until interrupted."""
     app = create_app(run, api_key=api_key, max_upload_mb=max_upload_mb, device=device,
                      timeout=timeout)
+    sock = _listen(host, port)  # before saying "serving": a port in use is our error
+    port = sock.getsockname()[1]  # port 0: the one the system chose
     log.info("serving %s (%s) on http://%s:%d", run, app.state.scorer.det.name, host, port)
     make_server(app, host=host, port=port, timeout=timeout,
-                max_connections=max_connections).run()
+                max_connections=max_connections).run(sockets=[sock])
+
+
+def _listen(host: str, port: int):
+    """A socket bound to ``host:port``, or a OneclassError saying why not (in use, no such
+    address); uvicorn's own bind logs and exits with status 3."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OneclassError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise OneclassError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 PAGE = """<!doctype html>
