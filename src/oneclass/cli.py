@@ -69,24 +69,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
-    """An argparse type: a TCP port, 0 (any free port) to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return value
-
-
-def _count(minimum: int):
-    """An argparse type: a whole number of at least ``minimum``."""
+def _count(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number of at least ``minimum`` (and at most ``maximum``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {minimum} to {maximum}, got {text!r}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
         return value
@@ -445,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="HTTP service and web page scoring uploaded images")
     s.add_argument("run")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=_port, default=8000)
+    s.add_argument("--port", type=_count(0, 65535), default=8000, help="0: any free port")
     s.add_argument("--api-key", help="require this key in the X-API-Key header (all routes but "
                    "/health and the page); default: the ONECLASS_API_KEY environment variable")
     s.add_argument("--max-upload-mb", type=_positive_float, default=20.0,

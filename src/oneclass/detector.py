@@ -171,26 +171,27 @@ def _check_save_target(path: Path) -> None:
                          "whole directory, so save to a new directory (or move these away)")
 
 
-def _unit_range(x: torch.Tensor) -> torch.Tensor:
-    """A float tensor of images in [0, 1] from uint8 or other integer images in 0..255, or
-    float images in [0, 1]; other values are a DataError (an int64 array in 0..255 used to be
-    scored as if it were in [0, 1], giving scores 10^5 times too large without a warning)."""
+def _image_divisor(x: torch.Tensor) -> float:
+    """What to divide ``x`` (as float) by for images in [0, 1]: 255 for uint8 or other integer
+    images in 0..255, 1 for float images in [0, 1]; other values are a DataError (an int64
+    array in 0..255 used to be scored as if it were in [0, 1], giving scores 10^5 times too
+    large without a warning). Only min and max are read: batches are converted one by one."""
     if x.dtype == torch.bool or x.is_complex():
         raise DataError(f"cannot score a tensor of dtype {x.dtype}: images are uint8 (0..255) "
                         "or float (0..1)")
     if x.numel() == 0:
-        return x.float()
+        return 1.0
     lo, hi = float(x.min()), float(x.max())
     if not x.is_floating_point():
         if lo < 0 or hi > 255:
             raise DataError(f"integer images must lie in 0..255, got values in [{lo:g}, {hi:g}]")
-        return x.float() / 255.0
+        return 255.0
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise DataError("float images contain NaN or infinite values")
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise DataError(f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
                         "pass images in 0..255 as uint8")
-    return x.float()
+    return 1.0
 
 
 class Detector:
@@ -567,7 +568,7 @@ class Detector:
             x = torch.from_numpy(np.ascontiguousarray(x))  # flipped views have negative strides
         if not isinstance(x, torch.Tensor):
             raise DataError(f"cannot score an object of type {type(x).__name__}")
-        x = _unit_range(x)
+        divisor = _image_divisor(x)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape_):
@@ -577,6 +578,7 @@ class Detector:
                 "and convert channels automatically"
             )
         for xb in torch.split(x, bs):
+            xb = xb.float() / divisor if divisor != 1.0 else xb.float()
             yield xb.to(self.device_)
 
     def score(self, x, progress: str | None = None) -> np.ndarray:

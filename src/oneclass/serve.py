@@ -515,17 +515,16 @@ def _listen(host: str, port: int):
     address); uvicorn's own bind logs and exits with status 3."""
     import socket
 
+    sock = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, addr = infos[0]
         sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise OneclassError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise OneclassError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
