@@ -37,7 +37,7 @@ def test_industrial_suite_runs_on_a_named_folder(tmp_path, mvtec_dir):
         assert 0.5 < r[k] <= 1.0, (k, r[k])  # the toy defects are easy for pretrained features
     assert r["train_seconds"] > 0 and r["score_images_per_s"] > 0
     assert r["train_images_per_s"] < 1e6  # the one pass over the images is recorded as an epoch
-    assert "patchcore on toy" in (tmp_path / "i" / "results.md").read_text()
+    assert "patchcore (set min_side=64) on toy" in (tmp_path / "i" / "results.md").read_text()
 
 
 def test_flops_are_counted_and_set_against_the_peak():
@@ -433,3 +433,177 @@ def test_anogan_cifar10_width64_rows_are_rescored_with_the_papers_500_steps():
         assert v["params"] == {**j["params"], "search_steps": 500}
         assert v["label"] == j["label"] + ", search_steps=500" and _key(v) != _key(j)
     assert not any("score_variants" in j for j in SUITES["anogan-cifar10"] if j not in rows)
+
+
+class _FakeRun:
+    """A run's process that records a fixed result at once (no training)."""
+
+    def __init__(self, target, args):
+        self.job, _, self.q = args
+
+    def start(self):
+        self.q.put(("ok", {"image_auroc": 0.75, "image_ap": 0.7, "train_seconds": 1.0,
+                           "train_images_per_s": 1.0, "score_images_per_s": 1.0,
+                           "peak_rss_mb": 1.0, "commit": None}))
+
+    def join(self, timeout=None):
+        pass
+
+    def is_alive(self):
+        return False
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+    import queue
+    import types
+
+    import oneclass.bench as bench
+
+    started: list[dict] = []
+
+    def process(target, args):
+        started.append(args[0])
+        return _FakeRun(target, args)
+
+    ctx = types.SimpleNamespace(Queue=queue.Queue, Process=process)
+    monkeypatch.setattr(bench.mp, "get_context", lambda name: ctx)
+    return started
+
+
+def test_a_cut_short_last_result_line_is_ignored_and_a_bad_middle_line_named(tmp_path, fake_runs,
+                                                                            caplog):
+    from oneclass.errors import ConfigError
+
+    out = tmp_path / "b"
+    run_suite("smoke", out, log=lambda s: None)
+    path = out / "results.jsonl"
+    good = path.read_text()
+    path.write_text(good + '{"key": "x", "suite": "smoke", "image_au')  # killed mid-write
+    run_suite("smoke", out, log=lambda s: None)
+    assert len(fake_runs) == 1  # resumed: the recorded run is not run again
+    assert "cut short" in caplog.text
+    assert "| synthetic |" in write_docs([out], tmp_path / "bench.md").read_text()
+    path.write_text('{"key": \n' + good)
+    with pytest.raises(ConfigError, match="results.jsonl: line 1 is not a JSON record"):
+        run_suite("smoke", out, log=lambda s: None)
+    with pytest.raises(ConfigError, match="line 1"):
+        write_docs([out], tmp_path / "bench.md")
+
+
+def test_runs_with_set_overrides_are_a_row_of_their_own(tmp_path, fake_runs):
+    from oneclass.bench import markdown
+
+    out = tmp_path / "b"
+    (plain,) = run_suite("smoke", out, log=lambda s: None)
+    (other,) = run_suite("smoke", out, overrides={"epochs": 1, "noise": "blobs"},
+                         log=lambda s: None)
+    assert plain["label"] == "" and other["label"] == 'set epochs=1 noise="blobs"'
+    assert other["key"] != plain["key"] and len(fake_runs) == 2
+    md = markdown([plain, other])
+    assert md.count("| synthetic | 1 | 1 |") == 2  # two tables of one run, not one of two
+    assert 'set epochs=1 noise="blobs"' in md
+
+
+def test_a_run_recorded_by_another_suite_is_reused_as_a_row_of_this_one(tmp_path, fake_runs,
+                                                                       monkeypatch):
+    import oneclass.bench as bench
+
+    job = {"method": "fcdd", "data": "synthetic", "params": {"epochs": 1}}
+    monkeypatch.setitem(bench.SUITES, "x-a", [{**job, "label": "a"}])
+    monkeypatch.setitem(bench.SUITES, "x-b", [{**job, "label": "b"},
+                                             {**job, "data": "synthetic:blobs", "label": "b"}])
+    monkeypatch.setitem(bench.SUITES, "x-c", [{**job, "label": "a"}])
+    out = tmp_path / "b"
+    run_suite("x-a", out, log=lambda s: None)
+    recs = run_suite("x-b", out, log=lambda s: None)
+    assert len(fake_runs) == 2  # the shared run is not trained again
+    assert [(r["suite"], r["label"], r["data"]) for r in recs] == [
+        ("x-b", "b", "synthetic"), ("x-b", "b", "synthetic:blobs")]
+    assert recs[0]["recorded_as"] == {"suite": "x-a", "label": "a"}
+    assert "### fcdd (b) on synthetic" in (out / "results.md").read_text()
+    # the same row (same label) under a third suite: reused, not copied, shown once
+    (rec,) = run_suite("x-c", out, log=lambda s: None)
+    assert rec["suite"] == "x-a" and len(fake_runs) == 2
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    text = write_docs([out], tmp_path / "bench.md").read_text()
+    assert text.count("### fcdd (a) on synthetic") == 1
+    assert "| synthetic | 1 | 1 |" in text.split("### fcdd (a) on synthetic")[1]
+
+
+def test_compare_shows_only_this_sizes_anomalib_lines(tmp_path, monkeypatch):
+    import oneclass.compare as compare
+
+    monkeypatch.setattr(compare, "input_size", lambda folder: (16, 16))
+    line = {"data": "/d/x", "image_auroc": 0.5, "train_seconds": 1.0,
+            "score_images_per_s": 1.0, "peak_rss_mb": 1.0}
+    lines = [{**line, "method": "patchcore"},  # an older line: no size
+             {**line, "method": "patchcore", "size": [32, 32]},
+             {**line, "method": "patchcore", "size": [16, 16], "image_auroc": 0.6},
+             {**line, "method": "padim", "size": [16, 16]},
+             {**line, "method": "patchcore", "size": [16, 16], "data": "/d/y"}]
+    (tmp_path / "anomalib.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    got = compare.run_anomalib("/d/x", tmp_path, "patchcore")  # all done: nothing runs
+    assert [(r["method"], r["size"], r["image_auroc"]) for r in got] == [
+        ("patchcore", [16, 16], 0.6)]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["smoke", "--seeds", "a"], "--seeds"), (["smoke", "--seeds", "0,,1"], "--seeds"),
+    (["smoke", "--seeds", "-1"], "--seeds"), (["smoke", "--seeds", "1,1"], "--seeds"),
+    (["compare", "--seeds", "5"], "bench compare does not take --seeds"),
+    (["compare", "--set", "size=[32,32]", "--only", "x"], "does not take --only, --set"),
+    (["speed", "--score-batch", "0"], "--score-batch wants positive integers"),
+    (["speed-anogan", "--score-batch", "8"], "does not take --score-batch"),
+    (["docs", "--label", "x"], "does not take --label"),
+    (["smoke", "--results", "x"], "bench smoke does not take --results"),
+    (["soak", "--set", "every=0"], "every must be a whole number >= 1"),
+    (["serve", "--set", "clients=[1,0]"], "clients must be a whole number >= 1 or a list"),
+    (["predict", "--set", "counts=1.5"], "counts must be"),
+])
+def test_bench_options_are_checked_before_any_run(argv, message, capsys, tmp_path):
+    from oneclass.cli import main
+
+    try:
+        code = main(["bench", *argv, "--out", str(tmp_path / "o")])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_deployment_bench_sequences_take_one_or_several_numbers(tmp_path, monkeypatch):
+    import oneclass.deploybench as deploybench
+
+    seen = {}
+
+    def fake(out, requests: int = 5, counts=(1, 2)):
+        seen.update(requests=requests, counts=counts)
+        return [{"n": 1}]
+
+    monkeypatch.setitem(deploybench.SUITES, "predict", fake)
+    deploybench.run("predict", tmp_path, requests=3, counts=7)
+    assert seen == {"requests": 3, "counts": (7,)}
+    deploybench.run("predict", tmp_path, counts=[4, 9])
+    assert seen == {"requests": 5, "counts": (4, 9)}
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        deploybench.soak(tmp_path, every=0)
+
+
+def test_a_zero_auroc_is_shown_in_the_defaults_matrix_not_taken_as_missing():
+    from oneclass.bench import defaults_matrix
+
+    rec = {"key": "k", "suite": "defaults", "method": "fcdd", "data": "d", "train_seconds": 2.0}
+    assert "| fcdd | 0.0, 2 s |" in defaults_matrix([{**rec, "image_auroc": 0.0}])
+    assert "| fcdd | nan, 2 s |" in defaults_matrix([{**rec, "image_auroc": None}])
+
+
+def test_docs_command_of_a_row_run_on_some_datasets_names_them():
+    from oneclass.bench import SUITES, _key, suite_commands
+
+    jobs = [j for j in SUITES["svdd-mnist"]][:2]
+    recs = [{"suite": "svdd-mnist", "seed": 0, "key": _key({**j, "seed": 0})} for j in jobs]
+    (command,), unmatched = suite_commands(recs, "runs/x")
+    assert unmatched == 0
+    assert f"--only '{jobs[0]['data']},{jobs[1]['data']}'" in command

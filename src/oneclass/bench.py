@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, OneclassError
-from .io import write_text
+from .io import read_jsonl, write_text
 
 #: Published mean AUROC (in %) to print beside ours: (method, dataset) -> value.
 PUBLISHED = {
@@ -420,12 +420,7 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[r["key"]] = r
+    rows = _Rows(path)
     jobs = []
     suite_jobs = SUITES[suite]
     if data:  # the suite's settings (each once) on the given datasets instead of its own
@@ -443,17 +438,62 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
                                   else label not in job.get("label", "")):
             continue
         for seed in seeds:
-            jobs.append({**job, "params": {**job["params"], **(overrides or {})}, "seed": seed})
+            jobs.append({**job, "params": {**job["params"], **(overrides or {})}, "seed": seed,
+                         **({"overrides": overrides} if overrides else {})})
     if not jobs:
         raise ConfigError(f"no run of suite {suite!r} matches the filters (--only, --methods, "
                           "--label)")
     ctx = mp.get_context("spawn")
     with _sigterm_exits():
-        failed = _run_jobs(jobs, done, ctx, path, out, suite, data_root, log)
+        failed = _run_jobs(jobs, rows, ctx, out, suite, data_root, log)
     if failed:
         raise BenchError(f"{len(failed)} of {len(jobs)} runs of {suite} failed (the others are "
                          f"recorded in {path}; rerun to retry): " + "; ".join(failed))
-    return list(done.values())
+    recorded = [rows.get(j, suite) for job in jobs for j in [job] + [v for v, _ in _variant_jobs(job)]]
+    return [r for r in recorded if r is not None]
+
+
+def _row_id(rec: dict[str, Any]) -> tuple[str, str, bool]:
+    """What a result line is a row of: its run (key) and label; the ``defaults`` suite's
+    lines are a separate table. The same run under two suites with one label is one row."""
+    return rec.get("key", id(rec)), rec.get("label", ""), rec.get("suite") == "defaults"
+
+
+class _Rows:
+    """The lines of a ``results.jsonl``: the run of a key (reused by any suite, whatever
+    suite and label it was recorded under) and the rows they make."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.by_key: dict[str, dict[str, Any]] = {}
+        self.rows: dict[tuple, dict[str, Any]] = {}
+        for r in read_jsonl(path):
+            self.by_key[r["key"]] = r
+            self.rows[_row_id(r)] = r
+
+    def get(self, job: dict[str, Any], suite: str) -> dict[str, Any] | None:
+        """The row ``job`` makes in ``suite``; None if it has not run."""
+        return self.rows.get(_row_id({"key": _key(job), "label": _row_label(job),
+                                      "suite": suite}))
+
+    def add(self, rec: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        self.by_key[rec["key"]] = rec
+        self.rows[_row_id(rec)] = rec
+
+    def reuse(self, job: dict[str, Any], suite: str) -> dict[str, Any]:
+        """The recorded run of ``job``, as a row of ``suite``: a run recorded under another
+        suite's row (another label) is copied under this one, marked with where it is from."""
+        rec = self.by_key[_key(job)]
+        mine = {**rec, "suite": suite, "label": _row_label(job)}
+        if _row_id(mine) not in self.rows:
+            self.add({**mine, "recorded_as": {"suite": rec.get("suite"),
+                                              "label": rec.get("label", "")}})
+        return self.get(job, suite)
+
+    def markdown(self) -> str:
+        return markdown(list(self.rows.values()))
 
 
 class BenchError(OneclassError):
@@ -498,13 +538,23 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def _row_label(job: dict[str, Any]) -> str:
+    """The label of a job's result line: the suite row's, with a test limit and the
+    ``--set`` overrides it ran with (so runs with other settings are never averaged with
+    the row's own)."""
+    parts = [job.get("label", "")]
+    if job.get("test_limit"):
+        parts.append(f"{job['test_limit']} test images")
+    if job.get("overrides"):
+        parts.append("set " + " ".join(f"{k}={json.dumps(v)}"
+                                       for k, v in sorted(job["overrides"].items())))
+    return ", ".join(filter(None, parts))
+
+
 def _record(job: dict[str, Any], key: str, suite: str, payload: dict[str, Any]) -> dict[str, Any]:
     """The result line of a run."""
-    label = job.get("label", "")
-    if job.get("test_limit"):
-        label = ", ".join(filter(None, [label, f"{job['test_limit']} test images"]))
     return {"key": key, "suite": suite, "method": job["method"], "data": job["data"],
-            "label": label, "seed": job["seed"], "params": job["params"], **payload,
+            "label": _row_label(job), "seed": job["seed"], "params": job["params"], **payload,
             "date": date.today().isoformat(), "machine": machine(),
             "commit": payload.get("commit", _commit())}
 
@@ -544,13 +594,17 @@ def _pct_value(v) -> float:
     return float("nan") if v is None else 100.0 * float(v)
 
 
-def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> list[str]:
-    """Run the jobs not in ``done``; returns the failed ones (the others are recorded)."""
+def _run_jobs(jobs, rows: _Rows, ctx, out, suite, data_root, log) -> list[str]:
+    """Run the jobs not recorded in ``rows``; returns the failed ones (the others are
+    recorded)."""
     failed: list[str] = []
+    done = rows.by_key
     for i, job in enumerate(jobs):
         key = _key(job)
         variant_jobs = _variant_jobs(job)
         if key in done and all(_key(v) in done for v, _ in variant_jobs):
+            for j in [job] + [v for v, _ in variant_jobs]:
+                rows.reuse(j, suite)
             log(f"[{i + 1}/{len(jobs)}] {job['method']} {job['data']} seed {job['seed']}: done")
             continue
         q = ctx.Queue()
@@ -582,14 +636,13 @@ def _run_jobs(jobs, done, ctx, path, out, suite, data_root, log) -> list[str]:
             shown.append(f"{name} {_pct(rec.get('image_auroc'))}")
             if k in done:  # rerun for its variants: does it repeat what was recorded?
                 shown[-1] += f" (recorded: {_pct(done[k].get('image_auroc'))})"
+                rows.reuse(j, suite)
                 continue
-            with open(path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            done[k] = rec
+            rows.add(rec)
         log(f"[{i + 1}/{len(jobs)}] {job['method']} {job['data']} seed {job['seed']}: "
             f"{'; '.join(shown)} train {payload['train_seconds']} s, "
             f"peak {payload['peak_rss_mb']} MB")
-        write_text(out / "results.md", markdown(list(done.values())))
+        write_text(out / "results.md", rows.markdown())
     return failed
 
 
@@ -601,6 +654,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
     with their first scoring. A mean over fewer classes than the dataset has, or over
     classes with different numbers of runs, says so and is not set beside a published mean.
     Runs of the ``defaults`` suite come first, as one method-by-dataset matrix."""
+    records = list({_row_id(r): r for r in records}.values())  # a rerun line replaces its row
     matrix = [r for r in records if r.get("suite") == "defaults"]
     records = [r for r in records if r.get("suite") != "defaults"]
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -689,7 +743,7 @@ def defaults_matrix(records: list[dict[str, Any]]) -> str:
             if not rs:
                 cells.append("-")
                 continue
-            img = np.mean([100 * (r.get("image_auroc") or np.nan) for r in rs])
+            img = np.mean([_pct_value(r.get("image_auroc")) for r in rs])
             px = [100 * r["pixel_auroc"] for r in rs if r.get("pixel_auroc") is not None]
             cell = f"{img:.1f}" + (f" / {np.mean(px):.1f}" if px else "")
             cells.append(f"{cell}, {np.mean([r['train_seconds'] for r in rs]):.0f} s")
@@ -742,23 +796,35 @@ def suite_commands(recs: list[dict[str, Any]], out: str) -> tuple[list[str], int
         def labels(group: list[dict]) -> list[str]:  # '' selects the unlabeled rows
             return list(dict.fromkeys(j.get("label", "") for j in group))
 
+        def by_label(seeds: tuple[int, ...], group: list[dict], jobs=jobs,
+                     methods=methods if m_opt else None, opts=opts) -> list[str]:
+            """A command per label; --only when the row ran on some of its datasets."""
+            out = []
+            for lab in labels(group):
+                ran = list(dict.fromkeys(j["data"] for j in group if j.get("label", "") == lab))
+                row = {j["data"] for j in jobs if j.get("label", "") == lab
+                       and (methods is None or j["method"] in methods)}
+                out.append(_command(*opts, seeds, lab, ran if set(ran) < row else None))
+            return out
+
         # the seeds most rows have: the whole suite (or, when some rows are not recorded, the
         # recorded rows by label); rows with other seeds: by label, as one adds seeds to a row
         if rows_not_run == 0:
             commands.append(_command(*opts, base))
         else:
-            commands += [_command(*opts, base, lab) for lab in labels(by_seeds[base])]
+            commands += by_label(base, by_seeds[base])
         for seeds, group in sorted(by_seeds.items()):
             if seeds != base:
-                commands += [_command(*opts, seeds, lab) for lab in labels(group)]
+                commands += by_label(seeds, group)
     return commands, sum(1 for r in recs if r["key"] not in matched)
 
 
 def _command(su: str, m_opt: str, root: str, out: str, seeds: tuple[int, ...],
-             label: str | None = None) -> str:
+             label: str | None = None, only: list[str] | None = None) -> str:
     s_opt = f" --seeds {','.join(map(str, seeds))}" if seeds != (0,) else ""
     l_opt = f" --label '{label}'" if label is not None else ""
-    return f"oneclass bench {su}{s_opt}{m_opt}{l_opt}{root} --out {out}"
+    o_opt = f" --only '{','.join(only)}'" if only else ""
+    return f"oneclass bench {su}{s_opt}{m_opt}{l_opt}{o_opt}{root} --out {out}"
 
 
 #: Tables written by the throughput commands: file -> (heading, suite that writes it).
@@ -797,7 +863,7 @@ def write_docs(result_dirs: list[Path], out: Path, notes: Path | None = None) ->
         d = Path(d)
         jl = d / "results.jsonl"
         if jl.exists():
-            recs = [json.loads(x) for x in jl.read_text().splitlines() if x.strip()]
+            recs = read_jsonl(jl)
             suites = sorted({r["suite"] for r in recs})
             dates = sorted({r["date"] for r in recs})
             machines = sorted({r["machine"] for r in recs})

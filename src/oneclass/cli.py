@@ -279,8 +279,38 @@ def _batches(text: str) -> tuple[int, ...]:
     return out
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    """An argparse type: distinct whole numbers >= 0 separated by commas."""
+    try:
+        out = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        out = ()
+    if not out or min(out) < 0 or len(set(out)) < len(out):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct whole numbers >= 0 separated by commas, got {text!r}")
+    return out
+
+
+#: The options of each ``bench`` command besides --out and --data-root (a suite: "<suite>").
+_BENCH_OPTIONS = {"<suite>": {"seeds", "only", "set", "data", "methods", "label"},
+                  "compare": {"data", "methods"}, "docs": {"results"},
+                  "speed": {"score_batch"}, "speed-anogan": set(),
+                  **{k: {"set"} for k in ("serve", "export", "predict", "soak")}}
+
+
 def cmd_bench(args) -> int:
     from .bench import SUITES, run_suite
+
+    taken = _BENCH_OPTIONS.get(args.suite, _BENCH_OPTIONS["<suite>"])
+    given = [o for o, v in (("seeds", args.seeds != (0,)), ("only", args.only),
+                            ("set", args.set), ("results", args.results), ("data", args.data),
+                            ("methods", args.methods), ("label", args.label is not None),
+                            ("score_batch", args.score_batch != "64")) if v and o not in taken]
+    if given and args.suite != "list":
+        raise ConfigError(f"bench {args.suite} does not take "
+                          + ", ".join("--" + o.replace("_", "-") for o in given))
+    if args.suite == "speed":
+        _batches(args.score_batch)  # checked before the runs that come first
 
     if args.suite == "list":
         for name in sorted(SUITES):
@@ -340,7 +370,7 @@ def cmd_bench(args) -> int:
         print(Path(md).read_text())
         print(f"written to {md}")
         return 0
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = list(args.seeds)
     only = args.only.split(",") if args.only else None
     run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
               overrides=_parse_sets(args.set) or None, data=args.data or None,
@@ -468,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "see `make compare`), or docs to write docs/benchmarks.md")
     s.add_argument("--out", default="runs/bench")
     s.add_argument("--data-root")
-    s.add_argument("--seeds", default="0", help="comma-separated seeds")
+    s.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds")
     s.add_argument("--only", help="comma-separated data specs to run (e.g. mnist:0,mnist:1)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter of every run")

@@ -9,14 +9,12 @@ The metrics of both come from :mod:`oneclass.metrics` on the maps and scores eac
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import subprocess
 from pathlib import Path
 
 from .errors import ConfigError
-from .io import write_text
+from .io import read_jsonl, write_text
 
 COLUMNS = ["image_auroc", "pixel_auroc", "aupro", "train_seconds", "score_images_per_s",
            "peak_rss_mb"]
@@ -60,23 +58,15 @@ def run_anomalib(folder: str, out: Path, models: str = "patchcore,padim",
         if res.returncode != 0:
             tail = "\n".join(res.stderr.strip().splitlines()[-5:])
             raise ConfigError(f"the anomalib runner failed (exit {res.returncode}):\n{tail}")
-    return _read(path)
+    # this folder at this size only, the last line of each model (an older line of another
+    # size, or of a model not asked for now, is not this comparison's)
+    last = {r["method"]: r for r in _read(path)
+            if r.get("data") == folder and r.get("size") == [h, w]}
+    return [last[m] for m in models.split(",") if m in last]
 
 
 def _read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    lines = [x for x in path.read_text().splitlines() if x.strip()]
-    for i, x in enumerate(lines):
-        try:
-            out.append(json.loads(x))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise ConfigError(f"{path}: line {i + 1} is not JSON; remove it") from None
-            logging.getLogger(__name__).warning("%s: last line cut short (an interrupted run); "
-                                                "ignored", path)
-    return out
+    return read_jsonl(path)
 
 
 def table(ours: list[dict], theirs: list[dict]) -> str:
@@ -110,11 +100,7 @@ def run_compare(folders: list[str], out: Path, data_root: str | None = None,
     compare_python(python)  # fail before the long runs when the environment is missing
     ours = run_suite("industrial", out, data_root, data=folders,
                      methods=methods or ["patchcore", "fcdd"], log=log)
-    theirs = []
-    for f in folders:
-        theirs = run_anomalib(f, out, models, python, log)
-    ours = [r for r in ours if r["data"] in folders]
-    theirs = [r for r in theirs if r["data"] in folders]
+    theirs = [r for f in folders for r in run_anomalib(f, out, models, python, log)]
     md = out / "compare.md"
     write_text(md, table(ours, theirs))
     return md

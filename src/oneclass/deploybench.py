@@ -214,6 +214,9 @@ def soak(run: Path, requests: int = 3000, clients: int = 2, every: int = 250,
          size: int = 64, max_upload_mb: float = 0.25) -> dict[str, Any]:
     """A long mixed load on ``oneclass serve RUN`` in a child process (see the module
     docstring); the server's RSS before the first request and after every ``every``."""
+    if min(requests, clients, every) < 1:  # else no batch sends anything: an endless loop
+        raise ValueError(f"soak: requests, clients and every must be >= 1, got {requests}, "
+                         f"{clients}, {every}")
     key = "soak-key"
     limit = int(max_upload_mb * 1024 * 1024)
     cases = soak_cases(_png_bytes(size), limit)
@@ -370,15 +373,30 @@ def run(suite: str, out: Path, **params: Any) -> Path:
     if unknown:
         raise ConfigError(f"bench {suite}: unknown parameter(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(known)}")
-    try:
-        params = {k: int(v) for k, v in params.items()}
-    except ValueError as exc:
-        raise ConfigError(f"bench {suite}: parameters are integers ({exc})") from None
+    defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values()}
+    params = {k: _positive(suite, k, v, isinstance(defaults[k], tuple))
+              for k, v in params.items()}
     rows = fn(out, **params)
     out = Path(out)
     write_text(out / f"{suite}.json", json.dumps({"machine": machine(), "rows": rows}, indent=1))
     path = write_text(out / f"{suite}.md", f"Machine: {machine()}\n\n{_table(rows, markdown)}")
     return path
+
+
+def _positive(suite: str, name: str, value: Any, many: bool) -> int | tuple[int, ...]:
+    """A ``--set`` value of a deployment benchmark: a whole number >= 1, or for a parameter
+    that takes several (``clients``, ``counts``) one or a list of them; checked before any
+    work starts."""
+    from .errors import ConfigError
+
+    values = value if many and isinstance(value, (list, tuple)) else [value]
+    ok = bool(values) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                              for v in values)
+    if not ok:
+        what = "a whole number >= 1 or a list of them" if many else "a whole number >= 1"
+        raise ConfigError(f"bench {suite}: {name} must be {what}, got {value!r}")
+    out = tuple(int(v) for v in values)
+    return out if many else out[0]
 
 
 def _table(rows: list[dict], markdown) -> str:

@@ -182,3 +182,31 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
             os.replace(old, path)
         raise
     return path
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file appended to one line at a time ([] if it is missing).
+    A cut-short last line (a run killed or a disk full mid-write) is left out with a warning;
+    a bad line before it is an error naming the file and the line."""
+    import logging
+
+    from .errors import ConfigError
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    out = []
+    for i, x in enumerate(lines):
+        try:
+            rec = json.loads(x)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            if i < len(lines) - 1:
+                raise ConfigError(f"{path}: line {i + 1} is not a JSON record; remove it")
+            logging.getLogger(__name__).warning(
+                "%s: last line cut short (an interrupted run); ignored", path)
+            continue
+        out.append(rec)
+    return out
