@@ -101,7 +101,8 @@ def test_confetti_changes_pixels_inside_its_mask():
     assert mask.shape == (6, 1, 48, 48) and mask.dtype == torch.bool
     assert (mask.flatten(1).sum(1) > 0).all()
     diff = (xa - x).abs().amax(1, keepdim=True)
-    assert (diff[mask] > 0.1).float().mean() > 0.9
+    assert (diff[mask] > 0).all()  # the mask holds the soft edges too
+    assert (diff[mask] > 0.1).float().mean() > 0.5
     far = ~F.max_pool2d(mask.float(), 9, 1, 4).bool()  # well away from any blob
     assert diff[far].max() < 1e-3
     g2 = torch.Generator().manual_seed(0)
@@ -426,3 +427,46 @@ def test_loading_an_effnet_model_does_not_read_the_imagenet_weights(tmp_path, mo
     assert np.array_equal(loaded.score(x), det.score(x))
     with pytest.raises(AssertionError, match="ImageNet weights read"):
         _fcdd(net="effnet", epochs=0).fit(make_defects(8, 0, size=32, channels=3, seed=0))
+
+
+def test_bilinear_upsampling_puts_each_value_at_its_fields_centre():
+    # stride 8, unit i centred on pixel 8 i (cnn224's field): F.interpolate would put a unit
+    # at (i + 0.5) * 8 - 0.5, 3.5 pixels down and right of its field
+    from types import SimpleNamespace
+
+    from oneclass.methods.fcdd import _upsample
+
+    model = SimpleNamespace(rf=ReceptiveField(r=(60, 60), j=(8, 8), s=(0.0, 0.0)))
+    A = torch.zeros(1, 12, 16)
+    A[0, 6, 8] = 1.0
+    up = _upsample(A, model, (96, 128), "bilinear", sigma=1.0)
+    assert up.shape == (1, 96, 128)
+    assert up[0, 48, 64] == 1.0 and up[0].argmax() == 48 * 128 + 64
+    assert up[0, 44, 64] == 0.5 and up[0, 48, 60] == 0.5  # half way to the next centre
+    const = _upsample(torch.full((1, 12, 16), 3.0), model, (97, 131), "bilinear", sigma=1.0)
+    assert torch.allclose(const, torch.full_like(const, 3.0))  # beyond the last centre too
+
+
+def test_scratches_draw_into_every_image():
+    # a line starting on the border and heading out drew nothing, yet its image was labeled
+    # anomalous (about 16 in 4000 images with one line each at 28x28)
+    from oneclass.anomalies import scratches
+
+    x = torch.full((4000, 1, 28, 28), 0.5)
+    xa, mask = scratches(x, torch.Generator().manual_seed(0), max_lines=1)
+    assert mask.flatten(1).any(1).all()
+    assert ((xa - x).abs().flatten(1).amax(1) >= 0.25 - 1e-6).all()
+
+
+def test_confetti_masks_every_pixel_it_changes():
+    x = torch.full((8, 3, 96, 64), 0.5)
+    xa, mask = confetti(x, torch.Generator().manual_seed(0))
+    changed = (xa - x).abs().amax(1, keepdim=True) > 1 / 255
+    assert not (changed & ~mask).any()
+
+
+def test_the_receptive_field_probe_leaves_the_net_as_it_was():
+    net = fcdd_nets.build("cnn28", 1, (28, 28), pretrained=False)
+    net.train()
+    probe_receptive_field(net, (1, 28, 28))
+    assert net.training and all(p.grad is None for p in net.parameters())

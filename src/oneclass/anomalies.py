@@ -87,7 +87,9 @@ def confetti(x: torch.Tensor, gen: torch.Generator, max_blobs: int = 3,
     spread = (spread / soft.clamp_min(1e-6)).clamp(0, 1)
     soft = soft.clamp(0, 1)
     out = x * (1 - soft) + spread * soft
-    return out.clamp(0, 1), (soft > 0.5)
+    # the mask: every pixel the soft edge changes by more than 1/255 (a change is at most
+    # ``soft``), not only the blob's core
+    return out.clamp(0, 1), (soft > 1 / 255)
 
 
 def scratches(x: torch.Tensor, gen: torch.Generator, max_lines: int = 3,
@@ -103,49 +105,59 @@ def scratches(x: torch.Tensor, gen: torch.Generator, max_lines: int = 3,
                             torch.arange(w, dtype=torch.float32), indexing="ij")
     out = x.clone()
     masks = torch.zeros(n, 1, h, w, dtype=torch.bool)
-    side = max(h, w)
     for i in range(n):
-        for _ in range(int(torch.randint(1, max_lines + 1, (1,), generator=gen))):
-            r = torch.rand(6, generator=gen)
-            length = side * (length_range[0] + r[0] * (length_range[1] - length_range[0]))
-            steps = max(8, int(length))
-            angle = r[1] * 2 * math.pi + torch.cumsum(
-                torch.randn(steps, generator=gen) * 0.05, 0)  # gentle random bends
-            py = r[2] * (h - 1) + torch.cumsum(torch.sin(angle), 0) * (length / steps)
-            px = r[3] * (w - 1) + torch.cumsum(torch.cos(angle), 0) * (length / steps)
-            radius = 0.5 + r[4] * 1.0
-            # pixels within `radius` of the line: distances are computed on the line's
-            # bounding window, and for each run of 4 points only on that run's own window
-            m = float(radius) + 1
-            win = _span(float(py.min()) - m, float(py.max()) + m, float(px.min()) - m,
-                        float(px.max()) + m, h, w)
-            if win is None:
-                continue
-            d2 = torch.full((win[0].stop - win[0].start, win[1].stop - win[1].start), float("inf"))
-            for k in range(0, steps, 4):
-                qy, qx = py[k:k + 4], px[k:k + 4]
-                sub = _span(float(qy.min()) - m, float(qy.max()) + m, float(qx.min()) - m,
-                            float(qx.max()) + m, h, w)
-                if sub is None:
-                    continue
-                seg = ((yy[sub] - qy[:, None, None]) ** 2 + (xx[sub] - qx[:, None, None]) ** 2)
-                ds = d2[sub[0].start - win[0].start:sub[0].stop - win[0].start,
-                        sub[1].start - win[1].start:sub[1].stop - win[1].start]
-                torch.minimum(ds, seg.amin(0), out=ds)
-            line = d2 <= radius**2
-            if not line.any():
-                continue
-            ow = out[i][(slice(None), *win)]
-            base = ow[:, line].mean(1)
-            delta = 0.25 + 0.35 * r[5]
-            sign = -1.0 if (base.mean() > 0.5) == (torch.rand(1, generator=gen) < 0.8) else 1.0
-            col = base + sign * delta
-            # the other way where the drawn one leaves [0, 1]: a line the colour of the
-            # background changed nothing yet was masked and labeled anomalous
-            col = torch.where((col < 0) | (col > 1), base - sign * delta, col).clamp(0, 1)
-            ow.copy_(torch.where(line[None], col[:, None, None], ow))
-            masks[i, 0][win] |= line
+        # a line that starts on the border and heads out draws nothing: draw again until the
+        # image has a line (else an unchanged image would be labeled anomalous)
+        while not masks[i].any():
+            _draw_lines(out[i], masks[i, 0], gen, max_lines, length_range, yy, xx)
     return out, masks
+
+
+def _draw_lines(out: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, max_lines: int,
+                length_range: tuple[float, float], yy: torch.Tensor, xx: torch.Tensor) -> None:
+    """1..``max_lines`` scratches into one image ``out`` (C, H, W) and its ``mask``."""
+    h, w = out.shape[1:]
+    side = max(h, w)
+    for _ in range(int(torch.randint(1, max_lines + 1, (1,), generator=gen))):
+        r = torch.rand(6, generator=gen)
+        length = side * (length_range[0] + r[0] * (length_range[1] - length_range[0]))
+        steps = max(8, int(length))
+        angle = r[1] * 2 * math.pi + torch.cumsum(
+            torch.randn(steps, generator=gen) * 0.05, 0)  # gentle random bends
+        py = r[2] * (h - 1) + torch.cumsum(torch.sin(angle), 0) * (length / steps)
+        px = r[3] * (w - 1) + torch.cumsum(torch.cos(angle), 0) * (length / steps)
+        radius = 0.5 + r[4] * 1.0
+        # pixels within `radius` of the line: distances are computed on the line's
+        # bounding window, and for each run of 4 points only on that run's own window
+        m = float(radius) + 1
+        win = _span(float(py.min()) - m, float(py.max()) + m, float(px.min()) - m,
+                    float(px.max()) + m, h, w)
+        if win is None:
+            continue
+        d2 = torch.full((win[0].stop - win[0].start, win[1].stop - win[1].start), float("inf"))
+        for k in range(0, steps, 4):
+            qy, qx = py[k:k + 4], px[k:k + 4]
+            sub = _span(float(qy.min()) - m, float(qy.max()) + m, float(qx.min()) - m,
+                        float(qx.max()) + m, h, w)
+            if sub is None:
+                continue
+            seg = ((yy[sub] - qy[:, None, None]) ** 2 + (xx[sub] - qx[:, None, None]) ** 2)
+            ds = d2[sub[0].start - win[0].start:sub[0].stop - win[0].start,
+                    sub[1].start - win[1].start:sub[1].stop - win[1].start]
+            torch.minimum(ds, seg.amin(0), out=ds)
+        line = d2 <= radius**2
+        if not line.any():
+            continue
+        ow = out[(slice(None), *win)]
+        base = ow[:, line].mean(1)
+        delta = 0.25 + 0.35 * r[5]
+        sign = -1.0 if (base.mean() > 0.5) == (torch.rand(1, generator=gen) < 0.8) else 1.0
+        col = base + sign * delta
+        # the other way where the drawn one leaves [0, 1]: a line the colour of the
+        # background changed nothing yet was masked and labeled anomalous
+        col = torch.where((col < 0) | (col > 1), base - sign * delta, col).clamp(0, 1)
+        ow.copy_(torch.where(line[None], col[:, None, None], ow))
+        mask[win] |= line
 
 
 NOISE_MODES = ("confetti", "scratches", "mixed", "none")

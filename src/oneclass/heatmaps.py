@@ -101,3 +101,22 @@ def receptive_upsample(maps: torch.Tensor, rf, size: tuple[int, int], sigma: flo
     gy = receptive_upsample_matrix(u, size[0], rf.r[0], rf.j[0], rf.s[0], sigma).to(maps)
     gx = receptive_upsample_matrix(v, size[1], rf.r[1], rf.j[1], rf.s[1], sigma).to(maps)
     return gy.t() @ maps @ gx
+
+
+def bilinear_upsample_matrix(n_out: int, n_in: int, j: int, s: float) -> torch.Tensor:
+    """``(n_out, n_in)`` weights of linear interpolation between the output units' centres
+    ``s + i * j`` (input pixels beyond the first or last centre take that unit's value)."""
+    y = torch.arange(n_in, dtype=torch.float32)
+    u = ((y - s) / j).clamp(0, n_out - 1)  # each input pixel's position in units
+    i = torch.arange(n_out, dtype=torch.float32)
+    return (1 - (u[None, :] - i[:, None]).abs()).clamp_min(0)
+
+
+def bilinear_upsample(maps: torch.Tensor, rf, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, u, v)`` -> ``(N, H, W)`` by bilinear interpolation with each value placed at its
+    unit's receptive-field centre (``F.interpolate`` would place unit ``i`` at
+    ``(i + 0.5) H / u - 0.5``: 3.5 pixels off for a stride-8 net with centres at ``8 i``)."""
+    u, v = maps.shape[-2:]
+    wy = bilinear_upsample_matrix(u, size[0], rf.j[0], rf.s[0]).to(maps)
+    wx = bilinear_upsample_matrix(v, size[1], rf.j[1], rf.s[1]).to(maps)
+    return wy.t() @ maps @ wx

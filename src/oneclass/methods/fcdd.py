@@ -20,14 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import augment
 from ..anomalies import NOISE_MODES, AnomalySource
 from ..detector import Detector, InputNorm
 from ..errors import ConfigError
-from ..heatmaps import receptive_upsample
+from ..heatmaps import bilinear_upsample, receptive_upsample
 from ..nets import fcdd_nets
 from ..nets.receptive import ReceptiveField, receptive_field
 from ..registry import register
@@ -151,7 +150,7 @@ def _upsample(A: torch.Tensor, model: FCDDModel, size: tuple[int, int], mode: st
     """The heatmap at the input ``size``: A upsampled, divided by ``map_ref`` if the model
     has one (``map_norm='position'``)."""
     if mode == "bilinear":
-        up = F.interpolate(A[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        up = bilinear_upsample(A, model.rf, size)
     else:
         up = receptive_upsample(A, model.rf, size, sigma)
     ref = getattr(model, "map_ref", None)

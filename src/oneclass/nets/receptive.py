@@ -78,15 +78,19 @@ def probe_receptive_field(net: nn.Module, input_shape: tuple[int, int, int], tri
     non-zero input gradients over a few random inputs, for the output unit at the centre of
     the map. Used to test :func:`receptive_field`.
     """
-    net.eval()
+    training = net.training
+    net.eval()  # no batch statistics (they would mix pixels); restored below
     g = torch.Generator().manual_seed(0)
     seen = torch.zeros(input_shape[1:], dtype=torch.bool)
-    for _ in range(trials):
-        x = torch.randn(1, *input_shape, generator=g).requires_grad_(True)
-        out = net(x)
-        u, v = out.shape[-2] // 2, out.shape[-1] // 2
-        out[0, 0, u, v].backward()
-        seen |= (x.grad[0].abs().sum(0) > 0)
+    try:
+        for _ in range(trials):
+            x = torch.randn(1, *input_shape, generator=g).requires_grad_(True)
+            out = net(x)
+            u, v = out.shape[-2] // 2, out.shape[-1] // 2
+            (grad,) = torch.autograd.grad(out[0, 0, u, v], x)  # parameters' .grad untouched
+            seen |= (grad[0].abs().sum(0) > 0)
+    finally:
+        net.train(training)
     rows = torch.nonzero(seen.any(1)).flatten()
     cols = torch.nonzero(seen.any(0)).flatten()
     return (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))
