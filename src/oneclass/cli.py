@@ -444,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--resume", action="store_true", help="skip images already in predictions.csv")
     s.add_argument("--overwrite", action="store_true",
-                   help="replace an existing predictions.csv and its heatmaps (without this, "
-                   "or --resume, an existing predictions.csv is an error)")
+                   help="replace an existing predictions.csv and its heatmaps when the run "
+                   "completes (a run that stops keeps them; without this, or --resume, an "
+                   "existing predictions.csv is an error)")
     s.add_argument("--no-heatmaps", action="store_true")
     s.add_argument("--batch-size", type=_count(1), default=32,
                    help="images per batch (memory stays bounded by one batch)")

@@ -52,17 +52,97 @@ def _read_json(p: Path, what: str) -> Any:
 
 def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
     """Up to ``limit`` anomalous images per defect type from the test split of ``spec``."""
+    return _pick(spec, limit, seed, root)[0]
+
+
+def _pick(spec: str, limit: int, seed: int, root: str | None):
+    """:func:`pick_anomalies`, and the number of anomalous test images of ``spec`` not picked."""
+    if int(limit) < 1:
+        raise ConfigError(f"anomaly_limit (--anomaly-limit) must be at least 1, got {limit}")
+    limit = int(limit)
     test = data_mod.load(spec, "test", root=root)
     rng = np.random.default_rng(seed)
-    chosen = []
+    chosen, short = [], []
     kinds = sorted({k for k, lab in zip(test.kinds, test.labels) if lab == 1})
     for kind in kinds:
         idx = np.array([i for i, (k, lab) in enumerate(zip(test.kinds, test.labels))
                         if lab == 1 and k == kind])
+        if len(idx) < limit:
+            short.append(f"{kind} ({len(idx)})")
         chosen += sorted(rng.permutation(idx)[:limit].tolist())
     if not chosen:
         raise DataError(f"{spec}: no anomalous test images to use as labeled anomalies")
-    return test.subset(chosen)
+    if short:
+        log.warning("%s: fewer anomalous test images than --anomaly-limit %d of type %s: all of "
+                    "them are used", spec, limit, ", ".join(short))
+    return test.subset(chosen), int((test.labels == 1).sum()) - len(chosen)
+
+
+def _benchmark_classes(canonical: str) -> tuple[str, str, str]:
+    """(benchmark, normal class, anomaly classes) of a canonical spec, as written there."""
+    name, _, arg = canonical.partition(":")
+    cls, _, rest = arg.partition(":")
+    return name, cls, rest
+
+
+def _class_name(name: str, cls: str) -> str:
+    """``3`` for MNIST, ``3 (dress)`` for Fashion-MNIST."""
+    label = data_mod.CLASSES[name][int(cls)]
+    return cls if label == cls else f"{cls} ({label})"
+
+
+def _check_anomalies(data_spec: str, anomalies: str) -> None:
+    """Refuse labeled anomalies that would include the normal class of a benchmark: the
+    anomalies of ``NAME:C`` are every class but C, those of ``NAME:C:A[,A]`` the classes A."""
+    name, normal, _ = _benchmark_classes(data_mod.canonical(data_spec))
+    aname, acls, arest = _benchmark_classes(data_mod.canonical(anomalies))
+    if name != aname or name not in data_mod.CLASSES or not normal or not acls:
+        return
+    anomalous = [int(a) for a in arest.split(",")] if arest else \
+        [c for c in range(10) if c != int(acls)]
+    if int(normal) in anomalous:
+        which = f"the classes {arest}" if arest else f"every class but {acls}"
+        raise ConfigError(
+            f"--anomalies {anomalies}: its anomalies are {which}, which includes "
+            f"{_class_name(name, normal)}, the normal class of --data {data_spec}; "
+            f"give --anomalies {name}:{normal} for labeled anomalies of every other class, or "
+            f"{name}:{normal}:A[,A] for those of the classes A only (e.g. {name}:{normal}:"
+            f"{acls if acls != normal else (int(normal) + 1) % 10})")
+
+
+def _check_outliers(data_spec: str, outliers: str) -> None:
+    """Refuse outlier exposure with the normal training images themselves (as DOC's reference
+    set is refused when it holds the target class): the same data however spelled, or a
+    benchmark whose outlier images (``NAME``: every class, ``NAME:C``: class C) include the
+    normal class. Folders are compared file by file once loaded (:func:`_check_overlap`)."""
+    d, o = data_mod.canonical(data_spec), data_mod.canonical(outliers)
+    if d == o:
+        raise ConfigError(f"--outliers {outliers} is the training data (--data {data_spec}) "
+                          "itself: its normal images would be trained as anomalies; give "
+                          "images of something else")
+    name, normal, _ = _benchmark_classes(d)
+    oname, ocls, _ = _benchmark_classes(o)
+    if name != oname or name not in data_mod.CLASSES:
+        return
+    if not normal or not ocls or normal == ocls:
+        what = f"class {_class_name(name, normal)}" if normal else "every class"
+        raise ConfigError(f"--outliers {outliers} holds the normal training images of --data "
+                          f"{data_spec} ({what}): they would be trained as anomalies; give "
+                          f"another dataset, a folder, or another class ({name}:C)")
+
+
+def _check_overlap(train_set, outlier_set, data_spec: str, outliers: str) -> None:
+    """Refuse outlier images that are training images (folders, compared by resolved path)."""
+    from .data.base import FileSet
+
+    if not (isinstance(train_set, FileSet) and isinstance(outlier_set, FileSet)):
+        return
+    own = {os.path.realpath(p) for p in train_set.paths}
+    shared = [p for p in outlier_set.paths if os.path.realpath(p) in own]
+    if shared:
+        raise ConfigError(f"--outliers {outliers}: {len(shared)} of its {len(outlier_set)} images "
+                          f"are training images of --data {data_spec} (first: {shared[0]}): they "
+                          "would be trained as anomalies; give images of something else")
 
 
 def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str | None = None,
@@ -77,35 +157,57 @@ def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str 
         labeled anomalies (``anomaly_limit`` per defect type from the test split of
         ``anomalies``) are part of ``train_set``.
     """
+    if anomalies:
+        _check_anomalies(data_spec, anomalies)
+    if outliers:
+        _check_outliers(data_spec, outliers)
     if train_set is None:
         train_set = data_mod.load(data_spec, "train", root=root)
+    normal_set = train_set
     used = None
     if anomalies:
-        picked = pick_anomalies(anomalies, int(anomaly_limit), seed, root)
+        picked, left = _pick(anomalies, anomaly_limit, seed, root)
         used = list(picked.names)
+        if left == 0 and data_mod.canonical(anomalies) == data_mod.canonical(data_spec):
+            log.warning("%s: all %d anomalous test images are used as labeled anomalies, none is "
+                        "left to evaluate the run on (its image metrics will be n/a); lower "
+                        "--anomaly-limit", anomalies, len(used))
         train_set = data_mod.concat(train_set, picked)
     outlier_set = data_mod.load(outliers, "train", root=root) if outliers else None
+    if outlier_set is not None:
+        _check_overlap(normal_set, outlier_set, data_spec, outliers)
     return train_set, outlier_set, used
 
 
 def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
-    """The test split of ``spec`` without the images the run trained on as labeled anomalies."""
+    """The test split of ``spec`` without the images the run trained on as labeled anomalies.
+
+    Those are the images of the recorded names in the same collection
+    (:func:`oneclass.data.source`), however either spec is spelled: ``R``, ``./R`` and the
+    absolute path, ``fmnist:3`` and ``fashion-mnist:03``, and ``mnist:3:5`` and ``mnist:3``
+    (one test set of MNIST). Runs record the collection (``anomalies_source``) when they are
+    trained; for earlier runs it is worked out from the recorded spec.
+    """
     test = data_mod.load(spec, "test", root=root)
     used = set(cfg.get("anomalies_used") or [])
-    if used and _same_data(cfg.get("anomalies"), spec):
-        test = test.subset([i for i, n in enumerate(test.names) if n not in used])
+    given = cfg.get("anomalies")
+    recorded = cfg.get("anomalies_source") or (data_mod.source(given) if given else None)
+    if not used or recorded is None:
+        return test
+    if recorded != data_mod.source(spec):
+        if not cfg.get("anomalies_source") and not Path(given).exists() and Path(spec).is_dir() \
+                and used <= set(test.names):
+            log.warning("the run's labeled anomalies came from %s, which is not found from here; "
+                        "if it is %s, its %d images the run trained on are in this test set",
+                        given, spec, len(used))
+        return test
+    anomalous = int((test.labels == 1).sum())
+    test = test.subset([i for i, n in enumerate(test.names) if n not in used])
+    if anomalous and not (test.labels == 1).any():
+        log.warning("%s: all %d anomalous test images were labeled anomalies in training: none is "
+                    "left to evaluate on, so the image metrics are n/a; evaluate on other data "
+                    "or train with a lower --anomaly-limit", spec, anomalous)
     return test
-
-
-def _same_data(a: str | None, b: str) -> bool:
-    """Whether two data specs name the same data: folders compare by resolved path (``R``,
-    ``R/``, ``./R`` and the absolute path are one folder), dataset names as written."""
-    if not a:
-        return False
-    pa, pb = Path(a), Path(b)
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a == b
 
 
 def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
@@ -142,7 +244,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     legacy = resume and not pending.is_file() and any(ckpt.glob("*.pt"))
     if resume and recorded.exists():
         old = {k: v for k, v in _read_json(recorded, "the run's configuration").items()
-               if k not in ("anomalies_used", "skipped_images")}
+               if k not in ("anomalies_used", "anomalies_source", "skipped_images")}
         old.setdefault("on_bad_image", "error")  # runs written before the policy existed
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than "
@@ -152,6 +254,9 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)
     if used is not None:
         config["anomalies_used"] = used
+        # the images' collection, resolved now: an evaluation from another folder, or with the
+        # data spelled otherwise, still leaves them out
+        config["anomalies_source"] = data_mod.source(anomalies)
     show = show_progress(progress) and is_main_process()
     train_set, skipped = data_mod.screen(train_set, on_bad_image, progress=show,
                                          what="training images")
@@ -270,7 +375,7 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     metrics["score_images_per_second"] = round(len(test) / max(seconds, 1e-9), 1)
     pred = scores >= det.threshold_
     rows = ["name,kind,label,score,predicted"]
-    rows += [f"{_csv(n)},{_csv(k)},{int(lab)},{s:.8g},{int(p)}"
+    rows += [f"{_csv(_text(n))},{_csv(_text(k))},{int(lab)},{s:.8g},{int(p)}"
              for n, k, lab, s, p in zip(test.names, test.kinds, test.labels, scores, pred)]
     # scores.csv first: metrics.json is the file that says an evaluation is complete
     write_text(run / "scores.csv", "\n".join(rows) + "\n")
@@ -347,6 +452,23 @@ def _masks(test, det: Detector) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _text(s) -> str:
+    """``s`` as text that can be written as UTF-8: a file name that is not UTF-8 (held by
+    Python as lone surrogates, e.g. Latin-1 ``caf\\xe9.png`` on Linux) gets each undecodable
+    byte as ``\\xe9``; every other name stays as it is."""
+    s = str(s)
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe_stem(stem: str) -> str:
+    """A file-name stem without lone surrogates (each becomes U+FFFD), for heatmap files whose
+    names the predictions file (UTF-8) must be able to hold as they are."""
+    return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in stem)
+
+
 def _csv(s: str) -> str:
     s = str(s)
     return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n') else s
@@ -375,10 +497,11 @@ def _unique_stems(paths: list[Path], reserved: set[str] = frozenset()) -> list[s
     used = {r.casefold() for r in reserved}
     out = []
     for p in paths:
-        name, n = p.stem, 0
+        stem = _safe_stem(p.stem)
+        name, n = stem, 0
         while name.casefold() in used:
             n += 1
-            name = f"{p.stem}_{n}"
+            name = f"{stem}_{n}"
         used.add(name.casefold())
         out.append(name)
     return out
@@ -387,33 +510,64 @@ def _unique_stems(paths: list[Path], reserved: set[str] = frozenset()) -> list[s
 PREDICTION_COLUMNS = ["path", "score", "label", "heatmap"]
 
 
-def _input_paths(inputs: list[str]) -> list[Path]:
-    """The image files of ``inputs`` (files and folders), each once."""
-    from .data.folder import list_images
+def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
+    """The image files of ``inputs`` (files and folders), each once.
 
-    paths: list[Path] = []
+    Files found in a folder are left out, with a warning, when they are below ``out`` (the
+    predictions and heatmaps of an earlier run: an --out inside an input folder) or below the
+    ``ground_truth/`` of an MVTec-layout folder (masks, not images to score).
+    """
+    from .data.folder import is_mvtec, list_images
+
+    listed: list[tuple[Path, bool]] = []  # (path, found in a folder)
+    masks: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = list_images(p)
             if not found:
                 raise DataError(f"{p}: no images found")
-            paths += found
+            listed += [(f, True) for f in found]
+            if is_mvtec(p) and (p / "ground_truth").is_dir():
+                masks.append(os.path.realpath(p / "ground_truth"))
         elif p.is_file():
-            paths.append(p)
+            listed.append((p, False))
         else:
             raise DataError(f"{p}: no such file or folder")
+    own = os.path.realpath(out) if out is not None else None
     seen: set[Path] = set()
     unique = []
-    for p in paths:
-        key = Path(os.path.realpath(p))  # no error on a symlink loop: reading it reports that
+    n_own = n_masks = 0
+    for p, in_folder in listed:
+        key = os.path.realpath(p)  # no error on a symlink loop: reading it reports that
+        if in_folder and own is not None and _inside(key, own):
+            n_own += 1
+            continue
+        if in_folder and any(_inside(key, m) for m in masks):
+            n_masks += 1
+            continue
         if key not in seen:
             seen.add(key)
             unique.append(p)
-    if len(unique) < len(paths):
+    if n_own:
+        log.warning("%d image%s below --out %s (this command's own output) left out", n_own,
+                    "" if n_own == 1 else "s", out)
+    if n_masks:
+        log.warning("%d mask%s in ground_truth/ of an MVTec-layout folder left out (masks are not "
+                    "scored)", n_masks, "" if n_masks == 1 else "s")
+    if not unique:
+        raise DataError(f"no images to score in {', '.join(map(str, inputs))} outside --out and "
+                        "ground_truth/")
+    n_dup = len(listed) - n_own - n_masks - len(unique)
+    if n_dup:
         log.warning("%d extra cop%s of images given more than once; each image is scored once",
-                    len(paths) - len(unique), "y" if len(paths) - len(unique) == 1 else "ies")
+                    n_dup, "y" if n_dup == 1 else "ies")
     return unique
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether the resolved ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
@@ -423,21 +577,25 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     """Score images and folders, streaming: ``OUT/predictions.csv`` and ``OUT/heatmaps/``.
 
     ``predictions.csv`` (UTF-8) has the columns path, score, label (1 at or above the
-    threshold) and heatmap (its file, ``heatmaps/NAME.png``, empty without heatmaps). Rows are
-    appended batch by batch, so memory stays bounded whatever the number of images; with
-    ``resume`` images already in ``predictions.csv`` are skipped and its columns and heatmap
-    names kept (a file written before the heatmap column existed goes on without it). An
-    existing ``predictions.csv`` is never replaced without ``overwrite``, which also clears
-    the old heatmaps, and only once the first batch is scored. With
-    ``on_bad_image="skip"`` unreadable images get no row (a later ``resume`` tries them
-    again). An image the model gives no finite score stops the run (its earlier rows kept).
+    threshold) and heatmap (its file, ``heatmaps/NAME.png``, empty without heatmaps); a path
+    that is not UTF-8 is written with ``\\xNN`` for each undecodable byte. Rows are appended
+    batch by batch, so memory stays bounded whatever the number of images; with ``resume``
+    images already in ``predictions.csv`` (however their path is spelled: they are matched
+    by resolved path) are skipped and its columns and heatmap names kept (a file written before
+    the heatmap column existed goes on without it). An existing ``predictions.csv`` is never
+    replaced without ``overwrite``, which writes the new results beside the old ones and
+    swaps them in (the old heatmaps go) only when the run is complete: a run that stops
+    leaves the previous results as they were. With ``on_bad_image="skip"`` unreadable images
+    get no row (a later ``resume`` tries them again). An image the model gives no finite
+    score stops the run (its earlier rows kept). Files below ``out`` are not read as inputs.
     """
     import csv
+    import tempfile
 
     from tqdm.auto import tqdm
 
     from .data.base import FileSet, loader
-    from .io import atomic_write
+    from .io import WriteError, _prefix, atomic_write
     from .viz import overlay, to_png
 
     check_policy(on_bad_image)
@@ -447,8 +605,8 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
         raise ConfigError("--resume continues predictions.csv and --overwrite replaces it: "
                           "give one of them")
     det = load_model(run, device)
-    paths = _input_paths(inputs)
     out = Path(out)
+    paths = _input_paths(inputs, out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; give --out a folder")
     csv_path = out / "predictions.csv"
@@ -464,7 +622,13 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     if resume and csv_path.exists():
         _check_same_model(sidecar, csv_path, mid)
         done, columns = _complete_rows(csv_path)
-    todo = [p for p in paths if str(p) not in done]
+    # rows are matched by resolved path; a run resumed from another folder writes its rows'
+    # paths absolute, as relative ones would be read against the folder of the first run
+    base = _rows_base(sidecar) if resume and csv_path.exists() else os.getcwd()
+    done_keys = _done_keys(done, base)
+    here = os.path.realpath(base) == os.path.realpath(os.getcwd())
+    todo = [p for p in paths if _text(os.path.realpath(p)) not in done_keys
+            and not (here and _text(p) in done)]
     n_bad = 0
     fs = None
     if todo:  # checked before anything is written: a bad input loses no earlier result
@@ -478,21 +642,29 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     stems = dict(zip(map(str, todo), _unique_stems(todo, reserved)))
     out.mkdir(parents=True, exist_ok=True)
     mode = "a" if resume and csv_path.exists() else "w"
+    # --overwrite of earlier results: the new ones are written to a folder beside them and
+    # swapped in when complete, so that a run that stops (a corrupt image in a later batch,
+    # a full disk, Ctrl-C) leaves the previous predictions.csv and heatmaps as they were
+    staged = overwrite and (csv_path.exists() or (out / "heatmaps").exists())
     lo, hi = (det.map_scale_ or [None, None])
     n_anom = 0
     state: dict[str, Any] = {}
+    side = {"model_id": mid, "run": str(run), "method": det.name, "threshold": det.threshold_,
+            "cwd": os.getcwd()}  # relative paths of the rows are relative to it
 
     def start():
         """Open predictions.csv when the first batch is scored: a bad first image (read only
         now under on_bad_image=error) or any earlier failure leaves an old file as it was."""
-        if overwrite:
-            shutil.rmtree(out / "heatmaps", ignore_errors=True)
+        if staged:
+            state["stage"] = Path(tempfile.mkdtemp(prefix=_prefix(out / "predictions"),
+                                                   suffix=".tmp", dir=out))
+        target = state.get("stage", out)
+        state["maps"] = target / "heatmaps"
         if heatmaps:
-            (out / "heatmaps").mkdir(exist_ok=True)
-        if mode == "w":
-            write_json(sidecar, {"model_id": mid, "run": str(run), "method": det.name,
-                                 "threshold": det.threshold_})
-        fh = state["fh"] = open(csv_path, mode, newline="", encoding="utf-8")
+            state["maps"].mkdir(exist_ok=True)
+        if mode == "w" and not staged:
+            write_json(sidecar, side)
+        fh = state["fh"] = open(target / "predictions.csv", mode, newline="", encoding="utf-8")
         state["writer"] = csv.writer(fh, lineterminator="\n")
         if mode == "w":
             state["writer"].writerow(columns)
@@ -517,10 +689,13 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                     n_anom += label
                     heatmap = ""
                     if maps is not None:
-                        heatmap = f"heatmaps/{stems[str(todo[i])]}.png"
+                        stem = stems[str(todo[i])]
+                        heatmap = f"heatmaps/{stem}.png"
                         png = to_png(overlay(_to_uint8_image(xb[j]), maps[j], lo, hi))
-                        atomic_write(out / heatmap, lambda p, b=png: p.write_bytes(b), fsync=False)
-                    row = {"path": str(todo[i]), "score": f"{scores[j]:.8g}", "label": label,
+                        atomic_write(state["maps"] / f"{stem}.png",
+                                     lambda p, b=png: p.write_bytes(b), fsync=False)
+                    shown = todo[i] if here else os.path.abspath(todo[i])
+                    row = {"path": _text(shown), "score": f"{scores[j]:.8g}", "label": label,
                            "heatmap": heatmap}
                     state["writer"].writerow([row.get(c, "") for c in columns])
                 state["fh"].flush()
@@ -528,14 +703,63 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             bar.close()
         if not state:  # nothing new to score: the file still exists, with its header
             start()
+        state["fh"].close()
+        if staged:
+            _swap_in(state["stage"], out, sidecar, side)
+    except (OSError, WriteError) as exc:
+        if not staged:
+            raise
+        why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+        raise OneclassError(f"{out}: cannot write predictions ({why}); the previous "
+                            "predictions.csv and heatmaps are kept as they were; rerun with "
+                            "--overwrite") from None
     finally:
-        if state:
+        if "fh" in state:
             state["fh"].close()
+        if "stage" in state:  # after a swap only the emptied folder is left
+            shutil.rmtree(state["stage"], ignore_errors=True)
     if len(todo) >= 10 and n_anom == len(todo):
         log.warning("all %d images are at or above the threshold %.6g: every image is predicted "
                     "anomalous; check the threshold parameter", len(todo), det.threshold_)
     return {"scored": len(todo), "skipped": len(paths) - len(todo) - n_bad, "unreadable": n_bad,
             "anomalous": n_anom, "csv": str(csv_path)}
+
+
+def _swap_in(stage: Path, out: Path, sidecar: Path, side: dict[str, Any]) -> None:
+    """Replace ``out``'s predictions.csv and heatmaps/ by the complete ones in ``stage``: the
+    old heatmaps move into ``stage`` (removed with it), the new ones into place, then the
+    predictions file, and last the record of the model that wrote it (a predictions file
+    beside the record of another model is refused by --resume, not continued)."""
+    old, new, kept = out / "heatmaps", stage / "heatmaps", stage / "heatmaps.old"
+    if old.exists():
+        os.replace(old, kept)
+    try:
+        if new.exists():
+            os.replace(new, old)
+        os.replace(stage / "predictions.csv", out / "predictions.csv")
+    except BaseException:  # the old predictions.csv stays: so do its heatmaps
+        if kept.exists():
+            if old.exists():
+                os.replace(old, new)
+            os.replace(kept, old)
+        raise
+    write_json(sidecar, side)
+
+
+def _rows_base(sidecar: Path) -> str:
+    """The folder relative paths in ``predictions.csv`` are relative to: the one it was
+    written from (recorded beside it), else (files from before that was recorded) this one."""
+    try:
+        cwd = json.loads(sidecar.read_text(encoding="utf-8")).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        cwd = None
+    return cwd if isinstance(cwd, str) else os.getcwd()
+
+
+def _done_keys(done: dict[str, str], base: str) -> set[str]:
+    """The resolved paths of the rows of ``done`` (relative ones against ``base``), as
+    :func:`_text` gives them."""
+    return {_text(os.path.realpath(os.path.join(base, p))) for p in done}
 
 
 def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None) -> None:
@@ -634,7 +858,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
         for xb, yb, mb, has, _ in loader(sub, det.preprocess_, 64):
             for b in range(len(xb)):
                 out.append(Example(
-                    name=sub.names[j], image=_to_uint8_image(xb[b]), amap=maps[j],
+                    name=_text(sub.names[j]), image=_to_uint8_image(xb[b]), amap=maps[j],
                     mask=(mb[b, 0].numpy() > 0.5) if bool(has[b]) else None,
                     score=float(scores[idx[j]]), label=int(yb[b])))
                 j += 1

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import DataError
@@ -32,6 +33,7 @@ from .folder import is_mvtec, mvtec, plain
 from .screen import screen
 
 SPLITS = ("train", "test")
+BENCHMARKS = ("mnist", "fashion-mnist", "fashion_mnist", "fmnist", "cifar10", "cifar-10")
 
 
 def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
@@ -46,7 +48,7 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
         return plain(path, split)
     name, _, arg = spec.partition(":")
     key = name.lower()
-    if key in ("mnist", "fashion-mnist", "fashion_mnist", "fmnist", "cifar10", "cifar-10"):
+    if key in BENCHMARKS:
         if arg.strip() in ("", "all"):
             from .classic import all_images
 
@@ -82,6 +84,49 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
     raise DataError(f"{spec}: no such file or folder")
 
 
+def canonical(spec: str) -> str:
+    """One spelling of a data spec, to tell whether two specs name the same data.
+
+    A folder or file that exists is its resolved absolute path (``R``, ``R/``, ``./R``, a
+    symbolic link to it); a benchmark is lower case with its alias resolved and its classes as
+    integers (``FMNIST:03`` and ``fashion_mnist:3`` are ``fashion-mnist:3``, ``mnist:all`` is
+    ``mnist``); ``elpv`` specs are lower case; anything else is kept as written.
+    """
+    from .classic import ALIASES
+
+    spec = str(spec)
+    if Path(spec).exists():
+        return os.path.realpath(spec)
+    name, _, arg = spec.partition(":")
+    key = name.strip().lower()
+    if key in BENCHMARKS:
+        key = ALIASES.get(key, key)
+        if arg.strip() in ("", "all"):
+            return key
+        cls, _, rest = arg.partition(":")
+        parts = [a.strip() for a in rest.split(",")] if rest else []
+        if not cls.strip().isdecimal() or not all(a.isdecimal() for a in parts):
+            return spec  # not a valid spec: loading it names the problem
+        out = f"{key}:{int(cls)}"
+        return out + (":" + ",".join(str(a) for a in sorted({int(a) for a in parts})) if parts else "")
+    if key == "elpv":
+        return spec.strip().lower()
+    return spec
+
+
+def source(spec: str) -> str:
+    """The collection whose image names identify the images of ``spec``: every class of a
+    benchmark shares the test images ``test_<index>`` of that benchmark (``mnist:3``,
+    ``mnist:5`` and ``mnist:3:5`` are ``mnist``), every ELPV spec the cells ``cell_<index>``
+    of ``elpv``; a folder is its resolved path (names are relative to it); anything else is
+    its :func:`canonical` spelling."""
+    c = canonical(spec)
+    name = c.partition(":")[0]
+    if name in CLASSES or name == "elpv":
+        return name
+    return c
+
+
 def _synthetic_options(spec: str, arg: str) -> tuple[str, tuple[int, int], int]:
     """``TEXTURE[:HxW][:rgb|gray]`` of a ``synthetic`` spec (texture first, the rest in any
     order) as (texture, (height, width), channels)."""
@@ -105,5 +150,5 @@ def concat(*sets: ImageSet) -> ImageSet:
     return Concat(list(sets))
 
 
-__all__ = ["concat", "load", "screen", "ImageSet", "ArraySet", "FileSet", "Preprocess", "Sample", "NORMAL",
-           "ANOMALOUS", "UNLABELED", "CLASSES"]
+__all__ = ["canonical", "concat", "load", "source", "screen", "ImageSet", "ArraySet", "FileSet",
+           "Preprocess", "Sample", "NORMAL", "ANOMALOUS", "UNLABELED", "CLASSES"]

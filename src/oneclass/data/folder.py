@@ -20,12 +20,15 @@ errors, never skipped.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from ..errors import DataError
 from .base import ANOMALOUS, NORMAL, UNLABELED, FileSet
-from .images import IMAGE_SUFFIXES, is_image_file
+from .images import IMAGE_SUFFIXES, is_image_file, other_image_suffix
+
+log = logging.getLogger(__name__)
 
 NORMAL_DIRS = ("good", "ok", "normal")
 
@@ -38,12 +41,26 @@ def list_images(folder: Path) -> list[Path]:
     """Image files below ``folder``, sorted; symbolic links to folders are not followed.
 
     A folder that cannot be listed is an error naming it: skipping it would silently drop,
-    say, a whole defect type from a test set.
+    say, a whole defect type from a test set. Files of other formats Pillow reads (``.gif``,
+    ``.pgm``, ``.jfif``, ...) are left out with a warning giving their count and a few names
+    (hidden files and ``*_mask`` files without one).
     """
-    out = []
+    out, other = [], []
     for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if is_image_file(Path(f))]
+        for f in sorted(filenames):
+            if is_image_file(Path(f)):
+                out.append(Path(dirpath) / f)
+            elif other_image_suffix(Path(f)) and not Path(f).stem.lower().endswith("_mask"):
+                other.append(Path(dirpath) / f)
+    if other:
+        shown = ", ".join(str(p.relative_to(folder)) for p in other[:3])
+        suffixes = ", ".join(sorted({p.suffix.lower() for p in other}))
+        log.warning("%s: %d file%s with the suffix%s %s left out (%s%s): only %s are read; "
+                    "convert them to PNG to use them", folder, len(other),
+                    "" if len(other) == 1 else "s", "es" if "," in suffixes else "", suffixes,
+                    shown, ", ..." if len(other) > 3 else "",
+                    "/".join(s.lstrip(".") for s in IMAGE_SUFFIXES))
     return out
 
 

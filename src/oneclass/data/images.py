@@ -62,6 +62,22 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+# Formats Pillow registers suffixes for that are no images to look for in a data folder:
+# Ghostscript (EPS), stubs without a decoder, video and metadata.
+_NOT_LISTED = ("EPS", "BUFR", "GRIB", "HDF5", "MPEG", "WMF", "IPTC", "FLI")
+
+
+def other_image_suffix(path: Path) -> bool:
+    """True when ``path`` is not hidden and has a suffix of a format Pillow reads that is not
+    in :data:`IMAGE_SUFFIXES` (``.gif``, ``.pgm``, ``.jfif``, ...): folders leave such files
+    out, and say so."""
+    if path.name.startswith(".") or path.suffix.lower() in IMAGE_SUFFIXES:
+        return False
+    Image.init()
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    return fmt is not None and fmt in Image.OPEN and fmt not in _NOT_LISTED
+
+
 _BOMB = "(a decompression bomb?); raise the limit with ONECLASS_MAX_PIXELS or --max-pixels"
 
 

@@ -40,7 +40,15 @@ def semi_counts(n_normal: int, ratio_known_normal: float, ratio_known_outlier: f
                   [-ro, -ro, -ro, 1 - ro],
                   [0, -rp, 1 - rp, 0]], dtype=np.float64)
     x = np.linalg.solve(a, np.array([n_normal, 0, 0, 0], dtype=np.float64))
-    return tuple(int(v) for v in x)  # type: ignore[return-value]
+    counts = tuple(int(v) for v in x)
+    if min(counts) < 0:  # e.g. labeled normals and anomalies more than the whole set
+        raise DataError(
+            f"ratio_known_normal={rn}, ratio_known_outlier={ro}, ratio_pollution={rp} have no "
+            f"solution for {n_normal} normal images (counts of labeled normals, unlabeled "
+            f"normals, unlabeled anomalies, labeled anomalies: {', '.join(map(str, counts))}); "
+            "ratio_known_normal + ratio_known_outlier must stay below 1, with room for the "
+            "pollution")
+    return counts  # type: ignore[return-value]
 
 
 def semi_supervised(name: str, normal_class: int, *, known_outlier_class: int | None = None,
@@ -68,7 +76,11 @@ def semi_supervised(name: str, normal_class: int, *, known_outlier_class: int | 
     n_kn, n_un, n_uo, n_ko = semi_counts(len(idx_normal), ratio_known_normal,
                                          ratio_known_outlier, ratio_pollution)
     if n_ko > len(idx_known) or n_uo > len(idx_outlier):
-        raise DataError(f"{name}:{normal_class}: not enough anomalies for the requested ratios")
+        raise DataError(
+            f"{name}:{normal_class}: not enough anomalies for ratio_known_normal="
+            f"{ratio_known_normal}, ratio_known_outlier={ratio_known_outlier}, ratio_pollution="
+            f"{ratio_pollution}: {n_ko} labeled anomalies of class {known} asked for "
+            f"({len(idx_known)} exist), {n_uo} unlabeled anomalies ({len(idx_outlier)} exist)")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(idx_normal)
     parts = [(perm[:n_kn], NORMAL), (perm[n_kn:n_kn + n_un], UNLABELED),
