@@ -80,6 +80,9 @@ def test_methods_lists_deep_svdd(capsys):
     (["train", "--method", "deep_svdd", "--data", "{tmp}", "--out", "{tmp}/x"], "no images"),
     (["eval", "{tmp}"], "not a saved model"),
     (["train", "--method", "deep_svdd", "--data", "mnist:x", "--out", "{tmp}/x"], "mnist:C"),
+    (["train", "--method", "fcdd", "--data", "synthetic", "--out", "{tmp}/x",
+      "--anomaly-limit", "3"], "give --anomalies too"),
+    (["bench", "smoke", "--set", "seed=3", "--out", "{tmp}/b"], "set by --seeds"),
 ])
 def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

@@ -417,6 +417,8 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
     contains this text (e.g. one setting of a suite, for more seeds of it alone)."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; available: {', '.join(sorted(SUITES))}")
+    if overrides and "seed" in overrides:
+        raise ConfigError("--set seed=N: a run's seed is set by --seeds N[,N...]")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"

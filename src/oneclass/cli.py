@@ -138,10 +138,15 @@ def _train(args, rank: int, world: int) -> int:
     if args.device:
         params["device"] = args.device
     root = args.data_root or cfg.get("data_root")
+    anomalies = args.anomalies or cfg.get("anomalies")
+    if args.anomaly_limit is not None and not anomalies:
+        raise ConfigError("--anomaly-limit is the number of labeled anomalies per defect type "
+                          "taken from --anomalies SPEC; give --anomalies too")
     det = train(method, spec, Path(args.out), params, data_root=root, resume=args.resume,
                 progress=_progress(args), outliers=args.outliers or cfg.get("outliers"),
-                anomalies=args.anomalies or cfg.get("anomalies"),
-                anomaly_limit=args.anomaly_limit, on_bad_image=args.on_bad_image,
+                anomalies=anomalies,
+                anomaly_limit=5 if args.anomaly_limit is None else args.anomaly_limit,
+                on_bad_image=args.on_bad_image,
                 reference=args.reference or cfg.get("reference"))
     if rank == 0:
         print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s"
@@ -421,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outlier exposure images (another folder or dataset, e.g. cifar10)")
     s.add_argument("--anomalies", metavar="SPEC",
                    help="labeled anomalies from this spec's test split (left out of eval)")
-    s.add_argument("--anomaly-limit", type=_count(1), default=5, metavar="N",
+    s.add_argument("--anomaly-limit", type=_count(1), metavar="N",
                    help="labeled anomalies per defect type (default 5)")
     s.add_argument("--reference", metavar="SPEC",
                    help="reference set of other classes (doc): mnist, fashion-mnist:-7, a folder "
