@@ -484,6 +484,12 @@ def test_a_cut_short_last_result_line_is_ignored_and_a_bad_middle_line_named(tmp
     assert len(fake_runs) == 1  # resumed: the recorded run is not run again
     assert "cut short" in caplog.text
     assert "| synthetic |" in write_docs([out], tmp_path / "bench.md").read_text()
+    # the next line written starts on a line of its own: the cut-short one is dropped
+    run_suite("smoke", out, overrides={"epochs": 1}, log=lambda s: None)
+    from oneclass.io import read_jsonl
+
+    assert [r["label"] for r in read_jsonl(path)] == ["", "set epochs=1"]
+    assert path.read_text().endswith("\n") and "image_au\n" not in path.read_text()
     path.write_text('{"key": \n' + good)
     with pytest.raises(ConfigError, match="results.jsonl: line 1 is not a JSON record"):
         run_suite("smoke", out, log=lambda s: None)
@@ -500,6 +506,9 @@ def test_runs_with_set_overrides_are_a_row_of_their_own(tmp_path, fake_runs):
                          log=lambda s: None)
     assert plain["label"] == "" and other["label"] == 'set epochs=1 noise="blobs"'
     assert other["key"] != plain["key"] and len(fake_runs) == 2
+    # the suite's own value is no override: the same run, the same row
+    (same,) = run_suite("smoke", out, overrides={"epochs": 3}, log=lambda s: None)
+    assert same == plain and len(fake_runs) == 2
     md = markdown([plain, other])
     assert md.count("| synthetic | 1 | 1 |") == 2  # two tables of one run, not one of two
     assert 'set epochs=1 noise="blobs"' in md
@@ -514,6 +523,7 @@ def test_a_run_recorded_by_another_suite_is_reused_as_a_row_of_this_one(tmp_path
     monkeypatch.setitem(bench.SUITES, "x-b", [{**job, "label": "b"},
                                              {**job, "data": "synthetic:blobs", "label": "b"}])
     monkeypatch.setitem(bench.SUITES, "x-c", [{**job, "label": "a"}])
+    monkeypatch.setitem(bench.SUITES, "x-d", [{**job, "label": "d"}])
     out = tmp_path / "b"
     run_suite("x-a", out, log=lambda s: None)
     recs = run_suite("x-b", out, log=lambda s: None)
@@ -529,6 +539,9 @@ def test_a_run_recorded_by_another_suite_is_reused_as_a_row_of_this_one(tmp_path
     text = write_docs([out], tmp_path / "bench.md").read_text()
     assert text.count("### fcdd (a) on synthetic") == 1
     assert "| synthetic | 1 | 1 |" in text.split("### fcdd (a) on synthetic")[1]
+    # every run of the call reused: results.md still shows the copied row
+    run_suite("x-d", out, log=lambda s: None)
+    assert "### fcdd (d) on synthetic" in (out / "results.md").read_text()
 
 
 def test_compare_shows_only_this_sizes_anomalib_lines(tmp_path, monkeypatch):

@@ -197,6 +197,12 @@ def test_resume_matches_images_by_resolved_path(small, tmp_path, monkeypatch):
     assert [r["path"] for r in _rows(out)][3:] == [str(other / "imgs" / "a.png"),
                                                    str(other / "imgs" / "d.png")]
     assert predict(run, ["imgs", str(folder)], out, resume=True)["scored"] == 0
+    # the folder the rows were written from has moved (recorded cwd gone): relative rows are
+    # read against the current folder
+    side = json.loads((out / "predictions.json").read_text())
+    (out / "predictions.json").write_text(json.dumps({**side, "cwd": str(tmp_path / "gone")}))
+    monkeypatch.chdir(tmp_path)
+    assert predict(run, ["imgs"], out, resume=True)["scored"] == 0
 
 
 def test_out_inside_an_input_folder_is_not_read_as_input(small, tmp_path, caplog):
@@ -206,9 +212,14 @@ def test_out_inside_an_input_folder_is_not_read_as_input(small, tmp_path, caplog
     assert predict(run, [str(folder)], out)["scored"] == 3
     with caplog.at_level(logging.WARNING):
         r = predict(run, [str(folder)], out, resume=True)
-    assert r["scored"] == 0 and r["skipped"] == 3 and "below --out" in caplog.text
+    assert r["scored"] == 0 and r["skipped"] == 3 and "own heatmaps" in caplog.text
     assert predict(run, [str(folder)], out, overwrite=True)["scored"] == 3
     assert len(_rows(out)) == 3 and len(list((out / "heatmaps").iterdir())) == 3
+    # --out the input folder itself, or a folder above it: its images are still scored
+    for k, up in enumerate((0, 1)):
+        fresh = _images(tmp_path / f"fresh{k}" / "imgs", ["a.png", "b.png"])
+        o = fresh.parents[up]
+        assert predict(run, [str(fresh)], o)["scored"] == 2, o
 
 
 def test_overwrite_that_stops_keeps_the_previous_results(small, tmp_path, monkeypatch):
@@ -269,3 +280,21 @@ def test_predict_on_an_mvtec_folder_leaves_its_masks_out(small):
     paths = _input_paths([str(data)])
     assert paths and not any("ground_truth" in p.parts for p in paths)
     assert len(paths) == len(list_images(data / "train")) + len(list_images(data / "test"))
+
+
+def test_typos_in_benchmark_specs_get_the_loaders_error_not_a_traceback(classic_root):
+    root = str(classic_root)
+    for data, kw in (("mnist:x", {"outliers": "mnist"}), ("mnist:12", {"outliers": "mnist"}),
+                     ("mnist:3", {"anomalies": "mnist:5:12"}), ("mnist:3", {"outliers": "mnist:x"})):
+        with pytest.raises(DataError, match="0..9"):
+            training_data(data, root, 0, **kw)
+
+
+def test_synthetic_and_elpv_specs_are_compared_as_the_data_they_load():
+    from oneclass.data import canonical
+
+    assert canonical("synthetic:grid:gray:32x32") == canonical("synthetic:GRID:32x32") \
+        == "synthetic:grid:32x32:gray"
+    assert canonical("synthetic") == "synthetic:stripes:64x64:gray"
+    with pytest.raises(ConfigError, match="itself"):
+        training_data("elpv", None, 0, outliers="elpv:mono")

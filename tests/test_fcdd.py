@@ -470,3 +470,11 @@ def test_the_receptive_field_probe_leaves_the_net_as_it_was():
     net.train()
     probe_receptive_field(net, (1, 28, 28))
     assert net.training and all(p.grad is None for p in net.parameters())
+
+
+def test_scratches_of_empty_images_return_at_once():
+    from oneclass.anomalies import scratches
+
+    for shape in ((2, 1, 0, 5), (2, 1, 5, 0)):
+        xa, mask = scratches(torch.zeros(shape), torch.Generator().manual_seed(0))
+        assert xa.shape == shape and not mask.any()

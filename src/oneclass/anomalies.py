@@ -105,11 +105,16 @@ def scratches(x: torch.Tensor, gen: torch.Generator, max_lines: int = 3,
                             torch.arange(w, dtype=torch.float32), indexing="ij")
     out = x.clone()
     masks = torch.zeros(n, 1, h, w, dtype=torch.bool)
+    if h * w == 0:
+        return out, masks
     for i in range(n):
         # a line that starts on the border and heads out draws nothing: draw again until the
-        # image has a line (else an unchanged image would be labeled anomalous)
-        while not masks[i].any():
+        # image has a line (else an unchanged image would be labeled anomalous); each try
+        # misses with a probability of about 1 in 250 at 28x28, so 100 tries always do
+        for _ in range(100):
             _draw_lines(out[i], masks[i, 0], gen, max_lines, length_range, yy, xx)
+            if masks[i].any():
+                break
     return out, masks
 
 

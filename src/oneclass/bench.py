@@ -439,9 +439,12 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
         if label is not None and (job.get("label", "") != label if exact
                                   else label not in job.get("label", "")):
             continue
+        # the label names the overrides that change this row's settings (its own value is none)
+        changed = {k: v for k, v in (overrides or {}).items()
+                   if k not in job["params"] or job["params"][k] != v}
         for seed in seeds:
             jobs.append({**job, "params": {**job["params"], **(overrides or {})}, "seed": seed,
-                         **({"overrides": overrides} if overrides else {})})
+                         **({"overrides": changed} if changed else {})})
     if not jobs:
         raise ConfigError(f"no run of suite {suite!r} matches the filters (--only, --methods, "
                           "--label)")
@@ -479,10 +482,31 @@ class _Rows:
                                       "suite": suite}))
 
     def add(self, rec: dict[str, Any]) -> None:
+        self._end_last_line()
         with open(self.path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         self.by_key[rec["key"]] = rec
         self.rows[_row_id(rec)] = rec
+
+    def _end_last_line(self) -> None:
+        """Before appending: a last line without its newline is ended (a complete record) or
+        cut off (one cut short by an interrupted run, which reading left out), so the new
+        line is not glued to it."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if not data or data.endswith(b"\n"):
+                return
+            start = data.rfind(b"\n") + 1
+            try:
+                complete = isinstance(json.loads(data[start:]), dict)
+            except ValueError:
+                complete = False
+            if complete:
+                fh.write(b"\n")
+            else:
+                fh.truncate(start)
 
     def reuse(self, job: dict[str, Any], suite: str) -> dict[str, Any]:
         """The recorded run of ``job``, as a row of ``suite``: a run recorded under another
@@ -645,6 +669,7 @@ def _run_jobs(jobs, rows: _Rows, ctx, out, suite, data_root, log) -> list[str]:
             f"{'; '.join(shown)} train {payload['train_seconds']} s, "
             f"peak {payload['peak_rss_mb']} MB")
         write_text(out / "results.md", rows.markdown())
+    write_text(out / "results.md", rows.markdown())  # rows reused from other suites too
     return failed
 
 

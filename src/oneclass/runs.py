@@ -79,9 +79,14 @@ def _pick(spec: str, limit: int, seed: int, root: str | None):
 
 
 def _benchmark_classes(canonical: str) -> tuple[str, str, str]:
-    """(benchmark, normal class, anomaly classes) of a canonical spec, as written there."""
+    """(benchmark, normal class, anomaly classes) of a canonical spec, as written there;
+    ``("", "", "")`` for anything else, a spec with classes outside 0..9 too (loading it
+    names the problem)."""
     name, _, arg = canonical.partition(":")
     cls, _, rest = arg.partition(":")
+    classes = [cls] * bool(cls) + (rest.split(",") if rest else [])
+    if name not in data_mod.CLASSES or not all(c.isdecimal() and int(c) <= 9 for c in classes):
+        return "", "", ""
     return name, cls, rest
 
 
@@ -116,7 +121,7 @@ def _check_outliers(data_spec: str, outliers: str) -> None:
     benchmark whose outlier images (``NAME``: every class, ``NAME:C``: class C) include the
     normal class. Folders are compared file by file once loaded (:func:`_check_overlap`)."""
     d, o = data_mod.canonical(data_spec), data_mod.canonical(outliers)
-    if d == o:
+    if d == o or "elpv" in (d, o) and data_mod.source(d) == data_mod.source(o) == "elpv":
         raise ConfigError(f"--outliers {outliers} is the training data (--data {data_spec}) "
                           "itself: its normal images would be trained as anomalies; give "
                           "images of something else")
@@ -513,8 +518,8 @@ PREDICTION_COLUMNS = ["path", "score", "label", "heatmap"]
 def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
     """The image files of ``inputs`` (files and folders), each once.
 
-    Files found in a folder are left out, with a warning, when they are below ``out`` (the
-    predictions and heatmaps of an earlier run: an --out inside an input folder) or below the
+    Files found in a folder are left out, with a warning, when they are in ``out/heatmaps``
+    (the heatmaps of an earlier run: an --out inside an input folder) or below the
     ``ground_truth/`` of an MVTec-layout folder (masks, not images to score).
     """
     from .data.folder import is_mvtec, list_images
@@ -534,7 +539,8 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
             listed.append((p, False))
         else:
             raise DataError(f"{p}: no such file or folder")
-    own = os.path.realpath(out) if out is not None else None
+    # this command's own output: the heatmaps (staging folders are hidden: never listed)
+    own = os.path.realpath(Path(out) / "heatmaps") if out is not None else None
     seen: set[Path] = set()
     unique = []
     n_own = n_masks = 0
@@ -550,14 +556,14 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
             seen.add(key)
             unique.append(p)
     if n_own:
-        log.warning("%d image%s below --out %s (this command's own output) left out", n_own,
-                    "" if n_own == 1 else "s", out)
+        log.warning("%d image%s in %s (this command's own heatmaps) left out", n_own,
+                    "" if n_own == 1 else "s", Path(out) / "heatmaps")
     if n_masks:
         log.warning("%d mask%s in ground_truth/ of an MVTec-layout folder left out (masks are not "
                     "scored)", n_masks, "" if n_masks == 1 else "s")
     if not unique:
-        raise DataError(f"no images to score in {', '.join(map(str, inputs))} outside --out and "
-                        "ground_truth/")
+        raise DataError(f"no images to score in {', '.join(map(str, inputs))} outside "
+                        "--out's heatmaps/ and ground_truth/")
     n_dup = len(listed) - n_own - n_masks - len(unique)
     if n_dup:
         log.warning("%d extra cop%s of images given more than once; each image is scored once",
@@ -587,7 +593,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     swaps them in (the old heatmaps go) only when the run is complete: a run that stops
     leaves the previous results as they were. With ``on_bad_image="skip"`` unreadable images
     get no row (a later ``resume`` tries them again). An image the model gives no finite
-    score stops the run (its earlier rows kept). Files below ``out`` are not read as inputs.
+    score stops the run (its earlier rows kept). The heatmaps in ``out`` are not read as inputs.
     """
     import csv
     import tempfile
@@ -753,7 +759,8 @@ def _rows_base(sidecar: Path) -> str:
         cwd = json.loads(sidecar.read_text(encoding="utf-8")).get("cwd")
     except (OSError, ValueError, AttributeError):
         cwd = None
-    return cwd if isinstance(cwd, str) else os.getcwd()
+    # a folder since moved or removed: the rows can only be read against this one
+    return cwd if isinstance(cwd, str) and os.path.isdir(cwd) else os.getcwd()
 
 
 def _done_keys(done: dict[str, str], base: str) -> set[str]:

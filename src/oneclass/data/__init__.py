@@ -111,6 +111,12 @@ def canonical(spec: str) -> str:
         return out + (":" + ",".join(str(a) for a in sorted({int(a) for a in parts})) if parts else "")
     if key == "elpv":
         return spec.strip().lower()
+    if key == "synthetic":  # options in any order, defaults written out
+        try:
+            texture, (h, w), c = _synthetic_options(spec, arg)
+        except DataError:
+            return spec
+        return f"synthetic:{texture.lower()}:{h}x{w}:{'rgb' if c == 3 else 'gray'}"
     return spec
 
 
