@@ -275,11 +275,19 @@ def test_other_image_suffixes_are_named_in_a_warning(tmp_path, caplog):
     assert not any(n in warned[0] for n in (".hidden", "m_mask", "notes"))
 
 
-def test_predict_on_an_mvtec_folder_leaves_its_masks_out(small):
+def test_predict_on_an_mvtec_folder_leaves_its_masks_out(small, tmp_path):
     data, _ = small
     paths = _input_paths([str(data)])
     assert paths and not any("ground_truth" in p.parts for p in paths)
     assert len(paths) == len(list_images(data / "train")) + len(list_images(data / "test"))
+    # a folder of several categories: each category's masks are left out; a folder merely
+    # named ground_truth elsewhere is scored
+    paths = _input_paths([str(data.parent)])
+    assert not any(p.parts[-4:-2] == (data.name, "ground_truth") for p in paths)
+    assert len([p for p in paths if data.name in p.parts]) == len(
+        list_images(data / "train")) + len(list_images(data / "test"))
+    plain = _images(tmp_path / "x" / "ground_truth", ["a.png"])
+    assert _input_paths([str(tmp_path / "x")]) == [plain / "a.png"]
 
 
 def test_typos_in_benchmark_specs_get_the_loaders_error_not_a_traceback(classic_root):

@@ -533,8 +533,12 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
             if not found:
                 raise DataError(f"{p}: no images found")
             listed += [(f, True) for f in found]
-            if is_mvtec(p) and (p / "ground_truth").is_dir():
-                masks.append(os.path.realpath(p / "ground_truth"))
+            # the ground_truth/ of this MVTec-layout folder, or of those below it (a folder of
+            # several categories)
+            gts = {f.parents[len(f.relative_to(p).parts) - 2 - k]
+                   for f in found for k, part in enumerate(f.relative_to(p).parts[:-1])
+                   if part == "ground_truth"}
+            masks += [os.path.realpath(g) for g in gts if is_mvtec(g.parent)]
         elif p.is_file():
             listed.append((p, False))
         else:
