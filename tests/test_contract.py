@@ -239,10 +239,21 @@ def test_a_val_set_without_normal_images_is_an_error(defects_train, defects_test
 def test_list_defaults_are_not_shared():
     a = oneclass.create("deep_svdd")
     a.lr_milestones.append(5)
-    a.get_params()["lr_milestones"].append(7)
     assert oneclass.create("deep_svdd").lr_milestones == []
     assert oneclass.registry.get("deep_svdd").all_defaults()["lr_milestones"] == []
     assert a.lr_milestones == [5]
+
+
+@pytest.mark.parametrize("name", oneclass.registry.available())
+def test_scikit_learn_clone_works_for_every_method(name):
+    # clone checks that the constructor stores each parameter object as given: list
+    # parameters (lr_milestones, layers) were copied, and clone refused them
+    sklearn_base = pytest.importorskip("sklearn.base")
+    det = oneclass.create(name)
+    twin = sklearn_base.clone(det)
+    assert twin is not det and twin.get_params() == det.get_params()
+    lists = [k for k, v in det.get_params().items() if isinstance(v, list)]
+    assert all(getattr(twin, k) is not getattr(det, k) for k in lists)  # not shared
 
 
 def test_set_params_validates_like_the_constructor_and_changes_nothing_on_error():

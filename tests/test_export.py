@@ -187,3 +187,17 @@ def test_doc_export_check_holds_its_maps_to_what_float32_can(mvtec_dir, tmp_path
     r = {"score_max_abs_diff": 0.0, "score_range": 1.0, "map_max": 1.0, "map_max_abs_diff": 2e-2}
     assert parity_problems(r) and not parity_problems(r, map_rel_tol=1e-1)
     assert parity_problems({**r, "map_max_abs_diff": 0.2}, map_rel_tol=1e-1)
+
+
+def test_doc_with_a_small_feature_bank_exports(defects_train, defects_test, tmp_path):
+    # torch.cdist takes its matrix-product path only above 25 bank features; the other one
+    # had no ONNX conversion, so DOC trained on a couple of dozen images did not export
+    from oneclass.data.base import materialize
+
+    det = oneclass.create("doc", seed=0, epochs=1, batch_size=8, net_size=64).fit(
+        defects_train.subset(range(12)))
+    assert len(det.model_.bank) <= 25
+    path = export_onnx(det, tmp_path / "doc.onnx")
+    x, _, _ = materialize(defects_test.subset(range(6)), det.preprocess_)
+    r = parity(det, path, x, batch_size=3)
+    assert r["score_max_abs_diff"] <= 1e-4 * max(1.0, r["score_range"])

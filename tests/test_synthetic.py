@@ -236,3 +236,14 @@ def test_make_classic_classes_are_distinct_and_learnable():
         inlier, outlier = dist[yt == k, k], dist[yt != k, k]
         auc = np.mean(outlier[:, None] > inlier[None, :])
         assert auc > 0.8, (k, auc)
+
+
+def test_synthetic_spec_options_may_come_without_a_texture():
+    # README: synthetic[:stripes|grid|blobs][:HxW][:rgb]; 'synthetic:rgb' was an unknown texture
+    from oneclass.data import canonical, load
+
+    rgb = load("synthetic:rgb", "test")
+    assert canonical("synthetic:rgb") == "synthetic:stripes:64x64:rgb"
+    assert 3 in rgb.images.shape[1:] and rgb.images.shape[1:].count(64) == 2
+    assert canonical("synthetic:32x32") == "synthetic:stripes:32x32:gray"
+    assert canonical("synthetic:48:rgb") == "synthetic:stripes:48x48:rgb"

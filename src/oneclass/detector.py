@@ -248,14 +248,16 @@ class Detector:
                 f"{', '.join(sorted(defaults))}"
             )
         for k, v in {**defaults, **params}.items():
-            # a copy: a list default (lr_milestones) changed in one detector stays there
-            setattr(self, k, copy.deepcopy(_param_type_cast(defaults[k], v, k)))
+            # stored as given (scikit-learn's clone checks identity); the defaults are fresh
+            # copies (all_defaults), so a list default changed in one detector stays there
+            setattr(self, k, _param_type_cast(defaults[k], v, k))
         self._validate()
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor parameters (copies; ``deep`` is accepted for scikit-learn's
-        ``clone`` and changes nothing: no parameter is an estimator)."""
-        return {k: copy.deepcopy(getattr(self, k)) for k in self.all_defaults()}
+        """The constructor parameters, the objects themselves as in scikit-learn (whose
+        ``clone`` checks that the constructor stores them unchanged); ``deep`` changes
+        nothing: no parameter is an estimator."""
+        return {k: getattr(self, k) for k in self.all_defaults()}
 
     def set_params(self, **params: Any) -> Detector:
         """Change constructor parameters before :meth:`fit`, validated as by the constructor

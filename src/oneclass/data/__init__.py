@@ -137,6 +137,9 @@ def _synthetic_options(spec: str, arg: str) -> tuple[str, tuple[int, int], int]:
     """``TEXTURE[:HxW][:rgb|gray]`` of a ``synthetic`` spec (texture first, the rest in any
     order) as (texture, (height, width), channels)."""
     texture, *opts = arg.split(":") if arg else ["stripes"]
+    t = texture.strip().lower()
+    if t in ("rgb", "gray") or t.replace("x", "").isdecimal():  # no texture: an option first
+        texture, opts = "", [texture, *opts]
     size, channels = (64, 64), 1
     for opt in opts:
         o = opt.strip().lower()

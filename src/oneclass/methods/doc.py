@@ -93,7 +93,11 @@ class DOCScore(nn.Module):
         self.model, self.k = model, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = torch.cdist(self.model(x), self.model.bank)
+        # the matrix-product form of the distances: torch.cdist takes it only for banks of
+        # more than 25 features, and its other path has no ONNX conversion
+        f, bank = self.model(x), self.model.bank
+        d2 = (f * f).sum(1, keepdim=True) - 2 * f @ bank.t() + (bank * bank).sum(1)[None]
+        d = d2.clamp_min(0).sqrt()
         return d.topk(min(self.k, self.model.bank.shape[0]), dim=1, largest=False)[0].mean(1)
 
 

@@ -209,7 +209,10 @@ class PatchCore(Detector):
         if not layers or any(int(i) not in STAGE_INFO for i in layers) or len(set(layers)) != len(layers):
             raise ConfigError(f"layers must be distinct trunk stages out of {sorted(STAGE_INFO)}, "
                               f"got {self.layers!r}")
-        self.layers = [int(i) for i in layers]
+        norm = [int(i) for i in layers]
+        if not (isinstance(self.layers, list) and self.layers == norm
+                and all(type(i) is int for i in self.layers)):
+            self.layers = norm  # a list of ints as given stays the object given (clone)
         if not 0.0 < float(self.coreset_ratio) <= 1.0:
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if int(self.coreset_max) < 1:
