@@ -388,3 +388,33 @@ def test_resume_refuses_predictions_of_another_model(run_copy, tmp_path, capsys)
     assert len(_rows(out)) == 1  # nothing appended
     assert _cli("predict", run, data / "test" / "good", "--out", out, "--overwrite", "-q") == 0
     assert json.loads((out / "predictions.json").read_text())["model_id"] == side["model_id"]
+
+
+def test_eval_from_another_folder_finds_a_relatively_given_training_folder(mvtec_dir, tmp_path,
+                                                                          monkeypatch):
+    from oneclass.runs import evaluate, train
+
+    monkeypatch.chdir(mvtec_dir.parent)
+    run = tmp_path / "rel"
+    train("deep_svdd", mvtec_dir.name, run, {"epochs": 1, "pretrain_epochs": 0, "seed": 0},
+          progress=False)
+    monkeypatch.chdir(tmp_path)  # mvtec_dir.name does not exist here
+    metrics = evaluate(run)
+    assert metrics["data"] == str(mvtec_dir.resolve()) and metrics["image_auroc"] is not None
+
+
+def test_a_retraining_that_fails_before_its_first_epoch_does_not_block_resume(mvtec_dir,
+                                                                             tmp_path):
+    from oneclass.errors import OneclassError
+    from oneclass.runs import train
+
+    run = tmp_path / "r"
+    params = {"epochs": 1, "pretrain_epochs": 0, "seed": 0}
+    train("deep_svdd", str(mvtec_dir), run, params, progress=False)
+    with pytest.raises(OneclassError):
+        train("deep_svdd", str(mvtec_dir), run, {**params, "device": "foo"}, progress=False)
+    pending = run / "checkpoints" / "config.json"
+    assert json.loads(pending.read_text())["params"]["device"] == "foo"
+    # the pending configuration of the failed attempt is not what --resume checks
+    train("deep_svdd", str(mvtec_dir), run, params, progress=False, resume=True)
+    assert json.loads((run / "config.json").read_text())["params"]["device"] == "auto"

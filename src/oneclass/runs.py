@@ -243,13 +243,15 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     # The configuration of a training in progress waits in checkpoints/ and replaces
     # config.json only with the model: a failed retraining leaves the earlier run consistent.
     pending = ckpt / "config.json"
-    recorded = pending if pending.is_file() else out / "config.json"
+    # a pending configuration without checkpoint weights is of a training that failed (or was
+    # stopped) before its first epoch: nothing to resume, and not what --resume checks
+    recorded = pending if pending.is_file() and any(ckpt.glob("*.pt")) else out / "config.json"
     # a run interrupted before configuration and log waited in checkpoints/ (older versions):
     # its log so far is RUN/train_log.jsonl, which the resumed run continues
     legacy = resume and not pending.is_file() and any(ckpt.glob("*.pt"))
     if resume and recorded.exists():
         old = {k: v for k, v in _read_json(recorded, "the run's configuration").items()
-               if k not in ("anomalies_used", "anomalies_source", "skipped_images")}
+               if k not in ("anomalies_used", "anomalies_source", "skipped_images", "data_path")}
         old.setdefault("on_bad_image", "error")  # runs written before the policy existed
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than "
@@ -257,6 +259,8 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     out.mkdir(parents=True, exist_ok=True)
     train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)
+    if Path(data_spec).exists():  # eval and report from another folder find the data
+        config["data_path"] = os.path.realpath(data_spec)
     if used is not None:
         config["anomalies_used"] = used
         # the images' collection, resolved now: an evaluation from another folder, or with the
@@ -362,6 +366,9 @@ def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: s
     spec = data_spec or cfg.get("data")
     if not spec:
         raise ConfigError(f"{run}: no data given and none recorded; pass --data SPEC")
+    if not data_spec and not Path(spec).exists() and isinstance(cfg.get("data_path"), str) \
+            and Path(cfg["data_path"]).exists():
+        spec = cfg["data_path"]  # a relative folder, recorded from another working folder
     return det, cfg, spec, data_root or cfg.get("data_root")
 
 
