@@ -418,3 +418,33 @@ def test_a_retraining_that_fails_before_its_first_epoch_does_not_block_resume(mv
     # the pending configuration of the failed attempt is not what --resume checks
     train("deep_svdd", str(mvtec_dir), run, params, progress=False, resume=True)
     assert json.loads((run / "config.json").read_text())["params"]["device"] == "auto"
+
+
+@pytest.mark.parametrize("cfg, words", [
+    ({"method": "hsc", "data": "D", "params": [1]}, ("params must be a table",)),
+    ({"method": "hsc", "data": "D", "params": "ab"}, ("params must be a table",)),
+    ({"method": 5, "data": "D"}, ("method must be text",)),
+    ({"method": "hsc", "data": "D", "epochs": 1, "params": {"batch_size": 8}},
+     ("unknown key(s) epochs", "go in params")),
+    ({"method": "fcdd", "data": "D", "anomaly_limit": 0, "anomalies": "D"},
+     ("anomaly_limit must be",)),
+    ({"method": "fcdd", "data": "D", "anomaly_limit": 2}, ("give --anomalies too",)),
+])
+def test_config_files_with_wrong_keys_or_types_are_one_line(run_copy, tmp_path, capsys, cfg,
+                                                           words):
+    data, _ = run_copy
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({k: (str(data) if v == "D" else v) for k, v in cfg.items()}))
+    assert _cli("train", "--config", path, "--out", tmp_path / "r", "-q") == 2
+    _one_line_error(capsys.readouterr().err, *words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_flat_config_takes_anomaly_limit_beside_the_method_parameters(run_copy, tmp_path):
+    data, _ = run_copy
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"method": "fcdd", "data": str(data), "anomalies": str(data),
+                                "anomaly_limit": 1, "epochs": 1, "batch_size": 8}))
+    assert _cli("train", "--config", path, "--out", tmp_path / "r", "-q") == 0
+    recorded = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert recorded["anomaly_limit"] == 1 and recorded["params"]["epochs"] == 1

@@ -56,7 +56,26 @@ def _read_config(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({exc})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{p}: config must be a mapping of parameters")
+    for k in _CONFIG_TEXT:
+        if k in cfg and not isinstance(cfg[k], str):
+            raise ConfigError(f"{p}: {k} must be text, got {cfg[k]!r}")
+    limit = cfg.get("anomaly_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"{p}: anomaly_limit must be a whole number >= 1, got {limit!r}")
+    if "params" in cfg:
+        if not isinstance(cfg["params"], dict):
+            raise ConfigError(f"{p}: params must be a table of method parameters, got "
+                              f"{cfg['params']!r}")
+        extra = sorted(set(cfg) - set(_CONFIG_TEXT) - {"params", "anomaly_limit"})
+        if extra:  # with a params table, a parameter beside it would be ignored
+            raise ConfigError(f"{p}: unknown key(s) {', '.join(extra)}; method parameters go "
+                              f"in params, beside it only {', '.join(_CONFIG_TEXT)}, "
+                              "anomaly_limit")
     return cfg
+
+
+#: Config keys that are not method parameters (text values), beside anomaly_limit.
+_CONFIG_TEXT = ("method", "data", "data_root", "outliers", "anomalies", "reference")
 
 
 def _positive_float(text: str) -> float:
@@ -128,8 +147,7 @@ def _train(args, rank: int, world: int) -> int:
     if not spec:
         raise ConfigError("no data given: use --data SPEC (a folder, mnist:C, elpv, ...)")
     params = dict(cfg.get("params", {k: v for k, v in cfg.items()
-                                      if k not in ("method", "data", "data_root", "outliers",
-                                                   "anomalies", "reference")}))
+                                      if k not in (*_CONFIG_TEXT, "anomaly_limit")}))
     params.update(_parse_sets(args.set))
     if args.epochs is not None:
         params["epochs"] = args.epochs
@@ -139,13 +157,14 @@ def _train(args, rank: int, world: int) -> int:
         params["device"] = args.device
     root = args.data_root or cfg.get("data_root")
     anomalies = args.anomalies or cfg.get("anomalies")
-    if args.anomaly_limit is not None and not anomalies:
+    limit = args.anomaly_limit if args.anomaly_limit is not None else cfg.get("anomaly_limit")
+    if limit is not None and not anomalies:
         raise ConfigError("--anomaly-limit is the number of labeled anomalies per defect type "
                           "taken from --anomalies SPEC; give --anomalies too")
     det = train(method, spec, Path(args.out), params, data_root=root, resume=args.resume,
                 progress=_progress(args), outliers=args.outliers or cfg.get("outliers"),
                 anomalies=anomalies,
-                anomaly_limit=5 if args.anomaly_limit is None else args.anomaly_limit,
+                anomaly_limit=5 if limit is None else limit,
                 on_bad_image=args.on_bad_image,
                 reference=args.reference or cfg.get("reference"))
     if rank == 0:
