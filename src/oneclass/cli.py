@@ -432,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a method and save the model in a run directory")
     s.add_argument("--method", help="method name (see `oneclass methods`)")
-    s.add_argument("--data", help="folder, mnist:C, fashion-mnist:C, cifar10:C, elpv, synthetic")
+    s.add_argument("--data", help="folder, mnist:C, fashion-mnist:C, cifar10:C, elpv, "
+                   "synthetic, natural (see README)")
     s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--epochs", type=int)
     s.add_argument("--seed", type=int)
