@@ -448,3 +448,12 @@ def test_a_flat_config_takes_anomaly_limit_beside_the_method_parameters(run_copy
     assert _cli("train", "--config", path, "--out", tmp_path / "r", "-q") == 0
     recorded = json.loads((tmp_path / "r" / "config.json").read_text())
     assert recorded["anomaly_limit"] == 1 and recorded["params"]["epochs"] == 1
+
+
+def test_train_out_naming_a_file_says_so(run_copy, tmp_path, capsys):
+    data, _ = run_copy
+    (tmp_path / "afile").write_text("keep me")
+    assert _cli("train", "--method", "deep_svdd", "--data", data, "--out", tmp_path / "afile",
+                "-q") == 2
+    _one_line_error(capsys.readouterr().err, "afile", "not a folder")
+    assert (tmp_path / "afile").read_text() == "keep me"

@@ -232,6 +232,8 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             :mod:`oneclass.data.reference`).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; give --out a folder for the run")
     det = create(method, **params)
     config = {"method": det.name, "data": data_spec, "data_root": data_root,
               "params": det.get_params(), "outliers": outliers, "anomalies": anomalies,
