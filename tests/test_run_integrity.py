@@ -457,3 +457,18 @@ def test_train_out_naming_a_file_says_so(run_copy, tmp_path, capsys):
                 "-q") == 2
     _one_line_error(capsys.readouterr().err, "afile", "not a folder")
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_resume_of_a_finished_run_keeps_it_and_its_evaluation(run_copy, tmp_path, capsys):
+    # it retrained from scratch (same weights) and removed metrics.json, scores.csv, ...
+    data, _ = run_copy
+    run = tmp_path / "done"
+    args = ["train", "--method", "deep_svdd", "--data", data, "--out", run, "--epochs", "1",
+            "--set", "pretrain_epochs=0", "-q"]
+    assert _cli(*args) == 0
+    assert _cli("eval", run) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    assert _cli(*args, "--resume") == 0
+    assert "trained deep_svdd" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == before
+    assert _cli(*args[:-3], "--epochs", "2", "-q", "--resume") == 2  # another configuration

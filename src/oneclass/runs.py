@@ -258,6 +258,10 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than "
                               f"{recorded.relative_to(out)}; use a new --out or the same options")
+        if recorded == out / "config.json" and not any(ckpt.glob("*.pt")) \
+                and (out / "model").is_dir():  # retraining it would only repeat it
+            log.info("%s: finished with this configuration; nothing to resume", out)
+            return load_model(out, params.get("device", "auto"))
     out.mkdir(parents=True, exist_ok=True)
     train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)
