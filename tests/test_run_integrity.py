@@ -468,7 +468,35 @@ def test_resume_of_a_finished_run_keeps_it_and_its_evaluation(run_copy, tmp_path
     assert _cli(*args) == 0
     assert _cli("eval", run) == 0
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
     assert _cli(*args, "--resume") == 0
-    assert "trained deep_svdd" in capsys.readouterr().out
+    assert "finished with this configuration; nothing to resume" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()} == before
     assert _cli(*args[:-3], "--epochs", "2", "-q", "--resume") == 2  # another configuration
+
+
+def test_resume_with_the_same_relative_spec_naming_other_data_is_refused(run_copy, tmp_path,
+                                                                        monkeypatch, capsys):
+    import shutil as sh
+
+    data, _ = run_copy
+    for side in ("a", "b"):
+        sh.copytree(data, tmp_path / side / "d")
+    run = tmp_path / "r"
+    args = ["train", "--method", "deep_svdd", "--data", "d", "--out", run, "--epochs", "1",
+            "--set", "pretrain_epochs=0", "-q"]
+    monkeypatch.chdir(tmp_path / "a")
+    assert _cli(*args) == 0
+    monkeypatch.chdir(tmp_path / "b")
+    assert _cli(*args, "--resume") == 2
+    _one_line_error(capsys.readouterr().err, "other data", str(tmp_path / "a" / "d"))
+
+
+def test_a_runs_own_config_json_is_a_valid_config(run_copy, tmp_path):
+    data, run = run_copy
+    out = tmp_path / "again"
+    assert _cli("train", "--config", run / "config.json", "--out", out, "--epochs", "1",
+                "-q") == 0
+    again = json.loads((out / "config.json").read_text())
+    first = json.loads((run / "config.json").read_text())
+    assert again["method"] == first["method"] and again["data"] == first["data"]

@@ -56,8 +56,10 @@ def _read_config(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({exc})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{p}: config must be a mapping of parameters")
+    # a run's own config.json may be given: its record of the run is not configuration
+    cfg = {k: v for k, v in cfg.items() if k not in _RUN_RECORD}
     for k in _CONFIG_TEXT:
-        if k in cfg and not isinstance(cfg[k], str):
+        if cfg.get(k) is not None and not isinstance(cfg[k], str):
             raise ConfigError(f"{p}: {k} must be text, got {cfg[k]!r}")
     limit = cfg.get("anomaly_limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -75,7 +77,10 @@ def _read_config(path: str | None) -> dict[str, Any]:
 
 
 #: Config keys that are not method parameters (text values), beside anomaly_limit.
-_CONFIG_TEXT = ("method", "data", "data_root", "outliers", "anomalies", "reference")
+_CONFIG_TEXT = ("method", "data", "data_root", "outliers", "anomalies", "reference",
+                "on_bad_image")
+#: What a run's config.json records about the run beside its configuration.
+_RUN_RECORD = ("data_path", "anomalies_used", "anomalies_source", "skipped_images")
 
 
 def _positive_float(text: str) -> float:
@@ -165,9 +170,12 @@ def _train(args, rank: int, world: int) -> int:
                 progress=_progress(args), outliers=args.outliers or cfg.get("outliers"),
                 anomalies=anomalies,
                 anomaly_limit=5 if limit is None else limit,
-                on_bad_image=args.on_bad_image,
+                on_bad_image=args.on_bad_image or cfg.get("on_bad_image") or "error",
                 reference=args.reference or cfg.get("reference"))
-    if rank == 0:
+    if rank == 0 and getattr(det, "finished_before_", False):
+        print(f"{args.out}: finished with this configuration; nothing to resume (model in "
+              f"{args.out}/model)")
+    elif rank == 0:
         print(f"trained {det.name} on {spec} in {det.train_seconds_:.1f} s"
               f"{f' on {world} processes' if world > 1 else ''}; threshold "
               f"{det.threshold_:.6g} ({det.threshold_source_}); model in {args.out}/model")
@@ -178,7 +186,7 @@ def cmd_eval(args) -> int:
     from .runs import evaluate, format_metrics
 
     m = evaluate(Path(args.run), args.data, args.data_root, args.device or "auto",
-                 on_bad_image=args.on_bad_image, progress=_progress(args))
+                 on_bad_image=args.on_bad_image or "error", progress=_progress(args))
     print(format_metrics(m))
     print(f"metrics written to {Path(args.run) / 'metrics.json'}")
     return 0
@@ -192,7 +200,7 @@ def cmd_predict(args) -> int:
         r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
                     overwrite=args.overwrite, heatmaps=not args.no_heatmaps,
                     device=args.device or "auto", progress=_progress(args),
-                    on_bad_image=args.on_bad_image, batch_size=args.batch_size)
+                    on_bad_image=args.on_bad_image or "error", batch_size=args.batch_size)
     except (OSError, OneclassError) as exc:  # rows are flushed batch by batch: a rerun continues
         if not _writing(exc):
             raise
@@ -263,7 +271,7 @@ def cmd_report(args) -> int:
     from .runs import report
 
     path = report(Path(args.run), args.data, args.data_root, top=args.top,
-                  device=args.device or "auto", on_bad_image=args.on_bad_image,
+                  device=args.device or "auto", on_bad_image=args.on_bad_image or "error",
                   progress=_progress(args))
     print(f"report written to {path}")
     return 0
@@ -413,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def images(sp):
-        sp.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
+        sp.add_argument("--on-bad-image", choices=("error", "skip"),
                         help="an unreadable image stops the command with its name (error, the "
                         "default) or is left out with a warning and a count (skip)")
         sp.add_argument("--max-pixels", type=_count(1), metavar="N",

@@ -258,10 +258,17 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than "
                               f"{recorded.relative_to(out)}; use a new --out or the same options")
+        here = os.path.realpath(data_spec) if Path(data_spec).exists() else None
+        if old_path := _read_json(recorded, "the run's configuration").get("data_path"):
+            if here != old_path:  # the same spec, other data (relative, another folder)
+                raise ConfigError(f"{out}: --resume with other data: {data_spec} is "
+                                  f"{here or 'not a folder here'}, the run's was {old_path}; "
+                                  "use a new --out")
         if recorded == out / "config.json" and not any(ckpt.glob("*.pt")) \
                 and (out / "model").is_dir():  # retraining it would only repeat it
-            log.info("%s: finished with this configuration; nothing to resume", out)
-            return load_model(out, params.get("device", "auto"))
+            done = load_model(out, params.get("device", "auto"))
+            done.finished_before_ = True  # the CLI says so instead of "trained ..."
+            return done
     out.mkdir(parents=True, exist_ok=True)
     train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)

@@ -93,11 +93,9 @@ class DOCScore(nn.Module):
         self.model, self.k = model, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the matrix-product form of the distances: torch.cdist takes it only for banks of
-        # more than 25 features, and its other path has no ONNX conversion
-        f, bank = self.model(x), self.model.bank
-        d2 = (f * f).sum(1, keepdim=True) - 2 * f @ bank.t() + (bank * bank).sum(1)[None]
-        d = d2.clamp_min(0).sqrt()
+        # the matrix-product form of the distances always: torch.cdist takes it by itself only
+        # for banks of more than 25 features, and its other path has no ONNX conversion
+        d = torch.cdist(self.model(x), self.model.bank, compute_mode="use_mm_for_euclid_dist")
         return d.topk(min(self.k, self.model.bank.shape[0]), dim=1, largest=False)[0].mean(1)
 
 
