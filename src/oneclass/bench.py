@@ -470,6 +470,7 @@ class _Rows:
 
     def __init__(self, path: Path):
         self.path = path
+        self.ended = False  # whether the file's last line is known to end in a newline
         self.by_key: dict[str, dict[str, Any]] = {}
         self.rows: dict[tuple, dict[str, Any]] = {}
         for r in read_jsonl(path):
@@ -491,9 +492,11 @@ class _Rows:
     def _end_last_line(self) -> None:
         """Before appending: a last line without its newline is ended (a complete record) or
         cut off (one cut short by an interrupted run, which reading left out), so the new
-        line is not glued to it."""
-        if not self.path.exists():
+        line is not glued to it. Once: every line this object appends ends in one."""
+        if self.ended or not self.path.exists():
+            self.ended = True
             return
+        self.ended = True
         with open(self.path, "rb+") as fh:
             data = fh.read()
             if not data or data.endswith(b"\n"):

@@ -186,7 +186,7 @@ def cmd_eval(args) -> int:
     from .runs import evaluate, format_metrics
 
     m = evaluate(Path(args.run), args.data, args.data_root, args.device or "auto",
-                 on_bad_image=args.on_bad_image or "error", progress=_progress(args))
+                 on_bad_image=args.on_bad_image, progress=_progress(args))
     print(format_metrics(m))
     print(f"metrics written to {Path(args.run) / 'metrics.json'}")
     return 0
@@ -200,7 +200,7 @@ def cmd_predict(args) -> int:
         r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
                     overwrite=args.overwrite, heatmaps=not args.no_heatmaps,
                     device=args.device or "auto", progress=_progress(args),
-                    on_bad_image=args.on_bad_image or "error", batch_size=args.batch_size)
+                    on_bad_image=args.on_bad_image, batch_size=args.batch_size)
     except (OSError, OneclassError) as exc:  # rows are flushed batch by batch: a rerun continues
         if not _writing(exc):
             raise
@@ -271,7 +271,7 @@ def cmd_report(args) -> int:
     from .runs import report
 
     path = report(Path(args.run), args.data, args.data_root, top=args.top,
-                  device=args.device or "auto", on_bad_image=args.on_bad_image or "error",
+                  device=args.device or "auto", on_bad_image=args.on_bad_image,
                   progress=_progress(args))
     print(f"report written to {path}")
     return 0
@@ -420,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def images(sp):
-        sp.add_argument("--on-bad-image", choices=("error", "skip"),
+    def images(sp, policy: str | None = "error"):  # train: None, so a config file can set it
+        sp.add_argument("--on-bad-image", choices=("error", "skip"), default=policy,
                         help="an unreadable image stops the command with its name (error, the "
                         "default) or is left out with a warning and a count (skip)")
         sp.add_argument("--max-pixels", type=_count(1), metavar="N",
@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference set of other classes (doc): mnist, fashion-mnist:-7, a folder "
                    "of class folders, imagenet:SPEC for unlabeled images")
     common(s)
-    images(s)
+    images(s, policy=None)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="score the test split; write RUN/metrics.json")

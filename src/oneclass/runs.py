@@ -51,12 +51,8 @@ def _read_json(p: Path, what: str) -> Any:
 
 
 def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
-    """Up to ``limit`` anomalous images per defect type from the test split of ``spec``."""
-    return _pick(spec, limit, seed, root)[0]
-
-
-def _pick(spec: str, limit: int, seed: int, root: str | None):
-    """:func:`pick_anomalies`, and the number of anomalous test images of ``spec`` not picked."""
+    """Up to ``limit`` anomalous images per defect type from the test split of ``spec``, and
+    the number of its anomalous test images not picked."""
     if int(limit) < 1:
         raise ConfigError(f"anomaly_limit (--anomaly-limit) must be at least 1, got {limit}")
     limit = int(limit)
@@ -78,41 +74,38 @@ def _pick(spec: str, limit: int, seed: int, root: str | None):
     return test.subset(chosen), int((test.labels == 1).sum()) - len(chosen)
 
 
-def _benchmark_classes(canonical: str) -> tuple[str, str, str]:
-    """(benchmark, normal class, anomaly classes) of a canonical spec, as written there;
-    ``("", "", "")`` for anything else, a spec with classes outside 0..9 too (loading it
-    names the problem)."""
-    name, _, arg = canonical.partition(":")
-    cls, _, rest = arg.partition(":")
-    classes = [cls] * bool(cls) + (rest.split(",") if rest else [])
-    if name not in data_mod.CLASSES or not all(c.isdecimal() and int(c) <= 9 for c in classes):
-        return "", "", ""
-    return name, cls, rest
+def _benchmark(spec: str) -> tuple[str, int | None, list[int] | None] | None:
+    """:func:`oneclass.data.benchmark_classes`, None also for classes outside 0..9 (loading
+    the spec names the problem)."""
+    b = data_mod.benchmark_classes(spec)
+    if b is None or any(c > 9 for c in [b[1] or 0, *(b[2] or [])]):
+        return None
+    return b
 
 
-def _class_name(name: str, cls: str) -> str:
+def _class_name(name: str, cls: int) -> str:
     """``3`` for MNIST, ``3 (dress)`` for Fashion-MNIST."""
-    label = data_mod.CLASSES[name][int(cls)]
-    return cls if label == cls else f"{cls} ({label})"
+    label = data_mod.CLASSES[name][cls]
+    return str(cls) if label == str(cls) else f"{cls} ({label})"
 
 
 def _check_anomalies(data_spec: str, anomalies: str) -> None:
     """Refuse labeled anomalies that would include the normal class of a benchmark: the
     anomalies of ``NAME:C`` are every class but C, those of ``NAME:C:A[,A]`` the classes A."""
-    name, normal, _ = _benchmark_classes(data_mod.canonical(data_spec))
-    aname, acls, arest = _benchmark_classes(data_mod.canonical(anomalies))
-    if name != aname or name not in data_mod.CLASSES or not normal or not acls:
+    d, a = _benchmark(data_spec), _benchmark(anomalies)
+    if d is None or a is None or d[0] != a[0] or d[1] is None or a[1] is None:
         return
-    anomalous = [int(a) for a in arest.split(",")] if arest else \
-        [c for c in range(10) if c != int(acls)]
-    if int(normal) in anomalous:
-        which = f"the classes {arest}" if arest else f"every class but {acls}"
+    name, normal = d[:2]
+    _, acls, arest = a
+    anomalous = arest or [c for c in range(10) if c != acls]
+    if normal in anomalous:
+        which = f"the classes {','.join(map(str, arest))}" if arest else f"every class but {acls}"
         raise ConfigError(
             f"--anomalies {anomalies}: its anomalies are {which}, which includes "
             f"{_class_name(name, normal)}, the normal class of --data {data_spec}; "
             f"give --anomalies {name}:{normal} for labeled anomalies of every other class, or "
             f"{name}:{normal}:A[,A] for those of the classes A only (e.g. {name}:{normal}:"
-            f"{acls if acls != normal else (int(normal) + 1) % 10})")
+            f"{acls if acls != normal else (normal + 1) % 10})")
 
 
 def _check_outliers(data_spec: str, outliers: str) -> None:
@@ -125,12 +118,12 @@ def _check_outliers(data_spec: str, outliers: str) -> None:
         raise ConfigError(f"--outliers {outliers} is the training data (--data {data_spec}) "
                           "itself: its normal images would be trained as anomalies; give "
                           "images of something else")
-    name, normal, _ = _benchmark_classes(d)
-    oname, ocls, _ = _benchmark_classes(o)
-    if name != oname or name not in data_mod.CLASSES:
+    db, ob = _benchmark(data_spec), _benchmark(outliers)
+    if db is None or ob is None or db[0] != ob[0]:
         return
-    if not normal or not ocls or normal == ocls:
-        what = f"class {_class_name(name, normal)}" if normal else "every class"
+    name, normal, ocls = db[0], db[1], ob[1]
+    if normal is None or ocls is None or normal == ocls:
+        what = f"class {_class_name(name, normal)}" if normal is not None else "every class"
         raise ConfigError(f"--outliers {outliers} holds the normal training images of --data "
                           f"{data_spec} ({what}): they would be trained as anomalies; give "
                           f"another dataset, a folder, or another class ({name}:C)")
@@ -171,7 +164,7 @@ def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str 
     normal_set = train_set
     used = None
     if anomalies:
-        picked, left = _pick(anomalies, anomaly_limit, seed, root)
+        picked, left = pick_anomalies(anomalies, anomaly_limit, seed, root)
         used = list(picked.names)
         if left == 0 and data_mod.canonical(anomalies) == data_mod.canonical(data_spec):
             log.warning("%s: all %d anomalous test images are used as labeled anomalies, none is "
@@ -251,19 +244,21 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     # a run interrupted before configuration and log waited in checkpoints/ (older versions):
     # its log so far is RUN/train_log.jsonl, which the resumed run continues
     legacy = resume and not pending.is_file() and any(ckpt.glob("*.pt"))
+    # the data's resolved path (eval and report from another folder find it there)
+    data_path = os.path.realpath(data_spec) if Path(data_spec).exists() else None
     if resume and recorded.exists():
-        old = {k: v for k, v in _read_json(recorded, "the run's configuration").items()
+        before = _read_json(recorded, "the run's configuration")
+        old = {k: v for k, v in before.items()
                if k not in ("anomalies_used", "anomalies_source", "skipped_images", "data_path")}
         old.setdefault("on_bad_image", "error")  # runs written before the policy existed
         if old != json.loads(json.dumps(config)):
             raise ConfigError(f"{out}: --resume with a different configuration than "
                               f"{recorded.relative_to(out)}; use a new --out or the same options")
-        here = os.path.realpath(data_spec) if Path(data_spec).exists() else None
-        if old_path := _read_json(recorded, "the run's configuration").get("data_path"):
-            if here != old_path:  # the same spec, other data (relative, another folder)
-                raise ConfigError(f"{out}: --resume with other data: {data_spec} is "
-                                  f"{here or 'not a folder here'}, the run's was {old_path}; "
-                                  "use a new --out")
+        if before.get("data_path") and data_path != before["data_path"]:
+            # the same spec, other data (relative, run from another folder)
+            raise ConfigError(f"{out}: --resume with other data: {data_spec} is "
+                              f"{data_path or 'not a folder here'}, the run's was "
+                              f"{before['data_path']}; use a new --out")
         if recorded == out / "config.json" and not any(ckpt.glob("*.pt")) \
                 and (out / "model").is_dir():  # retraining it would only repeat it
             done = load_model(out, params.get("device", "auto"))
@@ -272,8 +267,8 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     out.mkdir(parents=True, exist_ok=True)
     train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)
-    if Path(data_spec).exists():  # eval and report from another folder find the data
-        config["data_path"] = os.path.realpath(data_spec)
+    if data_path:
+        config["data_path"] = data_path
     if used is not None:
         config["anomalies_used"] = used
         # the images' collection, resolved now: an evaluation from another folder, or with the
@@ -555,9 +550,8 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
             listed += [(f, True) for f in found]
             # the ground_truth/ of this MVTec-layout folder, or of those below it (a folder of
             # several categories)
-            gts = {f.parents[len(f.relative_to(p).parts) - 2 - k]
-                   for f in found for k, part in enumerate(f.relative_to(p).parts[:-1])
-                   if part == "ground_truth"}
+            gts = {p.joinpath(*rel[:k + 1]) for rel in (f.relative_to(p).parts for f in found)
+                   for k, part in enumerate(rel[:-1]) if part == "ground_truth"}
             masks += [os.path.realpath(g) for g in gts if is_mvtec(g.parent)]
         elif p.is_file():
             listed.append((p, False))

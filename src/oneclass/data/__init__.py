@@ -53,13 +53,11 @@ def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
             from .classic import all_images
 
             return all_images(key, split, root)
-        cls, _, rest = arg.partition(":")
-        rest_ok = all(a.strip().isdecimal() for a in rest.split(",")) if rest else True
-        if not cls.strip().isdecimal() or not rest_ok:  # isdigit() accepts '²', int() does not
+        classes = _classes(arg)
+        if classes is None:
             raise DataError(f"{spec}: give the normal class as {name}:C with C in 0..9 "
                             f"(or {name}:C:A[,A] to test against the classes A only)")
-        anomalies = [int(a) for a in rest.split(",")] if rest else None
-        return one_vs_rest(key, int(cls), split, root, anomalies=anomalies)
+        return one_vs_rest(key, classes[0], split, root, anomalies=classes[1])
     if key == "elpv":
         from .elpv import elpv
 
@@ -103,12 +101,12 @@ def canonical(spec: str) -> str:
         key = ALIASES.get(key, key)
         if arg.strip() in ("", "all"):
             return key
-        cls, _, rest = arg.partition(":")
-        parts = [a.strip() for a in rest.split(",")] if rest else []
-        if not cls.strip().isdecimal() or not all(a.isdecimal() for a in parts):
+        classes = _classes(arg)
+        if classes is None:
             return spec  # not a valid spec: loading it names the problem
-        out = f"{key}:{int(cls)}"
-        return out + (":" + ",".join(str(a) for a in sorted({int(a) for a in parts})) if parts else "")
+        cls, anomalies = classes
+        return f"{key}:{cls}" + (":" + ",".join(map(str, sorted(set(anomalies))))
+                                 if anomalies else "")
     if key == "elpv":
         return spec.strip().lower()
     if key == "synthetic":  # options in any order, defaults written out
@@ -118,6 +116,31 @@ def canonical(spec: str) -> str:
             return spec
         return f"synthetic:{texture.lower()}:{h}x{w}:{'rgb' if c == 3 else 'gray'}"
     return spec
+
+
+def _classes(arg: str) -> tuple[int, list[int] | None] | None:
+    """The normal class and the anomaly classes (None: every other) of a benchmark spec's
+    ``C[:A[,A]]``; None when they are not whole numbers (isdigit() accepts '²', int() does
+    not). The range 0..9 is checked where the data is read."""
+    cls, _, rest = arg.partition(":")
+    parts = [a.strip() for a in rest.split(",")] if rest else []
+    if not cls.strip().isdecimal() or not all(a.isdecimal() for a in parts):
+        return None
+    return int(cls), [int(a) for a in parts] or None
+
+
+def benchmark_classes(spec: str) -> tuple[str, int | None, list[int] | None] | None:
+    """``(benchmark, normal class, anomaly classes)`` of a one-vs-rest spec (``mnist:3:5`` is
+    ``("mnist", 3, [5])``, ``mnist`` is ``("mnist", None, None)``: every class); None for any
+    other spec, and for one whose classes are not whole numbers."""
+    c = canonical(spec)
+    name, _, arg = c.partition(":")
+    if name not in CLASSES:
+        return None
+    if not arg:
+        return name, None, None
+    classes = _classes(arg)
+    return None if classes is None else (name, *classes)
 
 
 def source(spec: str) -> str:
@@ -159,5 +182,6 @@ def concat(*sets: ImageSet) -> ImageSet:
     return Concat(list(sets))
 
 
-__all__ = ["canonical", "concat", "load", "source", "screen", "ImageSet", "ArraySet", "FileSet",
-           "Preprocess", "Sample", "NORMAL", "ANOMALOUS", "UNLABELED", "CLASSES"]
+__all__ = ["benchmark_classes", "canonical", "concat", "load", "source", "screen", "ImageSet",
+           "ArraySet", "FileSet", "Preprocess", "Sample", "NORMAL", "ANOMALOUS", "UNLABELED",
+           "CLASSES"]
