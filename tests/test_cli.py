@@ -173,3 +173,17 @@ def test_demo_runs_train_eval_and_report_on_other_data(mvtec_dir, tmp_path, caps
     assert auroc == pytest.approx(json.loads((out / "metrics.json").read_text())["image_auroc"],
                                   abs=1e-4)
     assert (out / "report.html").is_file() and (out / "model" / "model.json").is_file()
+
+
+def test_eval_on_a_test_set_of_one_class_says_why_the_metrics_are_missing(run_dir, mvtec_dir,
+                                                                            tmp_path, capsys):
+    data = tmp_path / "only_good"
+    shutil.copytree(mvtec_dir, data)
+    for kind in (data / "test").iterdir():
+        if kind.name != "good":
+            shutil.rmtree(kind)
+    shutil.rmtree(data / "ground_truth", ignore_errors=True)
+    assert main(["eval", str(run_dir), "--data", str(data), "-q"]) == 0
+    assert "all 10 labeled test images are normal" in capsys.readouterr().err
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["image_auroc"] is None and m["accuracy_at_threshold"] is not None

@@ -385,3 +385,63 @@ def test_pixel_metrics_bundle():
     assert out["aupro"] == pytest.approx(_reference_aupro(masks, maps, 0.3), abs=1e-12)
     none = {"pixel_auroc": None, "aupro": None}
     assert metrics.pixel_metrics(np.zeros((3, 10, 10), dtype=bool), maps) == none
+
+
+def test_detector_flags_compare_in_float64_not_at_float32_rounding():
+    # scores.csv writes 8 digits: a threshold copied from it lies between float32 values, and
+    # a float32 comparison would round it to the score just below and flag that score
+    import oneclass
+
+    det = oneclass.create("deep_svdd")
+    det.threshold_ = 113.653
+    s = np.float32([113.653, 113.654])  # 113.65299987..., 113.65399932...
+    assert float(s[0]) < 113.653
+    assert det.flags(s).tolist() == [False, True]
+    assert det.flags(s[0]).tolist() is False
+    det.threshold_ = float(np.float32(0.1)) + 1e-12
+    assert det.flags(np.float32([0.1])).tolist() == [False]
+
+
+def _disc_masks(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    maps = rng.random((n, size, size), dtype=np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    masks = np.zeros((n, size, size), bool)
+    for i in range(n):
+        cy, cx = rng.uniform(0, size, 2)
+        masks[i] = (yy - cy) ** 2 + (xx - cx) ** 2 < (size / 8) ** 2
+    return masks, maps
+
+
+def test_aupro_memory_does_not_grow_with_the_number_of_distinct_values(monkeypatch):
+    import tracemalloc
+
+    # small working chunks, so the bound tested is the part that grows with the data
+    monkeypatch.setattr(metrics, "_CHUNK", 1 << 12)
+    masks, maps = _disc_masks(20, 128)
+    for limit in (0.3, 1.0):
+        tracemalloc.start()
+        metrics.aupro(masks, maps, fpr_limit=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # the region labels, sorted normal values, bool masks: about 2.5 copies; a vertex
+        # array per distinct value was 7.5 (limit 0.3) to 22 copies (limit 1)
+        assert peak < 3.5 * maps.nbytes, (limit, peak / maps.nbytes)
+    tracemalloc.start()
+    metrics.aupro(masks[:1, :4, :4] | np.eye(4, dtype=bool), maps[:1, :4, :4], num_thresholds=10**7)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 2**20  # was 325 MB: one level per requested threshold
+
+
+def test_aupro_and_pixel_auroc_do_not_depend_on_the_working_chunk(monkeypatch):
+    rng = np.random.default_rng(5)
+    masks, maps = _disc_masks(6, 16, seed=5)
+    ties = np.round(maps * 7).astype(np.float32)  # many tied values across chunk borders
+    want = [(metrics.aupro(masks, a, fpr_limit=lim), metrics.pixel_auroc(masks, a))
+            for a in (maps, ties) for lim in (0.05, 0.3, 1.0)]
+    for chunk in (1, 2, 3, int(rng.integers(4, 50))):
+        monkeypatch.setattr(metrics, "_CHUNK", chunk)
+        got = [(metrics.aupro(masks, a, fpr_limit=lim), metrics.pixel_auroc(masks, a))
+               for a in (maps, ties) for lim in (0.05, 0.3, 1.0)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

@@ -533,7 +533,7 @@ class Detector:
                             "anomalous", self.name, self.threshold_, float(scores.min()))
             return
         self.threshold_ = holdout_threshold(scores, float(self.contamination))
-        k = int(np.sum(scores >= self.threshold_))
+        k = int(np.sum(self.flags(scores)))
         self.threshold_source_ = (f"flags {k} of {what}, at most contamination "
                                   f"{float(self.contamination):g}")
 
@@ -608,9 +608,18 @@ class Detector:
         """
         return {}
 
+    def flags(self, scores) -> np.ndarray:
+        """True where a score is at or above ``threshold_``.
+
+        Compared in float64: float32 scores against the Python float ``threshold_`` would
+        round the threshold to float32 first (NumPy 2), so a score just below an explicit
+        threshold such as 113.653 would count as at or above it.
+        """
+        return np.asarray(scores, dtype=np.float64) >= float(self.threshold_)
+
     def predict(self, x) -> np.ndarray:
         """1 where the score is at or above ``threshold_``, else 0."""
-        return (self.score(x) >= self.threshold_).astype(np.int64)
+        return self.flags(self.score(x)).astype(np.int64)
 
     # ------------------------------------------------------------------ persistence
     def describe(self) -> dict[str, Any]:

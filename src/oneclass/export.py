@@ -293,7 +293,7 @@ def parity(det: Detector, path: str | Path, images: torch.Tensor | np.ndarray,
         "score_range": float(np.ptp(ref_s)),
         "score_max": float(np.abs(ref_s).max()),
         "map_max": float(np.abs(ref_m).max()),
-        "labels_agree": float(np.mean((got_s >= det.threshold_) == (ref_s >= det.threshold_))),
+        "labels_agree": float(np.mean(det.flags(got_s) == det.flags(ref_s))),
         "onnx_images_per_s": len(x) / max(t_onnx, 1e-9),
         "torch_images_per_s": len(x) / max(t_torch, 1e-9),
     }

@@ -17,8 +17,11 @@ space), so AUROC counts an anomalous/normal tie as half a correctly ordered pair
 agree with ``sklearn.metrics`` (``roc_curve(..., drop_intermediate=False)``,
 ``roc_auc_score``, ``average_precision_score``) up to floating-point rounding.
 
-Pixel-level metrics sort values instead of comparing all pairs: time is O(n log n) and the
-extra memory is about one copy of the anomaly maps, so 500 maps of 256 x 256 are fine.
+Pixel-level metrics sort values instead of comparing all pairs: time is O(n log n). Extra
+memory, in copies of float32 anomaly maps (measured with tracemalloc at 400 maps of 256 x 256):
+:func:`pixel_auroc` about 1.2 (2 when most pixels are anomalous); :func:`aupro` about 1.5 when
+a few percent of the pixels are anomalous, up to 9 when most are (sorting and weighting the
+anomalous pixels), plus fixed working arrays of about 60 MB. 500 such maps are fine.
 """
 
 from __future__ import annotations
@@ -168,17 +171,13 @@ def _auc_from_split(neg: np.ndarray, pos: np.ndarray) -> float:
     """
     n_neg, n_pos = neg.size, pos.size
     neg.sort()
-    pos.sort()
-    # distinct positive values and their multiplicities
-    starts = np.flatnonzero(np.concatenate([[True], pos[1:] != pos[:-1]]))
-    counts = np.diff(np.append(starts, n_pos))
-    values = pos[starts]
+    pos.sort()  # sorted queries make searchsorted walk ``neg`` in order
     twice_u = 0  # 2 * (#pairs pos > neg) + (#pairs pos == neg)
-    for i in range(0, values.size, _CHUNK):
-        v = values[i : i + _CHUNK]
+    for i in range(0, n_pos, _CHUNK):
+        v = pos[i : i + _CHUNK]
         below = np.searchsorted(neg, v, side="left")
         below_or_tied = np.searchsorted(neg, v, side="right")
-        twice_u += int(np.sum(counts[i : i + _CHUNK] * (below + below_or_tied), dtype=np.int64))
+        twice_u += int(np.sum(below, dtype=np.int64)) + int(np.sum(below_or_tied, dtype=np.int64))
     return twice_u / (2.0 * n_pos * n_neg)
 
 
@@ -404,8 +403,9 @@ def _component_labels(stack: np.ndarray) -> tuple[np.ndarray, int]:
 def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     """Trapezoidal area under the polyline ``(x, y)`` for ``0 <= x <= limit``.
 
-    ``x`` must be non-decreasing, start at 0 and reach ``limit``; repeated ``x`` values are
-    vertical segments. The curve is interpolated linearly at exactly ``x = limit``.
+    ``x`` must be non-decreasing and start at or below ``limit`` (a piece of a longer curve
+    gives its share of the area); repeated ``x`` values are vertical segments. The curve is
+    interpolated linearly at exactly ``x = limit``.
     """
     idx = int(np.searchsorted(x, limit, side="right"))  # first point beyond the limit
     xs, ys = x[:idx], y[:idx]
@@ -415,6 +415,42 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
         y_limit = y0 + (limit - x0) / (x1 - x0) * (y1 - y0)
         area += (limit - x0) * (y0 + y_limit) / 2.0
     return area
+
+
+def _exact_aupro(neg: np.ndarray, pos: np.ndarray, pro_at: np.ndarray,
+                 fpr_limit: float) -> float:
+    """:func:`aupro` with a vertex at every distinct map value (``neg``, ``pos`` sorted).
+
+    The curve is built and integrated in chunks of ``_CHUNK`` normal values, from the highest
+    down, so the extra memory does not grow with the number of distinct values.
+    """
+    n_neg = neg.size
+    # Only normal values whose group starts below the limit matter: the group of the need-th
+    # largest normal value ends beyond the limit (the + 1 guards against rounding in
+    # fpr_limit * n_neg), so no later vertex is used.
+    need = min(n_neg, math.ceil(fpr_limit * n_neg) + 1)
+    cut = int(np.searchsorted(neg, neg[n_neg - need], side="left"))
+    area, last = 0.0, (0.0, 0.0)  # the curve starts at (0, 0)
+    for end in range(n_neg, cut, -_CHUNK):
+        block = neg[max(cut, end - _CHUNK) : end][::-1]  # descending
+        first = np.empty(block.size, dtype=bool)  # the first (highest) of each tied group
+        first[0] = end == n_neg or block[0] != neg[end]
+        first[1:] = block[1:] != block[:-1]
+        values = block[first]
+        # vertices per group of tied normal values: (FPR before, PRO above) and (FPR after,
+        # PRO from): a vertical step for anomalous-only values, then the segment
+        x = np.empty(2 * values.size + 1)
+        y = np.empty_like(x)
+        x[0], y[0] = last
+        x[1::2] = (n_neg - np.searchsorted(neg, values, side="right")) / n_neg  # FPR(> value)
+        x[2::2] = (n_neg - np.searchsorted(neg, values, side="left")) / n_neg  # FPR(>= value)
+        y[1::2] = pro_at[np.searchsorted(pos, values, side="right")]  # PRO(> value)
+        y[2::2] = pro_at[np.searchsorted(pos, values, side="left")]  # PRO(>= value)
+        area += _area_up_to(x, y, fpr_limit)
+        if x[-1] >= fpr_limit:
+            break
+        last = (x[-1], y[-1])
+    return float(min(1.0, max(0.0, area / fpr_limit)))
 
 
 def aupro(
@@ -490,38 +526,22 @@ def aupro(
     neg.sort()
 
     if num_thresholds is None:
-        # Only normal values whose group starts below the limit matter: the group of the
-        # need-th largest normal value ends beyond the limit (the + 1 guards against rounding
-        # in fpr_limit * n_neg), so no later vertex is used.
-        need = min(n_neg, math.ceil(fpr_limit * n_neg) + 1)
-        cut = np.searchsorted(neg, neg[n_neg - need], side="left")
-        top = neg[cut:][::-1]  # descending
-        firsts = np.flatnonzero(np.concatenate([[True], top[1:] != top[:-1]]))
-        values = top[firsts]
-        n_after = np.append(firsts[1:], top.size)  # normal pixels >= value
-        n_before = firsts  # normal pixels > value
-        pro_above = pro_at[np.searchsorted(pos, values, side="right")]  # PRO(> value)
-        pro_from = pro_at[np.searchsorted(pos, values, side="left")]  # PRO(>= value)
-        # vertices: (0, 0), then per group of tied normal values (FPR before, PRO above) and
-        # (FPR after, PRO from): a vertical step for anomalous-only values, then the segment
-        x = np.empty(2 * values.size + 1)
-        y = np.empty_like(x)
-        x[0] = y[0] = 0.0
-        x[1::2] = n_before / n_neg
-        x[2::2] = n_after / n_neg
-        y[1::2] = pro_above
-        y[2::2] = pro_from
-    else:
-        levels = fpr_limit * np.arange(1, num_thresholds + 1) / num_thresholds
-        ranks = np.ceil(levels * n_neg).astype(np.int64)
-        # one more vertex at or beyond the limit, whatever the rounding of levels * n_neg
-        ranks = np.clip(np.append(ranks, ranks[-1] + 1), 1, n_neg)
-        thresholds = np.unique(neg[n_neg - ranks])[::-1]
-        fpr = (n_neg - np.searchsorted(neg, thresholds, side="left")) / n_neg
-        pro = pro_at[np.searchsorted(pos, thresholds, side="left")]
-        start = pro_at[np.searchsorted(pos, neg[-1], side="right")]  # PRO at FPR 0
-        x = np.concatenate([[0.0, 0.0], fpr])
-        y = np.concatenate([[0.0, start], pro])
+        return _exact_aupro(neg, pos, pro_at, fpr_limit)
+    # each rank r is the vertex at the r-th largest normal value (FPR >= r / n_neg); marked in
+    # chunks, so memory does not grow with num_thresholds beyond the number of normal pixels
+    marked = np.zeros(n_neg + 1, dtype=bool)
+    for i in range(1, num_thresholds + 1, _CHUNK):
+        levels = fpr_limit * np.arange(i, min(i + _CHUNK, num_thresholds + 1)) / num_thresholds
+        marked[np.clip(np.ceil(levels * n_neg).astype(np.int64), 1, n_neg)] = True
+    ranks = np.flatnonzero(marked)
+    # one more vertex at or beyond the limit, whatever the rounding of levels * n_neg
+    ranks = np.clip(np.append(ranks, ranks[-1] + 1), 1, n_neg)
+    thresholds = np.unique(neg[n_neg - ranks])[::-1]
+    fpr = (n_neg - np.searchsorted(neg, thresholds, side="left")) / n_neg
+    pro = pro_at[np.searchsorted(pos, thresholds, side="left")]
+    start = pro_at[np.searchsorted(pos, neg[-1], side="right")]  # PRO at FPR 0
+    x = np.concatenate([[0.0, 0.0], fpr])
+    y = np.concatenate([[0.0, start], pro])
     return float(min(1.0, max(0.0, _area_up_to(x, y, fpr_limit) / fpr_limit)))
 
 

@@ -393,7 +393,7 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     seconds = time.perf_counter() - t0
     metrics = _metrics(run, det, spec, test, scores, skipped, show)
     metrics["score_images_per_second"] = round(len(test) / max(seconds, 1e-9), 1)
-    pred = scores >= det.threshold_
+    pred = det.flags(scores)
     rows = ["name,kind,label,score,predicted"]
     rows += [f"{_csv(_text(n))},{_csv(_text(k))},{int(lab)},{s:.8g},{int(p)}"
              for n, k, lab, s, p in zip(test.names, test.kinds, test.labels, scores, pred)]
@@ -442,13 +442,18 @@ def _metrics(run: Path, det: Detector, spec: str, test, scores: np.ndarray, skip
     keys = ("image_auroc", "image_ap", "image_f1", "image_f1_threshold")
     if known.any():
         im = image_metrics(labels[known], scores[known])
+        if im["image_auroc"] is None:
+            kind = "anomalous" if (labels[known] == 1).all() else "normal"
+            log.warning("%s: all %d labeled test images are %s; image AUROC, AP and F1 need "
+                        "both normal and anomalous images; writing the scores and accuracy only",
+                        spec, int(known.sum()), kind)
     else:  # a plain folder: the scores are still worth writing
         log.warning("%s: all %d test images are unlabeled; image metrics need labeled data "
                     "(an MVTec-layout folder or a benchmark); writing the scores only",
                     spec, len(test))
         im = dict.fromkeys(keys)
     metrics.update({k: im[k] for k in keys})
-    pred = scores >= det.threshold_
+    pred = det.flags(scores)
     metrics["threshold"] = det.threshold_
     metrics["threshold_source"] = det.threshold_source_
     # all unlabeled images predicted normal is the usual case, as when predicting
@@ -709,7 +714,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                 if not state:
                     start()
                 for j, i in enumerate(idx.tolist()):
-                    label = int(scores[j] >= det.threshold_)
+                    label = int(det.flags(scores[j]))
                     n_anom += label
                     heatmap = ""
                     if maps is not None:
