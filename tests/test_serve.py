@@ -841,3 +841,41 @@ def test_serve_command_lowers_the_pixel_limit_unless_told(monkeypatch, tmp_path)
     assert main(["serve", str(tmp_path)]) == 0
     assert main(["serve", str(tmp_path), "--max-pixels", "999"]) == 0
     assert seen == [serve_mod.SERVE_MAX_PIXELS, 123456, 999]
+
+
+def test_model_info_shows_the_run_folder_only_while_it_is_of_the_served_model(run_dir, tmp_path):
+    import shutil as sh
+
+    from oneclass.runs import evaluate, train
+    from oneclass.serve import Scorer
+
+    run = tmp_path / "run"
+    sh.copytree(run_dir, run)
+    evaluate(run, progress=False)
+    scorer = Scorer(run, "cpu")
+    info = scorer.info()
+    assert info["metrics"]["model_id"] == scorer.model_id and info["last_epoch"]["epoch"] == 1
+    assert info["run_changed"] is False
+    # retrained and evaluated again while the old model is still being served
+    train("fcdd", str(json.loads((run / "config.json").read_text())["data"]), run,
+          {"epochs": 2, "batch_size": 16, "seed": 3}, progress=False)
+    evaluate(run, progress=False)
+    info = scorer.info()
+    assert info["model_id"] == scorer.model_id and info["threshold"] == scorer.det.threshold_
+    assert info["run_changed"] is True
+    assert info["metrics"] is None and info["last_epoch"] is None
+
+
+def test_a_405_names_the_allowed_methods_and_a_401_its_scheme(client):
+    r = client.delete("/predict", headers=KEY)
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "error" in r.json()
+    r = client.get("/model")
+    assert r.status_code == 401 and API_KEY_HEADER in r.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize("mb", ["1e13", "1e300"])
+def test_an_upload_limit_too_large_to_count_is_refused_at_start(run_dir, mb, capsys):
+    from oneclass.cli import main
+
+    assert main(["serve", str(run_dir), "--port", "0", "--max-upload-mb", mb]) == 2
+    assert "upload limit" in capsys.readouterr().err

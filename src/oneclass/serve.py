@@ -4,7 +4,8 @@ Routes (JSON unless said otherwise):
 
 - ``GET /health``: liveness, never needs the API key;
 - ``GET /model``: method, parameters, threshold, input size and the metrics of ``oneclass
-  eval`` when the run has them;
+  eval`` when the run has them for the served model (``run_changed`` is true, and the run
+  folder's log and metrics are left out, once the run was retrained since the start);
 - ``POST /predict``: one image as the multipart field ``file``; returns score, label,
   threshold and model id, plus the heatmap overlay as a base64 PNG with ``?heatmap=1``.
   Uploads over the size limit get 413; a file that is not a readable image gets 400, or 415
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError, NotAnImageError, OneclassError
+from .errors import ConfigError, DataError, NotAnImageError, OneclassError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ SERVE_MAX_PIXELS = 40_000_000
 _GENERIC = ("application/octet-stream", "binary/octet-stream", "application/binary")
 #: Seconds a client gets for its request headers, and again for its request body.
 DEFAULT_TIMEOUT = 30.0
+#: The largest upload limit accepted, in MB (1 TiB): larger byte counts overflow the reader.
+MAX_UPLOAD_MB = 1024.0 * 1024.0
 #: Connections open at once; one more gets 503.
 DEFAULT_MAX_CONNECTIONS = 64
 
@@ -173,20 +176,42 @@ class Scorer:
         self.run = Path(run)
         self.det = load_model(self.run, device)
         self.model_id = model_id(model_dir(self.run))
+        self.stamp = self._model_stamp()
         self.lock = threading.Lock()
         self.decoders = threading.BoundedSemaphore(self.DECODERS)
 
     #: Uploads decoded and resized at once (the model itself runs one call at a time).
     DECODERS = 2
 
+    def _model_stamp(self) -> tuple | None:
+        """Names, sizes and times of the run's model files: they change when it is retrained."""
+        from .runs import model_dir
+
+        try:
+            return tuple((p.name, st.st_size, st.st_mtime_ns) for p in
+                         sorted(model_dir(self.run).iterdir()) for st in [p.stat()])
+        except OSError:
+            return None
+
     def info(self) -> dict[str, Any]:
+        """What ``GET /model`` shows: the served model, and what the run folder says of it.
+
+        The run folder's training log and metrics are shown only while they are of the
+        model being served: a run retrained (or evaluated with another model) since the
+        service started would otherwise pair them with the old model's threshold and scores.
+        """
         det = self.det
+        changed = self._model_stamp() != self.stamp
+        metrics = _json_file(self.run / "metrics.json")
+        if not isinstance(metrics, dict) or metrics.get("model_id") != self.model_id:
+            metrics = None
         return {"model_id": self.model_id, "method": det.name, "params": det.get_params(),
                 "threshold": det.threshold_, "threshold_source": det.threshold_source_,
                 "input_shape": list(det.input_shape_), "preprocess": det.preprocess_.to_json(),
                 "n_train": det.n_train_, "train_seconds": det.train_seconds_,
-                "last_epoch": _last_json_line(self.run / "train_log.jsonl"),
-                "metrics": _json_file(self.run / "metrics.json")}
+                "run_changed": changed,
+                "last_epoch": None if changed else _last_json_line(self.run / "train_log.jsonl"),
+                "metrics": metrics}
 
     def predict_upload(self, data: bytes, name: str, heatmap: bool = False) -> dict[str, Any]:
         """Decode an uploaded file and score it (:meth:`predict`).
@@ -255,6 +280,8 @@ class KeyGuard:
             given = next((v for k, v in scope["headers"] if k.lower() == name), b"")
             if not hmac.compare_digest(given, self.key):
                 response = _json_error(401, f"missing or wrong API key (header {API_KEY_HEADER})")
+                # a 401 names its scheme (RFC 9110); ours is the key in that header
+                response.headers["WWW-Authenticate"] = f'ApiKey header="{API_KEY_HEADER}"'
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -274,6 +301,9 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
+    if not 0 < max_upload_mb <= MAX_UPLOAD_MB:
+        raise ConfigError(f"the upload limit must be above 0 and at most {MAX_UPLOAD_MB:g} MB "
+                          f"(1 TiB), got {max_upload_mb:g}")
     scorer = scorer or Scorer(Path(run), device)
     limit = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="oneclass", version=scorer.det.name, docs_url=None, redoc_url=None)
@@ -288,8 +318,10 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         # FastAPI's own errors (404, 405, ...) in the same {"error": ...} form as ours.
-        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}"
-                     if exc.status_code in (404, 405) else str(exc.detail))
+        response = error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}"
+                         if exc.status_code in (404, 405) else str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow of a 405
+        return response
 
     @app.exception_handler(ScoringError)
     async def scoring_error(request: Request, exc: ScoringError):
