@@ -768,6 +768,13 @@ def test_elpv_protocol_with_fake_data(monkeypatch):
 
     mono = load("elpv:mono", "test")
     assert all(name.endswith("_mono") for name in mono.names)
+    # one split whatever the type: no spec's test cells are another spec's training cells
+    for spec in ("elpv", "elpv:mono", "elpv:poly"):
+        trained = set(load(spec, "train").names)
+        for other in ("elpv", "elpv:mono", "elpv:poly"):
+            assert not trained & set(load(other, "test").names), (spec, other)
+    assert set(load("elpv:mono", "train").names) | set(load("elpv:poly", "train").names) \
+        == set(train.names)
     with pytest.raises(DataError, match="mono"):
         load("elpv:amorphous", "train")
 
@@ -925,3 +932,20 @@ def test_write_mvtec_refuses_a_used_folder(tmp_path):
         write_mvtec(root, n_train=2, n_test_good=1, n_test_defect=1, size=32)
     assert len(load(str(root), "train")) == 4
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_folders_reached_through_symbolic_links_are_read_once(tmp_path):
+    from oneclass.data.folder import list_images
+    from oneclass.viz import save_png
+
+    extra = tmp_path / "extra"
+    for d, n in ((tmp_path / "data" / "top", 2), (extra, 3)):
+        d.mkdir(parents=True)
+        for i in range(n):
+            save_png(d / f"{i}.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "data" / "linked").symlink_to(extra)
+    (tmp_path / "data" / "linked_again").symlink_to(extra)
+    (tmp_path / "data" / "top" / "loop").symlink_to(tmp_path / "data")  # back up the tree
+    found = [p.relative_to(tmp_path / "data").as_posix() for p in list_images(tmp_path / "data")]
+    assert found == ["linked/0.png", "linked/1.png", "linked/2.png", "top/0.png", "top/1.png"]
+    assert len(load(str(tmp_path / "data"), "train")) == 5

@@ -186,3 +186,38 @@ def test_bench_key_names_the_reference_only_when_set():
     assert "fashion-mnist" in _key({**job, "reference": "fashion-mnist"})
     refs = {j.get("reference") for j in SUITES["doc-cifar10"]}
     assert refs == {None, "fashion-mnist"}  # never CIFAR-10 itself
+
+
+def test_unreadable_reference_images_follow_the_bad_image_policy(mvtec_dir, tmp_path, capsys):
+    ref_dir = tmp_path / "ref"
+    _class_folders(ref_dir, np.random.default_rng(3))
+    (ref_dir / "class1" / "zzz.png").write_text("not an image")
+    args = ["train", "--method", "doc", "--data", str(mvtec_dir), "--reference", str(ref_dir),
+            "--epochs", "1", "--set", "net_size=64", "--set", "trainable_blocks=1",
+            "--set", "batch_size=16", "-q"]
+    assert main(args + ["--out", str(tmp_path / "r1")]) == 2
+    assert "zzz.png" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "r2"), "--on-bad-image", "skip"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 of 25 reference images" in err and "zzz.png" in err
+
+
+def test_images_beside_the_class_folders_of_a_reference_are_an_error(tmp_path):
+    _class_folders(tmp_path / "ref", np.random.default_rng(4))
+    save_png(tmp_path / "ref" / "loose.png", np.zeros((24, 24, 3), np.uint8))
+    with pytest.raises(oneclass.errors.DataError, match="1 image.*beside its class folders.*loose"):
+        load_reference(str(tmp_path / "ref"))
+
+
+def test_a_bank_of_one_is_refused_by_name_and_an_untrained_reference_is_reported(
+        defects_train, caplog):
+    import logging
+
+    with pytest.raises(ConfigError, match="bank_size must be at least 2"):
+        oneclass.create("doc", **SMALL, bank_size=1)._check_params()
+    x = np.stack([defects_train.read(i).image for i in range(20)])
+    other = np.random.default_rng(0).integers(0, 255, (40, 24, 24, 1), dtype=np.uint8)
+    ref = Reference(ArraySet(other), np.repeat([0, 1], 20), ["a", "b"], "toy-ref")
+    with caplog.at_level(logging.WARNING):
+        oneclass.create("doc", **{**SMALL, "epochs": 0}).fit(ArraySet(x), reference=ref)
+    assert "reference set toy-ref is not used" in caplog.text

@@ -289,11 +289,12 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
     fit_extra = {}
     if reference:
-        from .data.reference import check_specs, load_reference
+        from .data.reference import check_specs, load_reference, screen_reference
 
         if getattr(det, "uses_reference", False):
             check_specs(data_spec, reference)
-            fit_extra["reference"] = load_reference(reference, data_root)
+            fit_extra["reference"] = screen_reference(load_reference(reference, data_root),
+                                                      on_bad_image)
         else:
             log.warning("%s does not use a reference set; --reference is ignored", det.name)
     main = is_main_process()  # under torchrun only rank 0 writes files

@@ -38,7 +38,9 @@ def _unreadable(err: OSError):
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder``, sorted; symbolic links to folders are not followed.
+    """Image files below ``folder``, sorted. Symbolic links to folders are followed, each real
+    folder read once (a link back up the tree, or a second link to the same folder, adds
+    nothing).
 
     A folder that cannot be listed is an error naming it: skipping it would silently drop,
     say, a whole defect type from a test set. Files of other formats Pillow reads (``.gif``,
@@ -46,8 +48,15 @@ def list_images(folder: Path) -> list[Path]:
     (hidden files and ``*_mask`` files without one).
     """
     out, other = [], []
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # reached again through a link
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) not in seen)
         for f in sorted(filenames):
             if is_image_file(Path(f)):
                 out.append(Path(dirpath) / f)

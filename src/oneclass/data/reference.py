@@ -27,6 +27,7 @@ from ..errors import DataError
 from .base import UNLABELED, FileSet, ImageSet
 from .classic import ALIASES, CLASSES, all_images
 from .folder import is_mvtec, list_images
+from .images import is_image_file
 
 
 @dataclass
@@ -69,6 +70,12 @@ def _class_folders(root: Path, spec: str) -> Reference | None:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subdirs:
         return None
+    loose = sorted(f for f in root.iterdir() if f.is_file() and is_image_file(f)
+                   and not f.name.startswith("."))
+    if loose:  # as in an MVTec test/ folder: an image outside every class has no label
+        raise DataError(f"reference {spec}: {len(loose)} image(s) beside its class folders "
+                        f"(first: {loose[0]}); move them into a class folder, or give a folder "
+                        "without sub-folders for an unlabeled reference")
     paths, classes = [], []
     for c, d in enumerate(subdirs):
         found = list_images(d)
@@ -114,6 +121,19 @@ def load_reference(spec: str, root: str | None = None) -> Reference:
         return _classic(name.lower(), arg, spec, root)
     raise DataError(f"reference {spec}: not a folder and not a known dataset (mnist, "
                     "fashion-mnist, cifar10, NAME:-C, imagenet:SPEC)")
+
+
+def screen_reference(ref: Reference, on_bad: str) -> Reference:
+    """``ref`` under the bad-image policy (``--on-bad-image``), its class labels kept aligned."""
+    from .screen import screen
+
+    images, skipped = screen(ref.images, on_bad, what="reference images")
+    if not skipped:
+        return ref
+    gone = {name for name, _ in skipped}
+    keep = np.array([i for i, n in enumerate(ref.images.names) if n not in gone], np.int64)
+    return Reference(ref.images.subset(keep), None if ref.classes is None else ref.classes[keep],
+                     ref.class_names, ref.spec)
 
 
 def image_digests(x: np.ndarray) -> list[bytes]:

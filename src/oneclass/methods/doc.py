@@ -266,8 +266,8 @@ class DOC(Detector):
             raise ConfigError(f"scoring must be 'knn' or 'lof', got {self.scoring!r}")
         if self.heatmap not in ("gradient", "gradcam"):
             raise ConfigError(f"heatmap must be 'gradient' or 'gradcam', got {self.heatmap!r}")
-        if self.bank_size is not None and int(self.bank_size) < 1:
-            raise ConfigError(f"bank_size must be positive, got {self.bank_size}")
+        if self.bank_size is not None and int(self.bank_size) < 2:  # a point's neighbour
+            raise ConfigError(f"bank_size must be at least 2 (or None), got {self.bank_size}")
         if float(self.lam) < 0:
             raise ConfigError(f"lam must be >= 0, got {self.lam}")
 
@@ -356,6 +356,10 @@ class DOC(Detector):
             task = _DOCTask(self, ref_h, ref_y, classifier.to(self.device_))
             run(task, [h_t], epochs=int(self.epochs), batch_size=int(self.batch_size),
                 seed=int(self.seed), phase="train", loop=loop, drop_last=True)
+        elif self._reference is not None:
+            log.warning("%s: epochs=%s and trainable_blocks=%s train nothing: the reference "
+                        "set %s is not used (nor checked for the target class)", self.name,
+                        self.epochs, self.trainable_blocks, self._reference.spec)
         model.eval()
         with torch.no_grad():
             feats = torch.cat([model.pool(model.upper(hb.to(self.device_))).cpu()
