@@ -82,14 +82,26 @@ def test_latent_search_changes_neither_g_nor_d():
         [k for k in before if not torch.equal(before[k], after[k])]
 
 
-def test_an_image_gets_the_same_score_alone_or_in_any_batch():
-    det = _untrained_anogan(search_steps=10)
-    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    together = det.score(x)
-    alone = np.concatenate([det.score(x[i:i + 1]) for i in range(4)])
-    reordered = det.score(x.flip(0))[::-1]
-    np.testing.assert_allclose(alone, together, rtol=1e-4)
-    np.testing.assert_allclose(reordered, together, rtol=1e-4)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_image_gets_the_same_score_alone_or_in_any_batch(threads):
+    # a trained generator and the default 100 steps: convolutions round differently by batch
+    # size and thread count, and the search amplified that to scores up to 0.7 % apart
+    train = make_defects(48, 0, size=20, seed=4)
+    x = torch.from_numpy(np.stack([make_defects(7, 7, size=20, seed=7).read(i).image
+                                   for i in range(14)])).permute(0, 3, 1, 2).float() / 255
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        det = oneclass.create("anogan", epochs=6, batch_size=16, seed=0, width=16).fit(train)
+        together = det.score(x)
+        alone = np.concatenate([det.score(x[i:i + 1]) for i in range(len(x))])
+        in_fives = np.concatenate([det.score(x[i:i + 5]) for i in range(0, len(x), 5)])
+        reordered = det.score(x.flip(0))[::-1]
+    finally:
+        torch.set_num_threads(saved)
+    np.testing.assert_array_equal(alone, together)
+    np.testing.assert_array_equal(in_fives, together)
+    np.testing.assert_array_equal(reordered, together)
 
 
 def test_training_and_test_images_are_scored_by_the_same_search(anogan_fitted, small_train):
@@ -192,7 +204,8 @@ def test_bf16_search_tracks_fp32():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_search_in_threads_gives_each_image_its_own_result(precision):
-    det = _untrained_anogan(search_steps=5, precision=precision, search_threads=1)
+    det = _untrained_anogan(search_steps=5, precision=precision, search_threads=1,
+                            search_part=0)
     x = torch.rand(7, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each part runs below (bf16 kernels round by thread count)

@@ -286,13 +286,14 @@ def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int =
     on what the networks learned. ``batch`` images (default: AnoGAN's ``score_batch_size``,
     the batch its scoring searches together) are searched together, ``single`` one by one,
     in each precision (``precision`` parameter of AnoGAN). The batched search runs as AnoGAN
-    scores (channels-last, in ``search_threads`` parts); the one-at-a-time figure is the
-    faster of both memory layouts. The last column divides by the fastest one-at-a-time
-    search of either precision (one image in bf16 can be slower than in fp32, which would
-    flatter the bf16 row). ``flops``: each row also gives the search's FLOPs per image (see
-    :func:`search_limits`).
+    scores (channels-last, in parts of ``search_part`` images, ``search_threads`` at once);
+    the one-at-a-time figure searches one image on its own (not padded to a part: what a
+    search of one image costs at best), the faster of both memory layouts. The last column
+    divides by the fastest one-at-a-time search of either precision (one image in bf16 can be
+    slower than in fp32, which would flatter the bf16 row). ``flops``: each row also gives the
+    search's FLOPs per image (see :func:`search_limits`).
     """
-    from .methods.anogan import AnoGAN, search_threads
+    from .methods.anogan import AnoGAN
 
     batch = int(batch or AnoGAN().score_batch_size)
     rows, raw = [], []  # raw: (batched, one-at-a-time) seconds per image, unrounded
@@ -308,15 +309,15 @@ def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int =
         per_batched = (time.perf_counter() - t0) / batch
         per_single = {}  # the baseline gets its faster memory layout
         for cl in (True, False):
-            det.search(x[:1], steps=2, channels_last=cl)  # warm-up
+            det.search(x[:1], steps=2, channels_last=cl, fixed_parts=False)  # warm-up
             t0 = time.perf_counter()
             for i in range(single):
-                det.search(x[i:i + 1], channels_last=cl)
+                det.search(x[i:i + 1], channels_last=cl, fixed_parts=False)
             per_single[cl] = (time.perf_counter() - t0) / single
         best = min(per_single.values())
         row = {"net": f"anogan search {shape[1]}x{shape[2]}x{shape[0]}",
                "precision": precision, "steps": steps, "batch": batch,
-               "parts": search_threads(batch, det.device_),
+               "parts": -(-batch // int(det.search_part)),
                "batched ms/img": f"{1000 * per_batched:.1f}",
                "one-at-a-time ms/img": f"{1000 * best:.1f}",
                "one-at-a-time layout": ("channels-last" if best == per_single[True]

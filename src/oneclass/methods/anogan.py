@@ -12,9 +12,11 @@ lambda = 0.1. Score: L at the final z. Map: |x - G(z)|, averaged over channels a
 The search is the same for every image, training or test (the threshold on held-back normal
 images uses it too). It runs batched: the loss of the batch is the sum of the per-image
 losses, so each image's gradient depends only on its own z, and Adam updates every
-coordinate on its own; an image gets the same score alone or in any batch, up to
-floating-point rounding (about 1e-4 relative: convolution kernels sum in an order that
-depends on the batch size and the number of threads). The start is the
+coordinate on its own. Convolutions round in an order that depends on the batch size and
+the number of threads, and 100 Adam steps amplify that rounding (scores 0.4 % apart, test
+images reordered); so the search runs in parts of exactly ``search_part`` images (the last
+padded) on a fixed number of threads, and an image gets bit for bit the same score alone or
+in any batch, on a given machine and thread count. The start is the
 best (lowest residual) of ``search_candidates`` fixed random codes, which gives the gradient
 search a far better start than one random code.
 """
@@ -74,23 +76,47 @@ def initial_codes(G: nn.Module, x: torch.Tensor, bank: torch.Tensor) -> torch.Te
 
 def latent_search(G: nn.Module, D: Discriminator, x: torch.Tensor, z0: torch.Tensor, *,
                   steps: int, lr: float, lam: float, bf16: bool = False,
-                  threads: int = 1) -> Search:
+                  threads: int = 1, part: int | None = None) -> Search:
     """Adam on z for ``steps`` steps, all images of ``x`` (in [-1, 1]) in parallel.
 
     G and D must be in eval mode (batch norm with running statistics), so that images do not
     interact. Only z receives gradients; the networks' weights are left alone. ``bf16``: the
-    networks run under bf16 autocast. ``threads > 1`` cuts the batch into that many parts,
-    searched at once in as many threads that share the intra-op threads (see
-    :func:`shared_threads`); every image gets the result it gets in one part.
+    networks run under bf16 autocast.
+
+    ``part``: images searched as one batch. The images are cut into parts of exactly that
+    size, the last one padded with copies of its last image, so every image is searched in
+    a batch of the same size whatever batch it came in: convolutions round differently by
+    batch size, and 100 Adam steps amplify that rounding into scores 0.4 % apart. None: the
+    batch is cut into ``threads`` parts of any size (a single image then costs one image,
+    not a part's worth; its result differs by that rounding).
+
+    ``threads > 1`` searches that many parts at once, in as many threads that share the
+    intra-op threads (see :func:`shared_threads`). With ``part`` the threads are started
+    even for a single part, so every part runs on the same number of intra-op threads (the
+    rounding of a convolution depends on that number too).
     """
-    k = max(1, min(int(threads), len(x)))  # no empty part
+    n = len(x)
+    if part:
+        pad = -n % int(part)
+        if pad:
+            fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+                   and x.is_contiguous(memory_format=torch.channels_last)
+                   else torch.contiguous_format)
+            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]).contiguous(memory_format=fmt)
+            z0 = torch.cat([z0, z0[-1:].expand(pad, -1)])
+        xs, zs = x.split(int(part)), z0.split(int(part))
+    else:
+        k = max(1, min(int(threads), n))  # no empty part
+        xs, zs = x.tensor_split(k), z0.tensor_split(k)
+    k = max(1, int(threads) if part else min(int(threads), len(xs)))
     with no_weight_grads(G, D):  # once for all threads: each would restore the flags early
         if k == 1:
-            return _search_part(G, D, x, z0, steps, lr, lam, bf16)
-        with shared_threads(k) as pool:
-            found = list(pool.map(lambda xz: _search_part(G, D, *xz, steps, lr, lam, bf16),
-                                  zip(x.tensor_split(k), z0.tensor_split(k))))
-    return Search(*(torch.cat(field) for field in zip(*found)))
+            found = [_search_part(G, D, xp, zp, steps, lr, lam, bf16) for xp, zp in zip(xs, zs)]
+        else:
+            with shared_threads(k) as pool:
+                found = list(pool.map(lambda xz: _search_part(G, D, *xz, steps, lr, lam, bf16),
+                                      zip(xs, zs)))
+    return Search(*(torch.cat(field)[:n] for field in zip(*found)))
 
 
 def _search_part(G, D, x, z0, steps, lr, lam, bf16) -> Search:
@@ -210,13 +236,19 @@ class AnoGAN(GANDetector):
         # images searched together (the search of a batch runs as one): larger batches spread
         # the per-step overhead over more images
         "score_batch_size": 256,
-        # the search of a batch runs in this many parts side by side, sharing the CPU threads
-        # (same scores); 0: one part per intra-op thread on CPUs, parts of >= 32 images
+        # images searched as one batch: every image is searched in a part of exactly this
+        # many (the last part padded), so its score does not depend on the batch it came in
+        # (different batch sizes round differently, which the search amplifies to ~0.4 %);
+        # 0: parts of any size, cheaper for a single image, scores batch-dependent
+        "search_part": 32,
+        # parts searched side by side, sharing the CPU threads; 0: one per intra-op thread on
+        # CPUs (with search_part 0: parts of >= 32 images), 1 on GPUs. Scores repeat for the
+        # same setting and thread count; other settings round differently
         "search_threads": 0,
     }
 
     scoring_params = ("score_batch_size", "lam", "search_steps", "search_lr",
-                      "search_candidates", "precision", "search_threads")
+                      "search_candidates", "precision", "search_threads", "search_part")
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -228,6 +260,9 @@ class AnoGAN(GANDetector):
             raise ConfigError(f"search_candidates must be >= 1, got {self.search_candidates}")
         if float(self.search_lr) <= 0:
             raise ConfigError(f"search_lr must be positive, got {self.search_lr}")
+        if int(self.search_part) < 0:
+            raise ConfigError(f"search_part must be >= 0 (0: parts of any size), got "
+                              f"{self.search_part}")
         if int(self.search_threads) < 0:
             raise ConfigError(f"search_threads must be >= 0 (0: auto), got {self.search_threads}")
         check_precision(self, "precision")
@@ -260,12 +295,13 @@ class AnoGAN(GANDetector):
         return torch.randn(int(self.search_candidates), int(self.z_dim), generator=g)
 
     def search(self, x: torch.Tensor, steps: int | None = None,
-               channels_last: bool = True) -> Search:
+               channels_last: bool = True, fixed_parts: bool = True) -> Search:
         """The latent search for images ``x`` in [0, 1] on the model's device (uncached).
 
         ``channels_last``: channels-last convolutions (oneDNN on CPUs), about 2x faster
         batched at 28x28 on the development machine; saving writes contiguous copies, so the
-        model files do not depend on it.
+        model files do not depend on it. ``fixed_parts=False`` ignores ``search_part`` (the
+        one-image-at-a-time baseline of the speed benchmark searches one image, not a part).
         """
         m = self.model_
         m.eval()
@@ -273,12 +309,17 @@ class AnoGAN(GANDetector):
         m.to(memory_format=fmt)
         xt = m.prep(x).contiguous(memory_format=fmt)
         z0 = initial_codes(m.G, xt, self.code_bank().to(x.device))
-        threads = (int(self.search_threads) if int(self.search_threads) > 0
-                   else search_threads(len(x), x.device))
+        part = int(self.search_part) if fixed_parts else 0
+        if int(self.search_threads) > 0:
+            threads = int(self.search_threads)
+        elif part:  # the same for every batch size, so every part rounds alike
+            threads = torch.get_num_threads() if x.device.type == "cpu" else 1
+        else:
+            threads = search_threads(len(x), x.device)
         return latent_search(m.G, m.D, xt, z0,
                              steps=int(self.search_steps if steps is None else steps),
                              lr=float(self.search_lr), lam=float(self.lam),
-                             bf16=self.precision == "bf16", threads=threads)
+                             bf16=self.precision == "bf16", threads=threads, part=part or None)
 
     def _cached_search(self, x: torch.Tensor) -> Search:
         """:meth:`search`, remembered for the last batches: score and map share one search."""
