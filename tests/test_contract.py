@@ -316,3 +316,24 @@ def test_save_to_the_current_directory(svdd, tmp_path, monkeypatch, defects_test
     svdd.save(".")
     np.testing.assert_allclose(oneclass.load(tmp_path / "here").score(defects_test),
                                svdd.score(defects_test), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method,params,word", [
+    ("fcdd", {"sigma": 0}, "sigma"), ("fcdd", {"sigma": -3}, "sigma"),
+    ("fcdd", {"sigma": "abc"}, "sigma"), ("fcdd", {"trunk_lr_factor": -1}, "trunk_lr_factor"),
+    ("fcdd", {"frozen_blocks": -5}, "frozen_blocks"),
+    ("deep_svdd", {"weight_decay": -1}, "weight_decay"),
+    ("deep_svdd", {"pretrain_lr": -1}, "pretrain_lr"),
+    ("deep_sad", {"pretrain_weight_decay": float("nan")}, "pretrain_weight_decay"),
+    ("hsc", {"weight_decay": -1}, "weight_decay"), ("doc", {"head_lr": 0}, "head_lr"),
+    ("anogan", {"search_lr": float("inf")}, "search_lr"), ("bigan", {"lr": True}, "lr"),
+])
+def test_bad_rates_and_fcdd_settings_are_refused_before_training(method, params, word):
+    with pytest.raises(ConfigError, match=word):
+        oneclass.create(method, **params)
+
+
+def test_widths_too_deep_for_the_images_are_a_config_error(defects_train):
+    with pytest.raises(ConfigError, match="too small for 5 pooling blocks.*fewer widths"):
+        oneclass.create("deep_svdd", widths=[8, 8, 8, 8, 8], epochs=1,
+                        pretrain_epochs=0).fit(defects_train.subset(range(8)))

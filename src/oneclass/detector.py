@@ -117,6 +117,16 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def as_float(v: Any) -> float:
+    """``v`` as a float for a range check: NaN (fails every range) for what is not a number."""
+    if isinstance(v, bool):
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _param_type_cast(default: Any, value: Any, name: str) -> Any:
     """Parse a ``--set key=value`` string by the type of the parameter's default."""
     if isinstance(value, np.generic):  # numpy scalars: plain Python values, as JSON saves them
@@ -333,8 +343,12 @@ class Detector:
         for k in ("batch_size", "score_batch_size"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
-        if float(self.lr) <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        for k, v in self.get_params().items():  # every learning rate and weight decay
+            if k == "lr" or k.endswith("_lr"):
+                if not 0 < as_float(v) < math.inf:
+                    raise ConfigError(f"{k} must be a positive number, got {v!r}")
+            elif k.endswith("weight_decay") and not 0 <= as_float(v) < math.inf:
+                raise ConfigError(f"{k} must be a number >= 0, got {v!r}")
         if self.threshold is not None and not np.isfinite(float(self.threshold)):
             raise ConfigError(f"threshold must be a finite number (or unset), got {self.threshold}")
         if self.size is not None:

@@ -17,6 +17,7 @@ its overall mean), so a response counts by how unusual it is at that position.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from .. import augment
 from ..anomalies import NOISE_MODES, AnomalySource
-from ..detector import Detector, InputNorm
+from ..detector import Detector, InputNorm, as_float
 from ..errors import ConfigError
 from ..heatmaps import bilinear_upsample, receptive_upsample
 from ..nets import fcdd_nets
@@ -296,6 +297,13 @@ class FCDD(Detector):
             raise ConfigError(f"map_norm must be one of {', '.join(MAP_NORMS)}, got {self.map_norm!r}")
         if int(self.members) < 1 or int(self.members) != float(self.members):
             raise ConfigError(f"members must be a whole number >= 1, got {self.members!r}")
+        if self.sigma is not None and not 0 < as_float(self.sigma) < math.inf:
+            raise ConfigError(f"sigma must be a positive number of pixels (or unset, null: 1.5 "
+                              f"x the network's stride), got {self.sigma!r}")
+        if not 0 <= as_float(self.trunk_lr_factor) < math.inf:
+            raise ConfigError(f"trunk_lr_factor must be a number >= 0, got {self.trunk_lr_factor!r}")
+        if int(self.frozen_blocks) < 0:
+            raise ConfigError(f"frozen_blocks must be >= 0, got {self.frozen_blocks}")
         if int(self.stride) not in (8, 16):
             raise ConfigError(f"stride must be 8 or 16, got {self.stride}")
         if self.gcn and self.net == "effnet":

@@ -64,7 +64,11 @@ class Encoder(nn.Module):
             c, h, w = width, h // 2, w // 2
             self.sizes.append((h, w))
         if h < 1 or w < 1:
-            raise ValueError(f"input {size} is too small for {len(self.widths)} pooling blocks")
+            from ..errors import ConfigError  # a setting of the method, not a broken net
+
+            raise ConfigError(f"input {size} is too small for {len(self.widths)} pooling blocks "
+                              f"(widths={list(self.widths)}); give fewer widths or a larger "
+                              "size")
         self.features = nn.Sequential(*blocks)
         flat = c * h * w
         self.hidden_layer = _hidden(flat, self.hidden, self.slope)  # before the representation
