@@ -500,3 +500,101 @@ def test_a_runs_own_config_json_is_a_valid_config(run_copy, tmp_path):
     again = json.loads((out / "config.json").read_text())
     first = json.loads((run / "config.json").read_text())
     assert again["method"] == first["method"] and again["data"] == first["data"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stopped(monkeypatch, *, at_once: bool):
+    """Make the next training stop: before its first checkpoint (``at_once``), or right
+    after its first epoch's checkpoint."""
+    import oneclass.runs as runs_mod
+
+    real = runs_mod.LoopConfig
+
+    def loop(**kw):
+        if at_once:
+            raise _Stop
+        return real(**{**kw, "on_epoch": lambda rec: (_ for _ in ()).throw(_Stop)})
+
+    monkeypatch.setattr(runs_mod, "LoopConfig", loop)
+    return lambda: monkeypatch.setattr(runs_mod, "LoopConfig", real)
+
+
+def test_a_new_training_discards_checkpoints_a_later_resume_would_take_for_its_own(
+        mvtec_dir, tmp_path, monkeypatch, caplog):
+    from oneclass.runs import train
+
+    run = tmp_path / "r"
+    params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 16}
+    undo = _stopped(monkeypatch, at_once=False)
+    with pytest.raises(_Stop):  # training A stops after its first epoch
+        train("deep_svdd", str(mvtec_dir), run, {**params, "seed": 1}, progress=False)
+    undo()
+    assert list((run / "checkpoints").glob("*.pt"))
+    undo = _stopped(monkeypatch, at_once=True)
+    with pytest.raises(_Stop):  # training B, another seed, stops before its first checkpoint
+        train("deep_svdd", str(mvtec_dir), run, {**params, "seed": 2}, progress=False)
+    undo()
+    assert "discarding the checkpoints" in caplog.text
+    assert not list((run / "checkpoints").glob("*.pt"))
+    # resuming B trains B from its start, not on from A's weights
+    train("deep_svdd", str(mvtec_dir), run, {**params, "seed": 2}, progress=False, resume=True)
+    lines = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+
+
+def test_resume_on_another_device_continues_and_a_changed_setting_is_named(mvtec_dir, tmp_path,
+                                                                            monkeypatch):
+    from oneclass.errors import ConfigError
+    from oneclass.runs import train
+
+    run = tmp_path / "r"
+    params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 16, "seed": 1}
+    undo = _stopped(monkeypatch, at_once=False)
+    with pytest.raises(_Stop):
+        train("deep_svdd", str(mvtec_dir), run, params, progress=False)
+    undo()
+    with pytest.raises(ConfigError, match=r"\(params\.lr\)"):
+        train("deep_svdd", str(mvtec_dir), run, {**params, "lr": 0.5}, progress=False,
+              resume=True)
+    train("deep_svdd", str(mvtec_dir), run, {**params, "device": "cpu"}, progress=False,
+          resume=True)
+    lines = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [2]  # continued (the stop hook took epoch 1's line)
+
+
+def test_a_device_this_torch_or_machine_lacks_is_a_config_error():
+    from oneclass.device import resolve_device
+    from oneclass.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'mps' is not available here"):
+        resolve_device("mps")
+
+
+@pytest.mark.parametrize("message, free", [
+    ("[enforce fail at inline_container.cc:672] . unexpected pos 3776 vs 3672", 0),  # torch
+    ("Error while serializing: No space left on device (os error 28)", 10**12),  # safetensors
+])
+def test_a_full_disk_in_a_writer_without_oserror_is_a_write_error(tmp_path, monkeypatch, message,
+                                                                   free):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(io_mod.shutil, "disk_usage",
+                        lambda p: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
+
+    def writer(p):
+        p.write_bytes(b"partial")
+        raise RuntimeError(message)
+
+    with pytest.raises(io_mod.WriteError, match="no space left on device; the previous version"):
+        io_mod.atomic_write(target, writer)
+    with pytest.raises(io_mod.WriteError, match="no space left on device"):
+        io_mod.atomic_dir(tmp_path / "model", lambda d: writer(d / "weights"))
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["model.bin"]
+    monkeypatch.setattr(io_mod.shutil, "disk_usage",
+                        lambda p: shutil._ntuple_diskusage(10**12, 0, 10**12))
+    with pytest.raises(RuntimeError, match="a bug"):  # other failures stay what they are
+        io_mod.atomic_write(target, lambda p: (_ for _ in ()).throw(RuntimeError("a bug")))

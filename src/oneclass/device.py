@@ -24,6 +24,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"device {device!r} is not a valid torch device: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but CUDA is not available here")
+    if dev.type not in ("cpu", "cuda"):
+        try:  # mps, xpu, ...: a tensor there says whether this torch and machine have it
+            torch.empty(1, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            raise ConfigError(f"device {device!r} is not available here: {exc}") from None
     return dev
 
 

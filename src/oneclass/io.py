@@ -67,6 +67,23 @@ def _explain(exc: OSError, path: Path) -> WriteError:
     return WriteError(f"{path}: cannot write ({exc.strerror or exc}); {kept}")
 
 
+def _full_disk(exc: BaseException, where: Path) -> bool:
+    """Whether a writer's own exception (torch.save: RuntimeError, safetensors:
+    SafetensorError, neither an OSError) came from a full disk: its message, or less than
+    1 MiB left where it wrote (checked before its partial file is removed)."""
+    text = str(exc)
+    if "No space left" in text or "os error 28" in text:
+        return True
+    try:
+        return shutil.disk_usage(where).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _no_space(exc: BaseException, path: Path) -> WriteError:
+    return _explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)), path)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: bool = True) -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path``.
 
@@ -96,6 +113,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: 
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
         raise _explain(exc, path) from exc
+    except Exception as exc:
+        full = _full_disk(exc, path.parent)
+        tmp_path.unlink(missing_ok=True)
+        if full:
+            raise _no_space(exc, path) from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -176,10 +199,13 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
         if old.exists() and not path.exists():
             os.replace(old, path)
         raise _explain(exc, path) from exc
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and _full_disk(exc, path.parent)
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not path.exists():
             os.replace(old, path)
+        if full:
+            raise _no_space(exc, path) from exc
         raise
     return path
 

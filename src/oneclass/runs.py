@@ -251,9 +251,11 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         old = {k: v for k, v in before.items()
                if k not in ("anomalies_used", "anomalies_source", "skipped_images", "data_path")}
         old.setdefault("on_bad_image", "error")  # runs written before the policy existed
-        if old != json.loads(json.dumps(config)):
+        differ = _config_differences(old, json.loads(json.dumps(config)))
+        if differ:
             raise ConfigError(f"{out}: --resume with a different configuration than "
-                              f"{recorded.relative_to(out)}; use a new --out or the same options")
+                              f"{recorded.relative_to(out)} ({', '.join(differ)}); use a new "
+                              "--out or the same options")
         if before.get("data_path") and data_path != before["data_path"]:
             # the same spec, other data (relative, run from another folder)
             raise ConfigError(f"{out}: --resume with other data: {data_spec} is "
@@ -306,6 +308,13 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     if main:
         if not resume:
             log_path.unlink(missing_ok=True)
+            old_ckpt = sorted(ckpt.glob("*.pt"))
+            if old_ckpt:  # else a later --resume would continue them under this configuration
+                log.warning("%s: discarding the checkpoints of an unfinished earlier training "
+                            "(%s); pass --resume to continue such a training instead", out,
+                            ", ".join(p.name for p in old_ckpt))
+                for p in old_ckpt:
+                    p.unlink()
         elif legacy and not log_path.exists() and (out / "train_log.jsonl").exists():
             shutil.copyfile(out / "train_log.jsonl", log_path)
 
@@ -330,6 +339,16 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             log.info("%s: removed %s of the previous model", out, ", ".join(stale))
         shutil.rmtree(ckpt, ignore_errors=True)
     return det
+
+
+def _config_differences(old: dict, new: dict) -> list[str]:
+    """Keys (``params.lr`` for parameters) whose values differ; the device is not one: a run
+    may be resumed on another device."""
+    keys = [k for k in sorted(set(old) | set(new)) if k != "params" and old.get(k) != new.get(k)]
+    po, pn = old.get("params") or {}, new.get("params") or {}
+    keys += [f"params.{k}" for k in sorted(set(po) | set(pn))
+             if k != "device" and po.get(k) != pn.get(k)]
+    return keys
 
 
 #: Files of a run computed from its model: removed when a new model replaces it.
