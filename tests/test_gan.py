@@ -403,3 +403,19 @@ def test_the_generator_trains_on_a_batch_of_one():
     g = Generator(16, 1, (28, 28), 8).train()
     out = g(torch.randn(1, 16))
     assert out.shape == (1, 1, 28, 28) and torch.isfinite(out).all()
+
+
+def test_training_draws_differ_between_ranks_and_are_unchanged_in_one_process(monkeypatch):
+    import oneclass.train as train_mod
+
+    def draws(rank, world):
+        monkeypatch.setattr(train_mod, "rank_world", lambda: (rank, world))
+        torch.manual_seed(3)  # the loop seeds every rank alike
+        return train_mod.rank_draw(torch.randn, 4, 5, device=torch.device("cpu"))
+
+    torch.manual_seed(3)
+    expect = torch.randn(4, 5)
+    assert torch.equal(draws(0, 1), expect)  # one process: the global generator, as before
+    a, b = draws(0, 2), draws(1, 2)
+    assert not torch.equal(a, b)  # each rank its own codes
+    assert torch.equal(a, draws(0, 2))  # and repeatable

@@ -104,6 +104,17 @@ def rank_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))) + rank_world()[0])
 
 
+def rank_draw(fn, *size: int, device) -> torch.Tensor:
+    """``fn(*size)`` (``torch.randn``, ``torch.rand``) for a training step, on ``device``.
+
+    In one process it draws from the global generator, as ever; across ranks from
+    :func:`rank_generator`, so each rank's share of the global batch gets its own codes.
+    """
+    if rank_world()[1] == 1:
+        return fn(*size, device=device)
+    return fn(*size, generator=rank_generator()).to(device)
+
+
 def show_progress(progress: bool | None) -> bool:
     """Progress bars: as asked, or (None) when stderr is a terminal."""
     return progress if progress is not None else sys.stderr.isatty()

@@ -36,7 +36,7 @@ from ..device import shared_threads
 from ..errors import ConfigError
 from ..nets.dcgan import Discriminator, Generator
 from ..registry import register
-from ..train import LoopConfig, run
+from ..train import LoopConfig, rank_draw, run
 from ._common import check_precision
 from ._gan import (
     GANDetector,
@@ -194,7 +194,7 @@ class _DCGANTask:
         det, G, D = self.det, self.model.G, self.model.D
         x = training_batch(self.model.prep, batch[0], det.device_, self.fmt)
         n = len(x)
-        z = torch.randn(n, int(det.z_dim), device=x.device)
+        z = rank_draw(torch.randn, n, int(det.z_dim), device=x.device)
         fake = G(z)
         real_label = torch.full((n,), 1.0 - float(det.label_smoothing), device=x.device)
         zeros, ones = torch.zeros(n, device=x.device), torch.ones(n, device=x.device)

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..nets.dcgan import Encoder, Generator, JointCritic
 from ..registry import register
-from ..train import LoopConfig, run
+from ..train import LoopConfig, rank_draw, run
 from ._gan import (
     GANDetector,
     TanhScale,
@@ -61,7 +61,7 @@ def gradient_penalty(D: JointCritic, real: tuple[torch.Tensor, torch.Tensor],
                      fake: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """``mean (||grad_(x,z) D||_2 - 1)^2`` at random points between real and fake pairs."""
     n = len(real[0])
-    a = torch.rand(n, 1, device=real[0].device)
+    a = rank_draw(torch.rand, n, 1, device=real[0].device)
     x = (a.view(n, 1, 1, 1) * real[0] + (1 - a.view(n, 1, 1, 1)) * fake[0]).requires_grad_(True)
     z = (a * real[1] + (1 - a) * fake[1]).requires_grad_(True)
     gx, gz = torch.autograd.grad(D(x, z).sum(), (x, z), create_graph=True)
@@ -104,7 +104,7 @@ class _BiGANTask:
         # The critic has no batch norm, so real and generated pairs go through it as one
         # batch (fewer, larger convolutions: faster on a CPU; per-pair results do not mix).
         for _ in range(int(det.critic_iters)):
-            z = torch.randn(n, int(det.z_dim), device=x.device)
+            z = rank_draw(torch.randn, n, int(det.z_dim), device=x.device)
             with torch.no_grad():
                 ez, gz = m.E(x), m.G(z)
             gp = gradient_penalty(m.D, (x, ez), (gz, z))
@@ -114,7 +114,7 @@ class _BiGANTask:
             self.optimizers["D"].zero_grad(set_to_none=True)
             loss_d.backward()
             self.optimizers["D"].step()
-        z = torch.randn(n, int(det.z_dim), device=x.device)
+        z = rank_draw(torch.randn, n, int(det.z_dim), device=x.device)
         ez = m.E(x)
         # G has batch norm (training statistics): codes from E and from the prior go through
         # it as separate batches, so each is normalised with its own statistics.
