@@ -350,16 +350,18 @@ def test_a_resumed_retraining_logs_only_its_own_epochs(run_copy):
     class Stop(Exception):
         pass
 
-    def stop_at_once(rec):
-        raise Stop
-
     params = {"epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "seed": 7}
     import oneclass.runs as runs_mod
 
     real_loop = runs_mod.LoopConfig
 
-    def stopping_loop(**kw):  # interrupted after its first epoch's checkpoint
-        return real_loop(**{**kw, "on_epoch": stop_at_once})
+    def stopping_loop(**kw):  # interrupted after its pretraining epoch's checkpoint
+        def on_epoch(rec):
+            if rec["phase"] == "train":
+                raise Stop
+            kw["on_epoch"](rec)
+
+        return real_loop(**{**kw, "on_epoch": on_epoch})
 
     runs_mod.LoopConfig = stopping_loop
     try:
@@ -369,7 +371,8 @@ def test_a_resumed_retraining_logs_only_its_own_epochs(run_copy):
         runs_mod.LoopConfig = real_loop
     train("deep_svdd", str(data), run, params, resume=True, progress=False)
     lines = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in lines] == ["train"]  # the resumed run's own remaining epoch
+    # the retraining's own epochs, none of the replaced model's
+    assert [r["phase"] for r in lines] == ["pretrain", "train"]
 
 
 def test_resume_refuses_predictions_of_another_model(run_copy, tmp_path, capsys):
@@ -506,9 +509,10 @@ class _Stop(Exception):
     pass
 
 
-def _stopped(monkeypatch, *, at_once: bool):
-    """Make the next training stop: before its first checkpoint (``at_once``), or right
-    after its first epoch's checkpoint."""
+def _stopped(monkeypatch, *, at_once: bool = False, at: tuple[str, int] = ("train", 2)):
+    """Make the next training stop: before its first checkpoint (``at_once``), or when it
+    logs epoch ``at`` (phase, epoch): the epoch is neither logged nor checkpointed (nor, with
+    the checkpoint written before the line, as before 5 Dec 2026, logged only)."""
     import oneclass.runs as runs_mod
 
     real = runs_mod.LoopConfig
@@ -516,7 +520,13 @@ def _stopped(monkeypatch, *, at_once: bool):
     def loop(**kw):
         if at_once:
             raise _Stop
-        return real(**{**kw, "on_epoch": lambda rec: (_ for _ in ()).throw(_Stop)})
+
+        def on_epoch(rec):
+            if (rec["phase"], rec["epoch"]) == at:
+                raise _Stop  # as if stopped while writing the line
+            kw["on_epoch"](rec)
+
+        return real(**{**kw, "on_epoch": on_epoch})
 
     monkeypatch.setattr(runs_mod, "LoopConfig", loop)
     return lambda: monkeypatch.setattr(runs_mod, "LoopConfig", real)
@@ -528,8 +538,8 @@ def test_a_new_training_discards_checkpoints_a_later_resume_would_take_for_its_o
 
     run = tmp_path / "r"
     params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 16}
-    undo = _stopped(monkeypatch, at_once=False)
-    with pytest.raises(_Stop):  # training A stops after its first epoch
+    undo = _stopped(monkeypatch)
+    with pytest.raises(_Stop):  # training A stops in its second epoch
         train("deep_svdd", str(mvtec_dir), run, {**params, "seed": 1}, progress=False)
     undo()
     assert list((run / "checkpoints").glob("*.pt"))
@@ -552,7 +562,7 @@ def test_resume_on_another_device_continues_and_a_changed_setting_is_named(mvtec
 
     run = tmp_path / "r"
     params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 16, "seed": 1}
-    undo = _stopped(monkeypatch, at_once=False)
+    undo = _stopped(monkeypatch)
     with pytest.raises(_Stop):
         train("deep_svdd", str(mvtec_dir), run, params, progress=False)
     undo()
@@ -562,7 +572,7 @@ def test_resume_on_another_device_continues_and_a_changed_setting_is_named(mvtec
     train("deep_svdd", str(mvtec_dir), run, {**params, "device": "cpu"}, progress=False,
           resume=True)
     lines = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [2]  # continued (the stop hook took epoch 1's line)
+    assert [r["epoch"] for r in lines] == [1, 2]  # continued after epoch 1
 
 
 def test_a_device_this_torch_or_machine_lacks_is_a_config_error():
@@ -598,3 +608,22 @@ def test_a_full_disk_in_a_writer_without_oserror_is_a_write_error(tmp_path, monk
                         lambda p: shutil._ntuple_diskusage(10**12, 0, 10**12))
     with pytest.raises(RuntimeError, match="a bug"):  # other failures stay what they are
         io_mod.atomic_write(target, lambda p: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+
+def test_a_stop_between_an_epochs_log_line_and_its_checkpoint_loses_no_line(mvtec_dir, tmp_path,
+                                                                          monkeypatch):
+    from oneclass.runs import train
+
+    run = tmp_path / "r"
+    params = {"epochs": 3, "pretrain_epochs": 0, "batch_size": 16, "seed": 1}
+    undo = _stopped(monkeypatch, at=("train", 2))
+    with pytest.raises(_Stop):
+        train("deep_svdd", str(mvtec_dir), run, params, progress=False)
+    undo()
+    train("deep_svdd", str(mvtec_dir), run, params, progress=False, resume=True)
+    resumed = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    clean = tmp_path / "clean"
+    train("deep_svdd", str(mvtec_dir), clean, params, progress=False)
+    whole = [json.loads(x) for x in (clean / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]  # exact continuation

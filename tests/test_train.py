@@ -90,8 +90,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(defects_train, defe
                   warmup_epochs=2)
     full = oneclass.create("deep_svdd", **params).fit(defects_train).score(defects_test)
 
-    def stop_after_second_train_epoch(rec):
-        if rec["phase"] == "train" and rec["epoch"] == 2:
+    def stop_after_second_train_epoch(rec):  # at the third's log line, before its checkpoint
+        if rec["phase"] == "train" and rec["epoch"] == 3:
             raise _Stop
 
     ckpt = tmp_path / "ckpt"
@@ -118,8 +118,8 @@ def test_other_methods_resume_to_the_uninterrupted_model(name, extra, defects_tr
         params.update(width=8, z_dim=8)
     full = oneclass.create(name, **params).fit(defects_train).score(defects_test)
 
-    def stop_after_second_epoch(rec):
-        if rec["epoch"] == 2:
+    def stop_after_second_epoch(rec):  # at the third's log line, before its checkpoint
+        if rec["epoch"] == 3:
             raise _Stop
 
     ckpt = tmp_path / "ckpt"

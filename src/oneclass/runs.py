@@ -323,7 +323,17 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         with open(log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
 
-    loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch)
+    def on_resume(phase: str, done: int) -> None:
+        """Keep the log lines the checkpoints hold: of other phases, and of this one up to
+        ``done`` (a run stopped after logging an epoch but before its checkpoint repeats it)."""
+        if not log_path.exists():
+            return
+        keep = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                if _logged_epoch(line, phase) <= done]
+        write_text(log_path, "".join(line + "\n" for line in keep))
+
+    loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch,
+                      on_resume=on_resume)
     det.fit(train_set, outliers=outlier_set, loop=loop, **fit_extra)
     if main:
         det.save(out / "model")
@@ -339,6 +349,16 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             log.info("%s: removed %s of the previous model", out, ", ".join(stale))
         shutil.rmtree(ckpt, ignore_errors=True)
     return det
+
+
+def _logged_epoch(line: str, phase: str) -> int:
+    """The epoch of a log line of ``phase``; 0 for lines of other phases (always kept), and
+    past any epoch for a line cut short (dropped)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return 2**62 if line.strip() else 0
+    return int(rec.get("epoch", 0)) if isinstance(rec, dict) and rec.get("phase") == phase else 0
 
 
 def _config_differences(old: dict, new: dict) -> list[str]:

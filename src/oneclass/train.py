@@ -82,6 +82,9 @@ class LoopConfig:
     resume: bool = False
     progress: bool | None = None  # None: only when stderr is a terminal
     on_epoch: Callable[[dict], None] | None = None
+    # on resume (rank 0): called with (phase, epochs done by its checkpoint, 0 without one)
+    # before the loop goes on, so a log can drop lines of epochs the checkpoint does not hold
+    on_resume: Callable[[str, int], None] | None = None
     history: list[dict] = field(default_factory=list)
 
 
@@ -313,6 +316,8 @@ def run(
             raise ModelFileError(f"{ckpt}: checkpoint is after epoch {start}, beyond the "
                                  f"{epochs} epochs asked for; remove it or ask for more epochs")
         log.info("%s: resumed after epoch %d of %d", phase, start, epochs)
+    if loop.resume and loop.on_resume and rank == 0:
+        loop.on_resume(phase, start)
     show = show_progress(loop.progress) and rank == 0
     original, hooks = None, []
     if world > 1:
@@ -401,9 +406,11 @@ def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
         if rank == 0:
             log.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in record.items()))
+            # the log line first: stopped in between, the resumed run repeats this epoch
+            # and on_resume drops the line; the other way round the line would be lost
+            if loop.on_epoch:
+                loop.on_epoch(record)
             if ckpt is not None:
                 state = _state(task, epoch + 1, phase)
                 atomic_write(ckpt, lambda p, s=state: torch.save(s, p))
-            if loop.on_epoch:
-                loop.on_epoch(record)
     return history
