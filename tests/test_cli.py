@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from oneclass.cli import main
@@ -187,3 +188,21 @@ def test_eval_on_a_test_set_of_one_class_says_why_the_metrics_are_missing(run_di
     assert "all 10 labeled test images are normal" in capsys.readouterr().err
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["image_auroc"] is None and m["accuracy_at_threshold"] is not None
+
+
+def test_demo_and_report_on_an_unlabeled_folder_with_a_name_that_is_not_utf8(tmp_path, capsys):
+    import os
+
+    from oneclass.viz import save_png
+
+    data = tmp_path / os.fsdecode(b"caf\xe9")  # a Latin-1 folder name on a UTF-8 system
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        save_png(data / f"{i}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(data), "--out", str(out), "--epochs", "1",
+                 "--set", "batch_size=16", "-q"]) == 0
+    assert "image AUROC: n/a" in capsys.readouterr().out  # no labels, no AUROC
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "caf\\xe9" in html

@@ -579,8 +579,9 @@ def test_a_device_this_torch_or_machine_lacks_is_a_config_error():
     from oneclass.device import resolve_device
     from oneclass.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'mps' is not available here"):
+    with pytest.raises(ConfigError, match="'mps' is not available here") as info:
         resolve_device("mps")
+    assert "\n" not in str(info.value)  # torch's own message runs to 55 lines
 
 
 @pytest.mark.parametrize("message, free", [
@@ -627,3 +628,38 @@ def test_a_stop_between_an_epochs_log_line_and_its_checkpoint_loses_no_line(mvte
     whole = [json.loads(x) for x in (clean / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]  # exact continuation
+
+
+def test_a_device_without_data_and_an_edited_map_scale_or_weight_shape_are_one_line(
+        run_copy, tmp_path, capsys):
+    from oneclass.device import resolve_device
+    from oneclass.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no data"):
+        resolve_device("meta")
+    _, run = run_copy
+    meta_path = run / "model" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    for bad in ([1.0], "xy", [0.0, float("nan")]):
+        meta["fitted"]["map_scale"] = bad
+        meta_path.write_text(json.dumps(meta))
+        assert main(["eval", str(run), "-q"]) == 2
+        assert "map_scale must be two finite numbers" in _one_line_error(capsys.readouterr().err)
+
+
+def test_weights_of_another_shape_name_the_tensor(run_copy, capsys):
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    _, run = run_copy
+    wpath, meta_path = run / "model" / "weights.safetensors", run / "model" / "model.json"
+    state = load_file(str(wpath))
+    state["c"] = state["c"][:-1].clone()
+    save_file(state, str(wpath))
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"] = hashlib.sha256(wpath.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    assert main(["eval", str(run), "-q"]) == 2
+    err = _one_line_error(capsys.readouterr().err)
+    assert "cannot load weights" in err and "size mismatch for c" in err

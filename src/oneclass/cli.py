@@ -280,7 +280,7 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     import time
 
-    from .runs import evaluate, format_metrics, report, train
+    from .runs import _text, evaluate, format_metrics, report, train
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -288,7 +288,7 @@ def cmd_demo(args) -> int:
     params["epochs"] = args.epochs
     what = ("ELPV solar cells (normal cells for training; held-back normal and defective "
             "cells for testing)" if args.data == "elpv" else args.data)
-    print(f"oneclass demo: {args.method} on {what}, {args.epochs} epochs")
+    print(f"oneclass demo: {args.method} on {_text(what)}, {args.epochs} epochs")
     det = train(args.method, args.data, out, params, data_root=args.data_root,
                 progress=_progress(args))
     print(f"trained in {det.train_seconds_:.1f} s")
@@ -296,8 +296,8 @@ def cmd_demo(args) -> int:
     print(format_metrics(m))
     path = report(out, args.data, args.data_root, progress=_progress(args))
     print(f"report: {path}")
-    print(f"image AUROC: {m['image_auroc']:.4f}  (demo finished in "
-          f"{time.perf_counter() - t0:.0f} s)")
+    auc = "n/a" if m["image_auroc"] is None else f"{m['image_auroc']:.4f}"
+    print(f"image AUROC: {auc}  (demo finished in {time.perf_counter() - t0:.0f} s)")
     return 0
 
 

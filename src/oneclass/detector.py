@@ -747,6 +747,10 @@ class Detector:
             det.threshold_source_ = fitted["threshold_source"]
             det.n_train_ = fitted.get("n_train")
             det.map_scale_ = fitted.get("map_scale")
+            scale = det.map_scale_
+            if scale is not None and not (isinstance(scale, list) and len(scale) == 2 and all(
+                    _is_number(v) and math.isfinite(v) for v in scale)):
+                raise ValueError(f"map_scale must be two finite numbers, got {scale!r}")
             det.train_seconds_ = fitted.get("train_seconds", 0.0)
             det._load_fitted_extra(fitted)
             det._restoring = True  # the saved weights replace every pretrained one: not read
@@ -761,6 +765,9 @@ class Detector:
             state = load_file(str(wpath))
             det.model_.load_state_dict(state, strict=True)
         except Exception as exc:  # safetensors raises its own error types
-            raise ModelFileError(f"{wpath}: cannot load weights ({str(exc).splitlines()[0]})") from None
+            # torch's first line is only a header ("Error(s) in loading state_dict for X:"):
+            # the lines after it name the tensors
+            why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise ModelFileError(f"{wpath}: cannot load weights ({why[:600]})") from None
         det.model_.to(det.device_).eval()
         return det

@@ -24,11 +24,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"device {device!r} is not a valid torch device: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but CUDA is not available here")
+    if dev.type == "meta":  # shapes only, no data: nothing can be trained or scored there
+        raise ConfigError(f"device {device!r} holds no data; use cpu, cuda or auto")
     if dev.type not in ("cpu", "cuda"):
         try:  # mps, xpu, ...: a tensor there says whether this torch and machine have it
-            torch.empty(1, device=dev)
+            torch.zeros(1, device=dev).cpu()
         except (RuntimeError, AssertionError) as exc:
-            raise ConfigError(f"device {device!r} is not available here: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"device {device!r} is not available here: {first}") from None
     return dev
 
 

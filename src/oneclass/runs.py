@@ -934,6 +934,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
                 j += 1
         return out
 
+    spec = _text(spec)  # a folder name that is not UTF-8 is shown with escapes, as elsewhere
     info = {"method": det.name, "data": spec, "test images": len(test),
             "threshold": det.threshold_, "threshold source": det.threshold_source_,
             "training images": det.n_train_, "training seconds": det.train_seconds_,
