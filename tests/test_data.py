@@ -946,6 +946,9 @@ def test_folders_reached_through_symbolic_links_are_read_once(tmp_path):
     (tmp_path / "data" / "linked").symlink_to(extra)
     (tmp_path / "data" / "linked_again").symlink_to(extra)
     (tmp_path / "data" / "top" / "loop").symlink_to(tmp_path / "data")  # back up the tree
+    (tmp_path / "data" / "top" / "up").symlink_to(tmp_path)  # above the folder: its siblings
     found = [p.relative_to(tmp_path / "data").as_posix() for p in list_images(tmp_path / "data")]
     assert found == ["linked/0.png", "linked/1.png", "linked/2.png", "top/0.png", "top/1.png"]
     assert len(load(str(tmp_path / "data"), "train")) == 5
+    # a folder listed on its own does not reach its parent through a link either
+    assert [p.name for p in list_images(tmp_path / "data" / "top")] == ["0.png", "1.png"]

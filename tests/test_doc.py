@@ -221,3 +221,14 @@ def test_a_bank_of_one_is_refused_by_name_and_an_untrained_reference_is_reported
     with caplog.at_level(logging.WARNING):
         oneclass.create("doc", **{**SMALL, "epochs": 0}).fit(ArraySet(x), reference=ref)
     assert "reference set toy-ref is not used" in caplog.text
+
+
+def test_a_class_left_without_readable_images_is_an_error_not_a_silent_class(tmp_path):
+    from oneclass.data.reference import screen_reference
+
+    _class_folders(tmp_path / "ref", np.random.default_rng(5))
+    for f in (tmp_path / "ref" / "class1").iterdir():
+        f.write_text("not an image")
+    ref = load_reference(str(tmp_path / "ref"))
+    with pytest.raises(oneclass.errors.DataError, match="no readable image left.*class1"):
+        screen_reference(ref, "skip")

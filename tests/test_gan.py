@@ -419,3 +419,27 @@ def test_training_draws_differ_between_ranks_and_are_unchanged_in_one_process(mo
     a, b = draws(0, 2), draws(1, 2)
     assert not torch.equal(a, b)  # each rank its own codes
     assert torch.equal(a, draws(0, 2))  # and repeatable
+
+
+def test_search_parts_and_threads_come_from_the_settings_not_the_batch(monkeypatch):
+    import oneclass.methods.anogan as anogan_mod
+
+    det = _untrained_anogan(search_steps=1)
+    assert det.search_part_size(torch.device("cpu")) == 32
+    assert det.search_part_size(torch.device("cuda")) == 256  # one part a batch on GPUs
+    seen = []
+    real = anogan_mod.latent_search
+    monkeypatch.setattr(anogan_mod, "latent_search",
+                        lambda *a, **k: seen.append((k["part"], k["threads"])) or real(*a, **k))
+    saved = torch.get_num_threads()
+    try:
+        for threads in (2, 16):
+            torch.set_num_threads(threads)
+            for n in (1, 40):
+                det.search(torch.rand(n, 1, 16, 16))
+    finally:
+        torch.set_num_threads(saved)
+    # 2 threads: two parts at once; 16: the 8 parts of a full batch of 256, 2 threads each
+    assert seen == [(32, 2), (32, 2), (32, 8), (32, 8)]
+    with pytest.raises(ConfigError, match="search_part"):
+        oneclass.create("anogan", search_part=-1)

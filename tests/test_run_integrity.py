@@ -582,6 +582,8 @@ def test_a_device_this_torch_or_machine_lacks_is_a_config_error():
     with pytest.raises(ConfigError, match="'mps' is not available here") as info:
         resolve_device("mps")
     assert "\n" not in str(info.value)  # torch's own message runs to 55 lines
+    with pytest.raises(ConfigError, match="'hpu' is not available here"):
+        resolve_device("hpu")  # torch raises ModuleNotFoundError for this one
 
 
 @pytest.mark.parametrize("message, free", [

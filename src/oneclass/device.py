@@ -29,7 +29,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         try:  # mps, xpu, ...: a tensor there says whether this torch and machine have it
             torch.zeros(1, device=dev).cpu()
-        except (RuntimeError, AssertionError) as exc:
+        except Exception as exc:  # RuntimeError, AssertionError, ModuleNotFoundError (hpu)...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"device {device!r} is not available here: {first}") from None
     return dev

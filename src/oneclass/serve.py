@@ -174,9 +174,9 @@ class Scorer:
         from .runs import load_model, model_dir
 
         self.run = Path(run)
+        self.stamp = self._model_stamp()  # before loading: a model replaced meanwhile shows
         self.det = load_model(self.run, device)
         self.model_id = model_id(model_dir(self.run))
-        self.stamp = self._model_stamp()
         self.lock = threading.Lock()
         self.decoders = threading.BoundedSemaphore(self.DECODERS)
 

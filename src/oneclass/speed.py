@@ -317,7 +317,7 @@ def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int =
         best = min(per_single.values())
         row = {"net": f"anogan search {shape[1]}x{shape[2]}x{shape[0]}",
                "precision": precision, "steps": steps, "batch": batch,
-               "parts": -(-batch // int(det.search_part)),
+               "parts": -(-batch // det.search_part_size(det.device_)),
                "batched ms/img": f"{1000 * per_batched:.1f}",
                "one-at-a-time ms/img": f"{1000 * best:.1f}",
                "one-at-a-time layout": ("channels-last" if best == per_single[True]

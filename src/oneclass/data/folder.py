@@ -49,6 +49,7 @@ def list_images(folder: Path) -> list[Path]:
     """
     out, other = [], []
     seen: set[str] = set()
+    top = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, onerror=_unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:  # reached again through a link
@@ -56,7 +57,8 @@ def list_images(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and os.path.realpath(os.path.join(dirpath, d)) not in seen)
+                             and _new_below(os.path.realpath(os.path.join(dirpath, d)), seen,
+                                            top))
         for f in sorted(filenames):
             if is_image_file(Path(f)):
                 out.append(Path(dirpath) / f)
@@ -71,6 +73,12 @@ def list_images(folder: Path) -> list[Path]:
                     shown, ", ..." if len(other) > 3 else "",
                     "/".join(s.lstrip(".") for s in IMAGE_SUFFIXES))
     return out
+
+
+def _new_below(real: str, seen: set[str], top: str) -> bool:
+    """A folder not read yet and not holding the folder being listed (a link up the tree,
+    beyond its top, would read the top's siblings: other defect types, say)."""
+    return real not in seen and os.path.commonpath([real, top]) != real
 
 
 def is_mvtec(root: Path) -> bool:

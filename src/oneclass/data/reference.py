@@ -132,8 +132,13 @@ def screen_reference(ref: Reference, on_bad: str) -> Reference:
         return ref
     gone = {name for name, _ in skipped}
     keep = np.array([i for i, n in enumerate(ref.images.names) if n not in gone], np.int64)
-    return Reference(ref.images.subset(keep), None if ref.classes is None else ref.classes[keep],
-                     ref.class_names, ref.spec)
+    classes = None if ref.classes is None else ref.classes[keep]
+    if classes is not None:  # the rules of a labeled reference hold after the skipping too
+        empty = [name for c, name in enumerate(ref.class_names) if not (classes == c).any()]
+        if empty:
+            raise DataError(f"reference {ref.spec}: no readable image left in class folder(s) "
+                            f"{', '.join(empty)}; a labeled reference needs images in each")
+    return Reference(ref.images.subset(keep), classes, ref.class_names, ref.spec)
 
 
 def image_digests(x: np.ndarray) -> list[bytes]:

@@ -239,11 +239,13 @@ class AnoGAN(GANDetector):
         # images searched as one batch: every image is searched in a part of exactly this
         # many (the last part padded), so its score does not depend on the batch it came in
         # (different batch sizes round differently, which the search amplifies to ~0.4 %);
-        # 0: parts of any size, cheaper for a single image, scores batch-dependent
-        "search_part": 32,
-        # parts searched side by side, sharing the CPU threads; 0: one per intra-op thread on
-        # CPUs (with search_part 0: parts of >= 32 images), 1 on GPUs. Scores repeat for the
-        # same setting and thread count; other settings round differently
+        # None: 32 on CPUs, score_batch_size on GPUs (one part a batch); 0: parts of any
+        # size, cheaper for a single image, scores batch-dependent
+        "search_part": None,
+        # parts searched side by side, sharing the CPU threads; 0: auto, on CPUs as many as
+        # a full batch has parts, at most one per intra-op thread (with search_part 0: parts
+        # of >= 32 images), 1 on GPUs. Scores repeat for the same settings and thread count;
+        # other settings round differently
         "search_threads": 0,
     }
 
@@ -260,8 +262,8 @@ class AnoGAN(GANDetector):
             raise ConfigError(f"search_candidates must be >= 1, got {self.search_candidates}")
         if float(self.search_lr) <= 0:
             raise ConfigError(f"search_lr must be positive, got {self.search_lr}")
-        if int(self.search_part) < 0:
-            raise ConfigError(f"search_part must be >= 0 (0: parts of any size), got "
+        if self.search_part is not None and int(self.search_part) < 0:
+            raise ConfigError(f"search_part must be >= 0 (0: parts of any size) or unset, got "
                               f"{self.search_part}")
         if int(self.search_threads) < 0:
             raise ConfigError(f"search_threads must be >= 0 (0: auto), got {self.search_threads}")
@@ -309,17 +311,25 @@ class AnoGAN(GANDetector):
         m.to(memory_format=fmt)
         xt = m.prep(x).contiguous(memory_format=fmt)
         z0 = initial_codes(m.G, xt, self.code_bank().to(x.device))
-        part = int(self.search_part) if fixed_parts else 0
+        part = self.search_part_size(x.device) if fixed_parts else 0
         if int(self.search_threads) > 0:
             threads = int(self.search_threads)
-        elif part:  # the same for every batch size, so every part rounds alike
-            threads = torch.get_num_threads() if x.device.type == "cpu" else 1
+        elif part:  # from the settings, not from len(x): every part rounds alike
+            full = -(-int(self.score_batch_size) // part)  # parts of a full batch
+            threads = min(torch.get_num_threads(), full) if x.device.type == "cpu" else 1
         else:
             threads = search_threads(len(x), x.device)
         return latent_search(m.G, m.D, xt, z0,
                              steps=int(self.search_steps if steps is None else steps),
                              lr=float(self.search_lr), lam=float(self.lam),
                              bf16=self.precision == "bf16", threads=threads, part=part or None)
+
+    def search_part_size(self, device: torch.device) -> int:
+        """Images per search part (``search_part``; None: 32 on CPUs, a whole scoring batch
+        on GPUs, whose parts would otherwise run one after another)."""
+        if self.search_part is not None:
+            return int(self.search_part)
+        return 32 if device.type == "cpu" else int(self.score_batch_size)
 
     def _cached_search(self, x: torch.Tensor) -> Search:
         """:meth:`search`, remembered for the last batches: score and map share one search."""
