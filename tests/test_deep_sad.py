@@ -167,3 +167,20 @@ def test_threshold_source_says_when_it_comes_from_unlabeled_images():
     det = oneclass.create("deep_sad", epochs=1, pretrain_epochs=1, batch_size=16, seed=0)
     det.fit(ArraySet(x, labels))
     assert "36 unlabeled training images (none is labeled normal" in det.threshold_source_
+
+
+def test_no_image_is_both_an_unlabeled_and_a_labeled_anomaly(monkeypatch, tmp_path):
+    from oneclass.data import semi
+
+    y = np.repeat(np.arange(10), 200)
+    x = np.zeros((len(y), 4, 4), np.uint8)
+    monkeypatch.setattr(semi, "_arrays", lambda name, root, split: (x, y))
+    for seed in range(5):
+        s = semi.semi_supervised("mnist", 0, ratio_known_outlier=0.2, ratio_pollution=0.2,
+                                 seed=seed, root=str(tmp_path))
+        assert len(set(s.names)) == len(s.names), seed  # each image once, with one label
+        kn, un, uo, ko = semi.semi_counts(200, 0.0, 0.2, 0.2)
+        assert (s.labels == 1).sum() == ko and (s.labels == -1).sum() == un + uo
+    for bad in (10, -1):
+        with pytest.raises(DataError, match="normal class must be in 0..9"):
+            semi.semi_supervised("mnist", bad, ratio_known_outlier=0.05, root=str(tmp_path))

@@ -97,3 +97,12 @@ def test_reweighting_scales_scores_down_and_keeps_the_ranking(fitted_pc):
 def test_bad_parameters_are_refused(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         oneclass.create("patchcore", **bad)
+
+
+def test_no_projection_when_projection_dim_is_unset():
+    from oneclass.data.base import ArraySet
+
+    x = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 1), dtype=np.uint8)
+    det = oneclass.create("patchcore", projection_dim=None, min_side=32, holdout=0.0)
+    det.fit(ArraySet(x, np.zeros(6, np.int64)))
+    assert np.isfinite(det.score(ArraySet(x, np.zeros(6, np.int64)))).all()

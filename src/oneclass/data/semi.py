@@ -65,6 +65,9 @@ def semi_supervised(name: str, normal_class: int, *, known_outlier_class: int | 
     name = ALIASES.get(name, name)
     if name not in FILES:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(FILES)}")
+    if isinstance(normal_class, bool) or not 0 <= int(normal_class) < 10:
+        raise DataError(f"{name}: the normal class must be in 0..9, got {normal_class}")
+    normal_class = int(normal_class)
     known = (normal_class + 1) % 10 if known_outlier_class is None else int(known_outlier_class)
     if known == normal_class or not 0 <= known < 10:
         raise DataError(f"{name}:{normal_class}: known anomaly class must be another class in "
@@ -75,17 +78,22 @@ def semi_supervised(name: str, normal_class: int, *, known_outlier_class: int | 
     idx_known = np.flatnonzero(y == known)
     n_kn, n_un, n_uo, n_ko = semi_counts(len(idx_normal), ratio_known_normal,
                                          ratio_known_outlier, ratio_pollution)
-    if n_ko > len(idx_known) or n_uo > len(idx_outlier):
+    if n_ko > len(idx_known) or n_uo > len(idx_outlier) - n_ko:
         raise DataError(
             f"{name}:{normal_class}: not enough anomalies for ratio_known_normal="
             f"{ratio_known_normal}, ratio_known_outlier={ratio_known_outlier}, ratio_pollution="
             f"{ratio_pollution}: {n_ko} labeled anomalies of class {known} asked for "
-            f"({len(idx_known)} exist), {n_uo} unlabeled anomalies ({len(idx_outlier)} exist)")
+            f"({len(idx_known)} exist), {n_uo} unlabeled anomalies ({len(idx_outlier) - n_ko} "
+            "exist beside them)")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(idx_normal)
+    polluting = rng.permutation(idx_outlier)
+    labeled = rng.permutation(idx_known)[:n_ko]
+    # the unlabeled anomalies are others than the labeled ones (drawn from the same classes,
+    # an image could otherwise be in the set twice, once unlabeled and once labeled)
+    polluting = polluting[~np.isin(polluting, labeled)][:n_uo]
     parts = [(perm[:n_kn], NORMAL), (perm[n_kn:n_kn + n_un], UNLABELED),
-             (rng.permutation(idx_outlier)[:n_uo], UNLABELED),
-             (rng.permutation(idx_known)[:n_ko], ANOMALOUS)]
+             (polluting, UNLABELED), (labeled, ANOMALOUS)]
     index = np.concatenate([p for p, _ in parts]).astype(np.int64)
     labels = np.concatenate([np.full(len(p), lab) for p, lab in parts]).astype(np.int64)
     desc = (f"{name}:{normal_class} ({CLASSES[name][normal_class]} normal, train; "

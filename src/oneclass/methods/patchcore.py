@@ -244,7 +244,7 @@ class PatchCore(Detector):
         self.feature_grid_ = list(f.shape[2:])
         n = max(1, min(int(self.coreset_max), round(len(feats) * float(self.coreset_ratio))))
         # on the features' device: a GPU takes the 10,000 sequential steps far faster
-        idx = greedy_coreset(feats, n, int(self.projection_dim) or None, int(self.seed))
+        idx = greedy_coreset(feats, n, int(self.projection_dim or 0) or None, int(self.seed))
         model.bank = feats[idx.to(feats.device)].contiguous()
         self.bank_size_ = int(n)
         self.n_patches_ = int(len(feats))
