@@ -407,20 +407,33 @@ def test_eval_from_another_folder_finds_a_relatively_given_training_folder(mvtec
 
 
 def test_a_retraining_that_fails_before_its_first_epoch_does_not_block_resume(mvtec_dir,
-                                                                             tmp_path):
-    from oneclass.errors import OneclassError
+                                                                             tmp_path,
+                                                                             monkeypatch):
     from oneclass.runs import train
 
     run = tmp_path / "r"
     params = {"epochs": 1, "pretrain_epochs": 0, "seed": 0}
     train("deep_svdd", str(mvtec_dir), run, params, progress=False)
-    with pytest.raises(OneclassError):
-        train("deep_svdd", str(mvtec_dir), run, {**params, "device": "foo"}, progress=False)
+    undo = _stopped(monkeypatch, at_once=True)
+    with pytest.raises(_Stop):
+        train("deep_svdd", str(mvtec_dir), run, {**params, "lr": 0.5}, progress=False)
+    undo()
     pending = run / "checkpoints" / "config.json"
-    assert json.loads(pending.read_text())["params"]["device"] == "foo"
+    assert json.loads(pending.read_text())["params"]["lr"] == 0.5
     # the pending configuration of the failed attempt is not what --resume checks
     train("deep_svdd", str(mvtec_dir), run, params, progress=False, resume=True)
-    assert json.loads((run / "config.json").read_text())["params"]["device"] == "auto"
+    assert json.loads((run / "config.json").read_text())["params"]["lr"] == 1e-4
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    from oneclass import data as data_mod
+    from oneclass.errors import ConfigError
+    from oneclass.runs import train
+
+    monkeypatch.setattr(data_mod, "load", lambda *a, **k: pytest.fail("data read"))
+    with pytest.raises(ConfigError, match="not available here"):
+        train("deep_svdd", "synthetic:16x16", tmp_path / "r", {"device": "mps"}, progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("cfg, words", [

@@ -27,6 +27,7 @@ import torch
 from . import data as data_mod
 from .data.screen import check_policy
 from .detector import Detector
+from .device import resolve_device
 from .errors import ConfigError, DataError, OneclassError
 from .io import write_json, write_text
 from .metrics import image_metrics, pixel_metrics
@@ -228,6 +229,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; give --out a folder for the run")
     det = create(method, **params)
+    resolve_device(det.device)  # a device this machine lacks is refused before data is read
     config = {"method": det.name, "data": data_spec, "data_root": data_root,
               "params": det.get_params(), "outliers": outliers, "anomalies": anomalies,
               "anomaly_limit": anomaly_limit if anomalies else None,
