@@ -620,3 +620,60 @@ def test_docs_command_of_a_row_run_on_some_datasets_names_them():
     (command,), unmatched = suite_commands(recs, "runs/x")
     assert unmatched == 0
     assert f"--only '{jobs[0]['data']},{jobs[1]['data']}'" in command
+
+
+def test_serve_load_times_neither_the_warm_up_requests_nor_client_set_up():
+    import json as json_mod
+    import threading
+    import time as time_mod
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    pytest.importorskip("httpx2")
+    from oneclass.deploybench import _load
+
+    seen_ports: set = set()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            with lock:
+                first = self.client_address[1] not in seen_ports
+                seen_ports.add(self.client_address[1])
+            if first:
+                time_mod.sleep(0.5)  # a slow warm-up: it must not count in the rate
+            body = json_mod.dumps({"score": 1.0}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        r = _load(f"http://127.0.0.1:{srv.server_address[1]}",
+                  [("/predict", {"content": b"x"}, 200)], 2, 6)
+    finally:
+        srv.shutdown()
+    assert r["requests"] == 6 and r["errors"] == 0
+    # six fast requests on open connections: far under the 0.5 s of a warm-up each
+    assert r["seconds"] < 0.4, r
+
+
+def test_anogan_speed_rows_time_as_many_single_searches_as_there_are_images(monkeypatch):
+    from oneclass import speed
+    from oneclass.methods.anogan import AnoGAN
+
+    sizes = []
+    real = AnoGAN.search
+    monkeypatch.setattr(AnoGAN, "search", lambda self, x, *a, **k: sizes.append(len(x)) or
+                        real(self, x, *a, **k))
+    speed.anogan_search_rows(steps=1, batch=2, single=5, shapes=((1, 16, 16),),
+                             precisions=("fp32",))
+    assert 0 not in sizes  # no empty search timed as one image

@@ -155,9 +155,15 @@ def _load(base: str, cases: list[Case], clients: int, total: int,
         except (httpx.HTTPError, ValueError) as exc:  # no answer, or not JSON
             return False, f"{path}: {type(exc).__name__}: {exc}"
 
+    # the clock starts when every client has connected and sent its warm-up request
+    ready = threading.Barrier(clients + 1)
+
     def worker():
         with httpx.Client(timeout=60, headers=headers) as cl:
-            one(cl, cases[0])  # warm-up connection
+            try:
+                one(cl, cases[0])  # warm-up connection, neither timed nor counted
+            finally:
+                ready.wait()
             while True:
                 with lock:
                     if sent[0] >= total:
@@ -176,9 +182,10 @@ def _load(base: str, cases: list[Case], clients: int, total: int,
                             first_errors.append(what)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0

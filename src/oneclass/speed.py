@@ -296,6 +296,7 @@ def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int =
     from .methods.anogan import AnoGAN
 
     batch = int(batch or AnoGAN().score_batch_size)
+    single = min(int(single), batch)  # one-at-a-time searches of the batch's own images
     rows, raw = [], []  # raw: (batched, one-at-a-time) seconds per image, unrounded
     for shape, precision in [(s, p) for s in shapes for p in precisions]:
         det = AnoGAN(search_steps=steps, precision=precision)
