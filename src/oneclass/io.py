@@ -80,7 +80,7 @@ def _full_disk(exc: BaseException, where: Path) -> bool:
         return False
 
 
-def _no_space(exc: BaseException, path: Path) -> WriteError:
+def _no_space(path: Path) -> WriteError:
     return _explain(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)), path)
 
 
@@ -117,7 +117,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: 
         full = _full_disk(exc, path.parent)
         tmp_path.unlink(missing_ok=True)
         if full:
-            raise _no_space(exc, path) from exc
+            raise _no_space(path) from exc
         raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -205,7 +205,7 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
         if old.exists() and not path.exists():
             os.replace(old, path)
         if full:
-            raise _no_space(exc, path) from exc
+            raise _no_space(path) from exc
         raise
     return path
 

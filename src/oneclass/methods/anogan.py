@@ -260,8 +260,6 @@ class AnoGAN(GANDetector):
             raise ConfigError(f"search_steps must be >= 0, got {self.search_steps}")
         if int(self.search_candidates) < 1:
             raise ConfigError(f"search_candidates must be >= 1, got {self.search_candidates}")
-        if float(self.search_lr) <= 0:
-            raise ConfigError(f"search_lr must be positive, got {self.search_lr}")
         if self.search_part is not None and int(self.search_part) < 0:
             raise ConfigError(f"search_part must be >= 0 (0: parts of any size) or unset, got "
                               f"{self.search_part}")
