@@ -33,9 +33,21 @@ def defects_test():
 
 @pytest.fixture(scope="session")
 def mvtec_dir(tmp_path_factory):
+    """A tiny MVTec-layout folder shared by the session. No command may write into a data
+    folder: the teardown fails when any file below it was added, removed or changed."""
     root = tmp_path_factory.mktemp("mvtec")
-    return write_mvtec(root / "toy", n_train=60, n_test_good=10, n_test_defect=12, size=24,
+    path = write_mvtec(root / "toy", n_train=60, n_test_good=10, n_test_defect=12, size=24,
                        seed=3)
+    before = _tree(path)
+    yield path
+    after = _tree(path)
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    assert not changed, f"files below the shared data folder changed: {changed[:5]}"
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def fast_params(name: str) -> dict:

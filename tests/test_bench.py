@@ -347,6 +347,13 @@ def test_deep_sad_suites_follow_the_papers_scenarios():
     assert {j["semi"]["ratio_known_outlier"] for j in known2} == {0.05}
     assert not {_key(j) for j in known2} & {_key(j) for j in long_}
     assert all((f"deep_sad ({j['label']})", "cifar10") in PUBLISHED for j in known2)
+    # the paper's whole protocol: every (normal, known) pair once, the two rows above included
+    every = SUITES["sad-cifar10-long-all-known"]
+    pairs = [(int(j["data"].split(":")[1]), j["semi"]["known_outlier_class"]) for j in every]
+    assert sorted(pairs) == [(c, k) for c in range(10) for k in range(10) if k != c]
+    assert pairs[:10] == [(c, (c + 1) % 10) for c in range(10)]  # one known class at a time
+    ratio05 = [j for j in long_ if j["semi"]["ratio_known_outlier"] == 0.05]
+    assert {_key(j) for j in known2 + ratio05} <= {_key(j) for j in every}
 
 
 def test_defaults_suite_runs_every_registered_method_untouched():

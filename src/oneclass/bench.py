@@ -274,6 +274,17 @@ SUITES["sad-cifar10-long-known2"] = [
     _sad_job("cifar10", c, {**_SAD_CIFAR_BF16, **_REFERENCE_SCHEDULE}, (c + 2) % 10, 0.05,
              SAD_LONG_KNOWN2_LABEL) for c in range(10)]
 PUBLISHED[(f"deep_sad ({SAD_LONG_KNOWN2_LABEL})", "cifar10")] = 77.9
+# The paper's whole protocol on CIFAR-10: labeled anomalies from each of the nine other classes
+# in turn (90 runs, about 20 hours here; each class's row is the mean over its nine runs).
+# Ordered by known class (C+1), (C+2), ... so the runs of the two rows above are reused and
+# each resumed part completes one more known class for every normal class. Decided before
+# its runs: when all 90 are recorded, this row's mean is the CIFAR-10 figure.
+SAD_LONG_ALL_LABEL = ("labeled anomalies 0.05 of one class, mean over the nine, no pollution, "
+                      "150 + 150 epochs")
+SUITES["sad-cifar10-long-all-known"] = [
+    _sad_job("cifar10", c, {**_SAD_CIFAR_BF16, **_REFERENCE_SCHEDULE}, (c + k) % 10, 0.05,
+             SAD_LONG_ALL_LABEL) for k in range(1, 10) for c in range(10)]
+PUBLISHED[(f"deep_sad ({SAD_LONG_ALL_LABEL})", "cifar10")] = 77.9
 # Labeled anomalies from each of the nine other classes in turn (90 runs; each class's row is
 # the mean over its nine runs), on the polluted data.
 SAD_ALL_LABEL = "labeled anomalies 0.05 of one class, mean over the nine, pollution 0.1"
