@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -566,6 +567,72 @@ def test_compare_shows_only_this_sizes_anomalib_lines(tmp_path, monkeypatch):
     got = compare.run_anomalib("/d/x", tmp_path, "patchcore")  # all done: nothing runs
     assert [(r["method"], r["size"], r["image_auroc"]) for r in got] == [
         ("patchcore", [16, 16], 0.6)]
+
+
+def _fake_runner(tmp_path, body: str) -> str:
+    """A stand-in for the compare environment's Python: a shell script running ``body``
+    with the runner's arguments in ``$@`` (it is called as ``python -W ignore -m ...``)."""
+    script = tmp_path / "fakepy"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_compare_runs_each_anomalib_model_in_its_own_process(tmp_path, monkeypatch):
+    import oneclass.compare as compare
+
+    monkeypatch.setattr(compare, "input_size", lambda folder: (16, 16))
+    # the fake runner appends one line for the model it was given, after a cut-short line
+    # that a runner killed mid-write would leave
+    script = tmp_path / "fakepy"
+    script.write_text(f"#!{sys.executable}\n" + """import sys
+from oneclass.io import append_jsonl
+args = sys.argv
+model, out = args[args.index("--models") + 1], args[args.index("--out") + 1]
+with open(sys.argv[0] + ".calls", "a") as fh:
+    fh.write(model + "\\n")
+with open(out, "a") as fh:
+    fh.write('{"cut')
+append_jsonl(out, {"library": "anomalib", "method": model, "data": "/d/x", "size": [16, 16]})
+""")
+    script.chmod(0o755)
+    python = str(script)
+    got = compare.run_anomalib("/d/x", tmp_path, "PatchCore, padim", python=python)
+    assert (tmp_path / "fakepy.calls").read_text().split() == ["patchcore", "padim"]
+    assert [r["method"] for r in got] == ["patchcore", "padim"]
+    # each cut-short line was dropped before the next record, none glued to it
+    lines = (tmp_path / "anomalib.jsonl").read_text().splitlines()
+    assert [json.loads(x)["method"] for x in lines] == ["patchcore", "padim"]
+
+
+def test_a_killed_anomalib_runner_names_the_signal_and_what_was_recorded(tmp_path, monkeypatch):
+    import oneclass.compare as compare
+    from oneclass.errors import ConfigError
+
+    monkeypatch.setattr(compare, "input_size", lambda folder: (16, 16))
+    line = {"library": "anomalib", "method": "patchcore", "data": "/d/x", "size": [16, 16]}
+    (tmp_path / "anomalib.jsonl").write_text(json.dumps(line) + "\n")
+    python = _fake_runner(tmp_path, "kill -9 $$")
+    with pytest.raises(ConfigError, match=r"failed on padim \(killed by SIGKILL, perhaps out of "
+                                          r"memory\); recorded so far: patchcore"):
+        compare.run_anomalib("/d/x", tmp_path, "patchcore,padim", python=python)
+    quiet = _fake_runner(tmp_path, "exit 0")  # ran, wrote nothing: not silently left out
+    with pytest.raises(ConfigError, match="finished padim but .* has no line of it"):
+        compare.run_anomalib("/d/x", tmp_path, "patchcore,padim", python=quiet)
+
+
+def test_bench_methods_are_registry_names_and_must_be_in_the_suite(tmp_path):
+    from oneclass.bench import run_suite
+    from oneclass.cli import _method_names
+    from oneclass.errors import ConfigError
+
+    assert _method_names("PatchCore, Deep-SVDD") == ["patchcore", "deep_svdd"]
+    assert _method_names(None) is None
+    with pytest.raises(ConfigError, match="did you mean 'patchcore'"):
+        _method_names("patchcroe")
+    with pytest.raises(ConfigError, match="suite 'industrial' has no runs of hsc; its "
+                                          "methods: .*patchcore"):
+        run_suite("industrial", tmp_path / "o", methods=["patchcore", "hsc"])
 
 
 @pytest.mark.parametrize("argv,message", [

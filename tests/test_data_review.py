@@ -306,3 +306,46 @@ def test_synthetic_and_elpv_specs_are_compared_as_the_data_they_load():
     assert canonical("synthetic") == "synthetic:stripes:64x64:gray"
     with pytest.raises(ConfigError, match="itself"):
         training_data("elpv", None, 0, outliers="elpv:mono")
+
+
+@pytest.mark.parametrize("data, outliers", [
+    ("natural:30", "natural:30:64"),  # the same crops at another size
+    ("natural:20", "natural:40"),  # the first 20 of them
+    ("synthetic", "synthetic:stripes:rgb"),  # the same textures, tinted
+    ("synthetic:grid", "synthetic:grid:32x32"),  # the same textures, smaller
+])
+def test_generated_outliers_of_the_training_generator_are_refused(data, outliers):
+    from oneclass.errors import ConfigError
+    from oneclass.runs import training_data
+
+    with pytest.raises(ConfigError, match="is the training data"):
+        training_data(data, None, 0, outliers=outliers)
+
+
+def test_outliers_that_are_test_images_of_the_data_folder_are_refused(mvtec_dir):
+    from oneclass.errors import ConfigError
+    from oneclass.runs import training_data
+
+    for sub in ("test", "test/good"):
+        with pytest.raises(ConfigError, match="are test images of --data .*--anomalies"):
+            training_data(str(mvtec_dir), None, 0, outliers=str(mvtec_dir / sub))
+
+
+def test_labeled_anomalies_of_the_same_generator_leave_the_test_set_in_any_colour_or_size():
+    from oneclass import data as data_mod
+    from oneclass.runs import test_set, training_data
+
+    assert data_mod.source("synthetic:stripes:32x32:rgb") == "synthetic:stripes"
+    assert data_mod.source("synthetic") == "synthetic:stripes" != data_mod.source("synthetic:grid")
+    assert data_mod.source("natural:30:64") == data_mod.source("natural") == "natural"
+    full = data_mod.load("synthetic", "test")
+    for anomalies in ("synthetic:rgb", "synthetic:stripes:32x32"):
+        _, _, used = training_data("synthetic", None, 0, anomalies=anomalies, anomaly_limit=5)
+        cfg = {"anomalies": anomalies, "anomalies_used": used,
+               "anomalies_source": data_mod.source(anomalies)}
+        kept = test_set("synthetic", None, cfg)
+        assert len(kept) == len(full) - len(used) and not set(used) & set(kept.names)
+    # a run recorded before the sources of generated sets dropped size and colour
+    old = {"anomalies": "synthetic", "anomalies_used": used,
+           "anomalies_source": "synthetic:stripes:64x64:gray"}
+    assert len(test_set("synthetic", None, old)) == len(full) - len(used)

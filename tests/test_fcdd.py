@@ -478,3 +478,40 @@ def test_scratches_of_empty_images_return_at_once():
     for shape in ((2, 1, 0, 5), (2, 1, 5, 0)):
         xa, mask = scratches(torch.zeros(shape), torch.Generator().manual_seed(0))
         assert xa.shape == shape and not mask.any()
+
+
+def test_an_anomaly_shifted_out_of_the_image_trains_as_normal():
+    """A shift can crop a small synthetic anomaly near the border out of the image, mask and
+    all; the image left is a normal one and must not keep the anomalous label."""
+    import types
+
+    from oneclass.anomalies import AnomalySource
+    from oneclass.methods.fcdd import _FCDDTask
+
+    det = types.SimpleNamespace(anomaly_fraction=0.5, augment="shift-flip")
+    task = types.SimpleNamespace(det=det, source=AnomalySource(None, None, noise="mixed"))
+    x = torch.full((2000, 1, 28, 28), 0.5)  # plain normal images: any change is an anomaly
+    xb, labels, masks, has = _FCDDTask._member_batch(task, x, torch.Generator().manual_seed(0))
+    changed = (xb - 0.5).abs().flatten(1).amax(1) > 1e-6
+    assert (labels == 1).sum() > 900
+    assert torch.equal(labels == 1, changed)  # anomalous exactly when the image shows one
+    assert not has[labels == 0].any()
+
+
+def test_nets_train_on_one_image_whose_map_is_one_pixel():
+    """A training batch of one image whose feature map is 1x1 has one value per channel:
+    batch norm takes its running statistics instead of stopping the training."""
+    from oneclass.nets.fcdd_nets import EffNetFCN
+    from oneclass.nets.lenet import BatchNorm2d
+
+    net = EffNetFCN(3, stride=8, pretrained=False).train()
+    out = net(torch.rand(1, 3, 8, 8))
+    out.sum().backward()
+    assert out.shape == (1, 1, 1, 1) and torch.isfinite(out).all()
+    bn = BatchNorm2d(4, eps=1e-4).train()
+    x = torch.randn(1, 4, 1, 1)
+    expected = (x - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None]
+                                                                  + bn.eps)
+    assert torch.allclose(bn(x), expected)
+    y = torch.randn(3, 4, 2, 2)  # more than one value per channel: batch statistics as before
+    assert torch.allclose(bn(y), torch.nn.BatchNorm2d(4, eps=1e-4).train()(y))

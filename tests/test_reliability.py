@@ -605,6 +605,16 @@ def test_a_dead_writers_temporary_files_are_swept_and_a_live_ones_kept(tmp_path)
     assert json.loads((tmp_path / "x.json").read_text()) == {"v": 1}
 
 
+@pytest.mark.parametrize("value", ["0", "false", "No", " off ", ""])
+def test_deterministic_mode_stays_off_for_the_values_that_say_off(monkeypatch, value):
+    from oneclass.device import seed_everything
+
+    monkeypatch.setenv("ONECLASS_DETERMINISTIC", value)
+    torch.use_deterministic_algorithms(False)
+    seed_everything(0)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_deterministic_mode_is_opt_in(monkeypatch):
     from oneclass.device import seed_everything
 

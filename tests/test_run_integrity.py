@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 
 from oneclass import io as io_mod
 from oneclass.cli import main
@@ -595,8 +596,21 @@ def test_a_device_this_torch_or_machine_lacks_is_a_config_error():
     with pytest.raises(ConfigError, match="'mps' is not available here") as info:
         resolve_device("mps")
     assert "\n" not in str(info.value)  # torch's own message runs to 55 lines
+    assert len(str(info.value)) < 300  # its first line alone is about 2 KB
     with pytest.raises(ConfigError, match="'hpu' is not available here"):
         resolve_device("hpu")  # torch raises ModuleNotFoundError for this one
+
+
+def test_a_cuda_index_the_machine_lacks_is_named_with_the_ones_it_has(monkeypatch):
+    from oneclass.device import resolve_device
+    from oneclass.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=r"'cuda:7'.* 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:7")
 
 
 @pytest.mark.parametrize("message, free", [

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, OneclassError
-from .io import read_jsonl, write_text
+from .io import end_jsonl, read_jsonl, write_text
 
 #: Published mean AUROC (in %) to print beside ours: (method, dataset) -> value.
 PUBLISHED = {
@@ -442,6 +442,10 @@ def run_suite(suite: str, out: Path, data_root: str | None = None, seeds=(0,),
     # --label: the rows with exactly this label if there are any (so a label that is part
     # of longer ones, or '' for unlabeled rows, names one row), else those containing it
     exact = label is not None and any(j.get("label", "") == label for j in suite_jobs)
+    absent = sorted(set(methods or ()) - {j["method"] for j in suite_jobs})
+    if absent:
+        raise ConfigError(f"suite {suite!r} has no runs of {', '.join(absent)}; its methods: "
+                          f"{', '.join(sorted({j['method'] for j in suite_jobs}))}")
     for job in suite_jobs:
         if only and job["data"] not in only:
             continue
@@ -501,26 +505,10 @@ class _Rows:
         self.rows[_row_id(rec)] = rec
 
     def _end_last_line(self) -> None:
-        """Before appending: a last line without its newline is ended (a complete record) or
-        cut off (one cut short by an interrupted run, which reading left out), so the new
-        line is not glued to it. Once: every line this object appends ends in one."""
-        if self.ended or not self.path.exists():
+        """Before appending, once: see :func:`oneclass.io.end_jsonl`."""
+        if not self.ended:
+            end_jsonl(self.path)
             self.ended = True
-            return
-        self.ended = True
-        with open(self.path, "rb+") as fh:
-            data = fh.read()
-            if not data or data.endswith(b"\n"):
-                return
-            start = data.rfind(b"\n") + 1
-            try:
-                complete = isinstance(json.loads(data[start:]), dict)
-            except ValueError:
-                complete = False
-            if complete:
-                fh.write(b"\n")
-            else:
-                fh.truncate(start)
 
     def reuse(self, job: dict[str, Any], suite: str) -> dict[str, Any]:
         """The recorded run of ``job``, as a row of ``suite``: a run recorded under another

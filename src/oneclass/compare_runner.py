@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from oneclass.io import append_jsonl
+
 #: Stages of Lite0: (repeats, expand ratio) per stage, as in nets.efficientnet_lite.STAGES.
 _REPEATS = [(1, 1), (2, 6), (2, 6), (3, 6), (3, 6), (4, 6), (1, 6)]
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -159,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = run(name, a.data, size, weights)
         rec["anomalib_version"] = anomalib.__version__
         rec["torch"] = torch.__version__
-        with open(a.out, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        append_jsonl(a.out, rec)
         print(json.dumps(rec), flush=True)
     return 0
 

@@ -24,6 +24,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"device {device!r} is not a valid torch device: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available here (no Apple GPU, or this "
+                          "torch was built without MPS)")
     if dev.type == "meta":  # shapes only, no data: nothing can be trained or scored there
         raise ConfigError(f"device {device!r} holds no data; use cpu, cuda or auto")
     if dev.type not in ("cpu", "cuda"):
@@ -31,8 +37,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             torch.zeros(1, device=dev).cpu()
         except Exception as exc:  # RuntimeError, AssertionError, ModuleNotFoundError (hpu)...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first if len(first) <= 200 else first[:200] + " ..."
             raise ConfigError(f"device {device!r} is not available here: {first}") from None
     return dev
+
+
+#: Values of ``ONECLASS_DETERMINISTIC`` that leave it off (anything else turns it on).
+_OFF = ("", "0", "false", "no", "off")
 
 
 def seed_everything(seed: int) -> None:
@@ -41,12 +52,14 @@ def seed_everything(seed: int) -> None:
     On CUDA some kernels (atomics in convolution backward, scatter) are not deterministic,
     so GPU runs can differ in the last digits from run to run. Setting the environment
     variable ``ONECLASS_DETERMINISTIC=1`` asks torch for deterministic algorithms (slower;
-    operations without one warn instead of failing); see docs/reliability.md.
+    operations without one warn instead of failing; ``0``, ``false``, ``no``, ``off`` or
+    unset leave them off). Once on, it stays on for the rest of the process (torch's setting
+    is process-wide); see docs/reliability.md.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if os.environ.get("ONECLASS_DETERMINISTIC", "").strip() not in ("", "0"):
+    if os.environ.get("ONECLASS_DETERMINISTIC", "").strip().lower() not in _OFF:
         # cuBLAS needs a fixed workspace to be deterministic; it must be set before CUDA starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)

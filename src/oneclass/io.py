@@ -236,3 +236,34 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             continue
         out.append(rec)
     return out
+
+
+def end_jsonl(path: str | os.PathLike) -> None:
+    """Before appending to a JSON-lines file: a last line without its newline is ended (a
+    complete record) or cut off (one cut short by an interrupted writer, which
+    :func:`read_jsonl` leaves out), so the next line is not glued to it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            complete = isinstance(json.loads(data[start:]), dict)
+        except ValueError:
+            complete = False
+        if complete:
+            fh.write(b"\n")
+        else:
+            fh.truncate(start)
+
+
+def append_jsonl(path: str | os.PathLike, rec: dict[str, Any]) -> None:
+    """Append one record as a line (after :func:`end_jsonl`), flushed to disk."""
+    end_jsonl(path)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -34,6 +34,8 @@ def register(name: str) -> Callable[[T], T]:
 
 def _key(name: str) -> str:
     """How a method name is looked up: ``Deep-SVDD`` finds ``deep_svdd``."""
+    if not isinstance(name, str):
+        raise ConfigError(f"a method name is a string, not {name!r}")
     return name.strip().lower().replace("-", "_")
 
 

@@ -115,7 +115,9 @@ def _check_outliers(data_spec: str, outliers: str) -> None:
     benchmark whose outlier images (``NAME``: every class, ``NAME:C``: class C) include the
     normal class. Folders are compared file by file once loaded (:func:`_check_overlap`)."""
     d, o = data_mod.canonical(data_spec), data_mod.canonical(outliers)
-    if d == o or "elpv" in (d, o) and data_mod.source(d) == data_mod.source(o) == "elpv":
+    generated = data_mod.source(d) == data_mod.source(o) \
+        and data_mod.source(d).partition(":")[0] in ("natural", "synthetic")
+    if d == o or generated or "elpv" in (d, o) and data_mod.source(d) == data_mod.source(o) == "elpv":
         raise ConfigError(f"--outliers {outliers} is the training data (--data {data_spec}) "
                           "itself: its normal images would be trained as anomalies; give "
                           "images of something else")
@@ -130,18 +132,38 @@ def _check_outliers(data_spec: str, outliers: str) -> None:
                           f"another dataset, a folder, or another class ({name}:C)")
 
 
-def _check_overlap(train_set, outlier_set, data_spec: str, outliers: str) -> None:
-    """Refuse outlier images that are training images (folders, compared by resolved path)."""
+def _check_overlap(train_set, outlier_set, data_spec: str, outliers: str,
+                   root: str | None = None) -> None:
+    """Refuse outlier images that are training or test images of ``data_spec`` (folders,
+    compared by resolved path): normal images would be trained as anomalies, and test images
+    would be evaluated on after training on them."""
     from .data.base import FileSet
 
-    if not (isinstance(train_set, FileSet) and isinstance(outlier_set, FileSet)):
+    if not isinstance(outlier_set, FileSet):
         return
-    own = {os.path.realpath(p) for p in train_set.paths}
-    shared = [p for p in outlier_set.paths if os.path.realpath(p) in own]
-    if shared:
-        raise ConfigError(f"--outliers {outliers}: {len(shared)} of its {len(outlier_set)} images "
-                          f"are training images of --data {data_spec} (first: {shared[0]}): they "
-                          "would be trained as anomalies; give images of something else")
+    theirs = {os.path.realpath(p): p for p in outlier_set.paths}
+    if isinstance(train_set, FileSet):
+        shared = [theirs[q] for q in map(os.path.realpath, train_set.paths) if q in theirs]
+        if shared:
+            raise ConfigError(f"--outliers {outliers}: {len(shared)} of its {len(outlier_set)} "
+                              f"images are training images of --data {data_spec} (first: "
+                              f"{shared[0]}): they would be trained as anomalies; give images "
+                              "of something else")
+    if not Path(data_spec).is_dir():
+        return
+    try:
+        test = data_mod.load(data_spec, "test", root=root)
+    except OneclassError:  # a folder without a test split: nothing to leak into
+        return
+    if isinstance(test, FileSet):
+        shared = [theirs[q] for q in map(os.path.realpath, test.paths) if q in theirs]
+        if shared:
+            raise ConfigError(f"--outliers {outliers}: {len(shared)} of its {len(outlier_set)} "
+                              f"images are test images of --data {data_spec} (first: "
+                              f"{shared[0]}): training on them makes the evaluation on that "
+                              "test set meaningless; give images of something else (labeled "
+                              "anomalies of the test set: --anomalies, which leaves them out "
+                              "of it)")
 
 
 def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str | None = None,
@@ -174,7 +196,7 @@ def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str 
         train_set = data_mod.concat(train_set, picked)
     outlier_set = data_mod.load(outliers, "train", root=root) if outliers else None
     if outlier_set is not None:
-        _check_overlap(normal_set, outlier_set, data_spec, outliers)
+        _check_overlap(normal_set, outlier_set, data_spec, outliers, root)
     return train_set, outlier_set, used
 
 
@@ -193,7 +215,8 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
     recorded = cfg.get("anomalies_source") or (data_mod.source(given) if given else None)
     if not used or recorded is None:
         return test
-    if recorded != data_mod.source(spec):
+    if data_mod.source(recorded) != data_mod.source(spec):  # runs before sources of
+        # generated sets dropped size and colour recorded e.g. synthetic:stripes:64x64:gray
         if not cfg.get("anomalies_source") and not Path(given).exists() and Path(spec).is_dir() \
                 and used <= set(test.names):
             log.warning("the run's labeled anomalies came from %s, which is not found from here; "

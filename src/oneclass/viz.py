@@ -70,8 +70,9 @@ def normalize_map(
         vmin, vmax: scale limits; default to the minimum / maximum finite value of the map.
 
     Returns:
-        float32 array (H, W) in [0, 1]. A constant map (or ``vmax <= vmin``) gives zeros;
-        non-finite values become 0 (NaN, -inf) or 1 (+inf).
+        float32 array (H, W) in [0, 1]. A constant map gives zeros; with ``vmax <= vmin``
+        the scale is a step: values above ``vmin`` give 1, the rest 0. Non-finite values
+        become 0 (NaN, -inf) or 1 (+inf).
     """
     a = np.asarray(amap, dtype=np.float64)
     finite = a[np.isfinite(a)]

@@ -147,12 +147,19 @@ def source(spec: str) -> str:
     """The collection whose image names identify the images of ``spec``: every class of a
     benchmark shares the test images ``test_<index>`` of that benchmark (``mnist:3``,
     ``mnist:5`` and ``mnist:3:5`` are ``mnist``), every ELPV spec the cells ``cell_<index>``
-    of ``elpv``; a folder is its resolved path (names are relative to it); anything else is
-    its :func:`canonical` spelling."""
+    of ``elpv``; a folder is its resolved path (names are relative to it). Generated sets
+    are their generator: ``synthetic:TEXTURE`` for every size and colour of that texture (the
+    same draws, scaled or tinted), ``natural`` for every count and size (crops of the same
+    photographs). Anything else is its :func:`canonical` spelling. A source is its own
+    source."""
     c = canonical(spec)
     name = c.partition(":")[0]
     if name in CLASSES or name == "elpv":
         return name
+    if name.strip().lower() == "natural":
+        return "natural"
+    if c.startswith("synthetic:"):
+        return ":".join(c.split(":")[:2])
     return c
 
 

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from .lenet import BatchNorm1d
+from .lenet import BatchNorm1d, BatchNorm2d
 
 
 def plan(size: tuple[int, int], max_start: int = 7) -> tuple[int, tuple[int, int]]:
@@ -51,7 +51,7 @@ class Generator(nn.Module):
                                 BatchNorm1d(chs[0] * h0 * w0), nn.ReLU(True))
         layers: list[nn.Module] = []
         for a, b in zip(chs[:-1], chs[1:]):
-            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b),
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), BatchNorm2d(b),
                        nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(chs[-1], channels, 4, 2, 1), nn.Tanh()]
         self.body = nn.Sequential(*layers)
@@ -74,7 +74,7 @@ class ConvTrunk(nn.Module):
         for i, b in enumerate(_widths(width, n)):
             layers.append(nn.Conv2d(c, b, 4, 2, 1, bias=not (norm and i > 0)))
             if norm and i > 0:  # DCGAN: no batch norm on the first layer
-                layers.append(nn.BatchNorm2d(b))
+                layers.append(BatchNorm2d(b))
             layers.append(nn.LeakyReLU(0.2, True))
             c, h, w = b, h // 2, w // 2
         self.body = nn.Sequential(*layers)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .efficientnet_lite import MEAN, STD, EfficientNetLite0Trunk
+from .lenet import BatchNorm2d
 
 
 def _conv(cin, cout, k, padding="zeros"):
@@ -27,7 +28,7 @@ def _conv(cin, cout, k, padding="zeros"):
 
 
 def _cbr(cin, cout, k, pool=None, padding="zeros"):
-    layers = [_conv(cin, cout, k, padding), nn.BatchNorm2d(cout, eps=1e-4), nn.LeakyReLU(0.01)]
+    layers = [_conv(cin, cout, k, padding), BatchNorm2d(cout, eps=1e-4), nn.LeakyReLU(0.01)]
     if pool:
         layers.append(nn.MaxPool2d(*pool))
     return layers

@@ -58,7 +58,7 @@ class Encoder(nn.Module):
         self.sizes = [(h, w)]
         for width in self.widths:
             blocks += [nn.Conv2d(c, width, k, padding=k // 2, bias=False),
-                       nn.BatchNorm2d(width, eps=1e-4, affine=False),
+                       BatchNorm2d(width, eps=1e-4, affine=False),
                        nn.LeakyReLU(self.slope),
                        nn.MaxPool2d(2)]
             c, h, w = width, h // 2, w // 2
@@ -90,6 +90,18 @@ class BatchNorm1d(nn.BatchNorm1d):
         return super().forward(x)
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that normalises a training batch with one value per channel (one image
+    whose map is 1x1) with its running statistics, as :class:`BatchNorm1d` does; same state
+    dict as BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        return super().forward(x)
+
+
 def _hidden(n_in: int, n_out: int, slope: float) -> nn.Module:
     """Bias-free linear layer, batch norm without affine parameters, leaky ReLU; for
     ``n_out == 0`` none (identity, no weights: the default nets' state is unchanged)."""
@@ -116,7 +128,7 @@ class Decoder(nn.Module):
         for i in range(len(widths) - 1):
             ups.append(nn.ModuleDict({
                 "conv": nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2, bias=False),
-                "bn": nn.BatchNorm2d(widths[i + 1], eps=1e-4, affine=False),
+                "bn": BatchNorm2d(widths[i + 1], eps=1e-4, affine=False),
             }))
         self.ups = nn.ModuleList(ups)
         self.out_sizes = sizes[-2::-1]
