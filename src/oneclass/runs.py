@@ -142,28 +142,25 @@ def _check_overlap(train_set, outlier_set, data_spec: str, outliers: str,
     if not isinstance(outlier_set, FileSet):
         return
     theirs = {os.path.realpath(p): p for p in outlier_set.paths}
-    if isinstance(train_set, FileSet):
-        shared = [theirs[q] for q in map(os.path.realpath, train_set.paths) if q in theirs]
+    test = None
+    if Path(data_spec).is_dir():
+        try:
+            test = data_mod.load(data_spec, "test", root=root)
+        except OneclassError:  # a folder without a test split: nothing to leak into
+            pass
+    for split, images, why in (
+            ("training", train_set, "they would be trained as anomalies; give images of "
+             "something else"),
+            ("test", test, "training on them makes the evaluation on that test set "
+             "meaningless; give images of something else (labeled anomalies of the test "
+             "set: --anomalies, which leaves them out of it)")):
+        if not isinstance(images, FileSet):
+            continue
+        shared = [theirs[q] for q in map(os.path.realpath, images.paths) if q in theirs]
         if shared:
             raise ConfigError(f"--outliers {outliers}: {len(shared)} of its {len(outlier_set)} "
-                              f"images are training images of --data {data_spec} (first: "
-                              f"{shared[0]}): they would be trained as anomalies; give images "
-                              "of something else")
-    if not Path(data_spec).is_dir():
-        return
-    try:
-        test = data_mod.load(data_spec, "test", root=root)
-    except OneclassError:  # a folder without a test split: nothing to leak into
-        return
-    if isinstance(test, FileSet):
-        shared = [theirs[q] for q in map(os.path.realpath, test.paths) if q in theirs]
-        if shared:
-            raise ConfigError(f"--outliers {outliers}: {len(shared)} of its {len(outlier_set)} "
-                              f"images are test images of --data {data_spec} (first: "
-                              f"{shared[0]}): training on them makes the evaluation on that "
-                              "test set meaningless; give images of something else (labeled "
-                              "anomalies of the test set: --anomalies, which leaves them out "
-                              "of it)")
+                              f"images are {split} images of --data {data_spec} (first: "
+                              f"{shared[0]}): {why}")
 
 
 def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str | None = None,
