@@ -692,3 +692,35 @@ def test_weights_of_another_shape_name_the_tensor(run_copy, capsys):
     assert main(["eval", str(run), "-q"]) == 2
     err = _one_line_error(capsys.readouterr().err)
     assert "cannot load weights" in err and "size mismatch for c" in err
+
+
+def test_a_stop_between_saving_the_model_and_its_config_is_caught_then_resumed(mvtec_dir, tmp_path,
+                                                                            monkeypatch, capsys):
+    """A retraining stopped after its model replaced the old one but before config.json was
+    written left the new model beside the old run's configuration; eval used both. Now the
+    mismatch is refused, and --resume with the same options finishes the run."""
+    import oneclass.runs as runs_mod
+
+    out = tmp_path / "run"
+    base = ["train", "--method", "deep_svdd", "--data", mvtec_dir, "--out", out, "--epochs", "1",
+            "--set", "pretrain_epochs=1", "-q"]
+    assert _cli(*base, "--seed", "1") == 0
+    real = runs_mod.write_json
+
+    def stop(path, obj):
+        if Path(path) == out / "config.json":
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(runs_mod, "write_json", stop)
+    assert _cli(*base, "--seed", "2") == 130  # "oneclass: interrupted"
+    monkeypatch.setattr(runs_mod, "write_json", real)
+    assert json.loads((out / "config.json").read_text())["params"]["seed"] == 1  # the old one
+    capsys.readouterr()
+    assert _cli("eval", out) == 2
+    _one_line_error(capsys.readouterr().err, "config.json belongs to another model", "--resume")
+    assert _cli(*base, "--seed", "2", "--resume") == 0
+    assert json.loads((out / "config.json").read_text())["params"]["seed"] == 2
+    assert _cli("eval", out) == 0
+    # the record is not configuration: the run's config.json as --config trains the same
+    assert _cli("train", "--config", out / "config.json", "--out", tmp_path / "again", "-q") == 0

@@ -57,7 +57,9 @@ def _read_config(path: str | None) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{p}: config must be a mapping of parameters")
     # a run's own config.json may be given: its record of the run is not configuration
-    cfg = {k: v for k, v in cfg.items() if k not in _RUN_RECORD}
+    from .runs import RUN_RECORD
+
+    cfg = {k: v for k, v in cfg.items() if k not in RUN_RECORD}
     for k in _CONFIG_TEXT:
         if cfg.get(k) is not None and not isinstance(cfg[k], str):
             raise ConfigError(f"{p}: {k} must be text, got {cfg[k]!r}")
@@ -79,8 +81,6 @@ def _read_config(path: str | None) -> dict[str, Any]:
 #: Config keys that are not method parameters (text values), beside anomaly_limit.
 _CONFIG_TEXT = ("method", "data", "data_root", "outliers", "anomalies", "reference",
                 "on_bad_image")
-#: What a run's config.json records about the run beside its configuration.
-_RUN_RECORD = ("data_path", "anomalies_used", "anomalies_source", "skipped_images")
 
 
 def _positive_float(text: str) -> float:

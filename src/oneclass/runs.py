@@ -37,6 +37,11 @@ from .train import LoopConfig, is_main_process, show_progress
 log = logging.getLogger(__name__)
 
 
+#: What a run's config.json records about the run beside its configuration (not compared
+#: on --resume, not configuration when the file is given to --config).
+RUN_RECORD = ("data_path", "anomalies_used", "anomalies_source", "skipped_images", "model_id")
+
+
 def read_config(run: Path) -> dict[str, Any]:
     p = Path(run) / "config.json"
     if not p.is_file():
@@ -271,7 +276,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     if resume and recorded.exists():
         before = _read_json(recorded, "the run's configuration")
         old = {k: v for k, v in before.items()
-               if k not in ("anomalies_used", "anomalies_source", "skipped_images", "data_path")}
+               if k not in RUN_RECORD}
         old.setdefault("on_bad_image", "error")  # runs written before the policy existed
         differ = _config_differences(old, json.loads(json.dumps(config)))
         if differ:
@@ -359,7 +364,11 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     det.fit(train_set, outliers=outlier_set, loop=loop, **fit_extra)
     if main:
         det.save(out / "model")
-        write_json(out / "config.json", config)
+        # the model's id pairs the two: a stop between these writes leaves a config.json of
+        # the earlier model, which _open_run then refuses instead of mixing the two
+        from .export import model_id
+
+        write_json(out / "config.json", {**config, "model_id": model_id(out / "model")})
         if log_path.exists():
             os.replace(log_path, out / "train_log.jsonl")
         else:  # no epoch ran (epochs=0): no log of an earlier model may stay beside this one
@@ -431,8 +440,16 @@ def load_model(run: Path, device: str = "auto") -> Detector:
 
 def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: str):
     """The run's model and config, and the data spec and root to use (given or recorded)."""
+    from .export import model_id
+
     det = load_model(run, device)
     cfg = read_config(run) if (run / "config.json").exists() else {}
+    recorded = cfg.get("model_id")  # runs trained before it was recorded have none
+    if recorded and recorded != model_id(model_dir(run)):
+        raise OneclassError(f"{run}: config.json belongs to another model than {model_dir(run)} "
+                            f"(model {recorded}, found {model_id(model_dir(run))}): a training "
+                            "was stopped while it saved its results; finish it with the same "
+                            "`oneclass train` command and --resume")
     spec = data_spec or cfg.get("data")
     if not spec:
         raise ConfigError(f"{run}: no data given and none recorded; pass --data SPEC")
