@@ -47,9 +47,43 @@ def test_fcdd_rejects_an_unknown_augmentation():
         create("fcdd", augment="rotate")
 
 
-def test_fcdd_trains_with_gcn_and_augmentation(defects_train, defects_test):
+def test_fcdd_trains_with_gcn_and_augmentation(defects_train, defects_test, monkeypatch):
+    from oneclass.methods import fcdd as fcdd_mod
+
+    fed = []  # the batches the training feeds the network, and what they were made from
+    member = fcdd_mod._FCDDTask._member_batch
+
+    def spy_member(self, x, gen):
+        out = member(self, x.clone(), gen)
+        fed.append((x.clone(), out[0], out[1]))
+        return out
+
+    monkeypatch.setattr(fcdd_mod._FCDDTask, "_member_batch", spy_member)
     det = create("fcdd", **fast_params("fcdd"), gcn=True, augment="shift-flip")
     det.fit(defects_train)
     assert det.model_.norm.gcn
+    # augmented: normal images reach the network moved or flipped, not as they were
+    moved = [bool((after[lab == 0] != before[lab == 0]).any()) for before, after, lab in fed]
+    assert fed and all(moved)
+    # the model's input normalisation applies GCN: a copy of an image with another contrast
+    # and brightness gives the same network input
+    x = torch.rand(4, 1, 24, 24)
+    assert torch.allclose(det.model_.norm(x), det.model_.norm(0.3 * x + 0.2), atol=1e-4)
     s = det.score(defects_test)
     assert s.shape == (len(defects_test),) and torch.isfinite(torch.as_tensor(s)).all()
+
+
+def test_gcn_l1_gives_each_image_zero_mean_and_unit_mean_absolute_deviation():
+    from oneclass.detector import InputNorm, gcn_l1
+
+    x = torch.rand(5, 3, 8, 8) * torch.linspace(0.1, 2.0, 5).view(5, 1, 1, 1)
+    g = gcn_l1(x)
+    assert torch.allclose(g.mean(dim=(1, 2, 3)), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(g.abs().mean(dim=(1, 2, 3)), torch.ones(5), atol=1e-5)
+    assert torch.allclose(gcn_l1(4.0 * x - 1.0), g, atol=1e-5)  # contrast and brightness go
+    norm = InputNorm(3, gcn=True)
+    norm.fit(x)  # then per-channel standardisation of the normalised images
+    out = norm(x)
+    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
+    assert not torch.allclose(InputNorm(3, gcn=False)(x), gcn_l1(x))

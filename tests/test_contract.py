@@ -271,9 +271,17 @@ def test_set_params_validates_like_the_constructor_and_changes_nothing_on_error(
     assert twin is not det and twin.get_params() == det.get_params()
 
 
-def test_set_params_on_a_fitted_model_changes_scoring_params_only(svdd):
+def test_set_params_on_a_fitted_model_changes_scoring_params_only(svdd, defects_test):
     with pytest.raises(ConfigError, match="cannot change after training"):
         svdd.set_params(rep_dim=3)
+    before = svdd.score(defects_test)
+    old = svdd.get_params()["score_batch_size"]
+    try:
+        assert svdd.set_params(score_batch_size=7) is svdd
+        assert svdd.get_params()["score_batch_size"] == 7
+        assert np.allclose(svdd.score(defects_test), before, rtol=1e-5, atol=1e-6)
+    finally:
+        svdd.set_params(score_batch_size=old)
 
 
 def test_set_scoring_params_keeps_every_old_value_when_one_cannot_be_read():

@@ -157,12 +157,26 @@ def test_gcn_with_the_pretrained_trunk_is_refused_not_ignored(defects_train):
         _fcdd(net="effnet", gcn=True).fit(defects_train)
 
 
-def test_labeled_anomalies_with_masks_are_used(defects_train, defects_test):
+def test_labeled_anomalies_with_masks_are_used(defects_train, defects_test, monkeypatch):
     from oneclass.data import concat
+    from oneclass.methods import fcdd as fcdd_mod
 
+    tasks = []
+    init = fcdd_mod._FCDDTask.__init__
+
+    def spy(self, det, source):
+        init(self, det, source)
+        tasks.append(self)
+
+    monkeypatch.setattr(fcdd_mod._FCDDTask, "__init__", spy)
     labeled = defects_test.subset(np.flatnonzero(defects_test.labels == 1)[:5])
     det = _fcdd(noise="none").fit(concat(defects_train, labeled))
     assert det.anomaly_kinds_ == ["real"]
+    # their masks reach the training: the pixel-wise objective, every image marked as masked
+    (task,) = tasks
+    assert task.pixel_mode
+    xa, ma, ha = task.source.real
+    assert len(xa) == 5 and bool(ha.all()) and all(m.any() for m in ma)
     rest = defects_test.subset(np.r_[np.flatnonzero(defects_test.labels == 0),
                                      np.flatnonzero(defects_test.labels == 1)[5:]])
     assert auroc(rest.labels, det.score(rest)) > 0.6
@@ -236,6 +250,7 @@ def test_bf16_inference_stays_close_to_fp32(defects_train, defects_test):
     det.precision = "bf16"
     s16 = det.score(defects_test)
     assert np.isfinite(s16).all()
+    assert not np.array_equal(s16, s32)  # bf16 did run: its rounding shows
     assert np.corrcoef(s32, s16)[0, 1] > 0.98
 
 
@@ -494,6 +509,8 @@ def test_an_anomaly_shifted_out_of_the_image_trains_as_normal():
     xb, labels, masks, has = _FCDDTask._member_batch(task, x, torch.Generator().manual_seed(0))
     changed = (xb - 0.5).abs().flatten(1).amax(1) > 1e-6
     assert (labels == 1).sum() > 900
+    drawn = torch.rand(2000, generator=torch.Generator().manual_seed(0)) < 0.5  # as the draw
+    assert int(drawn.sum()) > int((labels == 1).sum())  # some were shifted out: the case ran
     assert torch.equal(labels == 1, changed)  # anomalous exactly when the image shows one
     assert not has[labels == 0].any()
 

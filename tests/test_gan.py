@@ -193,6 +193,7 @@ def test_bf16_search_tracks_fp32():
     det.precision = "bf16"
     half = det.search(x)
     assert half.loss.dtype == torch.float32 and half.rec.dtype == torch.float32
+    assert not torch.equal(half.loss, full)  # bf16 did run: its rounding shows
     # the bf16 search moves G(z) as fp32 does (a cached bf16 copy of z once froze it at the
     # start while z itself moved)
     start = det.search(x, steps=0).loss

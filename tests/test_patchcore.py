@@ -88,7 +88,13 @@ def test_reweighting_scales_scores_down_and_keeps_the_ranking(fitted_pc):
         weighted = fitted_pc.score(test)
     finally:
         fitted_pc.reweight = False
-    assert np.all(weighted <= plain + 1e-6) and np.all(weighted > 0)
+    # Eq. 7: s * (1 - softmax(d)[m*]) over the distances d to m* and its k - 1 neighbours;
+    # m* is the nearest, so its share is at most 1/k: every score shrinks, by a factor of its
+    # own between 1 - 1/k and 1
+    ratio = weighted / plain
+    k = min(fitted_pc.reweight_k, fitted_pc.bank_size_)
+    assert np.all(ratio >= 1 - 1 / k - 1e-6) and np.all(ratio < 1)
+    assert np.ptp(ratio) > 1e-4
     assert auroc(test.labels, weighted) > 0.9
 
 

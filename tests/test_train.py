@@ -101,8 +101,11 @@ def test_resume_after_interruption_matches_uninterrupted_run(defects_train, defe
     assert (ckpt / "pretrain.pt").exists() and (ckpt / "train.pt").exists()
     state = torch.load(ckpt / "train.pt", weights_only=True)
     assert state["epoch"] == 2
+    ran = []  # the epochs the resumed run trains: the checkpoint's are not trained again
     resumed = oneclass.create("deep_svdd", **params).fit(
-        defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True))
+        defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True,
+                                       on_epoch=lambda r: ran.append((r["phase"], r["epoch"]))))
+    assert ran == [("train", 3), ("train", 4)]
     assert np.array_equal(resumed.score(defects_test), full)
 
 
@@ -126,8 +129,11 @@ def test_other_methods_resume_to_the_uninterrupted_model(name, extra, defects_tr
     with pytest.raises(_Stop):
         oneclass.create(name, **params).fit(
             defects_train, loop=LoopConfig(checkpoint_dir=ckpt, on_epoch=stop_after_second_epoch))
+    ran = []  # the epochs the resumed run trains: the checkpoint's are not trained again
     resumed = oneclass.create(name, **params).fit(
-        defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True))
+        defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True,
+                                       on_epoch=lambda r: ran.append(r["epoch"])))
+    assert ran == [3]
     assert np.array_equal(resumed.score(defects_test), full)
 
 
