@@ -87,3 +87,20 @@ def test_gcn_l1_gives_each_image_zero_mean_and_unit_mean_absolute_deviation():
     assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
     assert not torch.allclose(InputNorm(3, gcn=False)(x), gcn_l1(x))
+
+
+def test_flip_mirrors_about_half_of_the_images_with_their_masks():
+    x = torch.rand(64, 1, 6, 9)
+    masks = (torch.rand(64, 1, 6, 9) > 0.5).float()
+    y, m = augment.shift_flip(x, masks, torch.Generator().manual_seed(0), pad=0, flip=True)
+    same = [torch.equal(y[i], x[i]) and torch.equal(m[i], masks[i]) for i in range(64)]
+    mirrored = [torch.equal(y[i], x[i].flip(-1)) and torch.equal(m[i], masks[i].flip(-1))
+                for i in range(64)]
+    assert all(a or b for a, b in zip(same, mirrored))
+    assert 16 <= sum(mirrored) <= 48  # about half, and both kinds occur
+    # "shift-flip" flips as well as shifts: some images come out mirrored, which a shift
+    # alone (on a horizontally asymmetric image) cannot produce
+    ramp = torch.linspace(0, 1, 28).repeat(64, 1, 28, 1)
+    out, _ = augment.apply("shift-flip", ramp, None, torch.Generator().manual_seed(1))
+    falling = (out[..., 14] < out[..., 13]).flatten(1).all(1)  # centre, clear of the padding
+    assert 16 <= int(falling.sum()) <= 48

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 import pytest
@@ -263,10 +264,23 @@ def test_failed_runs_make_the_suite_fail_after_recording_the_others(tmp_path, mo
 
 
 def test_result_lines_record_the_code_version():
+    import re
+    import shutil
+    import subprocess
+
+    import oneclass
     from oneclass.bench import _record
 
     rec = _record({"method": "fcdd", "data": "x", "seed": 0, "params": {}}, "k", "smoke", {})
-    assert "commit" in rec and (rec["commit"] is None or len(rec["commit"]) >= 7)
+    src = pathlib.Path(oneclass.__file__).parent
+    git = shutil.which("git") and subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=10"], cwd=src, capture_output=True,
+        text=True)
+    if not git or git.returncode != 0:  # not a git checkout (an installed package)
+        assert rec["commit"] is None
+        return
+    assert re.fullmatch(r"[0-9a-zA-Z._-]*[0-9a-f]{10}(-dirty)?", rec["commit"])
+    assert rec["commit"] == git.stdout.strip()
 
 
 def test_table_dates_come_from_git_not_from_the_checkout_time(tmp_path):
@@ -696,6 +710,9 @@ def test_docs_command_of_a_row_run_on_some_datasets_names_them():
     assert f"--only '{jobs[0]['data']},{jobs[1]['data']}'" in command
 
 
+WARM_UP = 2.0  # seconds each client's first request takes in the test below
+
+
 def test_serve_load_times_neither_the_warm_up_requests_nor_client_set_up():
     import json as json_mod
     import threading
@@ -717,7 +734,7 @@ def test_serve_load_times_neither_the_warm_up_requests_nor_client_set_up():
                 first = self.client_address[1] not in seen_ports
                 seen_ports.add(self.client_address[1])
             if first:
-                time_mod.sleep(0.5)  # a slow warm-up: it must not count in the rate
+                time_mod.sleep(WARM_UP)  # a slow warm-up: it must not count in the rate
             body = json_mod.dumps({"score": 1.0}).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
@@ -736,8 +753,9 @@ def test_serve_load_times_neither_the_warm_up_requests_nor_client_set_up():
     finally:
         srv.shutdown()
     assert r["requests"] == 6 and r["errors"] == 0
-    # six fast requests on open connections: far under the 0.5 s of a warm-up each
-    assert r["seconds"] < 0.4, r
+    # Not a speed bound: a timed window that held a warm-up would last at least WARM_UP;
+    # six requests to a local server on open connections take a small part of that
+    assert r["seconds"] < WARM_UP, r
 
 
 def test_anogan_speed_rows_time_as_many_single_searches_as_there_are_images(monkeypatch):
@@ -751,3 +769,22 @@ def test_anogan_speed_rows_time_as_many_single_searches_as_there_are_images(monk
     speed.anogan_search_rows(steps=1, batch=2, single=5, shapes=((1, 16, 16),),
                              precisions=("fp32",))
     assert 0 not in sizes  # no empty search timed as one image
+
+
+def test_docs_carry_the_notes_and_every_throughput_table(tmp_path):
+    """The notes file and the speed, export, serve and predict tables of a results folder
+    land in docs/benchmarks.md with their headings and commands."""
+    from oneclass.bench import _TABLES
+
+    d = tmp_path / "d"
+    d.mkdir()
+    for i, fname in enumerate(_TABLES):
+        (d / fname).write_text(f"| table | {i} |\n|---|---|\n")
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Notes\n\nsentinel-note-7c1\n")
+    text = write_docs([d], tmp_path / "bench.md", notes=notes).read_text()
+    assert "sentinel-note-7c1" in text
+    for i, (title, suite) in enumerate(_TABLES.values()):
+        assert f"## {title} (`{d}`)" in text
+        assert f"Command: `oneclass bench {suite} --out {d}` (run on " in text
+        assert f"| table | {i} |" in text

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from oneclass.cli import main
+from oneclass.runs import load_model
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,11 @@ def test_predict_writes_csv_and_heatmaps_and_resumes(run_dir, mvtec_dir, tmp_pat
     assert main(["predict", str(run_dir), str(mvtec_dir / "test"), "--out", str(out), "-q"]) == 0
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(rows) == 22
-    assert {r["label"] for r in rows} <= {"0", "1"}
+    # label: 1 at or above the model's threshold (the scores are not near it: no rounding)
+    threshold = load_model(run_dir).threshold_
+    assert all(abs(float(r["score"]) - threshold) > 1e-6 * abs(threshold) for r in rows)
+    assert [r["label"] for r in rows] == [str(int(float(r["score"]) >= threshold)) for r in rows]
+    assert {r["label"] for r in rows} == {"0", "1"}  # both sides of the threshold occur
     assert len(list((out / "heatmaps").glob("*.png"))) == 22
     # An interrupted run leaves a partial CSV; --resume scores only the rest.
     with open(out / "predictions.csv", "w") as fh:

@@ -459,6 +459,23 @@ def test_preprocess_mask_resize_is_centre_aligned_like_the_image():
     assert not Preprocess(size=(3, 3)).mask(mask).any()
 
 
+@pytest.mark.parametrize("size", [(12, 16), (48, 64)], ids=["down", "up"])
+def test_resized_images_keep_their_orientation_and_line_up_with_their_masks(size):
+    """A bright block in the top-left part of a 24x32 image, not symmetric either way, with the
+    block as its defect mask: after resizing (halved, doubled) the bright pixels are still top
+    left and are the mask's pixels, on the path a scored image and its mask take (Prepared)."""
+    img = np.zeros((24, 32), np.uint8)
+    img[2:10, 0:12] = 255
+    data = ArraySet(img[None], [ANOMALOUS], masks=(img > 0)[None])
+    x, _, m, has, _ = Prepared(data, Preprocess(size=size))[0]
+    assert has and tuple(x.shape) == tuple(m.shape) == (1, *size)
+    f = size[0] / 24
+    expected = torch.zeros(size)
+    expected[round(2 * f):round(10 * f), 0:round(12 * f)] = 1.0
+    assert torch.equal(m[0], expected)  # the mask: top left, as in the file
+    assert torch.equal((x[0] > 0.5).float(), m[0])  # the image: bright where the mask is
+
+
 @pytest.mark.parametrize("pre", [
     Preprocess(size=(32, 48), channels=3, extra={"mean": [0.5, 0.5, 0.5]}),
     Preprocess(size=None, channels=1),

@@ -184,3 +184,25 @@ def test_no_image_is_both_an_unlabeled_and_a_labeled_anomaly(monkeypatch, tmp_pa
     for bad in (10, -1):
         with pytest.raises(DataError, match="normal class must be in 0..9"):
             semi.semi_supervised("mnist", bad, ratio_known_outlier=0.05, root=str(tmp_path))
+
+
+def test_eta_and_eps_reach_the_training_loss(monkeypatch):
+    # eta weighs the labeled samples: the loss of training must get the configured value,
+    # and a different eta must train a different model, everything else equal
+    from oneclass.methods import deep_sad as sad_mod
+
+    seen = []
+    loss = sad_mod.deep_sad_loss
+    monkeypatch.setattr(sad_mod, "deep_sad_loss",
+                        lambda d, y, eta, eps: (seen.append((eta, eps)), loss(d, y, eta, eps))[1])
+    rng = np.random.default_rng(0)
+    data = ArraySet(np.concatenate([_stripes(30, rng, False), _stripes(6, rng, True)]),
+                    np.r_[np.full(26, -1), np.zeros(4, int), np.ones(6, int)])
+    scores = {}
+    for eta in (2.0, 1.0):
+        seen.clear()
+        det = oneclass.create("deep_sad", epochs=2, pretrain_epochs=1, batch_size=16, seed=0,
+                              eta=eta, eps=1e-3).fit(data)
+        assert seen and set(seen) == {(eta, 1e-3)}, seen
+        scores[eta] = det.score(data)
+    assert not np.allclose(scores[2.0], scores[1.0])

@@ -150,3 +150,35 @@ def test_a_last_batch_of_one_image_trains_with_a_hidden_layer(method):
     det = oneclass.create(method, epochs=1, pretrain_epochs=1, batch_size=8, hidden=8,
                           holdout=0.1, seed=0).fit(data)
     assert det.n_train_ == 17 and np.isfinite(det.score(data)).all()
+
+
+def test_soft_boundary_radius_follows_the_batches_only_after_warmup(defects_train, monkeypatch):
+    # Ruff et al.'s reference: from epoch warmup_epochs on, after each step R becomes the
+    # (1 - nu) quantile of the square roots of the distances of that batch; before, R stays 0
+    from oneclass.methods import deep_svdd as svdd_mod
+
+    steps, gathered = [], []
+    step, gather = svdd_mod._SVDDTask.step, svdd_mod.gather_across_ranks
+
+    def spy_step(self, batch):
+        steps.append(self.epoch)
+        return step(self, batch)
+
+    def spy_gather(t):
+        gathered.append((steps[-1], t.clone()))
+        return gather(t)
+
+    monkeypatch.setattr(svdd_mod._SVDDTask, "step", spy_step)
+    monkeypatch.setattr(svdd_mod, "gather_across_ranks", spy_gather)
+    det = oneclass.create("deep_svdd", objective="soft-boundary", nu=0.1, warmup_epochs=2,
+                          epochs=4, pretrain_epochs=1, batch_size=32, holdout=0.0, seed=0)
+    det.fit(defects_train)
+    assert steps == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4  # 120 images at 32
+    assert [e for e, _ in gathered] == [2] * 4 + [3] * 4  # one update per step after warmup
+    radii = [r["R"] for r in det.history_ if r["phase"] == "train"]
+    assert radii[:2] == [0.0, 0.0] and all(r > 0 for r in radii[2:])
+    last = gathered[-1][1]
+    assert len(last) == 120 - 3 * 32
+    expected = torch.quantile(last.sqrt(), 0.9)
+    assert float(det.model_.R) == pytest.approx(float(expected), rel=1e-6)
+    assert float(torch.quantile(last.sqrt(), 0.1)) < 0.99 * float(expected)  # nu != 1 - nu

@@ -50,9 +50,58 @@ def test_frozen_layers_stay_frozen_and_the_tail_trains(small_fit):
     assert not any(p.requires_grad for mod in m.frozen_modules() for p in mod.parameters())
 
 
+@pytest.mark.parametrize("lam", [0.1, 0.0])
+def test_the_compactness_loss_alone_moves_the_tail_and_tightens_the_batch(
+        lam, defects_train, monkeypatch):
+    """One training step with the descriptiveness loss zeroed and no weight decay: the
+    compactness term alone moves the trainable weights and pulls the batch together
+    (and with lam = 0 nothing moves, so the motion is the compactness term's)."""
+    from oneclass.methods import doc as doc_mod
+
+    monkeypatch.setattr(doc_mod, "soft_cross_entropy", lambda logits, target: logits.sum() * 0.0)
+    det = oneclass.create("doc", net_size=64, trainable_blocks=2, lr=1e-3, weight_decay=0.0,
+                          lam=lam)
+    det.device_ = torch.device("cpu")
+    det.model_ = m = DOCNet(1, 64, 2, 0)
+    x = torch.from_numpy(np.stack([defects_train.read(i).image for i in range(16)]))
+    h = det._lower_all(x.permute(0, 3, 1, 2).contiguous())
+    task = doc_mod._DOCTask(det, h, torch.full((16, 1000), 1e-3), torch.nn.Linear(1280, 1000))
+    tail = {k: p.detach().clone() for k, p in m.named_parameters() if p.requires_grad}
+
+    def spread():
+        with torch.no_grad():
+            return compactness_loss(m.pool(m.upper(h))).item()
+
+    before = spread()
+    m.train()
+    out = task.step((h,))
+    assert out["descriptiveness"].item() == 0.0
+    assert out["loss"].item() == pytest.approx(lam * out["compactness"].item())
+    moved = [k for k, p in m.named_parameters() if p.requires_grad and not torch.equal(p, tail[k])]
+    if lam == 0.0:
+        assert not moved and spread() == before
+    else:
+        assert moved and spread() < 0.9 * before, (before, spread())
+
+
 def test_gradcam_maps_have_the_input_size(small_fit, defects_test):
-    maps = small_fit.anomaly_map(defects_test.subset(range(4)))
+    images = defects_test.subset(range(4))
+    maps = small_fit.anomaly_map(images)
     assert maps.shape == (4, 24, 24) and np.isfinite(maps).all() and maps.std() > 0
+    # Grad-CAM from the model's parts: the kNN score's gradient on the head feature map A,
+    # relu(sum_c mean_uv(ds/dA_c) A_c), upsampled bilinearly to the input
+    m: DOCNet = small_fit.model_
+    (x,) = list(small_fit.batches(images))
+    with torch.no_grad():
+        a = m.upper(m.lower(x))
+    a.requires_grad_(True)
+    s = torch.cdist(m.pool(a), m.bank).sort(1).values[:, :small_fit.k].mean(1)
+    (g,) = torch.autograd.grad(s.sum(), a)
+    cam = torch.relu((g.mean(dim=(2, 3))[:, :, None, None] * a).sum(1, keepdim=True))
+    expect = torch.nn.functional.interpolate(cam.detach(), size=(24, 24), mode="bilinear",
+                                             align_corners=False)[:, 0].numpy()
+    assert (expect > 0).any()
+    np.testing.assert_allclose(maps, expect, rtol=1e-3, atol=1e-4 * expect.max())
 
 
 def _toy_detector(scoring: str) -> oneclass.Detector:
@@ -71,6 +120,21 @@ def test_scores_rise_with_distance_from_the_training_features(scoring):
     q = torch.cat([direction * r for r in (0.0, 2.0, 5.0, 10.0, 30.0)])
     s = det._score_features(q).numpy()
     assert np.all(np.diff(s) > 0), s
+    # and the scores are the reference ones, on these queries and on some near the bank
+    g = torch.Generator().manual_seed(1)
+    bank = det.model_.bank
+    q = torch.cat([q, bank[:5] + 0.02 * torch.randn(5, 1280, generator=g),
+                   0.1 * torch.randn(5, 1280, generator=g)])
+    s, q64, bank64 = det._score_features(q).numpy(), q.double().numpy(), bank.double().numpy()
+    if scoring == "lof":
+        from sklearn.neighbors import LocalOutlierFactor
+
+        ref = -LocalOutlierFactor(n_neighbors=3, novelty=True).fit(bank64).score_samples(q64)
+    else:
+        from scipy.spatial.distance import cdist
+
+        ref = np.sort(cdist(q64, bank64), axis=1)[:, :3].mean(1)
+    np.testing.assert_allclose(s, ref, rtol=1e-5)
 
 
 def test_knn_distance_agrees_with_brute_force():
@@ -163,7 +227,14 @@ def test_cli_trains_and_evaluates_with_a_folder_reference(mvtec_dir, tmp_path):
     assert meta["fitted"]["bank_n"] == 54  # 60 training images, 10% held back
     assert main(["eval", str(run), "-q"]) == 0
     m = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= m["image_auroc"] <= 1.0 and m["pixel_auroc"] is not None
+    # the written metrics are those of the written scores, and the scores find the defects
+    rows = (run / "scores.csv").read_text().splitlines()[1:]
+    labels = np.array([int(r.split(",")[2]) for r in rows])
+    scores = np.array([float(r.split(",")[3]) for r in rows])
+    assert len(rows) == m["n_test"] == 22 and labels.sum() == m["n_anomalous"] == 12
+    assert m["image_auroc"] == pytest.approx(auroc(labels, scores), abs=1e-6)
+    assert m["image_auroc"] >= 0.9, m["image_auroc"]
+    assert m["pixel_auroc"] is not None
 
 
 def test_cli_refuses_the_training_folder_as_reference(mvtec_dir, tmp_path, capsys):

@@ -17,7 +17,7 @@ from oneclass.errors import ConfigError, ModelFileError
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from oneclass.export import export_onnx, parity, read_metadata, session  # noqa: E402
+from oneclass.export import export_onnx, parity, parity_problems, read_metadata, session  # noqa: E402
 
 # Parity tolerance: float32 kernels of onnxruntime and torch differ in summation order; scores
 # and maps agree to about 1e-6 of their scale, and we allow 1e-4 (relative to the range).
@@ -202,8 +202,12 @@ def test_doc_with_a_small_feature_bank_exports(defects_train, defects_test, tmp_
     x, _, _ = materialize(defects_test.subset(range(6)), det.preprocess_)
     r = parity(det, path, x, batch_size=3)
     assert r["score_max_abs_diff"] <= 1e-4 * max(1.0, r["score_range"])
+    # the maps too, to DOC's own map tolerance (and a real comparison, not of zeros)
+    assert r["map_max"] > 0 and r["score_range"] > 0
+    assert parity_problems(r, map_rel_tol=det.map_parity_tol) == []
     # training images: their feature is in the bank, a distance of 0 (whose square root had
     # an infinite gradient in a hand-written form: NaN maps)
     xt, _, _ = materialize(defects_train.subset(range(6)), det.preprocess_)
     r = parity(det, path, xt, batch_size=3)
     assert math.isfinite(r["map_max_abs_diff"]) and math.isfinite(r["score_max_abs_diff"])
+    assert r["map_max"] > 0 and parity_problems(r, map_rel_tol=det.map_parity_tol) == []

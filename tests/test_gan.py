@@ -122,6 +122,58 @@ def test_training_and_test_images_are_scored_by_the_same_search(anogan_fitted, s
     assert maps.shape == (8, 16, 16) and np.isfinite(maps).all()
 
 
+def _images(data, n):
+    """The first ``n`` images of an ImageSet as floats in [0, 1], ``(N, C, H, W)``."""
+    return torch.stack([torch.from_numpy(data.read(i).image.copy()).permute(2, 0, 1)
+                        for i in range(n)]).float() / 255
+
+
+def test_anogan_map_is_the_blurred_residual_of_its_search(anogan_fitted):
+    from oneclass.heatmaps import gaussian_blur
+
+    det = anogan_fitted
+    x = _images(make_defects(4, 4, size=16, seed=7), 8)
+    maps = det.anomaly_map(x)
+    found = det.search(x)  # the search the map comes from (it repeats bit for bit)
+    # |x - G(z)| in G's [-1, 1] range, averaged over channels, halved to [0, 1] units
+    raw = (det.model_.prep(x) - found.rec).abs().mean(1) / 2
+    # the channel mean of the residual map adds up to the residual of the search's loss
+    np.testing.assert_allclose((raw.flatten(1).sum(1) * 2 * x.shape[1]).numpy(),
+                               found.residual.numpy(), rtol=1e-5)
+    sigma = max(1.0, 16 / 32)  # default heatmap_sigma: side / 32, at least one pixel
+    expect = gaussian_blur(raw, sigma).numpy()
+    assert maps.shape == (8, 16, 16) and expect.std() > 0.01
+    np.testing.assert_allclose(maps, expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def bigan_tiny(small_train):
+    return oneclass.create("bigan", epochs=1, batch_size=16, width=8, z_dim=8, seed=0,
+                           alpha=0.6).fit(small_train)
+
+
+def test_bigan_score_and_map_are_the_documented_formulas(bigan_tiny):
+    from oneclass.heatmaps import gaussian_blur
+
+    det = bigan_tiny
+    m = det.model_.eval()
+    x = _images(make_defects(4, 4, size=16, seed=7), 8)
+    with torch.no_grad():
+        xt = m.prep(x)
+        z = m.E(xt)
+        rec = m.G(z)
+        fx, fr = m.D.features(xt, z), m.D.features(rec, z)  # the critic's last hidden layer
+    residual = (xt - rec).abs().mean((1, 2, 3))  # mean |x - G(E(x))| over pixels
+    feature = (fx - fr).abs().mean(1)  # mean |f(x, E(x)) - f(G(E(x)), E(x))| over features
+    expect = 0.6 * residual + 0.4 * feature
+    # each term is far above the tolerance below (the feature term is the smaller, ~1 %)
+    assert (0.4 * feature > 1e-3 * expect).all() and (feature > 0).all()
+    np.testing.assert_allclose(det.score(x), expect.numpy(), rtol=1e-5, atol=1e-7)
+    # map: |x - G(E(x))| averaged over channels, halved to [0, 1] units, blurred (sigma 1)
+    expect_map = gaussian_blur((xt - rec).abs().mean(1) / 2, 1.0).numpy()
+    np.testing.assert_allclose(det.anomaly_map(x), expect_map, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["anogan", "bigan"])
 def test_training_is_finite_logged_and_repeatable(name, small_train):
     params = {**fast_params(name), "epochs": 2, "batch_size": 16, "width": 8}

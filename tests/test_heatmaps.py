@@ -34,6 +34,12 @@ def test_blur_handles_maps_smaller_than_the_kernel():
     for shape, sigma in (((1, 3, 3), 4.0), ((1, 1, 16), 2.0), ((2, 5, 40), 3.0)):
         const = torch.full(shape, 0.7)
         assert torch.allclose(gaussian_blur(const, sigma), const, atol=1e-6), (shape, sigma)
+    # and a point on such a small map still spreads to its neighbours (reflected at the
+    # borders, so its total is not kept)
+    point = torch.zeros(1, 3, 3)
+    point[0, 1, 1] = 1.0
+    spread = gaussian_blur(point, 4.0)
+    assert float(spread[0, 0, 0]) > 0 and float(spread[0, 1, 1]) < 1.0
 
 
 def test_blur_matches_scipy_mirror_mode():

@@ -91,3 +91,61 @@ def test_cli_trains_with_outliers_and_labeled_anomalies(mvtec_dir, tmp_path):
     assert meta["fitted"]["anomaly_kinds"] == ["real", "outliers"]
     assert main(["eval", str(run), "-q"]) == 0
     assert json.loads((run / "metrics.json").read_text())["image_auroc"] is not None
+
+
+def test_training_step_marks_the_outliers_anomalous_and_minimises_their_loss(
+        defects_train, monkeypatch):
+    # hsc_loss is right on its own; this checks what the step feeds it and keeps of it: the
+    # outliers (a constant gray no normal image has) and only they are marked anomalous, half
+    # of each batch, and the step's loss is the paper's formula on those marks
+    from oneclass.methods import hsc as hsc_mod
+    from oneclass.methods.deep_svdd import SVDDNet
+
+    inputs, seen, returned = [], [], []
+    embed, loss, step = SVDDNet.embed, hsc_mod.hsc_loss, hsc_mod._HSCTask.step
+
+    def spy_embed(self, x, *a, **kw):
+        inputs.append(x.detach().clone())
+        return embed(self, x, *a, **kw)
+
+    def spy_loss(h, anomalous):
+        seen.append((inputs[-1], h.detach().clone(), anomalous.clone()))
+        return loss(h, anomalous)
+
+    def spy_step(self, batch):
+        out = step(self, batch)
+        returned.append((len(seen), float(out["loss"])))
+        return out
+
+    monkeypatch.setattr(SVDDNet, "embed", spy_embed)
+    monkeypatch.setattr(hsc_mod, "hsc_loss", spy_loss)
+    monkeypatch.setattr(hsc_mod._HSCTask, "step", spy_step)
+    oe = ArraySet(np.full((10, 24, 24), 7, np.uint8))
+    _hsc(epochs=1, holdout=0.0).fit(defects_train, outliers=oe)
+    assert len(returned) == 4 and [k for k, _ in returned] == [1, 2, 3, 4]  # 120 at 32
+    for (x, h, marks), (_, step_loss) in zip(seen, returned):
+        is_outlier = (x == 7 / 255).flatten(1).all(1)
+        assert marks.dtype == torch.bool and marks.sum() * 2 == len(marks) == len(x)
+        assert torch.equal(marks, is_outlier)
+        expected = torch.where(marks, -torch.log(1 - torch.exp(-h)), h).mean()
+        assert step_loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_labeled_anomalies_are_what_training_draws_as_real(defects_train, defects_test,
+                                                          monkeypatch):
+    from oneclass.data import concat
+    from oneclass.methods import hsc as hsc_mod
+
+    reals = []
+
+    class Spy(hsc_mod.AnomalySource):
+        def __init__(self, real=None, *a, **kw):
+            reals.append(real)
+            super().__init__(real, *a, **kw)
+
+    monkeypatch.setattr(hsc_mod, "AnomalySource", Spy)
+    labeled = defects_test.subset(np.flatnonzero(defects_test.labels == 1)[:5])
+    _hsc(epochs=1, noise="none").fit(concat(defects_train, labeled))
+    assert len(reals) == 1
+    expected = np.stack([labeled.read(i).image for i in range(5)]).transpose(0, 3, 1, 2)
+    assert torch.equal(reals[0][0], torch.from_numpy(expected))  # all of them, in order

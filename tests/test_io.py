@@ -212,3 +212,31 @@ def test_atomic_dir_failed_swap_restores_the_old_directory(tmp_path, monkeypatch
     monkeypatch.undo()
     assert (model / "a.txt").read_text() == "old"
     assert _entries(tmp_path) == ["model"]
+
+
+def test_a_directory_is_flushed_file_by_file_before_it_is_swapped_in(tmp_path, monkeypatch):
+    """Every file ``fill`` writes, in subfolders too, reaches the disk before the rename; a
+    full disk at that point keeps the old directory and leaves nothing behind."""
+    target = tmp_path / "model"
+    oio.atomic_dir(target, lambda d: (d / "old.txt").write_text("old"))
+    synced = []
+    real = os.fsync
+
+    def record(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        return real(fd)
+
+    def fill(d: Path) -> None:
+        (d / "a.json").write_text("{}")
+        (d / "sub").mkdir()
+        (d / "sub" / "b.bin").write_bytes(b"\0" * 10)
+
+    monkeypatch.setattr(oio.os, "fsync", record)
+    oio.atomic_dir(target, fill)
+    assert {"a.json", "b.bin"} <= set(synced)
+    monkeypatch.setattr(oio.os, "fsync", _enospc)
+    with pytest.raises(OneclassError, match="no space"):
+        oio.atomic_dir(target, lambda d: (d / "new.txt").write_text("new"))
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.iterdir()) == ["a.json", "sub"]
+    assert _entries(tmp_path) == ["model"]

@@ -385,6 +385,7 @@ def test_pixel_metrics_bundle():
     assert out["aupro"] == pytest.approx(_reference_aupro(masks, maps, 0.3), abs=1e-12)
     none = {"pixel_auroc": None, "aupro": None}
     assert metrics.pixel_metrics(np.zeros((3, 10, 10), dtype=bool), maps) == none
+    assert metrics.pixel_metrics(np.ones((3, 10, 10), dtype=bool), maps) == none  # no normal
 
 
 def test_detector_flags_compare_in_float64_not_at_float32_rounding():

@@ -112,3 +112,27 @@ def test_no_projection_when_projection_dim_is_unset():
     det = oneclass.create("patchcore", projection_dim=None, min_side=32, holdout=0.0)
     det.fit(ArraySet(x, np.zeros(6, np.int64)))
     assert np.isfinite(det.score(ArraySet(x, np.zeros(6, np.int64)))).all()
+
+
+@pytest.mark.parametrize("unit", [(5, 9), (0, 15), (15, 0)])
+def test_a_patch_score_lands_on_its_units_receptive_field_centre(unit):
+    """Unit (i, j) of the first tapped stage is centred on input pixel s + i * jump, as the
+    receptive field read off the trunk itself says; the upsampled map peaks there and falls
+    off evenly on both sides."""
+    from torch import nn
+
+    from oneclass.methods.patchcore import PatchCoreModel, _stage_ends
+    from oneclass.nets.receptive import receptive_field
+
+    model = PatchCoreModel((3, 64, 64), [1, 2], 1, 64)  # scale 1: input pixels are trunk pixels
+    trunk = nn.Sequential(model.trunk.stem, *model.trunk.blocks[:_stage_ends()[1] + 1])
+    rf = receptive_field(trunk, (3, 64, 64))
+    patch = torch.zeros(1, 16, 16)
+    patch[0, unit[0], unit[1]] = 1.0
+    up = model.upsample(patch, (64, 64))[0]
+    y, x = (int(rf.s[a] + unit[a] * rf.j[a]) for a in (0, 1))
+    assert divmod(int(up.argmax()), 64) == (y, x) and float(up[y, x]) == 1.0
+    if 0 < y < 63 and 0 < x < 63:  # even fall-off on both sides, both axes
+        assert float(up[y + 1, x]) == pytest.approx(float(up[y - 1, x]))
+        assert float(up[y, x + 1]) == pytest.approx(float(up[y, x - 1]))
+        assert float(up[y + 1, x]) < 1.0 and float(up[y, x + 1]) < 1.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oneclass.runs import predict, train
+from oneclass.runs import load_model, predict, train
 
 
 def test_resume_drops_a_cut_row_and_scores_each_image_once(mvtec_dir, tmp_path):
@@ -29,7 +29,11 @@ def test_resume_drops_a_cut_row_and_scores_each_image_once(mvtec_dir, tmp_path):
     assert again["skipped"] == 7 and again["scored"] == 15
     final = list(csv.DictReader(open(out / "predictions.csv")))
     assert sorted(r["path"] for r in final) == sorted(r["path"] for r in rows)
-    assert all(r["label"] in ("0", "1") for r in final)
+    # label: 1 at or above the model's threshold (the scores are not near it: no rounding)
+    threshold = load_model(run).threshold_
+    assert all(abs(float(r["score"]) - threshold) > 1e-6 * abs(threshold) for r in final)
+    assert [r["label"] for r in final] == [str(int(float(r["score"]) >= threshold)) for r in final]
+    assert {r["label"] for r in final} == {"0", "1"}  # both sides of the threshold occur
     by_path = {r["path"]: float(r["score"]) for r in rows}
     assert all(abs(float(r["score"]) - by_path[r["path"]]) <= 1e-6 * max(1, abs(by_path[r["path"]]))
                for r in final)

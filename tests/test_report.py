@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oneclass import report, viz
+from oneclass import metrics, report, viz
 from oneclass.errors import OneclassError
 from oneclass.report import Example, build_report, roc_curve
 
@@ -188,7 +188,38 @@ def _png_uris(text):
     return re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
 
 
-def test_report_embeds_expected_pngs_metrics_and_info(tmp_path):
+def _scores_of_build():
+    """The scores and labels :func:`_build` reports by default (the same seed)."""
+    labels = np.array([0] * 20 + [1] * 10 + [-1] * 5)
+    return np.random.default_rng(0).normal(size=labels.size) + 2.0 * (labels == 1), labels
+
+
+def _cards(text):
+    """``(section heading, caption text)`` of each gallery card, in page order; the caption
+    text is the card's text outside its pictures and their figure captions."""
+    out = []
+    for section in re.findall(r"<section\b.*?</section>", text, re.S):
+        heading = re.search(r"<h2>(.*?)</h2>", section)[1]
+        for card in section.split('<div class="card">')[1:]:
+            card = re.sub(r"<figure>.*?</figure>", "", card, flags=re.S)
+            out.append((heading, " ".join(re.sub(r"<[^>]+>", " ", card).split())))
+    return out
+
+
+def test_report_embeds_expected_pngs_metrics_and_info(tmp_path, monkeypatch):
+    charts = {}  # chart function name -> its arguments
+
+    def spy(name):
+        real = getattr(report, name)
+
+        def chart(*args):
+            charts[name] = args
+            return real(*args)
+
+        monkeypatch.setattr(report, name, chart)
+
+    spy("_roc_png")
+    spy("_hist_png")
     most = [
         _example("bad_01.png", 3.0, 1, mask=True),
         _example("bad_02.png", 2.5, 1, mask=False),
@@ -219,6 +250,26 @@ def test_report_embeds_expected_pngs_metrics_and_info(tmp_path):
     assert "<script" not in text and "http://" not in text and "https://" not in text
     assert "<link" not in text
 
+    # galleries: the most anomalous examples under "Most anomalous", in the order given, then
+    # the least anomalous ones; each captioned with its name, score and label
+    assert _cards(text) == [
+        ("Most anomalous", "bad_01.png score 3.0000 anomalous"),
+        ("Most anomalous", "bad_02.png score 2.5000 anomalous"),
+        ("Least anomalous", "good_01.png score 0.1000 normal"),
+        ("Least anomalous", "x.png score 0.2000 unknown"),
+    ]
+    # charts: the histogram of every score with the threshold; the ROC curve of the labelled
+    # scores, whose area is the image AUROC of oneclass.metrics
+    scores, labels = _scores_of_build()
+    hist_scores, hist_labels, threshold = charts["_hist_png"]
+    np.testing.assert_array_equal(hist_scores, scores)
+    np.testing.assert_array_equal(hist_labels, labels)
+    assert threshold == 0.75
+    fpr, tpr = charts["_roc_png"]
+    known = labels >= 0
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.auroc(labels[known], scores[known]))
+    assert 0.8 < metrics.auroc(labels[known], scores[known]) < 1  # not symmetric around 0.5
+
 
 def test_report_escapes_names(tmp_path):
     evil = "<script>x</script>"
@@ -234,6 +285,7 @@ def test_report_escapes_names(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "<script" not in text
     assert "&lt;script&gt;x&lt;/script&gt;" in text
+    assert _cards(text) == [("Most anomalous", "&lt;script&gt;x&lt;/script&gt; score 1.0000 anomalous")]
 
 
 def test_report_only_normal_labels_has_no_roc(tmp_path):

@@ -517,6 +517,7 @@ def test_a_runs_own_config_json_is_a_valid_config(run_copy, tmp_path):
     again = json.loads((out / "config.json").read_text())
     first = json.loads((run / "config.json").read_text())
     assert again["method"] == first["method"] and again["data"] == first["data"]
+    assert again["params"] == {**first["params"], "epochs": 1}  # its parameters too
 
 
 class _Stop(Exception):
@@ -724,3 +725,6 @@ def test_a_stop_between_saving_the_model_and_its_config_is_caught_then_resumed(m
     assert _cli("eval", out) == 0
     # the record is not configuration: the run's config.json as --config trains the same
     assert _cli("train", "--config", out / "config.json", "--out", tmp_path / "again", "-q") == 0
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    first = json.loads((out / "config.json").read_text())
+    assert again["params"] == first["params"] and again["model_id"] == first["model_id"]

@@ -26,6 +26,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from oneclass import viz  # noqa: E402
+from oneclass.data.images import read_image  # noqa: E402
 from oneclass.serve import API_KEY_HEADER, create_app  # noqa: E402
 
 from .image_fuzz import png_bomb  # noqa: E402
@@ -85,6 +87,12 @@ def test_predict_matches_the_library_and_returns_an_overlay(client, app, mvtec_d
     assert j["threshold"] == det.threshold_ and j["model_id"] == app.state.scorer.model_id
     img = Image.open(BytesIO(base64.b64decode(j["overlay_png"])))
     assert img.size == tuple(det.input_shape_[2:0:-1])
+    # the overlay is the library's: the model's map of the image over the image, coloured
+    # on the model's map scale (viz.to_png stores a gray overlay as one channel)
+    x = det.preprocess_.image(read_image(path), path.name)[None]
+    expected = viz.overlay((x[0] * 255).round().byte().permute(1, 2, 0).numpy(),
+                           det.anomaly_map(x)[0], *det.map_scale_)
+    assert np.array_equal(np.asarray(img.convert("RGB")), expected)
     plain = client.post("/predict", headers=KEY, files={"file": (path.name, _png(path), "image/png")})
     assert "overlay_png" not in plain.json()
 
@@ -288,6 +296,13 @@ def test_web_page_end_to_end_in_headless_chromium(run_dir, mvtec_dir):
 
 LIMIT = int(0.05 * 1024 * 1024)  # max_upload_mb=0.05 of the apps below
 TIMEOUT = 1.0  # the live server's deadline for headers and for the body, seconds
+# Upper bounds on how long something takes only guard against a hang: speed is measured by
+# benchmarks, never asserted in tests. The guard stays under the 10 s of silence after which
+# _read gives up, and whatever the load, a deadline is met far sooner than this.
+HANG_GUARD = 8.0
+# The deadline of the "patient" server: whatever it answers before _read's 10 s of silence
+# run out, it answered without waiting for a deadline, with no clock read in the test.
+PATIENT = 60.0
 BOUNDARY = b"XyZ"
 SECRET = "oneclass-sentinel-7f3a9c"  # content of files outside the model directory
 
@@ -336,6 +351,15 @@ def live(app, run_dir):
     fast = create_app(run_dir, api_key="s3cret", max_upload_mb=0.05, timeout=TIMEOUT,
                       scorer=app.state.scorer)
     with _live(fast) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def patient(app, run_dir):
+    """The module's app served with a deadline (PATIENT) no test waits for."""
+    slow = create_app(run_dir, api_key="s3cret", max_upload_mb=0.05, timeout=PATIENT,
+                      scorer=app.state.scorer)
+    with _live(slow, timeout=PATIENT) as served:
         yield served
 
 
@@ -475,7 +499,7 @@ def test_malformed_requests_get_a_json_4xx_and_the_server_keeps_serving(live, pn
     _still_serving(port, png)
 
 
-def test_content_length_lies_get_4xx_never_500(live, png):
+def test_content_length_lies_get_4xx_never_500(live, patient, png):
     port, problems = live
     body = _multipart(_file_part(png))
     # Shorter than the body: the envelope ends early (400); what follows is not a request.
@@ -491,21 +515,23 @@ def test_content_length_lies_get_4xx_never_500(live, png):
         (response,) = _parse(_read(sock))
         took = time.monotonic() - t0
     _json_error(response, 408, "request body did not arrive within 1 s")
-    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + HANG_GUARD
     # Longer than the body, then the client half-closes: nothing to answer, nothing escapes.
     with _connect(port) as sock:
         sock.sendall(_post(body, length=str(len(body) + 1000).encode(), close=False))
         sock.shutdown(socket.SHUT_WR)
         assert all(400 <= r[0] < 500 for r in _parse(_read(sock)))
-    # Far over the limit: 413 at once, from the header, nothing read.
+    assert problems == []
+    _still_serving(port, png)
+    # Far over the limit: 413 at once, from the header, nothing read: answered by the patient
+    # server, so not after a body deadline.
+    port, problems = patient
     with _connect(port) as sock:
-        t0 = time.monotonic()
         sock.sendall(_post(b"", length=b"100000000", close=False))
         (response,) = _parse(_read(sock))
     _json_error(response, 413, "100000000 bytes is over the limit")
-    assert response[1]["connection"] == "close" and time.monotonic() - t0 < TIMEOUT
+    assert response[1]["connection"] == "close"
     assert problems == []
-    _still_serving(port, png)
 
 
 # ---- slow clients
@@ -532,7 +558,7 @@ def test_a_client_that_sends_nothing_gets_408_after_the_deadline(live):
         (response,) = _parse(_read(sock))
         took = time.monotonic() - t0
     _json_error(response, 408, "request headers did not arrive within 1 s")
-    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + HANG_GUARD
     assert problems == []
 
 
@@ -551,7 +577,7 @@ def test_headers_a_byte_at_a_time_are_cut_off(live, second):
         took = time.monotonic() - t0
     assert sent < len(request) // 2
     _json_error(response, 408, "request headers did not arrive within 1 s")
-    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + HANG_GUARD
     assert problems == []
 
 
@@ -569,30 +595,58 @@ def test_a_body_a_byte_at_a_time_is_cut_off(live, png):
     assert sent < len(body) // 4
     _json_error(response, 408, "request body did not arrive within 1 s")
     assert response[1]["connection"] == "close"
-    assert TIMEOUT * 0.9 <= took < TIMEOUT + 3
+    assert TIMEOUT * 0.9 <= took < TIMEOUT + HANG_GUARD
     assert problems == []
 
 
-def test_slow_clients_do_not_hold_up_the_others_and_idle_connections_are_closed(live, png):
-    port, problems = live
-    slow = [_connect(port) for _ in range(8)]
+def _stalled(port: int, n: int = 8) -> list[socket.socket]:
+    """``n`` connections that sent part of a request's headers and then nothing."""
+    slow = [_connect(port) for _ in range(n)]
+    for sock in slow:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nX-Api")
+    return slow
+
+
+def test_slow_clients_do_not_hold_up_the_others_and_idle_connections_are_closed(
+        live, patient, app, png):
+    # While clients are stalled (on the patient server, long before their deadline), a health
+    # check and a prediction are answered, the prediction as by the library.
+    det = app.state.scorer.det
+    ref = float(det.score(det.preprocess_.image(read_image(BytesIO(png)))[None])[0])
+    port, problems = patient
+    slow = _stalled(port)
     try:
-        for sock in slow:
-            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nX-Api")
-        t0 = time.monotonic()
-        _still_serving(port, png)  # a health check and a prediction
-        assert time.monotonic() - t0 < TIMEOUT / 2
-        for sock in slow:  # all cut off by the deadline
-            _json_error(_parse(_read(sock))[0], 408)
-        assert time.monotonic() - t0 < TIMEOUT + 4
+        (status, _, body), = _exchange(port, _get(b"/health", key=False))
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        (status, _, body), = _exchange(port, _post(_multipart(_file_part(png))))
+        assert status == 200
+        got = json.loads(body)
+        assert got["score"] == pytest.approx(ref, rel=1e-5, abs=1e-6)
+        assert got["label"] == ("anomalous" if ref >= det.threshold_ else "normal")
+        assert select.select(slow, [], [], 0)[0] == []  # the stalled ones: neither answered nor closed
     finally:
         for sock in slow:
             sock.close()
-    with _connect(port) as sock:  # kept alive after an answer: closed when idle
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert problems == []
+    # On a server with a 1 s deadline, the stalled clients are all cut off by it
+    port, problems = live
+    slow = _stalled(port)
+    try:
         t0 = time.monotonic()
+        for sock in slow:
+            _json_error(_parse(_read(sock))[0], 408, "request headers did not arrive within 1 s")
+        assert time.monotonic() - t0 < TIMEOUT + HANG_GUARD
+    finally:
+        for sock in slow:
+            sock.close()
+    # Kept alive after an answer: closed by the server when idle. _read stops at the close or
+    # after HANG_GUARD of silence; only a closed socket then reads b"" at once.
+    with _connect(port, timeout=TIMEOUT + HANG_GUARD) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
         (response,) = _parse(_read(sock))
-        assert response[0] == 200 and time.monotonic() - t0 < TIMEOUT + 3
+        assert response[0] == 200
+        sock.setblocking(False)
+        assert sock.recv(1) == b""  # still open: BlockingIOError
     assert problems == []
 
 

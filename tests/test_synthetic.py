@@ -237,3 +237,10 @@ def test_synthetic_spec_options_may_come_without_a_texture():
     assert 3 in rgb.images.shape[1:] and rgb.images.shape[1:].count(64) == 2
     assert canonical("synthetic:32x32") == "synthetic:stripes:32x32:gray"
     assert canonical("synthetic:48:rgb") == "synthetic:stripes:48x48:rgb"
+
+
+def test_each_texture_draws_its_own_images():
+    imgs = {t: make_defects(4, 0, 32, seed=0, texture=t).images for t in ("stripes", "grid", "blobs")}
+    assert not np.array_equal(imgs["stripes"], imgs["grid"])
+    assert not np.array_equal(imgs["stripes"], imgs["blobs"])
+    assert not np.array_equal(imgs["grid"], imgs["blobs"])
