@@ -30,6 +30,22 @@ def test_coreset_picks_the_far_points(projection_dim):
     assert torch.equal(idx, same)
 
 
+def test_coreset_is_greedy_k_center_on_the_raw_or_projected_features():
+    """Without projection each pick is the row farthest from those picked (brute force in
+    float64 here); with one, distances are measured in fewer dimensions and other rows win."""
+    x = torch.randn(200, 64, generator=torch.Generator().manual_seed(5))
+    raw = greedy_coreset(x, 12, projection_dim=None, seed=1).tolist()
+    xs = x.double()
+    picked = [raw[0]]  # the first row is the seed's draw
+    for _ in range(11):
+        d = torch.cdist(xs, xs[picked]).min(1).values
+        picked.append(int(d.argmax()))
+    assert raw == picked
+    projected = greedy_coreset(x, 12, projection_dim=4, seed=1).tolist()
+    assert projected != raw  # the projection changes the picks
+    assert greedy_coreset(x, 12, projection_dim=64, seed=1).tolist() != projected
+
+
 def test_nearest_matches_brute_force_in_chunks():
     g = torch.Generator().manual_seed(1)
     q, bank = torch.randn(50, 6, generator=g), torch.randn(70, 6, generator=g)
