@@ -331,21 +331,33 @@ def test_outliers_that_are_test_images_of_the_data_folder_are_refused(mvtec_dir)
             training_data(str(mvtec_dir), None, 0, outliers=str(mvtec_dir / sub))
 
 
-def test_labeled_anomalies_of_the_same_generator_leave_the_test_set_in_any_colour_or_size():
+def test_labeled_anomalies_of_the_same_generator_leave_the_test_set_in_either_colour():
+    """A synthetic set in colour holds the images of the gray one, tinted: labeled anomalies
+    from one leave the other's test set. Another size draws other images under the same names,
+    which stay."""
     from oneclass import data as data_mod
     from oneclass.runs import test_set, training_data
 
-    assert data_mod.source("synthetic:stripes:32x32:rgb") == "synthetic:stripes"
-    assert data_mod.source("synthetic") == "synthetic:stripes" != data_mod.source("synthetic:grid")
+    assert data_mod.source("synthetic:stripes:64x64:rgb") == "synthetic:stripes:64x64"
+    assert data_mod.source("synthetic") == "synthetic:stripes:64x64"
+    assert data_mod.source("synthetic:32x32") != data_mod.source("synthetic")
+    assert data_mod.source("synthetic:grid") != data_mod.source("synthetic")
     assert data_mod.source("natural:30:64") == data_mod.source("natural") == "natural"
+    assert data_mod.generator("synthetic:stripes:32x32:rgb") == data_mod.generator("synthetic")
+    assert data_mod.generator("mnist:3") is None
     full = data_mod.load("synthetic", "test")
-    for anomalies in ("synthetic:rgb", "synthetic:stripes:32x32"):
-        _, _, used = training_data("synthetic", None, 0, anomalies=anomalies, anomaly_limit=5)
-        cfg = {"anomalies": anomalies, "anomalies_used": used,
-               "anomalies_source": data_mod.source(anomalies)}
-        kept = test_set("synthetic", None, cfg)
-        assert len(kept) == len(full) - len(used) and not set(used) & set(kept.names)
-    # a run recorded before the sources of generated sets dropped size and colour
+    _, _, used = training_data("synthetic", None, 0, anomalies="synthetic:rgb", anomaly_limit=5)
+    cfg = {"anomalies": "synthetic:rgb", "anomalies_used": used,
+           "anomalies_source": data_mod.source("synthetic:rgb")}
+    kept = test_set("synthetic", None, cfg)
+    assert len(kept) == len(full) - len(used) and not set(used) & set(kept.names)
+    # from another size: nothing of this test set was trained on
+    _, _, other = training_data("synthetic:32x32", None, 0, anomalies="synthetic:32x32",
+                                anomaly_limit=5)
+    cfg = {"anomalies": "synthetic:32x32", "anomalies_used": other,
+           "anomalies_source": data_mod.source("synthetic:32x32")}
+    assert len(test_set("synthetic", None, cfg)) == len(full)
+    # a run recorded before sources dropped the colour
     old = {"anomalies": "synthetic", "anomalies_used": used,
            "anomalies_source": "synthetic:stripes:64x64:gray"}
     assert len(test_set("synthetic", None, old)) == len(full) - len(used)

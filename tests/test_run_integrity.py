@@ -695,16 +695,20 @@ def test_weights_of_another_shape_name_the_tensor(run_copy, capsys):
     assert "cannot load weights" in err and "size mismatch for c" in err
 
 
-def test_a_stop_between_saving_the_model_and_its_config_is_caught_then_resumed(mvtec_dir, tmp_path,
-                                                                            monkeypatch, capsys):
+@pytest.mark.parametrize("method, extra", [
+    ("deep_svdd", ["--epochs", "1", "--set", "pretrain_epochs=1"]),
+    ("patchcore", ["--set", "min_side=32", "--set", "pretrained=false"]),  # no checkpoints
+])
+def test_a_stop_between_saving_the_model_and_its_config_is_caught_then_resumed(
+        mvtec_dir, tmp_path, monkeypatch, capsys, method, extra):
     """A retraining stopped after its model replaced the old one but before config.json was
     written left the new model beside the old run's configuration; eval used both. Now the
-    mismatch is refused, and --resume with the same options finishes the run."""
+    mismatch is refused, and --resume with the same options finishes the run, also for a
+    method that writes no epoch checkpoints."""
     import oneclass.runs as runs_mod
 
     out = tmp_path / "run"
-    base = ["train", "--method", "deep_svdd", "--data", mvtec_dir, "--out", out, "--epochs", "1",
-            "--set", "pretrain_epochs=1", "-q"]
+    base = ["train", "--method", method, "--data", mvtec_dir, "--out", out, *extra, "-q"]
     assert _cli(*base, "--seed", "1") == 0
     real = runs_mod.write_json
 

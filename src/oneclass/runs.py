@@ -120,8 +120,8 @@ def _check_outliers(data_spec: str, outliers: str) -> None:
     benchmark whose outlier images (``NAME``: every class, ``NAME:C``: class C) include the
     normal class. Folders are compared file by file once loaded (:func:`_check_overlap`)."""
     d, o = data_mod.canonical(data_spec), data_mod.canonical(outliers)
-    generated = data_mod.source(d) == data_mod.source(o) \
-        and data_mod.source(d).partition(":")[0] in ("natural", "synthetic")
+    gen = data_mod.generator(d)
+    generated = gen is not None and gen == data_mod.generator(o)
     if d == o or generated or "elpv" in (d, o) and data_mod.source(d) == data_mod.source(o) == "elpv":
         raise ConfigError(f"--outliers {outliers} is the training data (--data {data_spec}) "
                           "itself: its normal images would be trained as anomalies; give "
@@ -146,13 +146,15 @@ def _check_overlap(train_set, outlier_set, data_spec: str, outliers: str,
 
     if not isinstance(outlier_set, FileSet):
         return
-    theirs = {os.path.realpath(p): p for p in outlier_set.paths}
     test = None
     if Path(data_spec).is_dir():
         try:
             test = data_mod.load(data_spec, "test", root=root)
         except OneclassError:  # a folder without a test split: nothing to leak into
             pass
+    if not isinstance(train_set, FileSet) and not isinstance(test, FileSet):
+        return  # nothing to compare: the outliers' paths need not be resolved
+    theirs = {os.path.realpath(p): p for p in outlier_set.paths}
     for split, images, why in (
             ("training", train_set, "they would be trained as anomalies; give images of "
              "something else"),
@@ -267,7 +269,12 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     pending = ckpt / "config.json"
     # a pending configuration without checkpoint weights is of a training that failed (or was
     # stopped) before its first epoch: nothing to resume, and not what --resume checks
-    recorded = pending if pending.is_file() and any(ckpt.glob("*.pt")) else out / "config.json"
+    # A training stopped after its model was saved but before config.json was rewritten
+    # (the two are paired by model_id) is finished by --resume from the pending
+    # configuration too, checkpoints or not (PatchCore writes none).
+    unpaired = pending.is_file() and _unpaired(out)
+    recorded = pending if pending.is_file() and any(ckpt.glob("*.pt")) or unpaired \
+        else out / "config.json"
     # a run interrupted before configuration and log waited in checkpoints/ (older versions):
     # its log so far is RUN/train_log.jsonl, which the resumed run continues
     legacy = resume and not pending.is_file() and any(ckpt.glob("*.pt"))
@@ -380,6 +387,18 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             log.info("%s: removed %s of the previous model", out, ", ".join(stale))
         shutil.rmtree(ckpt, ignore_errors=True)
     return det
+
+
+def _unpaired(run: Path) -> bool:
+    """Whether ``run/config.json`` names another model than ``run``'s (see ``model_id``);
+    False for runs that predate the record, or without a model."""
+    from .export import model_id
+
+    try:
+        recorded = json.loads((run / "config.json").read_text(encoding="utf-8")).get("model_id")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(recorded) and (run / "model").is_dir() and recorded != model_id(run / "model")
 
 
 def _logged_epoch(line: str, phase: str) -> int:

@@ -147,11 +147,10 @@ def source(spec: str) -> str:
     """The collection whose image names identify the images of ``spec``: every class of a
     benchmark shares the test images ``test_<index>`` of that benchmark (``mnist:3``,
     ``mnist:5`` and ``mnist:3:5`` are ``mnist``), every ELPV spec the cells ``cell_<index>``
-    of ``elpv``; a folder is its resolved path (names are relative to it). Generated sets
-    are their generator: ``synthetic:TEXTURE`` for every size and colour of that texture (the
-    same draws, scaled or tinted), ``natural`` for every count and size (crops of the same
-    photographs). Anything else is its :func:`canonical` spelling. A source is its own
-    source."""
+    of ``elpv``; a folder is its resolved path (names are relative to it). A ``synthetic``
+    set is ``synthetic:TEXTURE:HxW`` in either colour (the same draws, tinted; another size
+    draws other images under the same names), ``natural`` every count and size of it.
+    Anything else is its :func:`canonical` spelling. A source is its own source."""
     c = canonical(spec)
     name = c.partition(":")[0]
     if name in CLASSES or name == "elpv":
@@ -159,8 +158,18 @@ def source(spec: str) -> str:
     if name.strip().lower() == "natural":
         return "natural"
     if c.startswith("synthetic:"):
-        return ":".join(c.split(":")[:2])
+        return ":".join(c.split(":")[:3])
     return c
+
+
+def generator(spec: str) -> str | None:
+    """The generator of a generated set: ``synthetic:TEXTURE`` (any size or colour: the same
+    textures) or ``natural`` (any count or size: crops of the same photographs); None for
+    other data."""
+    c = source(spec)
+    if c == "natural" or c.startswith("synthetic:"):
+        return ":".join(c.split(":")[:2])
+    return None
 
 
 def _synthetic_options(spec: str, arg: str) -> tuple[str, tuple[int, int], int]:
