@@ -389,16 +389,26 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     return det
 
 
-def _unpaired(run: Path) -> bool:
-    """Whether ``run/config.json`` names another model than ``run``'s (see ``model_id``);
-    False for runs that predate the record, or without a model."""
+def _model_mismatch(run: Path, cfg: dict[str, Any]) -> tuple[str, str | None] | None:
+    """``(recorded, found)`` model ids when the run configuration ``cfg`` names another model
+    than ``run``'s (a training stopped between saving the two); None when they pair, for runs
+    that predate the record, and without a model."""
     from .export import model_id
 
+    recorded = cfg.get("model_id")
+    if not recorded or not model_dir(run).is_dir():
+        return None
+    found = model_id(model_dir(run))
+    return None if found == recorded else (recorded, found)
+
+
+def _unpaired(run: Path) -> bool:
+    """Whether ``run/config.json`` names another model than ``run``'s (unreadable: no)."""
     try:
-        recorded = json.loads((run / "config.json").read_text(encoding="utf-8")).get("model_id")
-    except (OSError, ValueError, AttributeError):
+        cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
-    return bool(recorded) and (run / "model").is_dir() and recorded != model_id(run / "model")
+    return isinstance(cfg, dict) and _model_mismatch(run, cfg) is not None
 
 
 def _logged_epoch(line: str, phase: str) -> int:
@@ -459,15 +469,13 @@ def load_model(run: Path, device: str = "auto") -> Detector:
 
 def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: str):
     """The run's model and config, and the data spec and root to use (given or recorded)."""
-    from .export import model_id
-
     det = load_model(run, device)
     cfg = read_config(run) if (run / "config.json").exists() else {}
-    recorded = cfg.get("model_id")  # runs trained before it was recorded have none
-    if recorded and recorded != model_id(model_dir(run)):
+    mismatch = _model_mismatch(run, cfg)
+    if mismatch:
         raise OneclassError(f"{run}: config.json belongs to another model than {model_dir(run)} "
-                            f"(model {recorded}, found {model_id(model_dir(run))}): a training "
-                            "was stopped while it saved its results; finish it with the same "
+                            f"(model {mismatch[0]}, found {mismatch[1]}): a training was "
+                            "stopped while it saved its results; finish it with the same "
                             "`oneclass train` command and --resume")
     spec = data_spec or cfg.get("data")
     if not spec:

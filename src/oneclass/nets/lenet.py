@@ -78,28 +78,26 @@ class Encoder(nn.Module):
         return self.fc(self.hidden_layer(self.features(x).flatten(1)))
 
 
-class BatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d that normalises a training batch of one image with its running statistics
-    (PyTorch refuses to: one value per channel has no variance). A last batch of one, or a
-    DDP slice of one, then trains instead of stopping; same state dict as BatchNorm1d."""
+class _OneValueBatchNorm:
+    """Batch norm that normalises a training batch with one value per channel (one image, or
+    one image whose map is 1x1) with its running statistics: PyTorch refuses to, as one value
+    has no variance. A last batch of one, or a DDP slice of one, then trains instead of
+    stopping; the state dict is that of the torch class it is mixed into."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] == 1:
+        if self.training and x.numel() == x.shape[1]:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         return super().forward(x)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that normalises a training batch with one value per channel (one image
-    whose map is 1x1) with its running statistics, as :class:`BatchNorm1d` does; same state
-    dict as BatchNorm2d."""
+class BatchNorm1d(_OneValueBatchNorm, nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` that trains on a batch of one (see _OneValueBatchNorm)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
-        return super().forward(x)
+
+class BatchNorm2d(_OneValueBatchNorm, nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` that trains on one image with a 1x1 map (see
+    _OneValueBatchNorm)."""
 
 
 def _hidden(n_in: int, n_out: int, slope: float) -> nn.Module:
