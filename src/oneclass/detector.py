@@ -38,7 +38,7 @@ from . import __version__
 from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, materialize
 from .device import resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
-from .io import WriteError, atomic_dir, recover_dir, write_json
+from .io import WriteError, _old, atomic_dir, json_default, recover_dir, write_json
 from .train import LoopConfig, is_main_process, show_progress
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class InputNorm(nn.Module):
     @torch.no_grad()
     def fit(self, x: torch.Tensor, batch: int = 1024) -> None:
         """Fit mean and std on uint8 or float images ``(N, C, H, W)``."""
-        s = torch.zeros_like(self.mean, dtype=torch.float64)
+        s = torch.zeros(self.mean.shape, dtype=torch.float64)
         s2 = torch.zeros_like(s)
         n = 0
         for xb in torch.split(x, batch):
@@ -99,18 +99,24 @@ class InputNorm(nn.Module):
             xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
             if self.gcn:
                 xb = gcn_l1(xb)
-            s += xb.double().sum(dim=(0, 2, 3))
-            s2 += (xb.double() ** 2).sum(dim=(0, 2, 3))
+            xb = xb.cpu().double()  # float64 sums on the CPU: MPS has no float64
+            s += xb.sum(dim=(0, 2, 3))
+            s2 += (xb**2).sum(dim=(0, 2, 3))
             n += xb.shape[0] * xb.shape[2] * xb.shape[3]
         mean = s / n
         std = (s2 / n - mean**2).clamp_min(0).sqrt().clamp_min(1e-3)
-        self.mean.copy_(mean.float())
-        self.std.copy_(std.float())
+        self.mean.copy_(mean.float().to(self.mean.device))
+        self.std.copy_(std.float().to(self.std.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gcn:
             x = gcn_l1(x)
         return (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+
+
+def _fitted_attr(name: str) -> bool:
+    """Attributes a fit sets end in an underscore (``model_``, ``threshold_``)."""
+    return name.endswith("_") and not name.startswith("_")
 
 
 def _is_number(v: Any) -> bool:
@@ -321,13 +327,24 @@ class Detector:
             self._check_params()
         except ConfigError:
             raise
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             odd = [f"{k}={getattr(self, k)!r}" for k, d in self.all_defaults().items()
-                   if _is_number(d) and not _is_number(getattr(self, k))
+                   if _is_number(d) and not (_is_number(getattr(self, k))
+                                             and math.isfinite(getattr(self, k)))
                    or k == "size" and isinstance(getattr(self, k), str)]
             which = f" ({', '.join(odd)})" if odd else ""
             raise ConfigError(f"{self.name}: a parameter has a value of the wrong type{which}: "
                               f"{exc}") from None
+        unsaved = []  # found now, not when save() writes model.json after the training
+        for k, v in self.get_params().items():
+            try:
+                json.dumps(v, allow_nan=False, default=json_default)
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                unsaved.append(f"{k}={v!r} ({exc})")
+        if unsaved:
+            raise ConfigError(f"{self.name}: parameter(s) that model.json cannot hold: "
+                              f"{'; '.join(unsaved)}; give finite numbers, strings, lists "
+                              "or null")
 
     def _check_params(self) -> None:
         if not (0.0 <= float(self.contamination) < 1.0):
@@ -480,6 +497,21 @@ class Detector:
         if not np.any(train.labels != 1):
             raise DataError(f"{train.description or 'training set'}: no normal training images")
         loop = loop or LoopConfig()
+        # A fit that fails or is interrupted leaves the detector as it was (fitted or not):
+        # never new half-trained weights beside the former threshold, which save() would keep.
+        before = {k: v for k, v in vars(self).items() if _fitted_attr(k)}
+        try:
+            self._fit_all(train, val, outliers, loop)
+        except BaseException:
+            for k in [k for k in vars(self) if _fitted_attr(k)]:
+                delattr(self, k)
+            self.__dict__.update(before)
+            self._outliers = None
+            raise
+        return self
+
+    def _fit_all(self, train: ImageSet, val: ImageSet | None, outliers: ImageSet | None,
+                 loop: LoopConfig) -> None:
         seed_everything(int(self.seed))
         self.device_ = resolve_device(self.device)
         self.preprocess_ = self._resolve_preprocess(train)
@@ -505,7 +537,6 @@ class Detector:
         self.n_train_ = int(len(fit_set))
         self.history_ = list(loop.history)
         self._set_threshold(hold_set, x, y)
-        return self
 
     def _set_threshold(self, hold_set: ImageSet | None, x: torch.Tensor, y: torch.Tensor) -> None:
         if hold_set is not None and len(hold_set):
@@ -666,7 +697,19 @@ class Detector:
         """
         from safetensors.torch import save_file
 
+        from .registry import get
+
         path = Path(os.path.abspath(path))  # "." has no name to build a sibling from
+        try:
+            registered = get(self.name)
+        except ConfigError:
+            registered = None
+        if registered is not type(self):  # load() would rebuild another class, silently
+            raise ConfigError(
+                f"{type(self).__name__}: saved models are rebuilt by their method name, and "
+                f"{self.name!r} names {getattr(registered, '__name__', 'no method')}; register "
+                "this class under a name of its own (@oneclass.registry.register('NAME')) "
+                "to save it")
         _check_save_target(path)
         desc = self.describe()
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
@@ -681,20 +724,25 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Detector:
         """Rebuild a saved model (see :func:`oneclass.load`)."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load as safetensors_load
 
         from .registry import get
 
         path = Path(path)
+        try:
+            if recover_dir(path):
+                log.warning("%s: a save was interrupted; the previous model was put back", path)
+        except OSError as exc:  # a read-only folder: read the complete previous model in place
+            log.warning("%s: a save was interrupted and the previous model cannot be put back "
+                        "(%s); reading it from %s", path, exc.strerror or exc, _old(path))
+            path = _old(path)
         meta_path = path / "model.json"
-        if recover_dir(path):
-            log.warning("%s: a save was interrupted; the previous model was put back", path)
         if not meta_path.is_file():
             raise ModelFileError(f"{path}: not a saved model (no model.json)")
-        try:
+        try:  # NaN and Infinity are read: the checks below name the entry that holds them
             meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ModelFileError(f"{meta_path}: not valid JSON ({str(exc)[:200]})") from None
         except OSError as exc:
             raise ModelFileError(f"{meta_path}: cannot read ({exc.strerror})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -758,11 +806,12 @@ class Detector:
                 det.model_ = det._build(det.input_shape_)
             finally:
                 det._restoring = False
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError,
+                OverflowError) as exc:
             what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
             raise ModelFileError(f"{meta_path}: damaged model description ({what})") from None
-        try:
-            state = load_file(str(wpath))
+        try:  # the bytes checked above, not the file again: a save may have replaced it since
+            state = safetensors_load(raw)
             det.model_.load_state_dict(state, strict=True)
         except Exception as exc:  # safetensors raises its own error types
             # torch's first line is only a header ("Error(s) in loading state_dict for X:"):

@@ -17,7 +17,10 @@ from .errors import ConfigError
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` picks CUDA when present, else CPU; anything else is passed to torch."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            full_fp32_on_cuda()
+            return torch.device("cuda")
+        return torch.device("cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -27,6 +30,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
                           f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "cuda" and dev.index is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"device {device!r}: under torchrun each process takes the GPU of its "
+                          "LOCAL_RANK; pass --device cuda (or auto), not one GPU for all")
+    if dev.type == "cuda":
+        full_fp32_on_cuda()
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device!r} is not available here (no Apple GPU, or this "
                           "torch was built without MPS)")
@@ -40,6 +48,19 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             first = first if len(first) <= 200 else first[:200] + " ..."
             raise ConfigError(f"device {device!r} is not available here: {first}") from None
     return dev
+
+
+def full_fp32_on_cuda() -> None:
+    """Turn off TF32 (10-bit mantissa) for float32 convolutions and matrix products on CUDA.
+
+    torch allows TF32 convolutions by default on Ampere and newer GPUs, so ``precision="fp32"``
+    would give scores and thresholds with errors around 1e-3 instead of float32's; bf16 is the
+    explicit choice for speed. Process-wide, as torch's setting is.
+    """
+    # the flags torch has long had (mixing them with the newer fp32_precision ones makes
+    # torch refuse to read either)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 #: Values of ``ONECLASS_DETERMINISTIC`` that leave it off (anything else turns it on).

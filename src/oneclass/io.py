@@ -71,8 +71,8 @@ def _full_disk(exc: BaseException, where: Path) -> bool:
     """Whether a writer's own exception (torch.save: RuntimeError, safetensors:
     SafetensorError, neither an OSError) came from a full disk: its message, or less than
     1 MiB left where it wrote (checked before its partial file is removed)."""
-    text = str(exc)
-    if "No space left" in text or "os error 28" in text:
+    text = str(exc).lower()
+    if "no space left" in text or "os error 28" in text:
         return True
     try:
         return shutil.disk_usage(where).free < (1 << 20)
@@ -98,10 +98,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: 
         The destination path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(path)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:  # an unwritable folder: named as the destination, not as a temporary sibling
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(path)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _explain(exc, path) from exc
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
@@ -135,9 +138,19 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def json_default(obj: Any) -> Any:
+    """NumPy scalars and arrays as plain JSON values (``json.dumps(default=...)``)."""
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist") and hasattr(obj, "ndim"):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Atomically write ``obj`` as indented JSON (NumPy values as plain ones)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False,
+                                       default=json_default) + "\n")
 
 
 def _remove(path: Path) -> None:
@@ -174,10 +187,13 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     The old directory, if any, is kept until the new one is complete and renamed into place.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(path)
-    _sweep(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+    try:  # an unwritable folder: named as the destination, not as a temporary sibling
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(path)
+        _sweep(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _explain(exc, path) from exc
     old = _old(path)
     try:
         fill(tmp)
@@ -206,6 +222,9 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
             os.replace(old, path)
         if full:
             raise _no_space(path) from exc
+        if isinstance(exc, WriteError) and isinstance(exc.__cause__, OSError):
+            # a file written inside the temporary folder failed: say what happened to path
+            raise _explain(exc.__cause__, path) from exc
         raise
     return path
 

@@ -14,7 +14,8 @@ from ..train import PRECISIONS, LoopConfig, autocast, broadcast_from_first, run
 
 def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` on CPU -> float in [0, 1] on ``device``."""
-    return x.to(device, non_blocking=True).float().div_(255.0)
+    # non_blocking from pageable memory is safe on CUDA (staged at once), not on MPS
+    return x.to(device, non_blocking=torch.device(device).type == "cuda").float().div_(255.0)
 
 
 def check_precision(det, *keys: str) -> None:
@@ -86,7 +87,7 @@ def mean_embedding(encode, x: torch.Tensor, device: torch.device, batch: int = 5
     """
     total, n = None, 0
     for xb in torch.split(x, batch):
-        z = encode(to_input(xb, device)).double()
+        z = encode(to_input(xb, device)).cpu().double()  # float64 on the CPU: MPS has none
         total = z.sum(0) if total is None else total + z.sum(0)
         n += len(z)
     c = (total / n).float()
@@ -94,4 +95,4 @@ def mean_embedding(encode, x: torch.Tensor, device: torch.device, batch: int = 5
     c[(c.abs() < eps) & (c >= 0)] = eps
     # Under DDP each rank's batch-norm running statistics differ a little after pretraining
     # (each updates them on its own slices), and with them c: every rank takes rank 0's.
-    return broadcast_from_first(c.contiguous())
+    return broadcast_from_first(c.to(device).contiguous())

@@ -354,7 +354,7 @@ class FCDD(Detector):
         model.eval()
         total = torch.zeros(self.input_shape_[1:], dtype=torch.float64)
         for xb in self.batches(x):
-            total += self._map(xb).double().sum(0).cpu()  # map_ref is still all ones here
+            total += self._map(xb).cpu().double().sum(0)  # map_ref is still all ones here
         mean = (total / max(1, len(x))).float()
         model.map_ref.copy_((mean + 0.1 * mean.mean()).clamp_min(1e-12).to(model.map_ref))
 
