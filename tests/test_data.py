@@ -376,12 +376,12 @@ def test_read_mask_of_other_modes(tmp_path):
 def test_32bit_images_have_one_scale_for_the_mode(tmp_path):
     """Mode I is read as 16-bit data whatever an image's own maximum, so brightness keeps
     its order across images (it used to be 200 -> 200 but 300 -> 1)."""
-    values = [0, 200, 300, 60000, 65535, 70000, -5]
+    values = [0, 200, 300, 60000, 65535]  # outside 0..65535: an error (test_image_edge_cases)
     Image.fromarray(np.array([values], np.int32), "I").save(tmp_path / "i.tif")
     for v in (200, 300):  # one image each, as the per-image scale depended on the image
         Image.fromarray(np.full((2, 2), v, np.int32), "I").save(tmp_path / f"{v}.tif")
     img = read_image(tmp_path / "i.tif")[0, :, 0].tolist()
-    assert img == [0, 1, 1, 233, 255, 255, 0]
+    assert img == [0, 1, 1, 233, 255]
     assert read_image(tmp_path / "200.tif")[0, 0, 0] <= read_image(tmp_path / "300.tif")[0, 0, 0]
 
 

@@ -1,7 +1,8 @@
 """Data sources, chosen by a specification string.
 
 - a folder in MVTec AD layout (``train/good``, ``test/<type>``, ``ground_truth/<type>``);
-- a plain folder (or a single image file): normal when training, unlabeled otherwise;
+- a plain folder (or a single image file): normal when training, unlabeled otherwise (a
+  folder holding MVTec-layout folders, such as the MVTec AD root, is an error);
 - ``mnist:C``, ``fashion-mnist:C``, ``cifar10:C``: one-vs-rest with class C normal;
   ``NAME:C:A[,A]`` tests class C against the classes A only (``fashion-mnist:7:9``);
   ``mnist``, ``cifar10``, ... (or ``:all``): every image, unlabeled (outlier exposure);

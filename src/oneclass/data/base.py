@@ -8,6 +8,7 @@ a raw image into the network's input tensor, and is stored with every model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from .images import image_mode, read_image, read_mask, to_channels
+
+log = logging.getLogger(__name__)
 
 NORMAL, ANOMALOUS, UNLABELED = 0, 1, -1
 
@@ -203,12 +206,40 @@ class FileSet(ImageSet):
                     f"{self.mask_paths[i]}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                     f"{path} is {img.shape[1]}x{img.shape[0]}"
                 )
+            if self.labels[i] == ANOMALOUS:
+                check_defect_mask(mask, self.mask_paths[i])
         elif self.has_masks and self.labels[i] == NORMAL:
             mask = np.zeros(img.shape[:2], bool)
         return Sample(img, int(self.labels[i]), mask, self.names[i], self.kinds[i])
 
     def mode(self, i: int) -> str | None:
         return image_mode(self.paths[i])
+
+
+#: A mask of an anomalous image covering more than this fraction of it is likely inverted.
+FULL_MASK = 0.9
+
+# Mask files warned about: once each per process (an image is read every epoch and pass).
+_warned_masks: set[str] = set()
+
+
+def check_defect_mask(mask: np.ndarray, path) -> None:
+    """Warn when the mask of an anomalous image marks no pixel, or nearly all of them (an
+    inverted mask: defect black on a white background?). Only a warning: some datasets have
+    such masks on purpose (a defect that is the whole image, or a missing part with nothing to
+    outline), but a mask read wrong would otherwise go unnoticed into the pixel metrics."""
+    frac = float(mask.mean()) if mask.size else 0.0
+    if 0.0 < frac <= FULL_MASK or str(path) in _warned_masks:
+        return
+    _warned_masks.add(str(path))
+    if frac == 0.0:
+        log.warning("%s: the mask of an anomalous image marks no pixel as anomalous (0%% of the "
+                    "image); masks mark anomalous pixels non-zero (white) on black: is it "
+                    "empty, or drawn in a way that reads as black?", path)
+    else:
+        log.warning("%s: the mask of an anomalous image marks %.1f%% of the image as anomalous: "
+                    "an inverted mask (defect black on a white background)? Masks mark "
+                    "anomalous pixels non-zero (white) on black", path, 100.0 * frac)
 
 
 @dataclass

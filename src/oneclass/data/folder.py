@@ -15,7 +15,8 @@ normal images (``ground_truth/good/``, shipped by some converted datasets) are i
 images have empty masks. Without ``ground_truth/`` pixel metrics are simply not computed.
 A test set on its own (``test/`` and ``ground_truth/``, no ``train/``) is read the same way.
 Images directly in ``test/`` (not in a type folder) and folders that cannot be listed are
-errors, never skipped.
+errors, never skipped. A plain folder that holds MVTec-layout folders (the unpacked MVTec AD
+root) is an error too: pass one category folder.
 """
 
 from __future__ import annotations
@@ -168,13 +169,47 @@ def mvtec(root: Path, split: str) -> FileSet:
                    description=f"{root} (test)")
 
 
+def _mvtec_below(root: Path, paths: list[Path]) -> list[Path]:
+    """The MVTec-layout folders strictly below ``root`` that hold some of ``paths`` (images
+    listed below ``root``): a folder above a ``train/``, ``test/`` or ``ground_truth/`` on the
+    way down to an image, checked once each."""
+    found: list[Path] = []
+    checked: set[Path] = set()
+    for p in paths:
+        parts = p.relative_to(root).parts[:-1]
+        for k in range(1, len(parts)):
+            if parts[k] not in ("train", "test", "ground_truth"):
+                continue
+            folder = root.joinpath(*parts[:k])
+            if folder not in checked:
+                checked.add(folder)
+                if is_mvtec(folder):
+                    found.append(folder)
+    return found
+
+
 def plain(root: Path, split: str) -> FileSet:
-    """All images below ``root``: normal when training, unlabeled otherwise."""
+    """All images below ``root``: normal when training, unlabeled otherwise.
+
+    A folder holding folders in MVTec layout (the unpacked MVTec AD root, with one folder per
+    category) is an error naming them: read as a plain folder, their test defects and
+    ground-truth masks would be normal training images (or unlabeled ones to score).
+    """
     root = Path(root)
     paths = list_images(root) if root.is_dir() else [root]
     if not paths:
         raise DataError(f"{root}: no images found (looked for "
                         f"{', '.join(s.lstrip('.') for s in sorted(IMAGE_SUFFIXES))})")
+    inner = _mvtec_below(root, paths) if root.is_dir() else []
+    if inner:
+        shown = ", ".join(str(f.relative_to(root)) for f in inner[:3])
+        one = len(inner) == 1
+        raise DataError(
+            f"{root}: holds {len(inner)} folder{'' if one else 's'} in MVTec AD layout "
+            f"({shown}{', ...' if len(inner) > 3 else ''}); read as one plain folder, "
+            f"{'its' if one else 'their'} test defects and ground-truth masks would be "
+            f"{'normal training' if split == 'train' else 'unlabeled test'} images: pass "
+            f"{'it' if one else 'one of them'}, e.g. --data {inner[0]}")
     label = NORMAL if split == "train" else UNLABELED
     return FileSet(paths, [label] * len(paths), names=[str(p) for p in paths],
                    kinds=["good" if label == NORMAL else "unknown"] * len(paths),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -12,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError, NotAnImageError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -102,22 +105,36 @@ def _too_many_pixels(path: Path, w: int, h: int) -> DataError:
 def _open(source, path) -> Image.Image:
     """Open and decode ``source`` (a file path or a binary file object) named ``path`` in errors."""
     check_max_pixels_env()  # a ConfigError: not a bad image, so --on-bad-image skip stops too
+    fp = None
     try:
-        # A FIFO or device named like an image would block or never end: read regular files only.
-        if isinstance(source, Path) and not stat.S_ISREG(os.stat(source).st_mode):
-            raise DataError(f"{path}: not a regular file")
-        with warnings.catch_warnings():
-            # PIL warns from 1x its limit (ours) and refuses from 2x; the check below gives
-            # the size in the message for the range in between.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source, formats=_formats())
-            try:
-                if img.width * img.height > MAX_PIXELS:  # header only: nothing decoded yet
-                    raise _too_many_pixels(path, img.width, img.height)
-                img.load()
-            except BaseException:
-                img.close()  # do not leak the file handle of a corrupt or truncated image
-                raise
+        if isinstance(source, Path):
+            # A FIFO or device named like an image would block or never end: read regular
+            # files only.
+            if not stat.S_ISREG(os.stat(source).st_mode):
+                raise DataError(f"{path}: not a regular file")
+            # Decode from a file object, not the path: given a path, Pillow memory-maps
+            # uncompressed files, and Pillow 13 lays out the pixels of a memory-mapped TIFF
+            # with Orientation 5-8 (turned by 90 degrees) with the swapped size, scrambling
+            # them.
+            source = fp = open(source, "rb")
+        try:
+            with warnings.catch_warnings():
+                # PIL warns from 1x its limit (ours) and refuses from 2x; the check below
+                # gives the size in the message for the range in between.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(source, formats=_formats())
+                try:
+                    if img.width * img.height > MAX_PIXELS:  # header only: nothing decoded yet
+                        raise _too_many_pixels(path, img.width, img.height)
+                    img.load()
+                except BaseException:
+                    img.close()  # do not leak the file handle of a corrupt or truncated image
+                    raise
+        finally:
+            # Pillow closes only the files it opened itself, and lets go of the file once
+            # the image is loaded (its pixels, EXIF and tags are then in memory): close ours
+            if fp is not None:
+                fp.close()
     except DataError:
         raise
     except FileNotFoundError:
@@ -149,7 +166,9 @@ def read_image(path, label: str | None = None) -> np.ndarray:
 
     EXIF orientation is applied; alpha, and the transparent colour of a PNG without alpha, is
     composited on black; 16- and 32-bit integer images are scaled to 8 bit with one scale for
-    the mode; float images are read on the scale [0, 1] when all their values lie in it, else
+    the mode, 16 bit (values outside [0, 65535] are an error; values all below 4096, 12-bit
+    data, get a warning), and 16-bit MinIsWhite TIFFs are inverted as Pillow inverts 8-bit
+    ones; float images are read on the scale [0, 1] when all their values lie in it, else
     [0, 255] (other values are an error); palette and CMYK images are converted to RGB.
     """
     return _decode(path, label, _to_array)
@@ -162,7 +181,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     defect, so a pixel of a JPEG mask is anomalous from half-scale (128) on.
 
     The decoded values are tested as they are, not after scaling to 8 bit: a 16-bit label
-    mask holding 1, 2, ... would otherwise read as empty. Transparent pixels are not anomalous.
+    mask holding 1, 2, ... would otherwise read as empty. Transparent pixels are not anomalous;
+    a mask of one colour everywhere with an alpha channel that varies (an opaque black defect
+    on a transparent background) is its alpha channel: non-transparent pixels are anomalous.
     """
     return _decode(path, None, _mask_array)
 
@@ -173,8 +194,8 @@ def _decode(path, label, convert) -> np.ndarray:
     path = label if label is not None else source
     img = _open(source, path)
     try:
-        arr = convert(img)
-    except DataError as exc:  # the converters do not know the file's name
+        arr = convert(img, path)  # the name is for warnings: errors are prefixed with it here
+    except DataError as exc:  # the converters do not name the file in their errors
         raise DataError(f"{path}: {exc}") from None
     except MemoryError:
         raise DataError(f"{path}: not enough memory to convert this image") from None
@@ -215,21 +236,53 @@ def _transparent(img: Image.Image) -> np.ndarray | None:
     return None  # a malformed key: ignore it rather than refuse the image
 
 
-def _to_array(img: Image.Image) -> np.ndarray:
+_WORDS = ("I;16", "I;16B", "I;16L")  # 16-bit modes
+
+
+def _min_is_white(img: Image.Image) -> bool:
+    """A 16-bit TIFF whose PhotometricInterpretation (tag 262) is 0, MinIsWhite: 0 is white.
+
+    Pillow inverts 1- to 8-bit MinIsWhite TIFFs as it reads them but not 16-bit ones, which
+    would come out as negatives of the 8-bit ones; the converters invert those. Asked before
+    ``_upright``: a turned copy has no TIFF tags."""
+    tags = getattr(img, "tag_v2", None)
+    return img.mode in _WORDS and tags is not None and tags.get(262) == 0
+
+
+def _to_array(img: Image.Image, path=None) -> np.ndarray:
+    white = _min_is_white(img)
     img = _upright(img)
-    arr = _colours(img)
+    arr = _colours(img, path, white)
     hidden = _transparent(img)
     if hidden is not None:  # as an alpha of 0 or 255, composited on black like RGBA below
         arr = np.where(hidden[..., None], np.uint8(0), arr)
     return arr
 
 
-def _colours(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+#: 16-bit data whose values all stay below this is 12-bit (or fewer) camera data, say.
+FEW_BITS = 4096
+
+# Whether the warning about such data was given: once per process (it names the first file).
+_few_bits_warned = False
+
+
+def _colours(img: Image.Image, path=None, min_is_white: bool = False) -> np.ndarray:
+    if img.mode in (*_WORDS, "I"):
         # One scale for the mode, 16 bit (what 32-bit "I" images hold in practice: TIFF, and
         # 16-bit PNG in older Pillow). A scale chosen from each image's own maximum made
         # brightness non-monotonic across images (200 -> 200 but 300 -> 1).
         arr = np.asarray(img, dtype=np.float64)
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 65535:
+            # Clipped, a signed image lost its negative half and a 32-bit one saturated.
+            raise DataError(f"integer image with values in [{lo:.0f}, {hi:.0f}]; 16- and 32-bit "
+                            "integer images are read on the 16-bit scale [0, 65535]: rescale "
+                            "it into that range (a signed image: shift it) or save it as "
+                            "8 or 16 bit unsigned")
+        if 0 < hi < FEW_BITS:
+            _warn_few_bits(path, hi, 16 if img.mode in _WORDS else 32)
+        if min_is_white:
+            arr = 65535.0 - arr
         arr = np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return arr[..., None]
     if img.mode == "F":
@@ -255,19 +308,39 @@ def _colours(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def _warn_few_bits(path, hi: float, bits: int) -> None:
+    """Warn, once per process, of an image whose values all stay below :data:`FEW_BITS`:
+    rescaling each image to its own range would make brightness differ from image to image
+    (see ``_colours``), so it is read on the 16-bit scale and only a few grey levels remain."""
+    global _few_bits_warned
+    if _few_bits_warned:
+        return
+    _few_bits_warned = True
+    levels = int(hi / 65535.0 * 255.0 + 0.5) + 1
+    log.warning("%s: %d-bit image whose values all lie below %d (at most %d): 12-bit camera "
+                "data, or fewer bits, in a %d-bit file? Integer images are read on the 16-bit "
+                "scale, so only %d grey level%s survive the conversion to 8 bit. Rescale the "
+                "files to the 16-bit range [0, 65535] (12-bit data: multiply by 16). Said "
+                "once, for the first such file", path if path is not None else "image", bits,
+                FEW_BITS, int(hi), bits, levels, "" if levels == 1 else "s")
+
+
 # Modes whose decoded values are tested as they are; others are converted first (palette
 # indices to their colours, and CMYK, YCbCr, ... to RGB, where black is zero).
 _RAW_MASK_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA")
 
 
-def _mask_array(img: Image.Image) -> np.ndarray:
+def _mask_array(img: Image.Image, path=None) -> np.ndarray:
     lossy = img.format == "JPEG"  # compression noise around a drawn defect is not anomalous
+    white = _min_is_white(img)
     img = _upright(img)
     hidden = _transparent(img)
     if img.mode not in _RAW_MASK_MODES:
         img = img.convert("RGBA" if img.mode in ("P", "PA") else "RGB")
     arr = np.asarray(img)
     arr = arr[..., None] if arr.ndim == 2 else arr
+    if white:  # as read_image, and as Pillow reads 8-bit MinIsWhite masks: 0 is white
+        arr = np.uint16(65535) - arr.astype(np.uint16)
     if arr.dtype.kind == "f":
         arr = np.nan_to_num(arr, nan=0.0)  # as read_image: NaN is black
     bands = img.getbands()
@@ -275,7 +348,14 @@ def _mask_array(img: Image.Image) -> np.ndarray:
     colour = np.delete(arr, alpha, axis=2) if alpha is not None else arr
     on = np.any(colour >= 128 if lossy else colour != 0, axis=2)
     if alpha is not None:
-        on &= arr[..., alpha] != 0
+        opaque = arr[..., alpha] != 0
+        flat = colour.reshape(-1, colour.shape[2])
+        if flat.size and (flat == flat[0]).all() and opaque.any() and not opaque.all():
+            # One colour everywhere (an opaque black defect on a transparent background, say):
+            # the colour tells nothing apart, the alpha channel alone is the mask
+            on = opaque
+        else:
+            on &= opaque
     if hidden is not None:
         on &= ~hidden
     return on
