@@ -353,3 +353,49 @@ def test_upload_bytes_and_path_agree_for_a_turned_16bit_tiff(tmp_path):
     assert np.array_equal(by_path, by_bytes)
     expected = np.asarray(Image.fromarray(a).transpose(TURN[6])).astype(np.float64)
     assert np.array_equal(by_path[..., 0], (expected / 65535 * 255 + 0.5).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- sizes of the training images
+def _gray(path: Path, h: int, w: int, exif_orientation: int | None = None) -> None:
+    im = Image.fromarray(np.full((h, w), 128, np.uint8))
+    if exif_orientation is None:
+        im.save(path)
+    else:
+        exif = im.getexif()
+        exif[0x0112] = exif_orientation
+        im.save(path, exif=exif.tobytes())
+
+
+def test_the_input_size_follows_the_median_image_not_the_first(tmp_path):
+    import oneclass
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _gray(folder / "a_thumb.png", 24, 24)  # sorted first
+    for i in range(6):
+        _gray(folder / f"img{i}.png", 40, 56)
+    det = oneclass.create("deep_svdd")
+    assert det._resolve_preprocess(load(str(folder), split="train")).size == (40, 56)
+
+
+def test_image_sizes_come_from_headers_upright_as_read(tmp_path):
+    _gray(tmp_path / "turned.jpg", 10, 30, exif_orientation=6)
+    _gray(tmp_path / "plain.png", 10, 30)
+    for name in ("turned.jpg", "plain.png"):
+        assert images.image_size(tmp_path / name) == read_image(tmp_path / name).shape[:2]
+    fs = base.FileSet([tmp_path / "turned.jpg", tmp_path / "plain.png"], [0, 0])
+    assert fs.typical_size() == ((20, 20), 2)  # the median of 30x10 and 10x30, two sizes
+    assert fs.subset([1]).typical_size() == ((10, 30), 1)
+
+
+@pytest.mark.parametrize("method, hw", [("fcdd", (3, 60)), ("anogan", (1, 30)), ("bigan", (1, 30))])
+def test_images_too_small_for_a_network_are_a_config_error(method, hw):
+    import oneclass
+    from oneclass.data.base import ArraySet
+    from oneclass.errors import ConfigError
+
+    x = np.random.default_rng(0).integers(0, 256, (8, *hw), dtype=np.uint8)
+    det = oneclass.create(method, epochs=1, batch_size=4)
+    with pytest.raises(ConfigError, match=rf"{hw[0]}x{hw[1]} pixels are too small.*--set size="):
+        det.fit(ArraySet(x))
+    assert not hasattr(det, "model_")

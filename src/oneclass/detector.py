@@ -114,6 +114,10 @@ class InputNorm(nn.Module):
         return (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
 
 
+#: Parts of torch's errors for an input smaller than a network's layers can take.
+_TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+
+
 def _fitted_attr(name: str) -> bool:
     """Attributes a fit sets end in an underscore (``model_``, ``threshold_``)."""
     return name.endswith("_") and not name.startswith("_")
@@ -443,8 +447,11 @@ class Detector:
         channels = self.channels or train.channels()
         size = self._size_tuple()
         if size is None:
-            first = train.read(0).image
-            h, w = first.shape[:2]
+            (h, w), kinds = train.typical_size()
+            if kinds > 1:
+                log.info("%s: the training images come in %d sizes; the input size follows "
+                         "their median, %dx%d (height x width)", train.description or "training set",
+                         kinds, h, w)
             d = self.default_size
             if max(h, w) <= 64:
                 size = (h, w)
@@ -525,12 +532,21 @@ class Detector:
         if outliers is not None and self.uses_outliers:
             self._outliers = materialize(outliers, self.preprocess_, progress=show,
                                          desc="loading outliers")[0]
-        self.model_ = self._build(self.input_shape_).to(self.device_)
-        norm = getattr(self.model_, "norm", None)
-        if isinstance(norm, InputNorm):
-            keep = y != 1
-            norm.fit(x[keep])
-        self._fit(x, y, masks, loop)
+        try:
+            self.model_ = self._build(self.input_shape_).to(self.device_)
+            norm = getattr(self.model_, "norm", None)
+            if isinstance(norm, InputNorm):
+                keep = y != 1
+                norm.fit(x[keep])
+            self._fit(x, y, masks, loop)
+        except RuntimeError as exc:  # torch's words for an input its layers cannot shrink
+            if not any(w in str(exc) for w in _TOO_SMALL):
+                raise
+            h, w = self.input_shape_[1:]
+            raise ConfigError(
+                f"{self.name}: images of {h}x{w} pixels are too small for its network "
+                f"({str(exc).splitlines()[0]}); give larger images, or enlarge them with "
+                f"--set size=HxW (e.g. size={max(h, 32)}x{max(w, 32)})") from None
         self._outliers = None
         self.model_.eval()
         self.train_seconds_ = time.perf_counter() - t0

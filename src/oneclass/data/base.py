@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .images import image_mode, read_image, read_mask, to_channels
+from .images import image_mode, image_size, read_image, read_mask, to_channels
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,22 @@ class ImageSet:
         """The PIL mode of item ``i`` known without decoding it (file header), or None."""
         return None
 
+    def size(self, i: int) -> tuple[int, int]:
+        """``(height, width)`` of item ``i``, from the file header where there is one."""
+        h, w = self.read(i).image.shape[:2]
+        return int(h), int(w)
+
+    def typical_size(self, limit: int = 256) -> tuple[tuple[int, int], int]:
+        """The median height and width of the images (of at most ``limit`` spread evenly over
+        the set), and how many different sizes those have. The median, not the first image's
+        size: one thumbnail sorted first among large photos would set the input size."""
+        index = range(len(self))
+        if len(self) > limit:
+            index = sorted({int(j) for j in np.linspace(0, len(self) - 1, limit).round()})
+        sizes = np.array([self.size(i) for i in index])
+        h, w = (int(np.floor(v + 0.5)) for v in np.median(sizes, axis=0))
+        return (h, w), len({tuple(s) for s in sizes.tolist()})
+
     def channels(self, limit: int = 64) -> int:
         """3 if any image is colour, else 1.
 
@@ -103,6 +119,9 @@ class Subset(ImageSet):
     def mode(self, i: int) -> str | None:
         return self.parent.mode(int(self.index[i]))
 
+    def size(self, i: int) -> tuple[int, int]:
+        return self.parent.size(int(self.index[i]))
+
 
 class Concat(ImageSet):
     """Several image sets one after the other."""
@@ -126,6 +145,10 @@ class Concat(ImageSet):
     def mode(self, i: int) -> str | None:
         k = int(np.searchsorted(self._offsets, i, side="right") - 1)
         return self.parts[k].mode(i - int(self._offsets[k]))
+
+    def size(self, i: int) -> tuple[int, int]:
+        k = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        return self.parts[k].size(i - int(self._offsets[k]))
 
 
 class ArraySet(ImageSet):
@@ -174,6 +197,9 @@ class ArraySet(ImageSet):
     def mode(self, i: int) -> str | None:
         return "L" if self.images.shape[3] == 1 else None
 
+    def size(self, i: int) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
 
 class FileSet(ImageSet):
     """Images read from files on demand, with optional mask files."""
@@ -214,6 +240,10 @@ class FileSet(ImageSet):
 
     def mode(self, i: int) -> str | None:
         return image_mode(self.paths[i])
+
+    def size(self, i: int) -> tuple[int, int]:
+        size = image_size(self.paths[i])
+        return size if size is not None else super().size(i)  # fails naming the file
 
 
 #: A mask of an anomalous image covering more than this fraction of it is likely inverted.

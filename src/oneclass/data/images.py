@@ -375,6 +375,23 @@ def image_mode(path: Path) -> str | None:
         return None
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` of an image file as :func:`read_image` returns it (EXIF orientation
+    5-8 swaps the sides), from its header; None when the file cannot be opened."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                # a PNG's EXIF may follow its pixels: Pillow would decode them to find it
+                exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
+                return (w, h) if exif.get(0x0112) in (5, 6, 7, 8) else (h, w)
+    except Exception:
+        return None
+
+
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     """Convert uint8 ``(H, W, C)`` to ``channels`` (1: luminance, 3: replicate gray)."""
     c = img.shape[2]
