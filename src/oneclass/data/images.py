@@ -361,23 +361,10 @@ def _mask_array(img: Image.Image, path=None) -> np.ndarray:
     return on
 
 
-def image_mode(path: Path) -> str | None:
-    """The PIL mode of an image file from its header (nothing decoded), or None when the file
-    cannot be opened (it then fails with a clear error when it is read)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block
-            return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                return img.mode
-    except Exception:
-        return None
-
-
-def image_size(path: Path) -> tuple[int, int] | None:
-    """``(height, width)`` of an image file as :func:`read_image` returns it (EXIF orientation
-    5-8 swaps the sides), from its header; None when the file cannot be opened."""
+def _header(path: Path) -> tuple[str, tuple[int, int]] | None:
+    """The PIL mode and the ``(height, width)`` :func:`read_image` returns (EXIF orientation
+    5-8 swaps the sides) of an image file, from its header (nothing decoded); None when the
+    file cannot be opened (it then fails with a clear error when it is read)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block
             return None
@@ -385,11 +372,26 @@ def image_size(path: Path) -> tuple[int, int] | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
-                # a PNG's EXIF may follow its pixels: Pillow would decode them to find it
-                exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
-                return (w, h) if exif.get(0x0112) in (5, 6, 7, 8) else (h, w)
+                try:  # a PNG's EXIF may follow its pixels: Pillow would decode them to find it
+                    exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
+                    turned = exif.get(0x0112) in (5, 6, 7, 8)
+                except Exception:  # a broken EXIF block: read_image keeps the image as stored
+                    turned = False
+                return img.mode, ((w, h) if turned else (h, w))
     except Exception:
         return None
+
+
+def image_mode(path: Path) -> str | None:
+    """The PIL mode of an image file from its header, or None (see :func:`_header`)."""
+    head = _header(path)
+    return head[0] if head else None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` of an image file as read, from its header, or None."""
+    head = _header(path)
+    return head[1] if head else None
 
 
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
