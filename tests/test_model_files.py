@@ -206,3 +206,17 @@ def test_one_gpu_index_for_every_torchrun_process_is_refused(monkeypatch):
     with pytest.raises(ConfigError, match="LOCAL_RANK"):
         resolve_device("cuda:0")
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_a_model_with_parameters_of_another_version_says_which_version(data, tmp_path):
+    path = oneclass.create("deep_svdd", **SMALL).fit(data[0]).save(tmp_path / "m")
+    meta = json.loads((path / "model.json").read_text())
+    meta["params"]["new_knob"] = 1
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="damaged model description.*new_knob"):
+        oneclass.load(path)  # same version: an edited description
+    meta["oneclass_version"] = "99.0"
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=r"new_knob unknown to this oneclass .*written by "
+                                             r"oneclass 99\.0"):
+        oneclass.load(path)
