@@ -30,7 +30,8 @@ def exported(defects_train, tmp_path_factory):
     exported by the CLI test below."""
     det = oneclass.create("deep_svdd", seed=0, epochs=2, pretrain_epochs=1,
                           batch_size=32).fit(defects_train)
-    path = export_onnx(det, tmp_path_factory.mktemp("onnx") / "svdd.onnx", model_id="abc")
+    path = export_onnx(det, tmp_path_factory.mktemp("onnx") / "svdd.onnx", model_id="abc",
+                       input_dtype="uint8")
     return det, path
 
 
@@ -72,6 +73,28 @@ def test_detector_without_export_hook_is_not_exportable(tmp_path):
     with pytest.raises(ConfigError, match="plain: not exportable to ONNX"):
         export_onnx(det, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_default_export_scores_a_resized_image_as_predict_does(defects_train, tmp_path):
+    """The default graph takes the resized image unrounded: a uint8 graph took it rounded,
+    and on real resized images its scores moved by about 1 %, flipping labels."""
+    import torch.nn.functional as F
+
+    from oneclass.data.base import ArraySet
+
+    det = oneclass.create("deep_svdd", seed=0, epochs=1, pretrain_epochs=1,
+                          batch_size=32).fit(defects_train)
+    path = export_onnx(det, tmp_path / "m.onnx")
+    assert read_metadata(path)["input"]["dtype"] == "float32"
+    raw = np.random.default_rng(0).integers(0, 256, (4, 37, 29), dtype=np.uint8)  # not 24x24
+    want = det.score(ArraySet(raw))
+    x = F.interpolate(torch.from_numpy(raw)[:, None].float() / 255, size=det.input_shape_[1:],
+                      mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    got = session(path).run(None, {"image": (x * 255).numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    rounded = export_onnx(det, tmp_path / "u8.onnx", input_dtype="uint8")
+    u8 = session(rounded).run(None, {"image": (x * 255).round().to(torch.uint8).numpy()})[0]
+    assert np.abs(u8 - want).max() > 1e-4 * float(np.abs(want).max())  # what the default avoids
 
 
 def test_cli_export_fcdd_with_float_input_matches_torch(mvtec_dir, tmp_path, capfd):

@@ -280,7 +280,7 @@ def bench_export(out: Path, images: int = 128, batch: int = 16) -> list[dict]:
         for method, size, params in [("fcdd", 256, {"batch_size": 16}),
                                      ("deep_svdd", 64, {"pretrain_epochs": 1})]:
             det = load_model(_train_run(tmp, method, size, params), "cpu")
-            path = export_onnx(det, tmp / f"{method}.onnx")
+            path = export_onnx(det, tmp / f"{method}.onnx", input_dtype="uint8")  # as recorded
             g = torch.Generator().manual_seed(0)
             x = torch.randint(0, 256, (images, *det.input_shape_), dtype=torch.uint8, generator=g)
             r = parity(det, path, x, batch_size=batch)
