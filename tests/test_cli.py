@@ -40,7 +40,16 @@ def test_eval_writes_metrics_with_pixel_scores(run_dir, capsys):
     for k in ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "aupro"):
         assert isinstance(m[k], float) and 0.0 <= m[k] <= 1.0, k
     assert m["n_test"] == 22 and m["n_anomalous"] == 12
-    assert "image_auroc" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "image_auroc" in printed
+    # the F1 of the model's own predictions, beside the best F1 over all thresholds
+    rows = list(csv.DictReader(open(run_dir / "scores.csv")))
+    truth = [r["label"] == "1" for r in rows]
+    said = [r["predicted"] == "1" for r in rows]
+    hits = sum(t and p for t, p in zip(truth, said))
+    assert m["f1_at_threshold"] == pytest.approx(2 * hits / (sum(truth) + sum(said)))
+    assert m["f1_at_threshold"] <= m["image_f1"] + 1e-12  # never above the best threshold's
+    assert "best over all thresholds" in printed and "at the model's threshold" in printed
 
 
 def test_predict_writes_csv_and_heatmaps_and_resumes(run_dir, mvtec_dir, tmp_path):

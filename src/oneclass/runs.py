@@ -569,6 +569,12 @@ def _metrics(run: Path, det: Detector, spec: str, test, scores: np.ndarray, skip
                                                           both=bool(known.any()))
     metrics["accuracy_at_threshold"] = float((pred[known] == (labels[known] == 1)).mean()) \
         if known.any() else None
+    # image_f1 is the best F1 over all thresholds (a property of the scores); this is the F1 of
+    # the model's own predictions, what a user of its threshold gets
+    truth, said = labels[known] == 1, pred[known]
+    hits = int((truth & said).sum())
+    metrics["f1_at_threshold"] = (2.0 * hits / (int(truth.sum()) + int(said.sum()))
+                                  if truth.any() and not truth.all() else None)
     metrics["pixel_auroc"] = metrics["aupro"] = None
     if test.has_masks:
         maps = det.anomaly_map(test, progress="heatmaps" if show else None)
@@ -607,12 +613,24 @@ def _csv(s: str) -> str:
     return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n') else s
 
 
+#: What ``eval`` prints: metrics.json key -> a note after the value.
+_SHOWN = {"image_auroc": "", "image_ap": "", "image_f1": "best over all thresholds",
+          "f1_at_threshold": "at the model's threshold", "accuracy_at_threshold": "",
+          "pixel_auroc": "", "aupro": ""}
+
+
 def format_metrics(m: dict[str, Any]) -> str:
-    keys = ["image_auroc", "image_ap", "image_f1", "pixel_auroc", "aupro"]
-    lines = [f"{'metric':<14}value"]
-    for k in keys:
+    lines = [f"{'metric':<22}value"]
+    for k, note in _SHOWN.items():
         v = m.get(k)
-        lines.append(f"{k:<14}{'n/a' if v is None else f'{v:.4f}'}")
+        if v is None and k not in ("image_auroc", "pixel_auroc", "aupro"):
+            continue  # not computed for these data (no labels, or one class only)
+        text = "n/a" if v is None else f"{v:.4f}"
+        if k == "image_f1" and m.get("image_f1_threshold") is not None:
+            note += f" (threshold {m['image_f1_threshold']:.6g})"
+        elif k == "f1_at_threshold" and m.get("threshold") is not None:
+            note += f" ({m['threshold']:.6g})"
+        lines.append(f"{k:<22}{text}{'   ' + note if note else ''}")
     return "\n".join(lines)
 
 
@@ -1007,8 +1025,10 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
             "threshold": det.threshold_, "threshold source": det.threshold_source_,
             "training images": det.n_train_, "training seconds": det.train_seconds_,
             "input (C, H, W)": list(det.input_shape_), "params": det.get_params()}
-    pick = {k_: metrics.get(k_) for k_ in ("image_auroc", "image_ap", "image_f1", "pixel_auroc",
-                                           "aupro")}
+    pick = {"image_auroc": metrics.get("image_auroc"), "image_ap": metrics.get("image_ap"),
+            "image_f1 (best over all thresholds)": metrics.get("image_f1"),
+            "F1 at the model's threshold": metrics.get("f1_at_threshold"),
+            "pixel_auroc": metrics.get("pixel_auroc"), "aupro": metrics.get("aupro")}
     figures = det.report_figures(test.subset(np.r_[order[:k], order[::-1][:k]]))
     return build_report(run / "report.html", title=f"oneclass {det.name}: {spec}",
                         scores=scores, labels=test.labels, threshold=det.threshold_,
