@@ -220,3 +220,28 @@ def test_a_model_with_parameters_of_another_version_says_which_version(data, tmp
     with pytest.raises(ModelFileError, match=r"new_knob unknown to this oneclass .*written by "
                                              r"oneclass 99\.0"):
         oneclass.load(path)
+
+
+def test_a_threshold_from_few_held_back_images_is_said_to_be_rough(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        oneclass.create("deep_svdd", **SMALL).fit(make_defects(40, 0, size=16, seed=1))
+    said = [r.getMessage() for r in caplog.records if "held-back" in r.getMessage()]
+    assert len(said) == 1 and "only 4 held-back normal images" in said[0]
+    assert "contamination 0.05 (that needs 20 or more)" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        oneclass.create("deep_svdd", **SMALL, holdout=0.5).fit(make_defects(40, 0, size=16, seed=1))
+    assert not [r for r in caplog.records if "held-back" in r.getMessage()]  # 20 are enough
+
+
+def test_an_interrupted_train_says_how_to_resume(monkeypatch, capsys, mvtec_dir, tmp_path):
+    def interrupt(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DeepSVDD, "fit", interrupt)
+    code = cli("train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out",
+               str(tmp_path / "run"), "-q")
+    assert code == 130
+    assert "--resume continues" in capsys.readouterr().err

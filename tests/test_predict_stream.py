@@ -85,3 +85,25 @@ def test_resume_of_a_file_without_the_heatmap_column_keeps_its_columns(run, tmp_
     assert predict(run, [str(inputs)], out, resume=True)["scored"] == 2
     lines = (out / "predictions.csv").read_text().splitlines()
     assert lines[0] == "path,score,label" and all(len(ln.split(",")) == 3 for ln in lines)
+
+
+def test_grayscale_images_given_to_a_colour_model_are_named_in_a_warning(tmp_path, caplog):
+    import logging
+
+    import oneclass
+    from oneclass.data.base import ArraySet
+    from oneclass.runs import predict
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    det = oneclass.create("deep_svdd", epochs=1, pretrain_epochs=1, batch_size=8).fit(ArraySet(colour))
+    run = tmp_path / "run"
+    det.save(run / "model")
+    Image.fromarray(colour[0]).save(tmp_path / "rgb.png")
+    Image.fromarray(colour[1, ..., 0]).save(tmp_path / "gray.png")
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        predict(run, [str(tmp_path / "rgb.png"), str(tmp_path / "gray.png")], tmp_path / "p",
+                heatmaps=False, progress=False)
+    said = [r.getMessage() for r in caplog.records if "grayscale" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("1 of 2 images are grayscale")
+    assert "gray.png" in said[0] and "channels=1" in said[0]

@@ -620,7 +620,13 @@ def _run(args) -> int:
             print(f"oneclass: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("oneclass: interrupted", file=sys.stderr)
+        hint = {"train": "; the same command with --resume continues from the last epoch "
+                         "checkpoint",
+                "predict": "; the same command with --resume scores the images not yet "
+                           "in predictions.csv",
+                "bench": "; the same command continues with the runs not yet recorded"}
+        print(f"oneclass: interrupted{hint.get(getattr(args, 'command', ''), '')}",
+              file=sys.stderr)
         return 130
     except MemoryError:
         print("oneclass: error: out of memory; use a smaller size or batch size", file=sys.stderr)

@@ -557,6 +557,14 @@ class Detector:
     def _set_threshold(self, hold_set: ImageSet | None, x: torch.Tensor, y: torch.Tensor) -> None:
         if hold_set is not None and len(hold_set):
             ref, what = hold_set, f"{len(hold_set)} held-back normal images"
+            few = math.ceil(1.0 / float(self.contamination)) if float(self.contamination) > 0 \
+                else 20
+            if self.threshold is None and len(hold_set) < few:
+                log.warning("%s: the threshold comes from only %d held-back normal images, too "
+                            "few to hold false alarms near contamination %g (that needs %d or "
+                            "more): expect more false alarms on new normal images (give more "
+                            "training images, or pass val= to fit() in Python)", self.name,
+                            len(hold_set), float(self.contamination), few)
         else:
             ref = x[y != 1].float() / 255.0
             what = f"{len(ref)} training images (too few to hold back)"

@@ -793,6 +793,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
         if len(fs) == 0 and not done:
             raise DataError(f"none of the {len(todo)} input images can be read")
         todo = [Path(n) for n in fs.names]
+        _warn_gray_on_colour(det, fs)
     reserved = {Path(h).stem for h in done.values() if h}
     stems = dict(zip(map(str, todo), _unique_stems(todo, reserved)))
     out.mkdir(parents=True, exist_ok=True)
@@ -875,9 +876,29 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             shutil.rmtree(state["stage"], ignore_errors=True)
     if len(todo) >= 10 and n_anom == len(todo):
         log.warning("all %d images are at or above the threshold %.6g: every image is predicted "
-                    "anomalous; check the threshold parameter", len(todo), det.threshold_)
+                    "anomalous; are they of the kind the model was trained on (material, "
+                    "lighting, colour, size)? If they are, the threshold may be too low (train "
+                    "with --set threshold=VALUE, or more normal images to hold back)",
+                    len(todo), det.threshold_)
     return {"scored": len(todo), "skipped": len(paths) - len(todo) - n_bad, "unreadable": n_bad,
             "anomalous": n_anom, "csv": str(csv_path)}
+
+
+def _warn_gray_on_colour(det: Detector, images) -> None:
+    """Warn when a colour model is given grayscale images (by their file headers): each is
+    scored as its gray copied to three channels, which a model that learned colour usually
+    finds far from normal, so every one of them tends to be flagged."""
+    from .data.base import GRAY_MODES
+
+    if det.preprocess_.channels != 3:
+        return
+    gray = [images.names[i] for i in range(len(images)) if images.mode(i) in GRAY_MODES]
+    if gray:
+        log.warning("%d of %d images are grayscale (first: %s), but the model was trained on "
+                    "colour images: they are scored as their gray copied to three channels, "
+                    "which a colour model usually finds anomalous; score colour images, or "
+                    "train on grayscale ones (--set channels=1)", len(gray), len(images),
+                    gray[0])
 
 
 def _swap_in(stage: Path, out: Path, sidecar: Path, side: dict[str, Any]) -> None:
