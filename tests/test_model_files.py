@@ -245,3 +245,24 @@ def test_an_interrupted_train_says_how_to_resume(monkeypatch, capsys, mvtec_dir,
                str(tmp_path / "run"), "-q")
     assert code == 130
     assert "--resume continues" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_model_folder_and_names_its_run(mvtec_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out", str(run),
+               "--epochs", "1", "--set", "pretrain_epochs=1", "-q") == 0
+    capsys.readouterr()
+    assert cli("eval", str(run / "model"), "--data", str(mvtec_dir), "-q") == 2
+    assert f"give its run folder, {run}" in capsys.readouterr().err
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["model.json",
+                                                                 "weights.safetensors"]
+    assert cli("train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out", str(run),
+               "--epochs", "1", "--set", "pretrain_epochs=1", "-q") == 0  # retrains as before
+
+
+def test_a_wrong_data_path_leaves_no_run_folder_behind(tmp_path, capsys):
+    out = tmp_path / "runs" / "deep" / "nested"
+    assert cli("train", "--method", "fcdd", "--data", str(tmp_path / "nowhere"), "--out",
+               str(out), "-q") == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -300,7 +300,6 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             done = load_model(out, params.get("device", "auto"))
             done.finished_before_ = True  # the CLI says so instead of "trained ..."
             return done
-    out.mkdir(parents=True, exist_ok=True)
     train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
                                                  anomalies=anomalies, anomaly_limit=anomaly_limit)
     if data_path:
@@ -334,7 +333,8 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         else:
             log.warning("%s does not use a reference set; --reference is ignored", det.name)
     main = is_main_process()  # under torchrun only rank 0 writes files
-    if main:
+    if main:  # the run folder once the data are read: a wrong --data leaves no folder behind
+        out.mkdir(parents=True, exist_ok=True)
         write_json(pending, config)
     # The per-epoch log, too, waits in checkpoints/ and replaces RUN/train_log.jsonl with the
     # model: a failed retraining keeps the log of the model that stays.
@@ -471,6 +471,13 @@ def load_model(run: Path, device: str = "auto") -> Detector:
 
 def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: str):
     """The run's model and config, and the data spec and root to use (given or recorded)."""
+    if (Path(run) / "model.json").exists():  # a model folder: its files would be mixed in
+        parent = Path(os.path.abspath(run)).parent
+        which = (f"give its run folder, {parent}" if (parent / "config.json").exists()
+                 else "copy it into a run folder, RUN/model, and give RUN")
+        raise ConfigError(f"{run}: a saved model's folder, not a run folder; eval and report "
+                          "write metrics.json, scores.csv and report.html beside the model, and "
+                          f"a model folder holds only the model: {which}")
     det = load_model(run, device)
     cfg = read_config(run) if (run / "config.json").exists() else {}
     mismatch = _model_mismatch(run, cfg)
