@@ -251,12 +251,13 @@ def test_report_embeds_expected_pngs_metrics_and_info(tmp_path, monkeypatch):
     assert "<link" not in text
 
     # galleries: the most anomalous examples under "Most anomalous", in the order given, then
-    # the least anomalous ones; each captioned with its name, score and label
+    # the least anomalous ones; each captioned with its name, score, prediction at the
+    # threshold (0.75) and true label
     assert _cards(text) == [
-        ("Most anomalous", "bad_01.png score 3.0000 anomalous"),
-        ("Most anomalous", "bad_02.png score 2.5000 anomalous"),
-        ("Least anomalous", "good_01.png score 0.1000 normal"),
-        ("Least anomalous", "x.png score 0.2000 unknown"),
+        ("Most anomalous", "bad_01.png score 3.0000 predicted anomalous true: anomalous"),
+        ("Most anomalous", "bad_02.png score 2.5000 predicted anomalous true: anomalous"),
+        ("Least anomalous", "good_01.png score 0.1000 predicted normal true: normal"),
+        ("Least anomalous", "x.png score 0.2000 predicted normal true: unknown"),
     ]
     # charts: the histogram of every score with the threshold; the ROC curve of the labelled
     # scores, whose area is the image AUROC of oneclass.metrics
@@ -285,7 +286,8 @@ def test_report_escapes_names(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "<script" not in text
     assert "&lt;script&gt;x&lt;/script&gt;" in text
-    assert _cards(text) == [("Most anomalous", "&lt;script&gt;x&lt;/script&gt; score 1.0000 anomalous")]
+    assert _cards(text) == [("Most anomalous", "&lt;script&gt;x&lt;/script&gt; score 1.0000 "
+                                               "predicted anomalous true: anomalous")]
 
 
 def test_report_only_normal_labels_has_no_roc(tmp_path):
@@ -383,3 +385,11 @@ def test_normalize_map_spans_huge_ranges_without_overflow():
 
     out = normalize_map(np.array([[-1e308, 0.0, 1e308]]))
     assert np.allclose(out, [[0.0, 0.5, 1.0]])
+
+
+def test_a_card_shows_the_prediction_at_the_threshold_beside_the_true_label(tmp_path):
+    most = [_example("false_alarm", 2.0, 0), _example("missed", 0.1, 1)]
+    text = _build(tmp_path / "r.html", most=most, threshold=0.75).read_text()
+    cards = dict((cap.split()[0], cap) for _, cap in _cards(text))
+    assert "predicted anomalous" in cards["false_alarm"] and "true: normal" in cards["false_alarm"]
+    assert "predicted normal" in cards["missed"] and "true: anomalous" in cards["missed"]

@@ -267,7 +267,7 @@ def _figure(img_tag: str, caption: str) -> str:
     return f"<figure>{img_tag}<figcaption>{_esc(caption)}</figcaption></figure>"
 
 
-def _card(ex: Example, vrange: tuple[float, float] | None) -> str:
+def _card(ex: Example, vrange: tuple[float, float] | None, threshold: float | None = None) -> str:
     img = _thumb(ex.image)
     natural = img.shape[1]
     parts = [
@@ -302,21 +302,30 @@ def _card(ex: Example, vrange: tuple[float, float] | None) -> str:
     label = int(ex.label)
     label_name = _LABEL_NAMES.get(label, str(label))
     score = _fmt_num(ex.score) if ex.score is not None else "—"
+    # the prediction at the threshold, then the true label: a badge alone read as the former
+    said = ""
+    if threshold is not None and ex.score is not None:
+        flagged = float(ex.score) >= float(threshold)
+        said = (f'<span title="score at or above the threshold {_esc(_fmt_num(threshold))}">'
+                f'predicted <b>{"anomalous" if flagged else "normal"}</b></span>')
     caption = (
         f'<div class="cap"><span class="name">{_esc(ex.name)}</span>'
-        f"<span>score <b>{_esc(score)}</b></span>"
-        f'<span class="lab lab-{_esc(label_name)}">{_esc(label_name)}</span></div>'
+        f"<span>score <b>{_esc(score)}</b></span>{said}"
+        f'<span class="lab lab-{_esc(label_name)}" title="the true label">true: '
+        f"{_esc(label_name)}</span></div>"
     )
     return f'<div class="card"><div class="imgs">{"".join(parts)}</div>{caption}</div>'
 
 
 def _gallery(
-    section_id: str, heading: str, examples: Sequence[Example], vrange: tuple[float, float] | None
+    section_id: str, heading: str, examples: Sequence[Example], vrange: tuple[float, float] | None,
+    threshold: float | None = None,
 ) -> str:
     if not examples:
         body = '<p class="note">No examples.</p>'
     else:
-        body = '<div class="gallery">' + "".join(_card(ex, vrange) for ex in examples) + "</div>"
+        body = ('<div class="gallery">' + "".join(_card(ex, vrange, threshold) for ex in examples)
+                + "</div>")
     return f'<section id="{section_id}"><h2>{_esc(heading)}</h2>{body}</section>'
 
 
@@ -482,8 +491,8 @@ def build_report(
             + _img(_png_uri(_colorbar_png()), "heatmap colour scale")
             + f"<span>{_esc(_fmt_num(hi))}</span></div></section>"
         )
-    out.append(_gallery("most", "Most anomalous", most, vrange))
-    out.append(_gallery("least", "Least anomalous", least, vrange))
+    out.append(_gallery("most", "Most anomalous", most, vrange, threshold))
+    out.append(_gallery("least", "Least anomalous", least, vrange, threshold))
 
     if samples:
         figs = []
