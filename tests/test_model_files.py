@@ -266,3 +266,15 @@ def test_a_wrong_data_path_leaves_no_run_folder_behind(tmp_path, capsys):
                str(out), "-q") == 2
     assert "nowhere" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_run_is_named_as_missing_and_resume_of_nothing_says_so(mvtec_dir, tmp_path,
+                                                                        capsys):
+    assert cli("eval", str(tmp_path / "nope")) == 2
+    assert f"{tmp_path / 'nope'}: no such run folder" in capsys.readouterr().err
+    train = ("train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out",
+             str(tmp_path / "new"), "--epochs", "1", "--set", "pretrain_epochs=1", "--resume")
+    assert cli(*train) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    assert cli(*train) == 0  # a finished run: nothing to say
+    assert "nothing to resume" not in capsys.readouterr().err

@@ -28,7 +28,7 @@ from . import data as data_mod
 from .data.screen import check_policy
 from .detector import Detector, _check_save_target
 from .device import resolve_device
-from .errors import ConfigError, DataError, OneclassError
+from .errors import ConfigError, DataError, ModelFileError, OneclassError
 from .io import write_json, write_text
 from .metrics import image_metrics, pixel_metrics
 from .registry import create
@@ -280,6 +280,9 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     legacy = resume and not pending.is_file() and any(ckpt.glob("*.pt"))
     # the data's resolved path (eval and report from another folder find it there)
     data_path = os.path.realpath(data_spec) if Path(data_spec).exists() else None
+    if resume and not recorded.exists() and not legacy:
+        log.warning("%s: nothing to resume (no checkpoints or finished training there); "
+                    "training from the start", out)
     if resume and recorded.exists():
         before = _read_json(recorded, "the run's configuration")
         old = {k: v for k, v in before.items()
@@ -466,6 +469,8 @@ def model_dir(run: Path) -> Path:
 
 
 def load_model(run: Path, device: str = "auto") -> Detector:
+    if not Path(run).exists():
+        raise ModelFileError(f"{run}: no such run folder (or model folder)")
     return Detector.load(model_dir(run), device=device)
 
 
