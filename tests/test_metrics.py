@@ -446,3 +446,18 @@ def test_aupro_and_pixel_auroc_do_not_depend_on_the_working_chunk(monkeypatch):
         got = [(metrics.aupro(masks, a, fpr_limit=lim), metrics.pixel_auroc(masks, a))
                for a in (maps, ties) for lim in (0.05, 0.3, 1.0)]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_f1_score_of_predictions_is_the_point_of_the_f1_curve_at_that_threshold():
+    labels = np.array([0, 0, 1, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.7, 0.8, 0.3, 0.9, 0.2, 0.75])
+    best, at = metrics.f1_max(labels, scores)
+    assert metrics.f1_score(labels, scores >= at) == pytest.approx(best)
+    # at 0.76: TP 2 (0.8, 0.9), FP 0, FN 2 (0.3, 0.75): 2*2 / (2*2 + 0 + 2)
+    assert metrics.f1_score(labels, scores >= 0.76) == pytest.approx(4 / 6)
+    # at 0.5: TP 3, FP 1 (0.7), FN 1 (0.3): 2*3 / (2*3 + 1 + 1)
+    assert metrics.f1_score(labels, scores >= 0.5) == pytest.approx(6 / 8)
+    with pytest.raises(ValueError, match="without anomalous"):
+        metrics.f1_score([0, 0], [1, 0])
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.f1_score([0, 1], [1])

@@ -796,17 +796,18 @@ class Detector:
             raise ModelFileError(f"{wpath}: weights do not match their checksum in model.json "
                                  "(file changed or damaged)")
         device_ = resolve_device(device)
+        defaults = klass.all_defaults()
         params = meta.get("params")
-        unknown = sorted(set(params) - set(klass.all_defaults())) if isinstance(params, dict) else []
+        unknown = sorted(set(params) - set(defaults)) if isinstance(params, dict) else []
         if unknown and meta.get("oneclass_version") != __version__:
             raise ModelFileError(
                 f"{meta_path}: parameter(s) {', '.join(unknown)} unknown to this oneclass "
                 f"({__version__}); the model was written by oneclass "
                 f"{meta.get('oneclass_version')}: load it with that version, or retrain")
-        missing = sorted(set(klass.all_defaults()) - set(meta.get("params") or {}) - {"device"})
+        missing = sorted(set(defaults) - set(params or {}) - {"device"})
         if missing:  # a model saved before a parameter existed, or an edited description
             log.warning("%s: no saved value for %s; using the current default(s)", meta_path,
-                        ", ".join(f"{k}={klass.all_defaults()[k]!r}" for k in missing))
+                        ", ".join(f"{k}={defaults[k]!r}" for k in missing))
         try:  # a damaged or hand-edited description: one clear error, not a KeyError
             det = klass(**{**dict(meta["params"]), "device": device})
             det.device_ = device_

@@ -17,10 +17,16 @@ from .errors import ConfigError
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` picks CUDA when present, else CPU; anything else is passed to torch."""
     if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            full_fp32_on_cuda()
-            return torch.device("cuda")
-        return torch.device("cpu")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = _checked_device(device)
+    if dev.type == "cuda":
+        full_fp32_on_cuda()
+    return dev
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has, or a ConfigError saying why not."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -33,8 +39,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and dev.index is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(f"device {device!r}: under torchrun each process takes the GPU of its "
                           "LOCAL_RANK; pass --device cuda (or auto), not one GPU for all")
-    if dev.type == "cuda":
-        full_fp32_on_cuda()
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device!r} is not available here (no Apple GPU, or this "
                           "torch was built without MPS)")

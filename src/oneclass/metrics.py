@@ -259,6 +259,22 @@ def f1_max(labels: np.ndarray | list, scores: np.ndarray | list) -> tuple[float,
     return float(f1[best]), float(thr[best])
 
 
+def f1_score(labels: np.ndarray | list, predicted: np.ndarray | list) -> float:
+    """F1 of binary predictions (1 = anomalous): one point of the curve :func:`f1_max` takes
+    the best of, ``2 TP / (2 TP + FP + FN)``.
+
+    Raises:
+        ValueError: on malformed input or when no sample is anomalous.
+    """
+    y, p = _as_binary(labels, "labels").ravel(), _as_binary(predicted, "predicted").ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels and predicted differ in length: {y.size} vs {p.size}")
+    n_pos = int(np.count_nonzero(y))
+    if n_pos == 0:
+        raise ValueError("F1 is undefined without anomalous samples (labels == 1)")
+    return 2.0 * int(np.count_nonzero(y & p)) / (n_pos + int(np.count_nonzero(p)))
+
+
 def image_metrics(labels: np.ndarray | list, scores: np.ndarray | list) -> dict[str, float | None]:
     """Image-level AUROC, average precision and best F1 in one dictionary.
 

@@ -30,7 +30,7 @@ from .detector import Detector, _check_save_target
 from .device import resolve_device
 from .errors import ConfigError, DataError, ModelFileError, OneclassError
 from .io import write_json, write_text
-from .metrics import image_metrics, pixel_metrics
+from .metrics import f1_score, image_metrics, pixel_metrics
 from .registry import create
 from .train import LoopConfig, is_main_process, show_progress
 
@@ -583,9 +583,8 @@ def _metrics(run: Path, det: Detector, spec: str, test, scores: np.ndarray, skip
         if known.any() else None
     # image_f1 is the best F1 over all thresholds (a property of the scores); this is the F1 of
     # the model's own predictions, what a user of its threshold gets
-    truth, said = labels[known] == 1, pred[known]
-    hits = int((truth & said).sum())
-    metrics["f1_at_threshold"] = (2.0 * hits / (int(truth.sum()) + int(said.sum()))
+    truth = labels[known] == 1
+    metrics["f1_at_threshold"] = (f1_score(truth, pred[known])
                                   if truth.any() and not truth.all() else None)
     metrics["pixel_auroc"] = metrics["aupro"] = None
     if test.has_masks:
