@@ -357,7 +357,7 @@ class Detector:
             raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
-        if self.epochs is None and "train_steps" not in self.all_defaults():
+        if self.epochs is None and self.all_defaults().get("epochs", 0) is not None:
             raise ConfigError(f"{self.name}: epochs must be a number")
         if self.epochs is not None and int(self.epochs) < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")

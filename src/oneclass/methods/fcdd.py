@@ -17,6 +17,7 @@ its overall mean), so a response counts by how unusual it is at that position.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -31,8 +32,13 @@ from ..heatmaps import bilinear_upsample, receptive_upsample
 from ..nets import fcdd_nets
 from ..nets.receptive import ReceptiveField, receptive_field
 from ..registry import register
-from ..train import LoopConfig, autocast, rank_generator, run
+from ..train import LoopConfig, autocast, epochs_for_steps, rank_generator, run
 from ._common import check_precision
+
+log = logging.getLogger(__name__)
+
+#: epochs of the default schedule (``epochs=None``) on sets of 160 or more images
+_DEFAULT_EPOCHS = 40
 
 
 def pseudo_huber(out: torch.Tensor) -> torch.Tensor:
@@ -161,7 +167,7 @@ def _upsample(A: torch.Tensor, model: FCDDModel, size: tuple[int, int], mode: st
 class _FCDDTask:
     ddp = True  # step calls self.modules["model"]: the loop may wrap it in DDP
 
-    def __init__(self, det: FCDD, source: AnomalySource):
+    def __init__(self, det: FCDD, source: AnomalySource, epochs: int):
         self.det, self.model, self.source = det, det.model_, source
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         trunk = [p for n in self.model.members if isinstance(n, fcdd_nets.EffNetFCN)
@@ -173,7 +179,7 @@ class _FCDDTask:
         else:
             groups = [{"params": trainable}]
         opt = torch.optim.Adam(groups, lr=det.lr, weight_decay=det.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(det.epochs)))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(epochs)))
         self.modules = {"model": self.model}
         self.optimizers, self.schedulers = {"fcdd": opt}, {"fcdd": sched}
         # With labeled anomalies that have pixel masks, every image takes its loss on the
@@ -249,7 +255,11 @@ class FCDD(Detector):
     keep_aspect = True
     uses_outliers = True
     defaults = {
-        "epochs": 40,
+        # None: 40 epochs, and more on small sets so that training makes at least
+        # `min_train_steps` updates (40 epochs of 5 batches: sets of 160 or more images train
+        # exactly 40 epochs); a number: exactly that many epochs
+        "epochs": None,
+        "min_train_steps": 200,
         "batch_size": 32,
         "lr": 1e-3,
         "weight_decay": 1e-6,
@@ -300,6 +310,8 @@ class FCDD(Detector):
                               f"got {self.padding!r}")
         if self.map_norm not in MAP_NORMS:
             raise ConfigError(f"map_norm must be one of {', '.join(MAP_NORMS)}, got {self.map_norm!r}")
+        if int(self.min_train_steps) < 0:
+            raise ConfigError(f"min_train_steps must be >= 0, got {self.min_train_steps}")
         if int(self.members) < 1 or int(self.members) != float(self.members):
             raise ConfigError(f"members must be a whole number >= 1, got {self.members!r}")
         if self.sigma is not None and not 0 < as_float(self.sigma) < math.inf:
@@ -340,11 +352,27 @@ class FCDD(Detector):
             raise ConfigError("fcdd needs anomalies to train: keep noise=mixed (default), or give "
                               "--outliers SPEC or labeled --anomalies SPEC")
         self.anomaly_kinds_ = source.kinds
-        run(_FCDDTask(self, source), [x[normal]], epochs=int(self.epochs),
+        epochs = self._train_epochs(int(normal.sum()))
+        run(_FCDDTask(self, source, epochs), [x[normal]], epochs=epochs,
             batch_size=int(self.batch_size), seed=int(self.seed), phase="train", loop=loop,
             drop_last=True)
         if self.map_norm == "position":
             self._fit_map_reference(x[normal])
+
+    def _train_epochs(self, n: int) -> int:
+        """Epochs to train on ``n`` normal images: ``epochs`` if set, else 40, or as many as
+        make ``min_train_steps`` batches if 40 epochs of ``n`` images make fewer (the loop
+        drops a last short batch). The 40-epoch default was chosen on sets of 160 or more
+        images; a set of 36 makes one batch per epoch, 40 updates in all, and stopped far
+        short of what the same net learns in 200 (docs/benchmark-notes.md)."""
+        if self.epochs is not None:
+            return int(self.epochs)
+        epochs = max(_DEFAULT_EPOCHS, epochs_for_steps(int(self.min_train_steps), n,
+                                                       int(self.batch_size), drop_last=True))
+        if epochs > _DEFAULT_EPOCHS:
+            log.info("fcdd: %d epochs over %d images, to make min_train_steps %d updates",
+                     epochs, n, int(self.min_train_steps))
+        return epochs
 
     def _fit_map_reference(self, x: torch.Tensor) -> None:
         """``map_ref``: the mean heatmap of the normal training images ``x`` (uint8) plus a
