@@ -153,3 +153,31 @@ def test_exit_now_flushes_output_and_keeps_the_exit_code():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (3, "trained", "logged")
+
+
+def test_a_resumed_training_counts_the_seconds_of_the_epochs_it_resumed(defects_train, tmp_path,
+                                                                        monkeypatch):
+    # train_seconds counted only the resumed part: a run stopped after 90 % of its epochs
+    # reported a tenth of its training time
+    import oneclass.train as train_mod
+
+    clock = iter(range(0, 10_000, 10))  # every clock read is 10 s after the one before
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: float(next(clock)))
+    params = dict(epochs=3, pretrain_epochs=2, batch_size=64, seed=0)
+
+    def stop_at_second_train_epoch(rec):  # at its log line, before its checkpoint
+        if rec["phase"] == "train" and rec["epoch"] == 2:
+            raise _Stop
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Stop):
+        oneclass.create("deep_svdd", **params).fit(
+            defects_train, loop=LoopConfig(checkpoint_dir=ckpt, on_epoch=stop_at_second_train_epoch))
+    # each epoch reads the clock twice: 10 s an epoch; the checkpoints hold the seconds
+    assert torch.load(ckpt / "pretrain.pt", weights_only=True)["seconds"] == 20.0
+    assert torch.load(ckpt / "train.pt", weights_only=True)["seconds"] == 10.0
+    loop = LoopConfig(checkpoint_dir=ckpt, resume=True)
+    det = oneclass.create("deep_svdd", **params).fit(defects_train, loop=loop)
+    assert loop.resumed_seconds == 30.0  # two pretraining epochs and one training epoch
+    assert [r["epoch"] for r in det.history_ if r["phase"] == "train"] == [2, 3]
+    assert det.train_seconds_ >= 30.0 + 2 * 10.0  # and the two epochs this run trained

@@ -549,7 +549,8 @@ class Detector:
                 f"--set size=HxW (e.g. size={max(h, 32)}x{max(w, 32)})") from None
         self._outliers = None
         self.model_.eval()
-        self.train_seconds_ = time.perf_counter() - t0
+        # a resumed training counts the epochs its checkpoints hold too
+        self.train_seconds_ = time.perf_counter() - t0 + loop.resumed_seconds
         self.n_train_ = int(len(fit_set))
         self.history_ = list(loop.history)
         self._set_threshold(hold_set, x, y)

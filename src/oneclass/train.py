@@ -86,6 +86,9 @@ class LoopConfig:
     # before the loop goes on, so a log can drop lines of epochs the checkpoint does not hold
     on_resume: Callable[[str, int], None] | None = None
     history: list[dict] = field(default_factory=list)
+    #: seconds of the epochs that resumed phases had trained before (from their checkpoints;
+    #: this run's epochs are in ``history``)
+    resumed_seconds: float = 0.0
 
 
 def rank_world() -> tuple[int, int]:
@@ -251,8 +254,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
-def _state(task: Task, epoch: int, phase: str) -> dict:
-    state = {"phase": phase, "epoch": epoch}
+def _state(task: Task, epoch: int, phase: str, seconds: float) -> dict:
+    state = {"phase": phase, "epoch": epoch, "seconds": seconds}
     for k, m in task.modules.items():
         m = getattr(m, "module", m)  # unwrap DDP
         state[f"module.{k}"] = m.state_dict()
@@ -299,7 +302,7 @@ def run(
     if n == 0:
         raise TrainingError(f"{phase}: no training images")
     ckpt = Path(loop.checkpoint_dir) / f"{phase}.pt" if loop.checkpoint_dir else None
-    start = 0
+    start, before = 0, 0.0  # before: seconds of the checkpoint's epochs
     if ckpt is not None and loop.resume and ckpt.exists():
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -308,6 +311,7 @@ def run(
         try:
             _load(task, state)
             start = int(state["epoch"])
+            before = float(state.get("seconds", 0.0))  # older checkpoints have none
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             what = f"no entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
             raise ModelFileError(f"{ckpt}: checkpoint does not fit this model ({what}); "
@@ -316,6 +320,7 @@ def run(
             raise ModelFileError(f"{ckpt}: checkpoint is after epoch {start}, beyond the "
                                  f"{epochs} epochs asked for; remove it or ask for more epochs")
         log.info("%s: resumed after epoch %d of %d", phase, start, epochs)
+        loop.resumed_seconds += before
     if loop.resume and loop.on_resume and rank == 0:
         loop.on_resume(phase, start)
     show = show_progress(loop.progress) and rank == 0
@@ -327,7 +332,7 @@ def run(
             hooks = _reduce_gradients_before_steps(task)
     try:
         return _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
-                       ckpt, show, rank, world)
+                       ckpt, show, rank, world, before)
     finally:
         if original is not None:
             task.modules.clear()
@@ -355,7 +360,7 @@ def _check_finite(losses: dict[str, float], phase: str, epoch: int, world: int) 
 
 
 def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last, ckpt, show,
-            rank, world) -> list[dict]:
+            rank, world, seconds: float) -> list[dict]:
     n = len(data[0])
     history: list[dict] = []
     for epoch in range(start, epochs):
@@ -400,7 +405,9 @@ def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
         record = {"phase": phase, "epoch": epoch + 1}
         record.update({k: v / max(count, 1) for k, v in sums.items()})
         record.update(task.end_epoch(epoch) or {})
-        record["seconds"] = round(time.perf_counter() - t0, 3)
+        took = time.perf_counter() - t0
+        seconds += took  # the phase's epochs so far, those of resumed runs included
+        record["seconds"] = round(took, 3)
         history.append(record)
         loop.history.append(record)
         if rank == 0:
@@ -411,6 +418,6 @@ def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
             if loop.on_epoch:
                 loop.on_epoch(record)
             if ckpt is not None:
-                state = _state(task, epoch + 1, phase)
+                state = _state(task, epoch + 1, phase, seconds)
                 atomic_write(ckpt, lambda p, s=state: torch.save(s, p))
     return history
