@@ -81,6 +81,18 @@ class _Stop(Exception):
     pass
 
 
+def _fit_stopped_at_train_epoch(epoch: int, params: dict, train, ckpt) -> None:
+    """A Deep SVDD fit with checkpoints in ``ckpt``, stopped at the log line of training
+    epoch ``epoch`` (before its checkpoint)."""
+    def stop(rec):
+        if rec["phase"] == "train" and rec["epoch"] == epoch:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        oneclass.create("deep_svdd", **params).fit(
+            train, loop=LoopConfig(checkpoint_dir=ckpt, on_epoch=stop))
+
+
 @pytest.mark.parametrize("objective", ["one-class", "soft-boundary"])
 def test_resume_after_interruption_matches_uninterrupted_run(defects_train, defects_test,
                                                               tmp_path, objective):
@@ -90,14 +102,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(defects_train, defe
                   warmup_epochs=2)
     full = oneclass.create("deep_svdd", **params).fit(defects_train).score(defects_test)
 
-    def stop_after_second_train_epoch(rec):  # at the third's log line, before its checkpoint
-        if rec["phase"] == "train" and rec["epoch"] == 3:
-            raise _Stop
-
     ckpt = tmp_path / "ckpt"
-    with pytest.raises(_Stop):
-        oneclass.create("deep_svdd", **params).fit(
-            defects_train, loop=LoopConfig(checkpoint_dir=ckpt, on_epoch=stop_after_second_train_epoch))
+    _fit_stopped_at_train_epoch(3, params, defects_train, ckpt)  # after the second's checkpoint
     assert (ckpt / "pretrain.pt").exists() and (ckpt / "train.pt").exists()
     state = torch.load(ckpt / "train.pt", weights_only=True)
     assert state["epoch"] == 2
@@ -165,14 +171,8 @@ def test_a_resumed_training_counts_the_seconds_of_the_epochs_it_resumed(defects_
     monkeypatch.setattr(train_mod.time, "perf_counter", lambda: float(next(clock)))
     params = dict(epochs=3, pretrain_epochs=2, batch_size=64, seed=0)
 
-    def stop_at_second_train_epoch(rec):  # at its log line, before its checkpoint
-        if rec["phase"] == "train" and rec["epoch"] == 2:
-            raise _Stop
-
     ckpt = tmp_path / "ckpt"
-    with pytest.raises(_Stop):
-        oneclass.create("deep_svdd", **params).fit(
-            defects_train, loop=LoopConfig(checkpoint_dir=ckpt, on_epoch=stop_at_second_train_epoch))
+    _fit_stopped_at_train_epoch(2, params, defects_train, ckpt)
     # each epoch reads the clock twice: 10 s an epoch; the checkpoints hold the seconds
     assert torch.load(ckpt / "pretrain.pt", weights_only=True)["seconds"] == 20.0
     assert torch.load(ckpt / "train.pt", weights_only=True)["seconds"] == 10.0
