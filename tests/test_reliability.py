@@ -627,3 +627,16 @@ def test_deterministic_mode_is_opt_in(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
+
+
+def test_an_fcdd_model_from_before_min_train_steps_loads_without_a_warning(tmp_path, caplog):
+    # the parameter only sets how long training runs: nothing of a trained model is missing
+    det = oneclass.create("fcdd", epochs=1, batch_size=16, net="cnn224", size=24, seed=0)
+    det.fit(make_defects(40, 0, size=24, seed=0)).save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    del meta["params"]["min_train_steps"]
+    del meta["params"]["lr"]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        oneclass.load(tmp_path / "m")
+    assert "no saved value for lr=" in caplog.text and "min_train_steps" not in caplog.text

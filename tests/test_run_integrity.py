@@ -732,3 +732,34 @@ def test_a_stop_between_saving_the_model_and_its_config_is_caught_then_resumed(
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     first = json.loads((out / "config.json").read_text())
     assert again["params"] == first["params"] and again["model_id"] == first["model_id"]
+
+
+def test_resume_continues_with_the_recorded_parameters_and_ones_added_since(mvtec_dir, tmp_path,
+                                                                           monkeypatch):
+    """A run from before FCDD's min_train_steps (and its epochs=None default) was refused by
+    --resume for good: its epochs (40 then) differed from the new default and no option
+    could remove the parameter it lacked. Parameters not given now take the run's values."""
+    from oneclass.errors import ConfigError
+    from oneclass.runs import train
+
+    run = tmp_path / "r"
+    params = {"epochs": 3, "batch_size": 16, "seed": 0, "net": "cnn224", "size": 24}
+    undo = _stopped(monkeypatch)
+    with pytest.raises(_Stop):
+        train("fcdd", str(mvtec_dir), run, params, progress=False)
+    undo()
+    pending = run / "checkpoints" / "config.json"
+    cfg = json.loads(pending.read_text())
+    del cfg["params"]["min_train_steps"]  # as an earlier oneclass recorded it
+    pending.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"\(params\.epochs\)"):  # given again: must match
+        train("fcdd", str(mvtec_dir), run, {**params, "epochs": 5}, progress=False, resume=True)
+    with pytest.raises(ConfigError, match=r"\(params\.min_train_steps\)"):  # not what it ran
+        train("fcdd", str(mvtec_dir), run, {**params, "min_train_steps": 7}, progress=False,
+              resume=True)
+    given = {k: v for k, v in params.items() if k != "epochs"}  # epochs now defaults to None
+    det = train("fcdd", str(mvtec_dir), run, given, progress=False, resume=True)
+    lines = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]  # the recorded 3 epochs, continued
+    assert det.epochs == 3
+    assert json.loads((run / "config.json").read_text())["params"]["epochs"] == 3

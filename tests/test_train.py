@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 import oneclass
-from oneclass.errors import TrainingError
+from oneclass.errors import ModelFileError, TrainingError
 from oneclass.train import LoopConfig, batches_per_epoch, run
 
 
@@ -176,8 +178,41 @@ def test_a_resumed_training_counts_the_seconds_of_the_epochs_it_resumed(defects_
     # each epoch reads the clock twice: 10 s an epoch; the checkpoints hold the seconds
     assert torch.load(ckpt / "pretrain.pt", weights_only=True)["seconds"] == 20.0
     assert torch.load(ckpt / "train.pt", weights_only=True)["seconds"] == 10.0
+    old = tmp_path / "old"  # the same checkpoints without their seconds, as written before
+    shutil.copytree(ckpt, old)
+    for f in old.glob("*.pt"):
+        state = torch.load(f, weights_only=True)
+        del state["seconds"]
+        torch.save(state, f)
     loop = LoopConfig(checkpoint_dir=ckpt, resume=True)
     det = oneclass.create("deep_svdd", **params).fit(defects_train, loop=loop)
     assert loop.resumed_seconds == 30.0  # two pretraining epochs and one training epoch
     assert [r["epoch"] for r in det.history_ if r["phase"] == "train"] == [2, 3]
-    assert det.train_seconds_ >= 30.0 + 2 * 10.0  # and the two epochs this run trained
+    assert torch.load(ckpt / "train.pt", weights_only=True)["seconds"] == 30.0  # 1 + 2 epochs
+    without = oneclass.create("deep_svdd", **params).fit(
+        defects_train, loop=LoopConfig(checkpoint_dir=old, resume=True))
+    assert det.train_seconds_ - without.train_seconds_ == 30.0  # the same run but for those
+    # a LoopConfig given again (a retry) counts each fit's own seconds and epochs once: as
+    # a fresh one would (all five epochs are in the checkpoints now, nothing is trained)
+    again = oneclass.create("deep_svdd", **params).fit(defects_train, loop=loop)
+    fresh = oneclass.create("deep_svdd", **params).fit(
+        defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True))
+    assert again.train_seconds_ == fresh.train_seconds_ >= 50.0
+    assert again.history_ == fresh.history_ == []
+
+
+def test_a_checkpoint_of_a_schedule_of_another_length_is_refused(defects_train, tmp_path):
+    # its cosine schedule, restored with the optimiser, would rise again after its end
+    params = dict(batch_size=32, seed=0, net="cnn224", size=24)
+    ckpt = tmp_path / "ckpt"
+
+    def stop(rec):
+        if rec["epoch"] == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        oneclass.create("fcdd", epochs=3, **params).fit(
+            defects_train, loop=LoopConfig(checkpoint_dir=ckpt, on_epoch=stop))
+    with pytest.raises(ModelFileError, match="schedule spans 3 epochs, this training's 5"):
+        oneclass.create("fcdd", epochs=5, **params).fit(
+            defects_train, loop=LoopConfig(checkpoint_dir=ckpt, resume=True))

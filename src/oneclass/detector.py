@@ -236,6 +236,9 @@ class Detector:
     #: Parameters that only change how a fitted model scores, never its weights:
     #: :meth:`set_scoring_params` may change them after fit or load.
     scoring_params: ClassVar[tuple[str, ...]] = ("score_batch_size",)
+    #: Parameters that only set how long training runs: a model saved before one of them
+    #: existed loads without a warning (its value cannot change the trained model).
+    schedule_params: ClassVar[tuple[str, ...]] = ()
     #: True while :meth:`load` builds the model: ``_build`` then skips reading pretrained
     #: weights, which the saved ones replace.
     _restoring: bool = False
@@ -504,11 +507,14 @@ class Detector:
         if not np.any(train.labels != 1):
             raise DataError(f"{train.description or 'training set'}: no normal training images")
         loop = loop or LoopConfig()
+        # a LoopConfig given again (a retry, a second resume) keeps what earlier fits added;
+        # this fit's history and resumed seconds are what it adds
+        mark = (len(loop.history), loop.resumed_seconds)
         # A fit that fails or is interrupted leaves the detector as it was (fitted or not):
         # never new half-trained weights beside the former threshold, which save() would keep.
         before = {k: v for k, v in vars(self).items() if _fitted_attr(k)}
         try:
-            self._fit_all(train, val, outliers, loop)
+            self._fit_all(train, val, outliers, loop, mark)
         except BaseException:
             for k in [k for k in vars(self) if _fitted_attr(k)]:
                 delattr(self, k)
@@ -518,7 +524,7 @@ class Detector:
         return self
 
     def _fit_all(self, train: ImageSet, val: ImageSet | None, outliers: ImageSet | None,
-                 loop: LoopConfig) -> None:
+                 loop: LoopConfig, mark: tuple[int, float]) -> None:
         seed_everything(int(self.seed))
         self.device_ = resolve_device(self.device)
         self.preprocess_ = self._resolve_preprocess(train)
@@ -550,9 +556,10 @@ class Detector:
         self._outliers = None
         self.model_.eval()
         # a resumed training counts the epochs its checkpoints hold too
-        self.train_seconds_ = time.perf_counter() - t0 + loop.resumed_seconds
+        h0, r0 = mark  # the loop's history length and resumed seconds before this fit
+        self.train_seconds_ = time.perf_counter() - t0 + loop.resumed_seconds - r0
         self.n_train_ = int(len(fit_set))
-        self.history_ = list(loop.history)
+        self.history_ = list(loop.history[h0:])
         self._set_threshold(hold_set, x, y)
 
     def _set_threshold(self, hold_set: ImageSet | None, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -805,7 +812,7 @@ class Detector:
                 f"{meta_path}: parameter(s) {', '.join(unknown)} unknown to this oneclass "
                 f"({__version__}); the model was written by oneclass "
                 f"{meta.get('oneclass_version')}: load it with that version, or retrain")
-        missing = sorted(set(defaults) - set(params or {}) - {"device"})
+        missing = sorted(set(defaults) - set(params or {}) - {"device", *klass.schedule_params})
         if missing:  # a model saved before a parameter existed, or an edited description
             log.warning("%s: no saved value for %s; using the current default(s)", meta_path,
                         ", ".join(f"{k}={defaults[k]!r}" for k in missing))

@@ -275,7 +275,12 @@ def _load(task: Task, state: dict) -> None:
     for k, o in task.optimizers.items():
         o.load_state_dict(state[f"optim.{k}"])
     for k, s in task.schedulers.items():
+        span = getattr(s, "T_max", None)
         s.load_state_dict(state[f"sched.{k}"])  # type: ignore[attr-defined]
+        if span is not None and s.T_max != span:  # type: ignore[attr-defined]
+            # a cosine schedule of another length would rise again after its end
+            raise ValueError(f"its learning-rate schedule spans {s.T_max} epochs, this "  # type: ignore[attr-defined]
+                             f"training's {span}")
     if "extra" in state and hasattr(task, "load_extra_state"):
         task.load_extra_state(state["extra"])  # type: ignore[attr-defined]
 

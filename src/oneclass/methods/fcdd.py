@@ -289,6 +289,7 @@ class FCDD(Detector):
     }
 
     scoring_params = ("score_batch_size", "precision")
+    schedule_params = ("min_train_steps",)
 
     def _check_params(self) -> None:
         super()._check_params()
