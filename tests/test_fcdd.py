@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -167,7 +168,8 @@ def test_fcdd_default_epochs_make_at_least_min_train_steps_updates():
         oneclass.create("fcdd", min_train_steps=-1)
 
 
-def test_fcdd_fit_without_epochs_runs_them_and_anneals_over_them(defects_train, monkeypatch):
+def test_fcdd_fit_without_epochs_runs_them_and_anneals_over_them(defects_train, monkeypatch,
+                                                                 tmp_path):
     from oneclass.methods import fcdd as fcdd_mod
 
     monkeypatch.setattr(fcdd_mod, "_DEFAULT_EPOCHS", 2)
@@ -177,6 +179,11 @@ def test_fcdd_fit_without_epochs_runs_them_and_anneals_over_them(defects_train, 
     assert [h["epoch"] for h in det.history_ if h["phase"] == "train"] == [1, 2, 3, 4]
     (task,) = tasks
     assert task.schedulers["fcdd"].T_max == 4  # the cosine schedule ends with the training
+    # model.json says how many epochs ran (its params keep epochs: null)
+    det.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["params"]["epochs"] is None and meta["fitted"]["train_epochs"] == 4
+    assert oneclass.load(tmp_path / "m").train_epochs_ == 4
 
 
 def test_fcdd_localises_defects(defects_train, defects_test):

@@ -449,6 +449,7 @@ def test_gan_fit_without_epochs_makes_train_steps_updates(name, small_train):
     det = oneclass.create(name, width=8, batch_size=16, holdout=0.0, train_steps=5)
     det.fit(small_train)  # 40 images: 2 batches an epoch, so 3 epochs for 5 updates
     assert [h["epoch"] for h in det.history_ if h["phase"] == "train"] == [1, 2, 3]
+    assert det.train_epochs_ == 3 and det._fitted_extra()["train_epochs"] == 3  # in model.json
 
 
 def test_the_generator_trains_on_a_batch_of_one():

@@ -1068,6 +1068,8 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     info = {"method": det.name, "data": spec, "test images": len(test),
             "threshold": det.threshold_, "threshold source": det.threshold_source_,
             "training images": det.n_train_, "training seconds": det.train_seconds_,
+            **({"training epochs": det.train_epochs_}
+               if getattr(det, "train_epochs_", None) is not None else {}),
             "input (C, H, W)": list(det.input_shape_), "params": det.get_params()}
     pick = {"image_auroc": metrics.get("image_auroc"), "image_ap": metrics.get("image_ap"),
             "image_f1 (best over all thresholds)": metrics.get("image_f1"),

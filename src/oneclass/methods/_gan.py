@@ -166,6 +166,7 @@ class GANDetector(Detector):
     #: their aspect ratio kept.
     default_size = 64
     keep_aspect = True
+    fitted_json = ("train_epochs_",)  # the epochs trained (the default epochs is None)
     defaults = {
         # None: as many epochs as make `train_steps` updates (batches), at least one; a
         # number: exactly that many epochs. A GAN learns per update, not per image seen: 25

@@ -279,7 +279,8 @@ class AnoGAN(GANDetector):
         x = x[y != 1]  # unsupervised: labeled anomalies are not used
         self.model_.prep.fit(x)
         task = _DCGANTask(self)
-        run(task, [x], epochs=self._train_epochs(len(x)), batch_size=int(self.batch_size),
+        self.train_epochs_ = self._train_epochs(len(x))
+        run(task, [x], epochs=self.train_epochs_, batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop, drop_last=True)
         task.finish()
         contiguous(self.model_)

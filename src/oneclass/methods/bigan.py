@@ -166,7 +166,8 @@ class BiGAN(GANDetector):
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
         x = x[y != 1]  # unsupervised: labeled anomalies are not used
         self.model_.prep.fit(x)
-        run(_BiGANTask(self), [x], epochs=self._train_epochs(len(x)), batch_size=int(self.batch_size),
+        self.train_epochs_ = self._train_epochs(len(x))
+        run(_BiGANTask(self), [x], epochs=self.train_epochs_, batch_size=int(self.batch_size),
             seed=int(self.seed), phase="train", loop=loop, drop_last=True)
         contiguous(self.model_)
 

@@ -249,7 +249,7 @@ class FCDD(Detector):
 
     uses_anomalies = True
 
-    fitted_json = ("anomaly_kinds_",)
+    fitted_json = ("anomaly_kinds_", "train_epochs_")  # epochs trained: the default is None
 
     default_size = 224
     keep_aspect = True
@@ -353,7 +353,7 @@ class FCDD(Detector):
             raise ConfigError("fcdd needs anomalies to train: keep noise=mixed (default), or give "
                               "--outliers SPEC or labeled --anomalies SPEC")
         self.anomaly_kinds_ = source.kinds
-        epochs = self._train_epochs(int(normal.sum()))
+        epochs = self.train_epochs_ = self._train_epochs(int(normal.sum()))
         run(_FCDDTask(self, source, epochs), [x[normal]], epochs=epochs,
             batch_size=int(self.batch_size), seed=int(self.seed), phase="train", loop=loop,
             drop_last=True)
