@@ -27,6 +27,20 @@ def fresh(d: Path, kinds, masks=True) -> Path:
     return d
 
 
+def write_set(d: Path, normal, n_train: int, n_good: int, defects, n_each: int) -> None:
+    """``n_train`` and ``n_good`` images of ``normal()``, then ``n_each`` of each
+    ``(kind, draw)`` in ``defects`` (``draw(normal())`` gives the image and its mask)."""
+    for i in range(n_train):
+        normal().save(d / f"train/good/{i:03d}.png")
+    for i in range(n_good):
+        normal().save(d / f"test/good/{i:03d}.png")
+    for kind, draw in defects:
+        for i in range(n_each):
+            img, m = draw(normal())
+            img.save(d / f"test/{kind}/{i:03d}.png")
+            m.save(d / f"ground_truth/{kind}/{i:03d}_mask.png")
+
+
 def gravel(out: Path) -> None:
     rng = np.random.default_rng(0)
     H, W = 200, 300
@@ -64,16 +78,8 @@ def gravel(out: Path) -> None:
         dm.ellipse(box, fill=255)
         return img, m
 
-    d = fresh(out / "gravel", ["scratch", "spot"])
-    for i in range(40):
-        normal().save(d / f"train/good/{i:03d}.png")
-    for i in range(10):
-        normal().save(d / f"test/good/{i:03d}.png")
-    for kind, fn in [("scratch", scratch), ("spot", spot)]:
-        for i in range(10):
-            img, m = fn(normal())
-            img.save(d / f"test/{kind}/{i:03d}.png")
-            m.save(d / f"ground_truth/{kind}/{i:03d}_mask.png")
+    write_set(fresh(out / "gravel", ["scratch", "spot"]), normal, 40, 10,
+              [("scratch", scratch), ("spot", spot)], 10)
 
 
 def others(out: Path, root: Path) -> None:
@@ -129,16 +135,8 @@ def others(out: Path, root: Path) -> None:
         dm.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
         return img, m
 
-    d = fresh(out / "brick40", ["crack", "blob"])
-    for i in range(40):
-        crop().save(d / f"train/good/{i:03d}.png")
-    for i in range(20):
-        crop().save(d / f"test/good/{i:03d}.png")
-    for k, fn in [("crack", crack), ("blob", blob)]:
-        for i in range(15):
-            img, m = fn(crop())
-            img.save(d / f"test/{k}/{i:03d}.png")
-            m.save(d / f"ground_truth/{k}/{i:03d}_mask.png")
+    write_set(fresh(out / "brick40", ["crack", "blob"]), crop, 40, 20,
+              [("crack", crack), ("blob", blob)], 15)
 
 
 if __name__ == "__main__":

@@ -507,14 +507,11 @@ class Detector:
         if not np.any(train.labels != 1):
             raise DataError(f"{train.description or 'training set'}: no normal training images")
         loop = loop or LoopConfig()
-        # a LoopConfig given again (a retry, a second resume) keeps what earlier fits added;
-        # this fit's history and resumed seconds are what it adds
-        mark = (len(loop.history), loop.resumed_seconds)
         # A fit that fails or is interrupted leaves the detector as it was (fitted or not):
         # never new half-trained weights beside the former threshold, which save() would keep.
         before = {k: v for k, v in vars(self).items() if _fitted_attr(k)}
         try:
-            self._fit_all(train, val, outliers, loop, mark)
+            self._fit_all(train, val, outliers, loop)
         except BaseException:
             for k in [k for k in vars(self) if _fitted_attr(k)]:
                 delattr(self, k)
@@ -524,7 +521,10 @@ class Detector:
         return self
 
     def _fit_all(self, train: ImageSet, val: ImageSet | None, outliers: ImageSet | None,
-                 loop: LoopConfig, mark: tuple[int, float]) -> None:
+                 loop: LoopConfig) -> None:
+        # a LoopConfig given again (a retry, a second resume) keeps what earlier fits added;
+        # this fit's history and resumed seconds are what it adds
+        h0, r0 = len(loop.history), loop.resumed_seconds
         seed_everything(int(self.seed))
         self.device_ = resolve_device(self.device)
         self.preprocess_ = self._resolve_preprocess(train)
@@ -556,7 +556,6 @@ class Detector:
         self._outliers = None
         self.model_.eval()
         # a resumed training counts the epochs its checkpoints hold too
-        h0, r0 = mark  # the loop's history length and resumed seconds before this fit
         self.train_seconds_ = time.perf_counter() - t0 + loop.resumed_seconds - r0
         self.n_train_ = int(len(fit_set))
         self.history_ = list(loop.history[h0:])

@@ -291,12 +291,12 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
         # A resume continues the run as recorded: parameters not given now take the
         # recorded values (a default that changed since, as FCDD's epochs, keeps the run's),
         # parameters the record lacks (added since) their defaults; given ones must match.
-        kept = {k: v for k, v in (old.get("params") or {}).items()
+        recorded_params = old.get("params") or {}
+        kept = {k: v for k, v in recorded_params.items()
                 if k not in params and k != "device" and k in det.all_defaults()}
         if kept:
             det = create(method, **{**params, **kept})
             config["params"] = det.get_params()
-        recorded_params = old.get("params") or {}
         added = json.loads(json.dumps({k: v for k, v in det.all_defaults().items()
                                        if k not in recorded_params and k != "device"}))
         old["params"] = {**added, **recorded_params}
