@@ -107,3 +107,40 @@ def test_grayscale_images_given_to_a_colour_model_are_named_in_a_warning(tmp_pat
     said = [r.getMessage() for r in caplog.records if "grayscale" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("1 of 2 images are grayscale")
     assert "gray.png" in said[0] and "channels=1" in said[0]
+
+
+def test_heatmaps_lie_over_the_image_as_given_at_its_size(run, tmp_path):
+    """A heatmap is drawn over the image as given (its size, its colours), not over the
+    model's resized gray input; ``heatmap_size="model"`` keeps the model's view."""
+    from oneclass import viz
+    from oneclass.data.images import read_image
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rng.integers(0, 256, (30, 52, 3), dtype=np.uint8)).save(src / "wide.png")
+    det = load_model(run)
+    assert det.input_shape_[1:] != (30, 52) and det.input_shape_[0] == 1
+    img = read_image(src / "wide.png")
+    amap = det.anomaly_map(det.preprocess_.image(img, "wide")[None])[0]
+
+    predict(run, [str(src)], tmp_path / "p_image")
+    got = np.asarray(Image.open(tmp_path / "p_image" / "heatmaps" / "wide.png").convert("RGB"))
+    assert got.shape == (30, 52, 3)
+    expected = viz.overlay(img, amap, *det.map_scale_)
+    assert np.abs(got.astype(int) - expected).max() <= 1  # one scoring batch vs another
+
+    predict(run, [str(src)], tmp_path / "p_model", heatmap_size="model")
+    small = Image.open(tmp_path / "p_model" / "heatmaps" / "wide.png")
+    assert small.size == tuple(det.input_shape_[2:0:-1])
+    with pytest.raises(Exception, match="heatmap size"):
+        predict(run, [str(src)], tmp_path / "p_bad", heatmap_size="original")
+
+
+def test_overlays_of_large_images_are_scaled_down_to_the_longest_side():
+    from oneclass import viz
+
+    img = np.zeros((50, 300), np.uint8)
+    assert viz.fit_side(img, 100).shape == (17, 100, 3)
+    assert viz.fit_side(img, 300).shape == (50, 300, 3)
+    assert viz.image_overlay(img, np.ones((8, 8), np.float32), max_side=120).shape == (20, 120, 3)

@@ -86,15 +86,33 @@ def test_predict_matches_the_library_and_returns_an_overlay(client, app, mvtec_d
     assert j["label"] == ("anomalous" if ref >= det.threshold_ else "normal")
     assert j["threshold"] == det.threshold_ and j["model_id"] == app.state.scorer.model_id
     img = Image.open(BytesIO(base64.b64decode(j["overlay_png"])))
-    assert img.size == tuple(det.input_shape_[2:0:-1])
-    # the overlay is the library's: the model's map of the image over the image, coloured
-    # on the model's map scale (viz.to_png stores a gray overlay as one channel)
-    x = det.preprocess_.image(read_image(path), path.name)[None]
-    expected = viz.overlay((x[0] * 255).round().byte().permute(1, 2, 0).numpy(),
-                           det.anomaly_map(x)[0], *det.map_scale_)
+    # the overlay is the library's: the model's map of the image over the image as sent, at
+    # its size, coloured on the model's map scale (viz.to_png stores a gray overlay as one
+    # channel)
+    sent = read_image(path)
+    assert img.size == (sent.shape[1], sent.shape[0])
+    x = det.preprocess_.image(sent, path.name)[None]
+    expected = viz.overlay(sent, det.anomaly_map(x)[0], *det.map_scale_)
     assert np.array_equal(np.asarray(img.convert("RGB")), expected)
     plain = client.post("/predict", headers=KEY, files={"file": (path.name, _png(path), "image/png")})
     assert "overlay_png" not in plain.json()
+
+
+def test_the_overlay_has_the_size_and_colours_of_the_image_sent(client, app):
+    """A colour upload of another size than the model's gray input gets its overlay at its
+    own size, over its own colours."""
+    det = app.state.scorer.det
+    rng = np.random.default_rng(1)
+    sent = rng.integers(0, 256, (30, 52, 3), dtype=np.uint8)
+    buf = BytesIO()
+    Image.fromarray(sent).save(buf, format="PNG")
+    r = client.post("/predict?heatmap=1", headers=KEY,
+                    files={"file": ("wide.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 200, r.text
+    img = np.asarray(Image.open(BytesIO(base64.b64decode(r.json()["overlay_png"]))).convert("RGB"))
+    assert img.shape == (30, 52, 3) and det.input_shape_[1:] != (30, 52)
+    x = det.preprocess_.image(sent, "wide")[None]
+    assert np.array_equal(img, viz.overlay(sent, det.anomaly_map(x)[0], *det.map_scale_))
 
 
 def test_predict_needs_the_key(client, mvtec_dir):

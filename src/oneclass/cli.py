@@ -200,7 +200,8 @@ def cmd_predict(args) -> int:
         r = predict(Path(args.run), args.inputs, Path(args.out), resume=args.resume,
                     overwrite=args.overwrite, heatmaps=not args.no_heatmaps,
                     device=args.device or "auto", progress=_progress(args),
-                    on_bad_image=args.on_bad_image, batch_size=args.batch_size)
+                    on_bad_image=args.on_bad_image, batch_size=args.batch_size,
+                    heatmap_size=args.heatmap_size)
     except (OSError, OneclassError) as exc:  # rows are flushed batch by batch: a rerun continues
         if not _writing(exc):
             raise
@@ -490,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "completes (a run that stops keeps them; without this, or --resume, an "
                    "existing predictions.csv is an error)")
     s.add_argument("--no-heatmaps", action="store_true")
+    s.add_argument("--heatmap-size", choices=["image", "model"], default="image",
+                   help="image (default): each heatmap over the image as given, at its size "
+                   "(longer side at most 4096 px); model: over the image as the model saw it, "
+                   "at the model's input size")
     s.add_argument("--batch-size", type=_count(1), default=32,
                    help="images per batch (memory stays bounded by one batch)")
     common(s)

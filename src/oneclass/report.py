@@ -254,21 +254,12 @@ def _map_range(examples: Sequence[Example]) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _thumb(image: np.ndarray) -> np.ndarray:
-    rgb = viz.as_rgb(image)
-    h, w = rgb.shape[:2]
-    if max(h, w) <= MAX_SIDE:
-        return rgb
-    f = MAX_SIDE / max(h, w)
-    return viz.resize_image(rgb, (max(1, round(h * f)), max(1, round(w * f))))
-
-
 def _figure(img_tag: str, caption: str) -> str:
     return f"<figure>{img_tag}<figcaption>{_esc(caption)}</figcaption></figure>"
 
 
 def _card(ex: Example, vrange: tuple[float, float] | None, threshold: float | None = None) -> str:
-    img = _thumb(ex.image)
+    img = viz.fit_side(ex.image, MAX_SIDE)
     natural = img.shape[1]
     parts = [
         _figure(

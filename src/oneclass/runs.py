@@ -682,6 +682,8 @@ def _unique_stems(paths: list[Path], reserved: set[str] = frozenset()) -> list[s
 
 
 PREDICTION_COLUMNS = ["path", "score", "label", "heatmap"]
+#: Sizes ``predict`` draws heatmaps at: the image's own, or the model's input size.
+HEATMAP_SIZES = ("image", "model")
 
 
 def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
@@ -751,7 +753,7 @@ def _inside(path: str, folder: str) -> bool:
 def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             overwrite: bool = False, heatmaps: bool = True, device: str = "auto",
             progress: bool | None = None, batch_size: int = 32,
-            on_bad_image: str = "error") -> dict[str, Any]:
+            on_bad_image: str = "error", heatmap_size: str = "image") -> dict[str, Any]:
     """Score images and folders, streaming: ``OUT/predictions.csv`` and ``OUT/heatmaps/``.
 
     ``predictions.csv`` (UTF-8) has the columns path, score, label (1 at or above the
@@ -766,6 +768,10 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     leaves the previous results as they were. With ``on_bad_image="skip"`` unreadable images
     get no row (a later ``resume`` tries them again). An image the model gives no finite
     score stops the run (its earlier rows kept). The heatmaps in ``out`` are not read as inputs.
+
+    ``heatmap_size``: ``"image"`` draws each heatmap over the image as it was given, at its
+    size (scaled down to :data:`viz.OVERLAY_MAX_SIDE` on the longer side when larger);
+    ``"model"`` over the image as the model saw it (resized, in the model's channels).
     """
     import csv
     import tempfile
@@ -774,9 +780,12 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
 
     from .data.base import FileSet, loader
     from .io import WriteError, _prefix, atomic_write
-    from .viz import overlay, to_png
+    from .viz import FAST_PNG, image_overlay, overlay, to_png
 
     check_policy(on_bad_image)
+    if heatmap_size not in HEATMAP_SIZES:
+        raise ConfigError(f"heatmap size must be one of {', '.join(HEATMAP_SIZES)}, got "
+                          f"{heatmap_size!r}")
     if int(batch_size) < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     if resume and overwrite:
@@ -870,7 +879,11 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                     if maps is not None:
                         stem = stems[str(todo[i])]
                         heatmap = f"heatmaps/{stem}.png"
-                        png = to_png(overlay(_to_uint8_image(xb[j]), maps[j], lo, hi))
+                        if heatmap_size == "image":  # read again: batches hold resized ones
+                            ov = image_overlay(fs.read(i).image, maps[j], lo, hi)
+                        else:
+                            ov = overlay(_to_uint8_image(xb[j]), maps[j], lo, hi)
+                        png = to_png(ov, FAST_PNG)
                         atomic_write(state["maps"] / f"{stem}.png",
                                      lambda p, b=png: p.write_bytes(b), fsync=False)
                     shown = todo[i] if here else os.path.abspath(todo[i])

@@ -234,8 +234,7 @@ class Scorer:
 
         A score that is not finite raises :class:`ScoringError` (the model, not the image).
         """
-        from .runs import _to_uint8_image
-        from .viz import overlay, to_png
+        from .viz import FAST_PNG, image_overlay, to_png
 
         det = self.det
         t0 = time.perf_counter()
@@ -256,7 +255,7 @@ class Scorer:
                                "model_id": self.model_id, "method": det.name}
         if amap is not None:
             lo, hi = det.map_scale_ or (None, None)
-            png = to_png(overlay(_to_uint8_image(x[0]), amap, lo, hi))
+            png = to_png(image_overlay(image, amap, lo, hi), FAST_PNG)
             out["overlay_png"] = base64.b64encode(png).decode("ascii")
         out["seconds"] = round(time.perf_counter() - t0, 4)
         return out

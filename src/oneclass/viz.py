@@ -134,6 +134,32 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
+#: Heatmap overlays of ``predict`` and ``serve`` are drawn at the image's own size, scaled
+#: down (aspect kept) when its longer side is over this many pixels.
+OVERLAY_MAX_SIDE = 4096
+#: zlib level of those overlays' PNG files (see :func:`to_png`).
+FAST_PNG = 1
+
+
+def fit_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """A uint8 image as (H, W, 3), scaled down (Lanczos, aspect kept) so that its longer side
+    is at most ``max_side``; an image already within it is returned at its size."""
+    rgb = as_rgb(image)
+    h, w = rgb.shape[:2]
+    if max(h, w) <= int(max_side):
+        return rgb
+    f = int(max_side) / max(h, w)
+    return resize_image(rgb, (max(1, round(h * f)), max(1, round(w * f))))
+
+
+def image_overlay(image: np.ndarray, amap: np.ndarray, vmin: float | None = None,
+                  vmax: float | None = None, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+    """The overlay of a model's map on the image as it was given (before the model's resize),
+    at the image's size (see :data:`OVERLAY_MAX_SIDE`). The model resizes the whole image
+    without cropping, so the map, resized back, lies on the same pixels."""
+    return overlay(fit_side(image, max_side), amap, vmin, vmax)
+
+
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     m = np.asarray(mask).astype(bool)
     if m.ndim == 3 and m.shape[2] == 1:
@@ -201,10 +227,12 @@ def mask_outline(
     return out
 
 
-def to_png(arr: np.ndarray) -> bytes:
+def to_png(arr: np.ndarray, compress_level: int = 6) -> bytes:
     """Encode a uint8 (H, W), (H, W, 1) or (H, W, 3) array as PNG bytes.
 
     An RGB array whose three channels are equal is stored as a grayscale PNG.
+    ``compress_level``: zlib's, 0-9; :data:`FAST_PNG` for the heatmaps of many images (about
+    6x faster to write than 6, files about 15 % larger).
     """
     a = _check_uint8(arr, "PNG image")
     if a.ndim == 3 and a.shape[2] == 1:
@@ -214,7 +242,8 @@ def to_png(arr: np.ndarray) -> bytes:
     if a.ndim == 3 and (a[:, :, 0] == a[:, :, 1]).all() and (a[:, :, 1] == a[:, :, 2]).all():
         a = a[:, :, 0]  # gray stored as RGB: a 1-channel PNG looks the same and is 3x smaller
     buf = BytesIO()
-    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG", optimize=False)
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG", optimize=False,
+                                                  compress_level=int(compress_level))
     return buf.getvalue()
 
 
