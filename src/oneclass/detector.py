@@ -38,7 +38,7 @@ from . import __version__
 from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, materialize
 from .device import resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
-from .io import WriteError, _old, atomic_dir, json_default, recover_dir, write_json
+from .io import WriteError, atomic_dir, json_default, previous_dir, recover_dir, write_json
 from .train import LoopConfig, is_main_process, show_progress
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _param_type_cast(default: Any, value: Any, name: str) -> Any:
 MODEL_FILES = ("model.json", "weights.safetensors")
 
 
-def _check_save_target(path: Path) -> None:
+def check_save_target(path: Path) -> None:
     """A WriteError unless ``path`` is free or a saved model's directory (which save replaces
     as a whole: other files in it would be deleted)."""
     if not path.exists() and not path.is_symlink():
@@ -741,7 +741,7 @@ class Detector:
                 f"{self.name!r} names {getattr(registered, '__name__', 'no method')}; register "
                 "this class under a name of its own (@oneclass.registry.register('NAME')) "
                 "to save it")
-        _check_save_target(path)
+        check_save_target(path)
         desc = self.describe()
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
 
@@ -765,8 +765,8 @@ class Detector:
                 log.warning("%s: a save was interrupted; the previous model was put back", path)
         except OSError as exc:  # a read-only folder: read the complete previous model in place
             log.warning("%s: a save was interrupted and the previous model cannot be put back "
-                        "(%s); reading it from %s", path, exc.strerror or exc, _old(path))
-            path = _old(path)
+                        "(%s); reading it from %s", path, exc.strerror or exc, previous_dir(path))
+            path = previous_dir(path)
         meta_path = path / "model.json"
         if not meta_path.is_file():
             raise ModelFileError(f"{path}: not a saved model (no model.json)")

@@ -162,7 +162,8 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _old(path: Path) -> Path:
+def previous_dir(path: Path) -> Path:
+    """Where :func:`atomic_dir` keeps the previous version of ``path`` during its swap."""
     return path.with_name(f".{path.name}.old")
 
 
@@ -174,7 +175,7 @@ def recover_dir(path: str | os.PathLike) -> bool:
     was restored.
     """
     path = Path(path)
-    old = _old(path)
+    old = previous_dir(path)
     if path.exists() or not old.is_dir():
         return False
     os.replace(old, path)
@@ -194,7 +195,7 @@ def atomic_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise _explain(exc, path) from exc
-    old = _old(path)
+    old = previous_dir(path)
     try:
         fill(tmp)
         os.chmod(tmp, 0o777 & ~_UMASK)

@@ -26,7 +26,7 @@ import torch
 
 from . import data as data_mod
 from .data.screen import check_policy
-from .detector import Detector, _check_save_target
+from .detector import Detector, check_save_target
 from .device import resolve_device
 from .errors import ConfigError, DataError, ModelFileError, OneclassError
 from .io import write_json, write_text
@@ -384,7 +384,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     loop = LoopConfig(checkpoint_dir=ckpt, resume=resume, progress=progress, on_epoch=on_epoch,
                       on_resume=on_resume)
     if main:  # a model folder save() would refuse: said now, not after the training
-        _check_save_target(out / "model")
+        check_save_target(out / "model")
     det.fit(train_set, outliers=outlier_set, loop=loop, **fit_extra)
     if main:
         det.save(out / "model")
