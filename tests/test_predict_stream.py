@@ -144,3 +144,31 @@ def test_overlays_of_large_images_are_scaled_down_to_the_longest_side():
     assert viz.fit_side(img, 100).shape == (17, 100, 3)
     assert viz.fit_side(img, 300).shape == (50, 300, 3)
     assert viz.image_overlay(img, np.ones((8, 8), np.float32), max_side=120).shape == (20, 120, 3)
+
+
+def test_the_report_shows_images_as_given_with_their_masks(tmp_path):
+    """The report's cards show each image at its size and in its colours (thumbnails of at
+    most report.MAX_SIDE), with the map and the mask outline laid over it, not the model's
+    resized gray input."""
+    import base64
+    import io
+    import re
+
+    from oneclass import report as report_mod
+    from oneclass.data.synthetic import write_mvtec
+    from oneclass.runs import report
+
+    data = write_mvtec(tmp_path / "colour", n_train=24, n_test_good=3, n_test_defect=3,
+                       size=(30, 52), channels=3, seed=1)
+    run = tmp_path / "run"
+    train("deep_svdd", str(data), run, {"epochs": 1, "pretrain_epochs": 0, "seed": 0,
+                                        "size": 16, "channels": 1}, progress=False)
+    html = report(run, top=2, progress=False).read_text(encoding="utf-8")
+    cards = re.findall(r'src="data:image/png;base64,([^"]+)"', html)[3:]  # ROC, histogram, bar
+    assert cards and max(30, 52) <= report_mod.MAX_SIDE
+    for uri in cards:
+        with Image.open(io.BytesIO(base64.b64decode(uri))) as im:
+            assert im.size == (52, 30)
+    with Image.open(io.BytesIO(base64.b64decode(cards[0]))) as im:  # the first card's image
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(rgb[..., 0] - rgb[..., 1]).max() > 0  # its colours, not the model's gray

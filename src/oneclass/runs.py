@@ -1063,18 +1063,15 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     k = min(int(top), len(order))
 
     def examples(idx) -> list[Example]:
-        from .data.base import loader
-
+        # each shown as given (its size, colours and mask), the map laid over it as predict does
         sub = test.subset(idx)
         maps = det.anomaly_map(sub)
-        out, j = [], 0
-        for xb, yb, mb, has, _ in loader(sub, det.preprocess_, 64):
-            for b in range(len(xb)):
-                out.append(Example(
-                    name=_text(sub.names[j]), image=_to_uint8_image(xb[b]), amap=maps[j],
-                    mask=(mb[b, 0].numpy() > 0.5) if bool(has[b]) else None,
-                    score=float(scores[idx[j]]), label=int(yb[b])))
-                j += 1
+        out = []
+        for j in range(len(sub)):
+            s = sub.read(j)
+            out.append(Example(name=_text(sub.names[j]), image=s.image, amap=maps[j],
+                               mask=None if s.mask is None else np.asarray(s.mask, bool),
+                               score=float(scores[idx[j]]), label=int(s.label)))
         return out
 
     spec = _text(spec)  # a folder name that is not UTF-8 is shown with escapes, as elsewhere
