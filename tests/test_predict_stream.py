@@ -141,9 +141,80 @@ def test_overlays_of_large_images_are_scaled_down_to_the_longest_side():
     from oneclass import viz
 
     img = np.zeros((50, 300), np.uint8)
-    assert viz.fit_side(img, 100).shape == (17, 100, 3)
-    assert viz.fit_side(img, 300).shape == (50, 300, 3)
+    assert viz.fit_side(img, 100).shape == (17, 100)  # the layout kept: gray stays 1 channel
+    assert viz.fit_side(img[:, :, None], 100).shape == (17, 100, 1)
+    assert viz.fit_side(np.zeros((300, 50, 3), np.uint8), 100).shape == (100, 17, 3)
+    assert viz.fit_side(img, 300) is img
     assert viz.image_overlay(img, np.ones((8, 8), np.float32), max_side=120).shape == (20, 120, 3)
+
+
+def _wide(folder: Path, n: int = 1) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (30, 52, 3), dtype=np.uint8)).save(
+            folder / f"wide{k}.png")
+    return folder
+
+
+def test_heatmaps_come_from_the_read_that_scored_the_image(run, tmp_path, monkeypatch):
+    """Each image is read once: its heatmap is drawn on the copy read for its score, so a file
+    removed (or replaced) after it was scored neither stops the run nor gets another overlay;
+    a large image's overlay is scaled down to viz.OVERLAY_MAX_SIDE."""
+    from oneclass import viz
+    from oneclass.data.base import FileSet
+
+    src = _wide(tmp_path / "in", 3)
+    reads = []
+    real = FileSet.read
+
+    def read_then_remove(self, i):
+        sample = real(self, i)
+        reads.append(self.paths[i].name)
+        self.paths[i].unlink()
+        return sample
+
+    monkeypatch.setattr(FileSet, "read", read_then_remove)
+    monkeypatch.setattr(viz, "OVERLAY_MAX_SIDE", 26)
+    r = predict(run, [str(src)], tmp_path / "p", batch_size=2)
+    assert r["scored"] == 3 and sorted(reads) == ["wide0.png", "wide1.png", "wide2.png"]
+    for k in range(3):
+        assert Image.open(tmp_path / "p" / "heatmaps" / f"wide{k}.png").size == (26, 15)
+
+
+def test_resume_keeps_the_heatmap_size_of_the_earlier_rows(run, tmp_path):
+    import json
+
+    from oneclass.errors import ConfigError
+
+    src = _wide(tmp_path / "in", 1)
+    out = tmp_path / "p"
+    predict(run, [str(src)], out, heatmap_size="model")
+    assert json.loads((out / "predictions.json").read_text())["heatmap_size"] == "model"
+    Image.fromarray(np.zeros((30, 52), np.uint8)).save(src / "more.png")
+    with pytest.raises(ConfigError, match="model size.*--heatmap-size image would mix"):
+        predict(run, [str(src)], out, resume=True, heatmap_size="image")
+    predict(run, [str(src)], out, resume=True)  # follows the rows: the model's size
+    small = tuple(load_model(run).input_shape_[2:0:-1])
+    assert [Image.open(out / "heatmaps" / f).size for f in ("wide0.png", "more.png")] == [small] * 2
+    # a predictions.json from before the size was recorded: those heatmaps were the model's
+    side = json.loads((out / "predictions.json").read_text())
+    del side["heatmap_size"]
+    (out / "predictions.json").write_text(json.dumps(side))
+    with pytest.raises(ConfigError, match="model size"):
+        predict(run, [str(src)], out, resume=True, heatmap_size="image")
+
+
+def test_the_cli_takes_the_heatmap_size(run, tmp_path):
+    from oneclass.cli import main
+
+    src = _wide(tmp_path / "in", 1)
+    assert main(["predict", str(run), str(src), "--out", str(tmp_path / "m"),
+                 "--heatmap-size", "model"]) == 0
+    assert main(["predict", str(run), str(src), "--out", str(tmp_path / "i")]) == 0
+    det = load_model(run)
+    assert Image.open(tmp_path / "m" / "heatmaps" / "wide0.png").size == tuple(det.input_shape_[2:0:-1])
+    assert Image.open(tmp_path / "i" / "heatmaps" / "wide0.png").size == (52, 30)
 
 
 def test_the_report_shows_images_as_given_with_their_masks(tmp_path):

@@ -491,10 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "completes (a run that stops keeps them; without this, or --resume, an "
                    "existing predictions.csv is an error)")
     s.add_argument("--no-heatmaps", action="store_true")
-    s.add_argument("--heatmap-size", choices=["image", "model"], default="image",
+    s.add_argument("--heatmap-size", choices=["image", "model"], default=None,
                    help="image (default): each heatmap over the image as given, at its size "
-                   "(longer side at most 4096 px); model: over the image as the model saw it, "
-                   "at the model's input size")
+                   "(longer side at most 1024 px); model: over the image as the model saw it, "
+                   "at the model's input size. --resume keeps the size of the earlier rows")
     s.add_argument("--batch-size", type=_count(1), default=32,
                    help="images per batch (memory stays bounded by one batch)")
     common(s)

@@ -753,7 +753,7 @@ def _inside(path: str, folder: str) -> bool:
 def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             overwrite: bool = False, heatmaps: bool = True, device: str = "auto",
             progress: bool | None = None, batch_size: int = 32,
-            on_bad_image: str = "error", heatmap_size: str = "image") -> dict[str, Any]:
+            on_bad_image: str = "error", heatmap_size: str | None = None) -> dict[str, Any]:
     """Score images and folders, streaming: ``OUT/predictions.csv`` and ``OUT/heatmaps/``.
 
     ``predictions.csv`` (UTF-8) has the columns path, score, label (1 at or above the
@@ -770,20 +770,23 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     score stops the run (its earlier rows kept). The heatmaps in ``out`` are not read as inputs.
 
     ``heatmap_size``: ``"image"`` draws each heatmap over the image as it was given, at its
-    size (scaled down to :data:`viz.OVERLAY_MAX_SIDE` on the longer side when larger);
-    ``"model"`` over the image as the model saw it (resized, in the model's channels).
+    size (scaled down to :data:`viz.OVERLAY_MAX_SIDE` on the longer side when larger), from
+    the same read of the file as its score; ``"model"`` over the image as the model saw it
+    (resized, in the model's channels). None: ``"image"``, or with ``resume`` the size the
+    rows' heatmaps were drawn at (recorded in ``predictions.json``; ``"model"`` for files
+    written before it was recorded); a size given with ``resume`` must be that one.
     """
     import csv
     import tempfile
 
     from tqdm.auto import tqdm
 
+    from . import viz
     from .data.base import FileSet, loader
     from .io import WriteError, _prefix, atomic_write
-    from .viz import FAST_PNG, image_overlay, overlay, to_png
 
     check_policy(on_bad_image)
-    if heatmap_size not in HEATMAP_SIZES:
+    if heatmap_size is not None and heatmap_size not in HEATMAP_SIZES:
         raise ConfigError(f"heatmap size must be one of {', '.join(HEATMAP_SIZES)}, got "
                           f"{heatmap_size!r}")
     if int(batch_size) < 1:
@@ -809,6 +812,8 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     if resume and csv_path.exists():
         _check_same_model(sidecar, csv_path, mid)
         done, columns = _complete_rows(csv_path)
+        heatmap_size = _same_heatmap_size(sidecar, csv_path, heatmap_size)
+    heatmap_size = heatmap_size or "image"
     # rows are matched by resolved path; a run resumed from another folder writes its rows'
     # paths absolute, as relative ones would be read against the folder of the first run
     base = _rows_base(sidecar) if resume and csv_path.exists() else os.getcwd()
@@ -838,7 +843,12 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     n_anom = 0
     state: dict[str, Any] = {}
     side = {"model_id": mid, "run": str(run), "method": det.name, "threshold": det.threshold_,
-            "cwd": os.getcwd()}  # relative paths of the rows are relative to it
+            "cwd": os.getcwd(),  # relative paths of the rows are relative to it
+            "heatmap_size": heatmap_size}
+    # "image": each heatmap drawn on a copy of the image from the read that scored it (a
+    # file changed or removed since cannot stop the run or give another image's overlay)
+    view = (lambda img: viz.fit_side(img, viz.OVERLAY_MAX_SIDE)) \
+        if heatmaps and heatmap_size == "image" else None
 
     def start():
         """Open predictions.csv when the first batch is scored: a bad first image (read only
@@ -861,7 +871,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     try:
         if todo:
             bar = tqdm(total=len(todo), desc="scoring", disable=not show_progress(progress), leave=False)
-            for xb, _, _, _, idx in loader(fs, det.preprocess_, batch_size):
+            for xb, _, _, _, idx, *views in loader(fs, det.preprocess_, batch_size, view=view):
                 xb = xb.to(det.device_)
                 if heatmaps:
                     s, m = det._score_map(xb)
@@ -879,11 +889,8 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                     if maps is not None:
                         stem = stems[str(todo[i])]
                         heatmap = f"heatmaps/{stem}.png"
-                        if heatmap_size == "image":  # read again: batches hold resized ones
-                            ov = image_overlay(fs.read(i).image, maps[j], lo, hi)
-                        else:
-                            ov = overlay(_to_uint8_image(xb[j]), maps[j], lo, hi)
-                        png = to_png(ov, FAST_PNG)
+                        shown_img = views[0][j] if views else _to_uint8_image(xb[j])
+                        png = viz.to_png(viz.overlay(shown_img, maps[j], lo, hi), viz.FAST_PNG)
                         atomic_write(state["maps"] / f"{stem}.png",
                                      lambda p, b=png: p.write_bytes(b), fsync=False)
                     shown = todo[i] if here else os.path.abspath(todo[i])
@@ -975,6 +982,21 @@ def _done_keys(done: dict[str, str], base: str) -> set[str]:
     return {_text(os.path.realpath(os.path.join(base, p))) for p in done}
 
 
+def _same_heatmap_size(sidecar: Path, csv_path: Path, given: str | None) -> str:
+    """The heatmap size the rows of ``csv_path`` were drawn at (files from before it was
+    recorded: ``"model"``); a ``given`` other size is refused, as it would mix sizes."""
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("heatmap_size")
+    except (OSError, ValueError, AttributeError):  # a missing sidecar: an older version's
+        recorded = None
+    recorded = recorded if recorded in HEATMAP_SIZES else "model"
+    if given is not None and given != recorded:
+        raise ConfigError(f"{csv_path}: its heatmaps were drawn at the {recorded} size, and "
+                          f"--heatmap-size {given} would mix the two; resume with --heatmap-size "
+                          f"{recorded} (or without it), or use --overwrite or another --out")
+    return recorded
+
+
 def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None) -> None:
     """Refuse to continue a ``predictions.csv`` that another model wrote."""
     try:
@@ -1063,14 +1085,20 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     k = min(int(top), len(order))
 
     def examples(idx) -> list[Example]:
-        # each shown as given (its size, colours and mask), the map laid over it as predict does
+        # each shown as given (its colours, its size up to the report's thumbnails, its mask),
+        # the map laid over it as predict does; only the thumbnails are kept
+        from . import viz
+        from .report import MAX_SIDE
+
         sub = test.subset(idx)
         maps = det.anomaly_map(sub)
         out = []
         for j in range(len(sub)):
             s = sub.read(j)
-            out.append(Example(name=_text(sub.names[j]), image=s.image, amap=maps[j],
-                               mask=None if s.mask is None else np.asarray(s.mask, bool),
+            thumb = viz.fit_side(s.image, MAX_SIDE)
+            mask = None if s.mask is None else viz.resize_mask(np.asarray(s.mask, bool),
+                                                               thumb.shape[:2])
+            out.append(Example(name=_text(sub.names[j]), image=thumb, amap=maps[j], mask=mask,
                                score=float(scores[idx[j]]), label=int(s.label)))
         return out
 

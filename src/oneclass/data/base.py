@@ -9,7 +9,7 @@ a raw image into the network's input tensor, and is stored with every model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,10 +320,13 @@ class Preprocess:
 
 
 class Prepared(torch.utils.data.Dataset):
-    """Torch dataset over an image set: ``(x, label, mask, has_mask, index)``."""
+    """Torch dataset over an image set: ``(x, label, mask, has_mask, index)``, and with
+    ``view`` a sixth item, ``view(image)`` of the image as read (e.g. a copy to draw on, from
+    the same read as ``x``)."""
 
-    def __init__(self, images: ImageSet, pre: Preprocess):
-        self.images, self.pre = images, pre
+    def __init__(self, images: ImageSet, pre: Preprocess,
+                 view: Callable[[np.ndarray], np.ndarray] | None = None):
+        self.images, self.pre, self.view = images, pre, view
 
     def __len__(self) -> int:
         return len(self.images)
@@ -335,6 +338,8 @@ class Prepared(torch.utils.data.Dataset):
             m, has = self.pre.mask(s.mask), True
         else:
             m, has = torch.zeros(1, *x.shape[1:]), False
+        if self.view is not None:
+            return x, s.label, m, has, i, self.view(s.image)
         return x, s.label, m, has, i
 
 
@@ -351,13 +356,17 @@ def collate(batch):
     m = torch.stack([b[2] for b in batch])
     has = torch.tensor([b[3] for b in batch], dtype=torch.bool)
     idx = torch.tensor([b[4] for b in batch], dtype=torch.long)
+    if len(batch[0]) > 5:  # Prepared's views: a list (images of any size)
+        return x, y, m, has, idx, [b[5] for b in batch]
     return x, y, m, has, idx
 
 
-def loader(images: ImageSet, pre: Preprocess, batch_size: int = 64, workers: int = 0):
-    """Ordered batches of an image set (for scoring), read lazily."""
+def loader(images: ImageSet, pre: Preprocess, batch_size: int = 64, workers: int = 0,
+           view: Callable[[np.ndarray], np.ndarray] | None = None):
+    """Ordered batches of an image set (for scoring), read lazily; with ``view`` each batch
+    has a sixth item, the list of ``view(image)`` (see :class:`Prepared`)."""
     return torch.utils.data.DataLoader(
-        Prepared(images, pre), batch_size=batch_size, shuffle=False, num_workers=workers,
+        Prepared(images, pre, view), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=collate,
     )
 
