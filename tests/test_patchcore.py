@@ -152,3 +152,57 @@ def test_a_patch_score_lands_on_its_units_receptive_field_centre(unit):
         assert float(up[y + 1, x]) == pytest.approx(float(up[y - 1, x]))
         assert float(up[y, x + 1]) == pytest.approx(float(up[y, x - 1]))
         assert float(up[y + 1, x]) < 1.0 and float(up[y, x + 1]) < 1.0
+
+
+def test_the_imagenet_units_centres_are_where_their_weights_respond():
+    """With ImageNet weights a unit responds to content about (stride - 1) / 2 pixels above
+    and to the left of its receptive field's centre, so PatchCore's map of a pasted spot sat
+    several pixels down and to the right of it; taking the units there moves the map most of
+    the way back onto the spot."""
+    from oneclass.methods.patchcore import PatchCoreModel
+
+    train = make_defects(30, 0, size=128, channels=3, seed=2)
+    det = oneclass.create("patchcore", size=128, seed=0, holdout=0.0).fit(train)  # default layers
+    assert det.unit_centres_ == "imagenet" and det.model_.centre_shift == 1.0
+    base = make_defects(1, 0, size=128, channels=3, seed=9).read(0).image
+    yy, xx = np.mgrid[0:128, 0:128]
+    spots = [(40, 40), (40, 88), (88, 40), (88, 88), (64, 64), (52, 76), (76, 52), (60, 92)]
+    imgs = np.stack([base] * len(spots))
+    for k, (cy, cx) in enumerate(spots):
+        imgs[k][(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = (20, 200, 240)
+
+    def mean_offset():
+        clean = det.anomaly_map(ArraySet(base[None], np.zeros(1, int)))[0]
+        maps = det.anomaly_map(ArraySet(imgs, np.ones(len(spots), int)))
+        offs = []
+        for m, (cy, cx) in zip(maps, spots):
+            d = np.clip(m - clean, 0, None)
+            d = np.where(d > 0.5 * d.max(), d, 0)
+            offs.append(((d * yy).sum() / d.sum() - cy, (d * xx).sum() / d.sum() - cx))
+        return np.mean(offs, axis=0)
+
+    now = mean_offset()
+    geometric = PatchCoreModel(det.input_shape_, det.layers, det.bank_size_, det.min_side)
+    geometric.load_state_dict(det.model_.state_dict())
+    det.model_ = geometric.eval()
+    old = mean_offset()
+    # measured: (7.8, 8.0) pixels with geometric centres, (2.5, 3.1) now; on two other sets
+    # (a walk-through's colour set, KolektorSDD) 4-7 pixels before and 0-4 after
+    assert (old > 6.0).all() and (np.abs(now) < 3.5).all() and (old - now > 4.0).all(), (old, now)
+
+
+def test_models_saved_before_the_centres_were_recorded_keep_geometric_ones(tmp_path):
+    import json
+
+    det = oneclass.create("patchcore", layers=[1, 2], min_side=64, seed=0, holdout=0.0)
+    det.fit(make_defects(6, 0, size=64, seed=4))
+    det.save(tmp_path / "m")
+    assert oneclass.load(tmp_path / "m").model_.centre_shift == 1.0
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["fitted"].pop("unit_centres") == "imagenet"
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    old = oneclass.load(tmp_path / "m")
+    assert old.unit_centres_ == "geometric" and old.model_.centre_shift == 0.0
+    random = oneclass.create("patchcore", layers=[1, 2], min_side=64, pretrained=False,
+                             holdout=0.0).fit(make_defects(6, 0, size=64, seed=4))
+    assert random.unit_centres_ == "geometric"  # random weights respond at the centre

@@ -13,7 +13,9 @@ distances at test time.
   on a random projection (Johnson-Lindenstrauss) of the features; ``coreset_ratio`` of them,
   at most ``coreset_max`` so that a CPU run stays short.
 - Map: each patch's distance to its nearest bank feature, upsampled bilinearly to the input
-  and smoothed with a Gaussian (sigma 4 pixels, as in the paper).
+  from where each unit responds (with the ImageNet weights, (stride - 1) / 2 pixels above and
+  left of its receptive field's centre: :meth:`PatchCoreModel.unit_centre`) and smoothed
+  with a Gaussian (sigma 4 pixels, as in the paper).
 - Score: the largest patch distance ``s*``; with ``reweight`` it is scaled by the paper's
   ``1 - softmax(d)_0`` weight over the distances of that patch to ``m*`` (its nearest bank
   feature) and to the ``reweight_k - 1`` bank features nearest to ``m*`` (Eq. 7), which
@@ -42,6 +44,9 @@ from ._common import to_input
 #: Trunk stages PatchCore can read features from: index -> (channels, stride). Stages 0-4 of
 #: EfficientNet-Lite0 are the ones up to stride 16.
 STAGE_INFO = {0: (16, 2), 1: (24, 4), 2: (40, 8), 3: (80, 16), 4: (112, 16)}
+#: Where a unit's features are taken to lie (see PatchCoreModel.unit_centre): "geometric"
+#: (its receptive field's centre) or "imagenet" (where the ImageNet weights respond).
+UNIT_CENTRES = ("geometric", "imagenet")
 
 
 def _stage_ends() -> list[int]:
@@ -126,8 +131,12 @@ class PatchCoreModel(nn.Module):
     """Pretrained trunk + memory bank; ``features`` gives locally aware patch features."""
 
     def __init__(self, input_shape: tuple[int, int, int], layers: list[int], bank_size: int,
-                 min_side: int):
+                 min_side: int, centres: str = "geometric"):
         super().__init__()
+        if centres not in UNIT_CENTRES:
+            raise ValueError(f"unit centres must be one of {', '.join(UNIT_CENTRES)}, got "
+                             f"{centres!r}")
+        self.centre_shift = 1.0 if centres == "imagenet" else 0.0
         c, h, w = input_shape
         self.in_channels = c
         self.layers = sorted(int(i) for i in layers)
@@ -156,24 +165,39 @@ class PatchCoreModel(nn.Module):
             x = block(x)
             if i in self.taps:
                 maps.append(self.pool(x))
-        # Every convolution of the trunk pads k // 2, so unit i of a stage with stride j is
-        # centred on trunk-input pixel j * i; deeper stages are interpolated at the centres of
-        # the first stage's units (plain bilinear resizing would shift them by half a unit).
+        # Deeper stages are interpolated at the centres of the first stage's units (see
+        # unit_centre): where unit i of the first stage lies in a deeper stage's units.
         h, w = maps[0].shape[2:]
+        s0 = STAGE_INFO[self.layers[0]][1]
         out = [maps[0]]
         for m, i in zip(maps[1:], self.layers[1:]):
-            step = STAGE_INFO[self.layers[0]][1] / STAGE_INFO[i][1]
-            my = interpolation_matrix(torch.arange(h) * step, m.shape[2])
-            mx = interpolation_matrix(torch.arange(w) * step, m.shape[3])
-            out.append(resample(m, my, mx))
+            si = STAGE_INFO[i][1]
+            out.append(resample(m, interpolation_matrix(self._units_at(h, s0, si), m.shape[2]),
+                                interpolation_matrix(self._units_at(w, s0, si), m.shape[3])))
         return torch.cat(out, dim=1).contiguous()
+
+    def _units_at(self, n: int, s0: int, si: int) -> torch.Tensor:
+        """Where the ``n`` units of a stage of stride ``s0`` lie among those of stride ``si``."""
+        return (self.unit_centre(torch.arange(n), s0) - self.unit_centre(0, si)) / si
+
+    def unit_centre(self, i, stride: int):
+        """The trunk-input pixel (in pixel-centre coordinates) that unit ``i`` of a stage of
+        ``stride`` responds to. Every convolution of the trunk pads k // 2, so the unit's
+        receptive field is centred on pixel ``stride * i``: so are the units of random
+        weights. The ImageNet weights' units respond to content (stride - 1) / 2 pixels
+        above and to the left of that (measured: input-gradient centroids at stride 8, 3.1 to
+        3.6 pixels on natural, texture and noise images; a spot pasted into an image moved
+        PatchCore's map 4.3 to 4.7 model pixels down and right with geometric centres), as if
+        trained where each stride-2 layer's grid sat half a pixel further on."""
+        return stride * i - self.centre_shift * (stride - 1) / 2.0
 
     def upsample(self, patch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Patch maps ``(N, h, w)`` -> ``(N, H, W)`` at the input, each unit at its centre."""
         stride = STAGE_INFO[self.layers[0]][1]
 
         def coords(n_out: int) -> torch.Tensor:  # input pixel -> trunk pixel -> unit
-            return ((torch.arange(n_out) + 0.5) * self.scale - 0.5) / stride
+            return ((torch.arange(n_out) + 0.5) * self.scale - 0.5
+                    - self.unit_centre(0, stride)) / stride
 
         return resample(patch, interpolation_matrix(coords(size[0]), patch.shape[1]),
                         interpolation_matrix(coords(size[1]), patch.shape[2]))
@@ -183,7 +207,7 @@ class PatchCoreModel(nn.Module):
 class PatchCore(Detector):
     """PatchCore, nearest-neighbour distances to a coreset of pretrained patch features."""
 
-    fitted_json = ("n_patches_", "feature_grid_")
+    fitted_json = ("n_patches_", "feature_grid_", "unit_centres_")
 
     default_size = 224
     keep_aspect = True
@@ -226,8 +250,10 @@ class PatchCore(Detector):
                               f"{self.projection_dim}")
 
     def _build(self, input_shape):
+        if not self._restoring:  # a new fit: where its trunk's weights respond
+            self.unit_centres_ = "imagenet" if self.pretrained else "geometric"
         return PatchCoreModel(input_shape, self.layers, getattr(self, "bank_size_", 0),
-                              int(self.min_side))
+                              int(self.min_side), self.unit_centres_)
 
     @torch.no_grad()
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
@@ -289,4 +315,7 @@ class PatchCore(Detector):
 
     def _load_fitted_extra(self, extra):
         super()._load_fitted_extra(extra)
+        # models saved before it was recorded took every unit at its geometric centre (their
+        # banks were built so)
+        self.unit_centres_ = self.unit_centres_ or "geometric"
         self.bank_size_ = int(extra["bank_size"])
