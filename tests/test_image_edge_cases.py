@@ -399,3 +399,21 @@ def test_images_too_small_for_a_network_are_a_config_error(method, hw):
     with pytest.raises(ConfigError, match=rf"{hw[0]}x{hw[1]} pixels are too small.*--set size="):
         det.fit(ArraySet(x))
     assert not hasattr(det, "model_")
+
+
+def test_mixed_sizes_log_the_models_input_size(tmp_path, caplog):
+    """The log of a set of several image sizes names the model's input size, not only their
+    median (which a fixed-size method does not use)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k, (h, w) in enumerate([(100, 120), (110, 130), (109, 129)] * 4):
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(folder / f"{k}.png")
+    with caplog.at_level(logging.INFO, logger="oneclass"):
+        import oneclass
+
+        det = oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0)
+        det.fit(load(str(folder), "train"))
+    h, w = det.input_shape_[1:]
+    assert (h, w) != (109, 129)
+    assert f"median 109x129; every image is resized to the model's input, {h}x{w}" in caplog.text

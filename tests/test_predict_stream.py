@@ -243,3 +243,42 @@ def test_the_report_shows_images_as_given_with_their_masks(tmp_path):
     with Image.open(io.BytesIO(base64.b64decode(cards[0]))) as im:  # the first card's image
         rgb = np.asarray(im.convert("RGB")).astype(int)
     assert np.abs(rgb[..., 0] - rgb[..., 1]).max() > 0  # its colours, not the model's gray
+
+
+def test_the_all_anomalous_warning_counts_the_rows_of_a_resumed_file(run, tmp_path, monkeypatch,
+                                                                     caplog):
+    """Resumed, the warning that every image is predicted anomalous counts the earlier rows
+    too: ten new defect images after three normal rows are not "every image"."""
+    import logging
+
+    import oneclass.runs as runs_mod
+
+    src = tmp_path / "in"
+    _images(src, [f"a{k}.png" for k in range(3)])
+    real = runs_mod.load_model
+
+    def with_threshold(value):
+        def load(*args, **kwargs):
+            det = real(*args, **kwargs)
+            det.threshold_ = value
+            return det
+        return load
+
+    out, again = tmp_path / "p", tmp_path / "q"
+    monkeypatch.setattr(runs_mod, "load_model", with_threshold(1e30))  # all normal
+    predict(run, [str(src)], out, heatmaps=False)
+    _wide(src, 10)
+    monkeypatch.setattr(runs_mod, "load_model", with_threshold(-1e30))  # all anomalous
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        assert predict(run, [str(src)], out, resume=True, heatmaps=False)["scored"] == 10
+        assert "predicted anomalous" not in caplog.text
+        predict(run, [str(src)], again, heatmaps=False)
+        assert "all 13 images are at or above the threshold" in caplog.text
+
+
+def test_an_unfinished_training_is_named_as_such(tmp_path):
+    from oneclass.errors import ModelFileError
+
+    (tmp_path / "r" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ModelFileError, match="training has not finished.*--resume"):
+        load_model(tmp_path / "r")

@@ -451,10 +451,6 @@ class Detector:
         size = self._size_tuple()
         if size is None:
             (h, w), kinds = train.typical_size()
-            if kinds > 1:
-                log.info("%s: the training images come in %d sizes; the input size follows "
-                         "their median, %dx%d (height x width)", train.description or "training set",
-                         kinds, h, w)
             d = self.default_size
             if max(h, w) <= 64:
                 size = (h, w)
@@ -465,6 +461,10 @@ class Detector:
                 size = (max(16, round(d * a / 16) * 16), max(16, round(d / a / 16) * 16))
             else:
                 size = (d, d)
+            if kinds > 1:
+                log.info("%s: the training images come in %d sizes, median %dx%d; every image "
+                         "is resized to the model's input, %dx%d (height x width)",
+                         train.description or "training set", kinds, h, w, *size)
         return Preprocess(size=size, channels=int(channels))
 
     def _split_holdout(self, train: ImageSet, val: ImageSet | None):

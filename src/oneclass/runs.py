@@ -483,7 +483,12 @@ def model_dir(run: Path) -> Path:
 def load_model(run: Path, device: str = "auto") -> Detector:
     if not Path(run).exists():
         raise ModelFileError(f"{run}: no such run folder (or model folder)")
-    return Detector.load(model_dir(run), device=device)
+    path = model_dir(run)
+    if not path.exists() and (Path(run) / "checkpoints").is_dir():
+        raise ModelFileError(f"{run}: its training has not finished (no model yet, only "
+                             "checkpoints/); finish it with the same `oneclass train` command "
+                             "and --resume")
+    return Detector.load(path, device=device)
 
 
 def _open_run(run: Path, data_spec: str | None, data_root: str | None, device: str):
@@ -804,6 +809,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
         raise DataError(f"{csv_path} exists: pass --resume to continue it or --overwrite to "
                         "replace it and its heatmaps")
     done: dict[str, str] = {}
+    n_anom_before = 0  # earlier rows labelled anomalous (resumed)
     columns = PREDICTION_COLUMNS
     from .export import model_id
 
@@ -811,7 +817,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     sidecar = out / "predictions.json"  # which model wrote predictions.csv
     if resume and csv_path.exists():
         _check_same_model(sidecar, csv_path, mid)
-        done, columns = _complete_rows(csv_path)
+        done, columns, n_anom_before = _complete_rows(csv_path)
         heatmap_size = _same_heatmap_size(sidecar, csv_path, heatmap_size)
     heatmap_size = heatmap_size or "image"
     # rows are matched by resolved path; a run resumed from another folder writes its rows'
@@ -917,12 +923,13 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             state["fh"].close()
         if "stage" in state:  # after a swap only the emptied folder is left
             shutil.rmtree(state["stage"], ignore_errors=True)
-    if len(todo) >= 10 and n_anom == len(todo):
+    n_rows = len(todo) + len(done)  # this run's rows and, resumed, the earlier ones
+    if len(todo) and n_rows >= 10 and n_anom + n_anom_before == n_rows:
         log.warning("all %d images are at or above the threshold %.6g: every image is predicted "
-                    "anomalous; are they of the kind the model was trained on (material, "
-                    "lighting, colour, size)? If they are, the threshold may be too low (train "
-                    "with --set threshold=VALUE, or more normal images to hold back)",
-                    len(todo), det.threshold_)
+                    "anomalous; if they are not all defective, are they of the kind the model "
+                    "was trained on (material, lighting, colour, size)? If they are, the "
+                    "threshold may be too low (train with --set threshold=VALUE, or more normal "
+                    "images to hold back)", n_rows, det.threshold_)
     return {"scored": len(todo), "skipped": len(paths) - len(todo) - n_bad, "unreadable": n_bad,
             "anomalous": n_anom, "csv": str(csv_path)}
 
@@ -1013,10 +1020,11 @@ def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None) -> None:
                           "--out")
 
 
-def _complete_rows(csv_path: Path) -> tuple[dict[str, str], list[str]]:
-    """The complete rows of an interrupted ``predictions.csv`` (path -> heatmap file), and its
-    columns (new rows follow them); a row cut short by the interruption, even inside a
-    character, is dropped from the file, so that appending continues on a new line."""
+def _complete_rows(csv_path: Path) -> tuple[dict[str, str], list[str], int]:
+    """The complete rows of an interrupted ``predictions.csv`` (path -> heatmap file), its
+    columns (new rows follow them) and how many of the rows are labelled anomalous; a row cut
+    short by the interruption, even inside a character, is dropped from the file, so that
+    appending continues on a new line."""
     import csv
     import io
 
@@ -1048,7 +1056,7 @@ def _complete_rows(csv_path: Path) -> tuple[dict[str, str], list[str]]:
         writer.writeheader()
         writer.writerows(good)
         write_text(csv_path, buf.getvalue())
-    return done, columns
+    return done, columns, sum(row["label"] == "1" for row in good)
 
 
 def report(run: Path, data_spec: str | None = None, data_root: str | None = None,
