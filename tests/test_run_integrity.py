@@ -763,3 +763,27 @@ def test_resume_continues_with_the_recorded_parameters_and_ones_added_since(mvte
     assert [r["epoch"] for r in lines] == [1, 2, 3]  # the recorded 3 epochs, continued
     assert det.epochs == 3
     assert json.loads((run / "config.json").read_text())["params"]["epochs"] == 3
+
+
+def test_a_second_training_into_a_run_folder_being_trained_is_refused(mvtec_dir, tmp_path):
+    """Two trainings into one --out mixed their checkpoints; the second is refused while the
+    first holds the folder, and the lock leaves no file behind."""
+    from oneclass.errors import ConfigError
+    from oneclass.runs import RunLock, train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    params = {"epochs": 1, "pretrain_epochs": 0, "seed": 0}
+    with RunLock(out):  # as a training in another process holds it
+        with pytest.raises(ConfigError, match="another training is writing this run folder"):
+            train("deep_svdd", str(mvtec_dir), out, params, progress=False)
+        with pytest.raises(ConfigError, match="another training"):
+            train("deep_svdd", str(mvtec_dir), out, params, resume=True, progress=False)
+    assert list(out.iterdir()) == []
+    train("deep_svdd", str(mvtec_dir), out, params, progress=False)  # free again
+    assert (out / "model" / "model.json").is_file()
+    assert not any(p.name.startswith(".") for p in out.iterdir())
+    fresh = tmp_path / "new"  # made by the training: locked once made, released after
+    train("deep_svdd", str(mvtec_dir), fresh, params, progress=False)
+    with RunLock(fresh) as lock:
+        assert lock.fd is not None

@@ -236,6 +236,44 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
     return test
 
 
+class RunLock:
+    """An exclusive lock on a run folder while a training writes it (``flock`` on the folder
+    itself, so no file is left behind; released when the process ends, however it ends): a
+    second training into the same folder is refused instead of mixing the two trainings'
+    checkpoints. Taken when the folder exists, else by :meth:`take` once it is made; only
+    by the main process under torchrun (the others write nothing). No lock where ``fcntl``
+    is missing (Windows)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.fd = Path(folder), None
+
+    def __enter__(self) -> RunLock:
+        if self.folder.is_dir():
+            self.take()
+        return self
+
+    def take(self) -> None:
+        if self.fd is not None or not is_main_process():
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by another process (or a file system without locks: refused)
+            os.close(fd)
+            raise ConfigError(f"{self.folder}: another training is writing this run folder; "
+                              "wait for it to finish (or stop it), or use another --out") from None
+        self.fd = fd
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor releases the lock
+            self.fd = None
+
+
 def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
           data_root: str | None = None, resume: bool = False, progress: bool | None = None,
           outliers: str | None = None, anomalies: str | None = None,
@@ -251,10 +289,23 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
             unreadable images out with a warning and records them in ``config.json``.
         reference: reference set spec for methods that use one (DOC; see
             :mod:`oneclass.data.reference`).
+
+    One training at a time writes a run folder: another one into it is refused (:class:`RunLock`).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; give --out a folder for the run")
+    with RunLock(out) as lock:
+        return _train(method, data_spec, out, params, lock, data_root=data_root, resume=resume,
+                      progress=progress, outliers=outliers, anomalies=anomalies,
+                      anomaly_limit=anomaly_limit, on_bad_image=on_bad_image,
+                      reference=reference)
+
+
+def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock: RunLock, *,
+           data_root: str | None, resume: bool, progress: bool | None, outliers: str | None,
+           anomalies: str | None, anomaly_limit: int, on_bad_image: str,
+           reference: str | None) -> Detector:
     det = create(method, **params)
     resolve_device(det.device)  # a device this machine lacks is refused before data is read
     config = {"method": det.name, "data": data_spec, "data_root": data_root,
@@ -350,6 +401,7 @@ def train(method: str, data_spec: str, out: Path, params: dict[str, Any], *,
     main = is_main_process()  # under torchrun only rank 0 writes files
     if main:  # the run folder once the data are read: a wrong --data leaves no folder behind
         out.mkdir(parents=True, exist_ok=True)
+        lock.take()
         write_json(pending, config)
     # The per-epoch log, too, waits in checkpoints/ and replaces RUN/train_log.jsonl with the
     # model: a failed retraining keeps the log of the model that stays.
