@@ -220,3 +220,26 @@ def test_demo_and_report_on_an_unlabeled_folder_with_a_name_that_is_not_utf8(tmp
     assert "image AUROC: n/a" in capsys.readouterr().out  # no labels, no AUROC
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "caf\\xe9" in html
+
+
+def test_methods_lists_them_and_shows_one_methods_parameters(capsys):
+    from oneclass.cli import main
+    from oneclass.registry import available, get
+
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in available())
+    assert "module docstring" not in listing and "oneclass methods NAME" in listing
+    for name in available():
+        assert main(["methods", name]) == 0
+        shown = capsys.readouterr().out
+        lines = [line for line in shown.splitlines() if line[:2] == "  " and line[2] != " "]
+        assert [line.split(" = ")[0].strip() for line in lines] == list(get(name).all_defaults())
+    assert main(["methods", "FCDD"]) == 0
+    fcdd = capsys.readouterr().out
+    assert "min_train_steps = 200" in fcdd and 'noise = "mixed"' in fcdd
+    # the comments beside the defaults, of the method and of the base class
+    assert "epochs = null\n      None: 40 epochs, and more on small sets" in fcdd
+    assert "size = null\n      int, [H, W] or None" in fcdd
+    assert main(["methods", "fcd"]) == 2
+    assert "did you mean 'fcdd'" in capsys.readouterr().err

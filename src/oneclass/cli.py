@@ -114,11 +114,29 @@ def _progress(args) -> bool | None:
 
 
 def cmd_methods(args) -> int:
-    from .registry import available, get
+    import sys
+    import textwrap
 
-    for name in available():
-        doc = (get(name).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<12} {doc}")
+    from .registry import available, get, parameter_notes
+
+    if not args.name:
+        for name in available():
+            doc = (get(name).__doc__ or "").strip().splitlines()[0]
+            print(f"{name:<12} {doc.replace(' (see module docstring)', '')}")
+        print("\n`oneclass methods NAME` lists a method's parameters (--set KEY=VALUE).")
+        return 0
+    klass = get(args.name)
+    module = sys.modules[klass.__module__].__doc__ or ""
+    print(f"{klass.name}: {module.strip().split(chr(10) + chr(10))[0]}" if module.strip()
+          else klass.name)
+    print("\nparameters (--set KEY=VALUE, or a [params] table in --config), with defaults:")
+    notes = parameter_notes(klass)
+    for key, value in klass.all_defaults().items():
+        shown = json.dumps(value)
+        print(f"  {key} = {shown}")
+        if notes.get(key):
+            print(textwrap.fill(notes[key], width=88, initial_indent="      ",
+                                subsequent_indent="      "))
     return 0
 
 
@@ -445,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         if device:
             sp.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
 
-    s = sub.add_parser("methods", help="list the registered methods")
+    s = sub.add_parser("methods", help="list the registered methods, or one method's parameters")
+    s.add_argument("name", nargs="?", help="a method: show its parameters and their defaults")
     s.set_defaults(func=cmd_methods)
 
     s = sub.add_parser("train", help="train a method and save the model in a run directory")
@@ -616,6 +635,11 @@ def _run(args) -> int:
     except OneclassError as exc:
         print(f"oneclass: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed by its reader (`| head`): stop quietly, as cat does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for such a command
     except OSError as exc:  # the environment (full disk, permissions), not a bug: one line
         where = f"{exc.filename}: " if exc.filename else ""
         if exc.errno == errno.ENOSPC:

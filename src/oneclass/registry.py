@@ -65,3 +65,61 @@ def get(name: str) -> type[Detector]:
 def create(name: str, **params) -> Detector:
     """Build an unfitted detector: ``create("deep_svdd", epochs=10)``."""
     return get(name)(**params)
+
+
+def parameter_notes(cls: type) -> dict[str, str]:
+    """The comments written beside each entry of the ``defaults`` dicts of ``cls`` and its
+    bases (a comment on the lines above an entry, and one after it on its line), by
+    parameter name; the most derived class's note wins. Read from the source, so a class
+    without source (a frozen build) gives none."""
+    notes: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if "defaults" in vars(klass):
+            notes.update(_defaults_comments(klass))
+    return notes
+
+
+def _defaults_comments(klass: type) -> dict[str, str]:
+    import ast
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.getsource(klass)
+    except (OSError, TypeError):
+        return {}
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    notes: dict[str, str] = {}
+    start = next((k for k, t in enumerate(tokens[:-2]) if t.type == tokenize.NAME
+                  and t.string == "defaults" and tokens[k + 1].string in ("=", ":")), None)
+    # the dict itself: past an annotation (defaults: ClassVar[dict[str, Any]] = {...})
+    start = next((k for k in range(start, len(tokens)) if tokens[k].string == "{"), None) \
+        if start is not None else None
+    if start is None:
+        return notes
+    depth, above, last, last_row = 0, [], None, -1
+    for k in range(start, len(tokens)):
+        t = tokens[k]
+        if t.type == tokenize.OP and t.string in "([{":
+            depth += 1
+        elif t.type == tokenize.OP and t.string in ")]}":
+            depth -= 1
+            if depth == 0:
+                break
+        elif t.type == tokenize.COMMENT and depth == 1:
+            text = t.string.lstrip("#").strip()
+            if last is not None and t.start[0] == last_row:  # after an entry, on its line
+                notes[last] = f"{notes[last]} {text}".strip()
+            else:
+                above.append(text)
+        elif t.type == tokenize.STRING and depth == 1 and tokens[k + 1].string == ":":
+            last, last_row = ast.literal_eval(t.string), t.start[0]
+            notes[last] = " ".join(above)
+            above = []
+        elif t.type == tokenize.OP and t.string == "," and depth == 1:
+            last_row = t.start[0] if last is not None else last_row
+    return {k: v for k, v in notes.items() if v}
