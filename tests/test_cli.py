@@ -107,7 +107,8 @@ def test_bad_input_is_one_line_without_traceback(argv, message, tmp_path, capsys
     assert len(err.strip().splitlines()) == 1
 
 
-def test_fcdd_semi_supervised_run_leaves_its_labeled_anomalies_out_of_eval(mvtec_dir, tmp_path):
+def test_fcdd_semi_supervised_run_leaves_its_labeled_anomalies_out_of_eval(mvtec_dir, tmp_path,
+                                                                           capsys):
     run = tmp_path / "fcdd"
     assert main(["train", "--method", "fcdd", "--data", str(mvtec_dir), "--out", str(run),
                  "--epochs", "2", "--set", "net=cnn224", "--set", "batch_size=16",
@@ -116,9 +117,12 @@ def test_fcdd_semi_supervised_run_leaves_its_labeled_anomalies_out_of_eval(mvtec
     used = cfg["anomalies_used"]
     kinds = {p.split("/")[1] for p in used}
     assert len(used) == len(kinds) >= 2  # one per defect type
-    assert main(["eval", str(run), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["n_test"] == 22 - len(used)
+    assert (f"{len(used)} of its 22 test images were labeled anomalies in this run's training "
+            f"and are left out; {22 - len(used)} are evaluated") in capsys.readouterr().err
     assert m["pixel_auroc"] is not None and m["aupro"] is not None
 
 

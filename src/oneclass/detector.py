@@ -570,7 +570,8 @@ class Detector:
                 log.warning("%s: the threshold comes from only %d held-back normal images, too "
                             "few to hold false alarms near contamination %g (that needs %d or "
                             "more): expect more false alarms on new normal images (give more "
-                            "training images, or pass val= to fit() in Python)", self.name,
+                            "training images, hold back more of them with --set holdout=F, or "
+                            "pass val= to fit() in Python)", self.name,
                             len(hold_set), float(self.contamination), few)
         else:
             ref = x[y != 1].float() / 255.0

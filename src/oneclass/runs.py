@@ -228,7 +228,11 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
                         given, spec, len(used))
         return test
     anomalous = int((test.labels == 1).sum())
+    n_all = len(test)
     test = test.subset([i for i, n in enumerate(test.names) if n not in used])
+    if len(test) < n_all:
+        log.info("%s: %d of its %d test images were labeled anomalies in this run's training "
+                 "and are left out; %d are evaluated", spec, n_all - len(test), n_all, len(test))
     if anomalous and not (test.labels == 1).any():
         log.warning("%s: all %d anomalous test images were labeled anomalies in training: none is "
                     "left to evaluate on, so the image metrics are n/a; evaluate on other data "
