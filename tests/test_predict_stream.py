@@ -57,23 +57,35 @@ def _images(root: Path, names: list[str]) -> Path:
 
 def test_heatmap_names_are_unique_and_named_in_the_csv(run, tmp_path):
     """a/img.png, a/img_1.png and b/img.png once gave img, img_1, img_1: one map overwrote
-    another. Names stay unique against every name used, in input order."""
-    inputs = _images(tmp_path / "in", ["a/img.png", "a/img_1.png", "b/img.png"])
+    another. A name in several folders takes its folder's name (test/good/000.png and
+    test/crack/000.png were 000 and 000_1, which only the CSV told apart); names stay unique
+    against every name used, case-insensitively, in input order."""
+    inputs = _images(tmp_path / "in", ["a/img.png", "a/img_1.png", "b/img.png", "c/x.png",
+                                       "c/x_1.png"])
+    (inputs / "c" / "X.PNG").write_bytes((inputs / "c" / "x.png").read_bytes())
     out = tmp_path / "pred"
-    assert predict(run, [str(inputs)], out, batch_size=2)["scored"] == 3
+    assert predict(run, [str(inputs)], out, batch_size=2)["scored"] == 6
     rows = list(csv.DictReader(open(out / "predictions.csv")))
-    assert [Path(r["path"]).relative_to(inputs).as_posix() for r in rows] == [
-        "a/img.png", "a/img_1.png", "b/img.png"]
-    assert [r["heatmap"] for r in rows] == ["heatmaps/img.png", "heatmaps/img_1.png",
-                                            "heatmaps/img_2.png"]
-    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["img.png", "img_1.png",
-                                                                    "img_2.png"]
+    got = {Path(r["path"]).relative_to(inputs).as_posix(): r["heatmap"] for r in rows}
+    assert got == {"a/img.png": "heatmaps/a_img.png", "a/img_1.png": "heatmaps/img_1.png",
+                   "b/img.png": "heatmaps/b_img.png", "c/X.PNG": "heatmaps/X.png",
+                   "c/x.png": "heatmaps/x_1.png", "c/x_1.png": "heatmaps/x_1_1.png"}
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted(
+        Path(h).name for h in got.values())
     # a resume after a cut row keeps the column; without heatmaps it is empty
     text = (out / "predictions.csv").read_text()
     (out / "predictions.csv").write_text(text[: text.rindex(",")])
     assert predict(run, [str(inputs)], out, resume=True, heatmaps=False)["scored"] == 1
     again = list(csv.DictReader(open(out / "predictions.csv")))
-    assert [r["heatmap"] for r in again] == ["heatmaps/img.png", "heatmaps/img_1.png", ""]
+    assert [r["heatmap"] for r in again] == [got[Path(r["path"]).relative_to(inputs).as_posix()]
+                                             for r in again[:5]] + [""]
+    # resumed with heatmaps, a name in several folders keeps its folder's name even when
+    # the other folder's image is already done
+    keep = [ln for ln in text.splitlines(keepends=True) if "b/img.png" not in ln]
+    (out / "predictions.csv").write_text("".join(keep))
+    (out / "heatmaps" / "b_img.png").unlink()
+    assert predict(run, [str(inputs)], out, resume=True)["scored"] == 1
+    assert (out / "heatmaps" / "b_img.png").is_file()
 
 
 def test_resume_of_a_file_without_the_heatmap_column_keeps_its_columns(run, tmp_path):

@@ -723,16 +723,25 @@ def _to_uint8_image(x) -> np.ndarray:
     return (x.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
-def _unique_stems(paths: list[Path], reserved: set[str] = frozenset()) -> list[str]:
-    """A heatmap name per path, unique against every name already given (a/img.png,
-    a/img_1.png, b/img.png -> img, img_1, img_2) and against ``reserved`` (names that rows of
-    an earlier run already point to), case-insensitively, so that no heatmap overwrites
-    another, on case-insensitive file systems too; the same in every run over the same
-    inputs, so that --resume keeps the names."""
+def _unique_stems(paths: list[Path], reserved: set[str] = frozenset(),
+                  among: list[Path] | None = None) -> list[str]:
+    """A heatmap name per path: its file name's stem, prefixed with its folder's name when
+    that stem occurs in several folders of ``among`` (default ``paths``; a resume passes
+    every input, so names do not depend on what is left to do): test/good/000.png and
+    test/crack/000.png -> good_000, crack_000. Then unique against every name already given
+    and against ``reserved`` (names that rows of an earlier run already point to) by a
+    number (a/img.png, a/IMG.png -> a_img, a_IMG_1), case-insensitively, so that no heatmap
+    overwrites another, on case-insensitive file systems too; the same in every run over
+    the same inputs."""
+    folders: dict[str, set[str]] = {}
+    for q in (paths if among is None else among):
+        folders.setdefault(_safe_stem(q.stem).casefold(), set()).add(str(Path(q).parent))
     used = {r.casefold() for r in reserved}
     out = []
     for p in paths:
         stem = _safe_stem(p.stem)
+        if len(folders.get(stem.casefold(), ())) > 1 and p.parent.name:
+            stem = f"{_safe_stem(p.parent.name)}_{stem}"
         name, n = stem, 0
         while name.casefold() in used:
             n += 1
@@ -894,7 +903,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
         todo = [Path(n) for n in fs.names]
         _warn_gray_on_colour(det, fs)
     reserved = {Path(h).stem for h in done.values() if h}
-    stems = dict(zip(map(str, todo), _unique_stems(todo, reserved)))
+    stems = dict(zip(map(str, todo), _unique_stems(todo, reserved, among=paths)))
     out.mkdir(parents=True, exist_ok=True)
     mode = "a" if resume and csv_path.exists() else "w"
     # --overwrite of earlier results: the new ones are written to a folder beside them and
