@@ -294,3 +294,13 @@ def test_an_unfinished_training_is_named_as_such(tmp_path):
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)
     with pytest.raises(ModelFileError, match="training has not finished.*--resume"):
         load_model(tmp_path / "r")
+
+
+def test_a_subset_of_files_keeps_their_paths(mvtec_dir):
+    import oneclass
+
+    test = oneclass.data.load(str(mvtec_dir), "test")
+    sub = test.subset([3, 0])
+    assert sub.paths == [test.paths[3], test.paths[0]]
+    assert sub.subset([1]).paths == [test.paths[0]]
+    assert not hasattr(oneclass.data.load("synthetic:stripes:16", "test").subset([0]), "paths")

@@ -112,6 +112,8 @@ class Subset(ImageSet):
         self.kinds = [parent.kinds[i] for i in index]
         self.has_masks = parent.has_masks
         self.description = parent.description
+        if hasattr(parent, "paths"):  # a subset of files is still files (as FileSet.paths)
+            self.paths = [parent.paths[i] for i in index]
 
     def read(self, i: int) -> Sample:
         return self.parent.read(int(self.index[i]))
