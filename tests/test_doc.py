@@ -14,7 +14,7 @@ from oneclass.data import load
 from oneclass.data.base import ArraySet
 from oneclass.data.reference import Reference, check_specs, load_reference
 from oneclass.errors import ConfigError
-from oneclass.methods.doc import DOCNet, compactness_loss, knn_distance
+from oneclass.methods.doc import DOCNet, compactness_loss, gradcam_upsample, knn_distance
 from oneclass.metrics import auroc
 from oneclass.viz import save_png
 
@@ -89,7 +89,7 @@ def test_gradcam_maps_have_the_input_size(small_fit, defects_test):
     maps = small_fit.anomaly_map(images)
     assert maps.shape == (4, 24, 24) and np.isfinite(maps).all() and maps.std() > 0
     # Grad-CAM from the model's parts: the kNN score's gradient on the head feature map A,
-    # relu(sum_c mean_uv(ds/dA_c) A_c), upsampled bilinearly to the input
+    # relu(sum_c mean_uv(ds/dA_c) A_c), upsampled to the input from its units' centres
     m: DOCNet = small_fit.model_
     (x,) = list(small_fit.batches(images))
     with torch.no_grad():
@@ -98,10 +98,25 @@ def test_gradcam_maps_have_the_input_size(small_fit, defects_test):
     s = torch.cdist(m.pool(a), m.bank).sort(1).values[:, :small_fit.k].mean(1)
     (g,) = torch.autograd.grad(s.sum(), a)
     cam = torch.relu((g.mean(dim=(2, 3))[:, :, None, None] * a).sum(1, keepdim=True))
-    expect = torch.nn.functional.interpolate(cam.detach(), size=(24, 24), mode="bilinear",
-                                             align_corners=False)[:, 0].numpy()
+    expect = gradcam_upsample(cam.detach()[:, 0], (24, 24), m.net_size, 32).numpy()
     assert (expect > 0).any()
     np.testing.assert_allclose(maps, expect, rtol=1e-3, atol=1e-4 * expect.max())
+
+
+def test_gradcam_units_lie_on_their_receptive_fields_centres():
+    """Unit i of the stride-32 head is centred on trunk-input pixel 32 * i; bilinear resizing
+    (align_corners=False) put it at 32 * i + 15.5, so maps sat half a unit down and right."""
+    cam = torch.zeros(1, 7, 7)
+    cam[0, 2, 3] = 1.0
+    up = gradcam_upsample(cam, (224, 224), 224, 32)[0]
+    assert divmod(int(up.argmax()), 224) == (64, 96) and float(up[64, 96]) == 1.0
+    assert float(up[63, 96]) == pytest.approx(float(up[65, 96])) and float(up[63, 96]) < 1.0
+    # an image of 112x448 goes through the trunk at 224x224: row y lies on (y + 0.5) * 2 - 0.5,
+    # so net row 64 is y = 31.75 (nearest row 32); column x on x / 2 - 0.25, so net column 96
+    # is x = 192.5, between columns 192 and 193
+    up = gradcam_upsample(cam, (112, 448), 224, 32)[0]
+    assert float(up[32, 192]) == pytest.approx(float(up[32, 193])) == float(up.max())
+    assert float(up[31, 192]) < float(up[32, 192]) and float(up[33, 192]) < float(up[32, 192])
 
 
 def _toy_detector(scoring: str) -> oneclass.Detector:

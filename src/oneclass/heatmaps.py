@@ -120,3 +120,21 @@ def bilinear_upsample(maps: torch.Tensor, rf, size: tuple[int, int]) -> torch.Te
     wy = bilinear_upsample_matrix(u, size[0], rf.j[0], rf.s[0]).to(maps)
     wx = bilinear_upsample_matrix(v, size[1], rf.j[1], rf.s[1]).to(maps)
     return wy.t() @ maps @ wx
+
+
+def interpolation_matrix(coords: torch.Tensor, n_in: int) -> torch.Tensor:
+    """``(len(coords), n_in)`` weights of linear interpolation at (clamped) grid ``coords``."""
+    t = coords.float().clamp(0, n_in - 1)
+    i0 = t.floor().long()
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    w1 = t - i0
+    m = torch.zeros(len(t), n_in)
+    rows = torch.arange(len(t))
+    m.index_put_((rows, i0), 1 - w1, accumulate=True)
+    m.index_put_((rows, i1), w1, accumulate=True)
+    return m
+
+
+def resample(maps: torch.Tensor, my: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+    """Separable resampling of ``(..., h, w)`` with row / column matrices ``(H, h)``, ``(W, w)``."""
+    return my.to(maps) @ maps @ mx.to(maps).t()

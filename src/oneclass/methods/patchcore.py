@@ -35,7 +35,7 @@ from torch import nn
 
 from ..detector import Detector
 from ..errors import ConfigError
-from ..heatmaps import gaussian_blur
+from ..heatmaps import gaussian_blur, interpolation_matrix, resample
 from ..nets.efficientnet_lite import MEAN, STAGES, STD, EfficientNetLite0Trunk
 from ..registry import register
 from ..train import LoopConfig
@@ -107,24 +107,6 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
         dists.append(v.clamp_min_(0).sqrt_())
         idxs.append(i)
     return torch.cat(dists), torch.cat(idxs)
-
-
-def interpolation_matrix(coords: torch.Tensor, n_in: int) -> torch.Tensor:
-    """``(len(coords), n_in)`` weights of linear interpolation at (clamped) grid ``coords``."""
-    t = coords.float().clamp(0, n_in - 1)
-    i0 = t.floor().long()
-    i1 = (i0 + 1).clamp_max(n_in - 1)
-    w1 = t - i0
-    m = torch.zeros(len(t), n_in)
-    rows = torch.arange(len(t))
-    m.index_put_((rows, i0), 1 - w1, accumulate=True)
-    m.index_put_((rows, i1), w1, accumulate=True)
-    return m
-
-
-def resample(maps: torch.Tensor, my: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
-    """Separable resampling of ``(..., h, w)`` with row / column matrices ``(H, h)``, ``(W, w)``."""
-    return my.to(maps) @ maps @ mx.to(maps).t()
 
 
 class PatchCoreModel(nn.Module):
