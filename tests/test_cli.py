@@ -247,3 +247,34 @@ def test_methods_lists_them_and_shows_one_methods_parameters(capsys):
     assert "size = null\n      int, [H, W] or None" in fcdd
     assert main(["methods", "fcd"]) == 2
     assert "did you mean 'fcdd'" in capsys.readouterr().err
+
+
+def test_a_broken_pipe_other_than_stdout_is_an_error(capsys):
+    """Only a closed stdout (`| head`) ends a command quietly; another broken pipe is an
+    error like any other."""
+    import argparse
+
+    from oneclass.cli import _run
+
+    def boom(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert _run(argparse.Namespace(func=boom, max_pixels=None)) == 2
+    assert "oneclass: error: Broken pipe" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_ends_a_command_quietly():
+    """`oneclass methods fcdd | head -1` printed "error: Broken pipe"; a reader that has gone
+    ends the command with 141 (128 + SIGPIPE) and nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the command writes
+    try:
+        proc = subprocess.run([sys.executable, "-m", "oneclass.cli", "methods", "fcdd"],
+                              stdout=w, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(w)
+    assert proc.returncode == 141 and proc.stderr == b""

@@ -304,3 +304,14 @@ def test_a_subset_of_files_keeps_their_paths(mvtec_dir):
     assert sub.paths == [test.paths[3], test.paths[0]]
     assert sub.subset([1]).paths == [test.paths[0]]
     assert not hasattr(oneclass.data.load("synthetic:stripes:16", "test").subset([0]), "paths")
+
+
+def test_heatmap_names_take_as_many_folders_as_tell_them_apart(tmp_path):
+    from oneclass.runs import _unique_stems
+
+    paths = [tmp_path / "x/good/000.png", tmp_path / "y/good/000.png", tmp_path / "good/000.png",
+             tmp_path / "a/img.png", tmp_path / "a/IMG.png", tmp_path / "b/one.png"]
+    assert _unique_stems(paths) == ["x_good_000", "y_good_000", f"{tmp_path.name}_good_000",
+                                    "img", "IMG_1", "one"]
+    # a resume names the rest alike: collisions are decided over every input
+    assert _unique_stems(paths[1:2], {"x_good_000"}, among=paths) == ["y_good_000"]

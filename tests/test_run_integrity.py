@@ -787,3 +787,25 @@ def test_a_second_training_into_a_run_folder_being_trained_is_refused(mvtec_dir,
     train("deep_svdd", str(mvtec_dir), fresh, params, progress=False)
     with RunLock(fresh) as lock:
         assert lock.fd is not None
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(mvtec_dir, tmp_path, monkeypatch,
+                                                             caplog):
+    """flock failing for another reason than a held lock (NFS, Lustre without it) used to be
+    reported as another training; it now trains, warning that the folder is not locked."""
+    import fcntl
+    import logging
+
+    from oneclass.runs import train
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "run"
+    out.mkdir()
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        train("deep_svdd", str(mvtec_dir), out, {"epochs": 1, "pretrain_epochs": 0, "seed": 0},
+              progress=False)
+    assert (out / "model" / "model.json").is_file()
+    assert "cannot lock the run folder (No locks available)" in caplog.text

@@ -129,7 +129,8 @@ def cmd_methods(args) -> int:
     module = sys.modules[klass.__module__].__doc__ or ""
     print(f"{klass.name}: {module.strip().split(chr(10) + chr(10))[0]}" if module.strip()
           else klass.name)
-    print("\nparameters (--set KEY=VALUE, or a [params] table in --config), with defaults:")
+    print("\nparameters (--set KEY=VALUE, values in JSON; or a params table in --config), "
+          "with defaults:")
     notes = parameter_notes(klass)
     for key, value in klass.all_defaults().items():
         shown = json.dumps(value)
@@ -625,6 +626,18 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no descriptor (captured), no poll
+        return False
+
+
 def _run(args) -> int:
     try:
         if getattr(args, "max_pixels", None) is not None:
@@ -635,8 +648,11 @@ def _run(args) -> int:
     except OneclassError as exc:
         print(f"oneclass: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # stdout closed by its reader (`| head`): stop quietly, as cat does
-        import os
+    except BrokenPipeError as exc:
+        if not _stdout_closed():  # another pipe: an error like any other
+            print(f"oneclass: error: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        import os  # stdout closed by its reader (`| head`): stop quietly, as cat does
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 141  # 128 + SIGPIPE, what a shell reports for such a command

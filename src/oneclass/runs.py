@@ -266,10 +266,15 @@ class RunLock:
         fd = os.open(self.folder, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held by another process (or a file system without locks: refused)
+        except BlockingIOError:  # held by another process
             os.close(fd)
             raise ConfigError(f"{self.folder}: another training is writing this run folder; "
                               "wait for it to finish (or stop it), or use another --out") from None
+        except OSError as exc:  # a file system without flock (some NFS, Lustre): no lock
+            os.close(fd)
+            log.warning("%s: cannot lock the run folder (%s); a second training into it "
+                        "would not be refused", self.folder, exc.strerror or exc)
+            return
         self.fd = fd
 
     def __exit__(self, *exc) -> None:
@@ -725,23 +730,35 @@ def _to_uint8_image(x) -> np.ndarray:
 
 def _unique_stems(paths: list[Path], reserved: set[str] = frozenset(),
                   among: list[Path] | None = None) -> list[str]:
-    """A heatmap name per path: its file name's stem, prefixed with its folder's name when
-    that stem occurs in several folders of ``among`` (default ``paths``; a resume passes
-    every input, so names do not depend on what is left to do): test/good/000.png and
-    test/crack/000.png -> good_000, crack_000. Then unique against every name already given
+    """A heatmap name per path: its file name's stem, prefixed with as many of its folders'
+    names as tell it apart when that stem occurs in several folders of ``among`` (default
+    ``paths``; a resume passes every input, so names do not depend on what is left to do):
+    test/good/000.png and test/crack/000.png -> good_000, crack_000; x/good/000.png and
+    y/good/000.png -> x_good_000, y_good_000. Then unique against every name already given
     and against ``reserved`` (names that rows of an earlier run already point to) by a
-    number (a/img.png, a/IMG.png -> a_img, a_IMG_1), case-insensitively, so that no heatmap
+    number (a/img.png, a/IMG.png -> img, IMG_1), case-insensitively, so that no heatmap
     overwrites another, on case-insensitive file systems too; the same in every run over
     the same inputs."""
-    folders: dict[str, set[str]] = {}
+    def folders(q: Path) -> tuple[str, ...]:
+        return Path(os.path.abspath(q)).parent.parts[1:]  # without the root
+
+    groups: dict[str, set[tuple[str, ...]]] = {}
     for q in (paths if among is None else among):
-        folders.setdefault(_safe_stem(q.stem).casefold(), set()).add(str(Path(q).parent))
+        groups.setdefault(_safe_stem(q.stem).casefold(), set()).add(folders(q))
+    depth: dict[str, int] = {}  # folders in front of a stem found in several folders
+    for stem, parents in groups.items():
+        if len(parents) > 1:
+            most = max(len(f) for f in parents)
+            depth[stem] = next((k for k in range(1, most + 1)
+                                if len({tuple(x.casefold() for x in f[-k:]) for f in parents})
+                                == len(parents)), most)
     used = {r.casefold() for r in reserved}
     out = []
     for p in paths:
         stem = _safe_stem(p.stem)
-        if len(folders.get(stem.casefold(), ())) > 1 and p.parent.name:
-            stem = f"{_safe_stem(p.parent.name)}_{stem}"
+        k = depth.get(stem.casefold(), 0)
+        if k and folders(p):
+            stem = "_".join([*(_safe_stem(f) for f in folders(p)[-k:]), stem])
         name, n = stem, 0
         while name.casefold() in used:
             n += 1
