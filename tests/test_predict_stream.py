@@ -315,3 +315,20 @@ def test_heatmap_names_take_as_many_folders_as_tell_them_apart(tmp_path):
                                     "img", "IMG_1", "one"]
     # a resume names the rest alike: collisions are decided over every input
     assert _unique_stems(paths[1:2], {"x_good_000"}, among=paths) == ["y_good_000"]
+
+
+def test_colour_images_given_to_a_model_trained_on_gray_ones_are_named(run, tmp_path, caplog):
+    """A gray model scores a colour image as its luminance, silently; it now says so. RGB
+    files that hold gray pixels are not colour images."""
+    import logging
+
+    det = load_model(run)
+    assert det.preprocess_.channels == 1 and det.channels is None
+    gray_rgb = tmp_path / "gray_rgb"
+    gray_rgb.mkdir()
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(gray_rgb / "g.png")
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        predict(run, [str(gray_rgb)], tmp_path / "p1", heatmaps=False)
+        assert "colour image" not in caplog.text
+        predict(run, [str(_wide(tmp_path / "colour", 1))], tmp_path / "p2", heatmaps=False)
+    assert "wide0.png is a colour image, but the model was trained on grayscale" in caplog.text

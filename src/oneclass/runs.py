@@ -585,6 +585,7 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     run = Path(run)
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
+    _warn_channels(det, test)
     show = show_progress(progress)
     t0 = time.perf_counter()
     scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
@@ -918,7 +919,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
         if len(fs) == 0 and not done:
             raise DataError(f"none of the {len(todo)} input images can be read")
         todo = [Path(n) for n in fs.names]
-        _warn_gray_on_colour(det, fs)
+        _warn_channels(det, fs)
     reserved = {Path(h).stem for h in done.values() if h}
     stems = dict(zip(map(str, todo), _unique_stems(todo, reserved, among=paths)))
     out.mkdir(parents=True, exist_ok=True)
@@ -1016,12 +1017,22 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             "anomalous": n_anom, "csv": str(csv_path)}
 
 
-def _warn_gray_on_colour(det: Detector, images) -> None:
+def _warn_channels(det: Detector, images) -> None:
     """Warn when a colour model is given grayscale images (by their file headers): each is
     scored as its gray copied to three channels, which a model that learned colour usually
-    finds far from normal, so every one of them tends to be flagged."""
+    finds far from normal, so every one of them tends to be flagged. And when a model that
+    found its training images gray (``channels`` not set) is given colour ones (up to 16
+    files not gray by their headers are decoded: RGB files often hold gray pixels): each is
+    scored as its luminance, so what shows only in colour is not seen."""
     from .data.base import GRAY_MODES
 
+    if det.preprocess_.channels == 1 and det.channels is None:
+        first = images.first_colour(limit=16)
+        if first is not None:
+            log.warning("%s is a colour image, but the model was trained on grayscale "
+                        "images: colour images are scored as their luminance, so a defect seen "
+                        "only in colour is not seen; score images of the kind trained on, or "
+                        "train on colour ones", images.names[first])
     if det.preprocess_.channels != 3:
         return
     gray = [images.names[i] for i in range(len(images)) if images.mode(i) in GRAY_MODES]
@@ -1158,6 +1169,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
+    _warn_channels(det, test)
     show = show_progress(progress)
     scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
     mpath = run / "metrics.json"

@@ -90,6 +90,10 @@ class ImageSet:
         most ``limit`` of them spread evenly over the set, so that colour images sorted after
         many gray ones are still seen.
         """
+        return 1 if self.first_colour(limit) is None else 3
+
+    def first_colour(self, limit: int = 64) -> int | None:
+        """The index of the first colour image :meth:`channels` finds, or None."""
         maybe = [i for i in range(len(self)) if self.mode(i) not in GRAY_MODES]
         if len(maybe) > limit:
             maybe = [maybe[int(j)] for j in np.linspace(0, len(maybe) - 1, limit).round()]
@@ -98,8 +102,8 @@ class ImageSet:
             if img.shape[2] == 3 and not (
                 np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
             ):
-                return 3
-        return 1
+                return i
+        return None
 
 
 class Subset(ImageSet):
