@@ -332,3 +332,28 @@ def test_colour_images_given_to_a_model_trained_on_gray_ones_are_named(run, tmp_
         assert "colour image" not in caplog.text
         predict(run, [str(_wide(tmp_path / "colour", 1))], tmp_path / "p2", heatmaps=False)
     assert "wide0.png is a colour image, but the model was trained on grayscale" in caplog.text
+
+
+def test_images_far_from_the_training_images_size_are_named(run, tmp_path, caplog):
+    """A model resizes every image to its input: one from another camera, zoom or crop than
+    the training images (median recorded in model.json) is scored silently at another scale;
+    predict now says so. Images near the training size do not warn."""
+    import json
+    import logging
+
+    from oneclass.runs import model_dir
+
+    det = load_model(run)
+    assert det.train_image_size_ == [24, 24]
+    assert json.loads((model_dir(run) / "model.json").read_text())["fitted"][
+        "train_image_size"] == [24, 24]
+    near, far = tmp_path / "near", tmp_path / "far"
+    _images(near, ["a.png", "b.png"])  # 24x24, as trained
+    far.mkdir()
+    Image.fromarray(np.zeros((30, 100), np.uint8)).save(far / "strip.png")
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        predict(run, [str(near)], tmp_path / "p1", heatmaps=False)
+        assert "differ much in size" not in caplog.text
+        predict(run, [str(near), str(far)], tmp_path / "p2", heatmaps=False)
+    assert ("1 of 3 images differ much in size from the model's training images (median "
+            "24x24; first: " in caplog.text and "strip.png, 30x100)" in caplog.text)

@@ -449,8 +449,9 @@ class Detector:
     def _resolve_preprocess(self, train: ImageSet) -> Preprocess:
         channels = self.channels or train.channels()
         size = self._size_tuple()
+        (h, w), kinds = train.typical_size()
+        self.train_image_size_ = [h, w]  # predict warns of images far from it
         if size is None:
-            (h, w), kinds = train.typical_size()
             d = self.default_size
             if max(h, w) <= 64:
                 size = (h, w)
@@ -716,6 +717,7 @@ class Detector:
                 "map_scale": getattr(self, "map_scale_", None),
                 "n_train": getattr(self, "n_train_", None),
                 "train_seconds": round(getattr(self, "train_seconds_", 0.0), 3),
+                "train_image_size": getattr(self, "train_image_size_", None),
                 **self._fitted_extra(),
             },
         }
@@ -840,6 +842,9 @@ class Detector:
                     _is_number(v) and math.isfinite(v) for v in scale)):
                 raise ValueError(f"map_scale must be two finite numbers, got {scale!r}")
             det.train_seconds_ = fitted.get("train_seconds", 0.0)
+            size = fitted.get("train_image_size")  # the training images' median (h, w)
+            det.train_image_size_ = [int(v) for v in size] if isinstance(size, list) and \
+                len(size) == 2 and all(_is_number(v) and v >= 1 for v in size) else None
             det._load_fitted_extra(fitted)
             det._restoring = True  # the saved weights replace every pretrained one: not read
             try:

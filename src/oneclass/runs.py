@@ -1017,6 +1017,38 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             "anomalous": n_anom, "csv": str(csv_path)}
 
 
+#: An image whose side is this many times longer or shorter than the training images'
+#: median side (or whose aspect ratio differs by as much) is warned about.
+SIZE_FACTOR = 2.0
+
+
+def _warn_sizes(det: Detector, images, limit: int = 256) -> None:
+    """Warn when images differ much in size from the model's training images (their median,
+    recorded at fit; of at most ``limit`` images spread over the set, by file headers): each
+    is resized to the model's input, so what it shows changes scale, a sign of another
+    camera, zoom or crop than the training images had."""
+    ref = getattr(det, "train_image_size_", None)
+    if not ref or not len(images):
+        return
+    index = range(len(images))
+    if len(images) > limit:
+        index = sorted({int(j) for j in np.linspace(0, len(images) - 1, limit).round()})
+    h0, w0 = ref
+    far = []
+    for i in index:
+        h, w = images.size(i)
+        if max(h / h0, h0 / h, w / w0, w0 / w, (h / w) / (h0 / w0), (h0 / w0) / (h / w)) \
+                > SIZE_FACTOR:
+            far.append((i, h, w))
+    if far:
+        i, h, w = far[0]
+        log.warning("%d of %d images differ much in size from the model's training images "
+                    "(median %dx%d; first: %s, %dx%d): each is resized to the model's input, "
+                    "so what it shows changes scale; are they from the camera, zoom and crop "
+                    "the model was trained on?", len(far), len(index), h0, w0, images.names[i],
+                    h, w)
+
+
 def _warn_channels(det: Detector, images) -> None:
     """Warn when a colour model is given grayscale images (by their file headers): each is
     scored as its gray copied to three channels, which a model that learned colour usually
@@ -1033,6 +1065,7 @@ def _warn_channels(det: Detector, images) -> None:
                         "images: colour images are scored as their luminance, so a defect seen "
                         "only in colour is not seen; score images of the kind trained on, or "
                         "train on colour ones", images.names[first])
+    _warn_sizes(det, images)
     if det.preprocess_.channels != 3:
         return
     gray = [images.names[i] for i in range(len(images)) if images.mode(i) in GRAY_MODES]
