@@ -113,6 +113,16 @@ def test_the_overlay_has_the_size_and_colours_of_the_image_sent(client, app):
     assert img.shape == (30, 52, 3) and det.input_shape_[1:] != (30, 52)
     x = det.preprocess_.image(sent, "wide")[None]
     assert np.array_equal(img, viz.overlay(sent, det.anomaly_map(x)[0], *det.map_scale_))
+    # unlike the training images (24x24 gray) in size and colour: the response says so
+    notes = r.json()["warnings"]
+    assert len(notes) == 2 and "30x52, far from the model's training images (median 24x24)" \
+        in notes[0] and "a colour image, but the model was trained on grayscale" in notes[1]
+
+
+def test_an_image_like_the_training_images_gets_no_warnings(client, mvtec_dir):
+    path = sorted((mvtec_dir / "test" / "good").iterdir())[0]
+    r = client.post("/predict", headers=KEY, files={"file": (path.name, _png(path), "image/png")})
+    assert r.status_code == 200 and "warnings" not in r.json()
 
 
 def test_predict_needs_the_key(client, mvtec_dir):

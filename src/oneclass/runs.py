@@ -1022,6 +1022,36 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
 SIZE_FACTOR = 2.0
 
 
+def far_in_size(ref: list[int] | tuple[int, int], h: int, w: int) -> bool:
+    """Whether an ``h`` x ``w`` image is :data:`SIZE_FACTOR` off the size ``ref`` in a side
+    or in aspect ratio."""
+    h0, w0 = ref
+    return max(h / h0, h0 / h, w / w0, w0 / w, (h / w) / (h0 / w0), (h0 / w0) / (h / w)) \
+        > SIZE_FACTOR
+
+
+def image_notes(det: Detector, image: np.ndarray) -> list[str]:
+    """For one decoded uint8 ``(H, W, C)`` image (an upload), the warnings that
+    :func:`_warn_channels` gives a set of images: a size far from the training images', or
+    colour against gray training images and the reverse."""
+    notes = []
+    ref = getattr(det, "train_image_size_", None)
+    h, w = image.shape[:2]
+    if ref and far_in_size(ref, h, w):
+        notes.append(f"the image is {h}x{w}, far from the model's training images (median "
+                     f"{ref[0]}x{ref[1]}): it is resized to the model's input and scored at "
+                     "another scale")
+    colour = image.shape[2] == 3 and not (np.array_equal(image[..., 0], image[..., 1])
+                                          and np.array_equal(image[..., 1], image[..., 2]))
+    if colour and det.preprocess_.channels == 1 and det.channels is None:
+        notes.append("a colour image, but the model was trained on grayscale images: it is "
+                     "scored as its luminance")
+    if image.shape[2] == 1 and det.preprocess_.channels == 3:
+        notes.append("a grayscale image, but the model was trained on colour images: it is "
+                     "scored as its gray copied to three channels")
+    return notes
+
+
 def _warn_sizes(det: Detector, images, limit: int = 256) -> None:
     """Warn when images differ much in size from the model's training images (their median,
     recorded at fit; of at most ``limit`` images spread over the set, by file headers): each
@@ -1034,12 +1064,7 @@ def _warn_sizes(det: Detector, images, limit: int = 256) -> None:
     if len(images) > limit:
         index = sorted({int(j) for j in np.linspace(0, len(images) - 1, limit).round()})
     h0, w0 = ref
-    far = []
-    for i in index:
-        h, w = images.size(i)
-        if max(h / h0, h0 / h, w / w0, w0 / w, (h / w) / (h0 / w0), (h0 / w0) / (h / w)) \
-                > SIZE_FACTOR:
-            far.append((i, h, w))
+    far = [(i, *images.size(i)) for i in index if far_in_size(ref, *images.size(i))]
     if far:
         i, h, w = far[0]
         log.warning("%d of %d images differ much in size from the model's training images "

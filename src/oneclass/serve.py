@@ -234,6 +234,7 @@ class Scorer:
 
         A score that is not finite raises :class:`ScoringError` (the model, not the image).
         """
+        from .runs import image_notes
         from .viz import FAST_PNG, image_overlay, to_png
 
         det = self.det
@@ -253,6 +254,9 @@ class Scorer:
         out: dict[str, Any] = {"score": score, "label": "anomalous" if anomalous else "normal",
                                "anomalous": bool(anomalous), "threshold": det.threshold_,
                                "model_id": self.model_id, "method": det.name}
+        notes = image_notes(det, image)
+        if notes:  # an image unlike the training images: the score may mislead
+            out["warnings"] = notes
         if amap is not None:
             lo, hi = det.map_scale_ or (None, None)
             png = to_png(image_overlay(image, amap, lo, hi), FAST_PNG)
