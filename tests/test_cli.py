@@ -278,3 +278,12 @@ def test_a_closed_stdout_ends_a_command_quietly():
     finally:
         os.close(w)
     assert proc.returncode == 141 and proc.stderr == b""
+
+
+def test_an_option_and_a_set_of_the_same_parameter_must_agree(mvtec_dir, tmp_path, capsys):
+    """--epochs 1 --set epochs=5 trained 1 epoch and --set epochs=abc went unchecked."""
+    for bad in ("5", "abc"):
+        assert main(["train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out",
+                     str(tmp_path / "r"), "--epochs", "1", "--set", f"epochs={bad}"]) == 2
+        assert f"--epochs 1 and --set epochs={bad} disagree: give one" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

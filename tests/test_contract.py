@@ -345,3 +345,40 @@ def test_widths_too_deep_for_the_images_are_a_config_error(defects_train):
     with pytest.raises(ConfigError, match="too small for 5 pooling blocks.*fewer widths"):
         oneclass.create("deep_svdd", widths=[8, 8, 8, 8, 8], epochs=1,
                         pretrain_epochs=0).fit(defects_train.subset(range(8)))
+
+
+def test_labels_other_than_the_three_codes_are_refused():
+    """Deep SAD took a label 2 (a class index, say) as a known normal, silently."""
+    from oneclass.data.base import ArraySet
+    from oneclass.errors import DataError
+
+    x = np.random.default_rng(0).integers(0, 256, (24, 16, 16), dtype=np.uint8)
+    for bad in (2, -5):
+        with pytest.raises(DataError, match=rf"labels must be 0 \(normal\), 1 \(anomalous\) or "
+                                            rf"-1 \(unlabeled\), got \[{bad}\]"):
+            oneclass.create("deep_sad", epochs=1, pretrain_epochs=0).fit(
+                ArraySet(x, labels=[0] * 20 + [bad] * 4))
+
+
+def test_a_three_dimensional_array_is_not_guessed():
+    """(3, H, W) was taken as one colour image, so three gray images scored as one."""
+    from oneclass.data.base import ArraySet
+    from oneclass.errors import DataError
+
+    x = np.random.default_rng(0).integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    det = oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0).fit(ArraySet(x))
+    one = x[0].transpose(2, 0, 1)
+    with pytest.raises(DataError, match=r"input of shape \(3, 16, 16\): arrays are \(N, C, H, W\)"):
+        det.score(one)
+    assert det.score(one[None]).shape == (1,)
+
+
+def test_the_training_set_as_its_own_outliers_is_refused(mvtec_dir):
+    from oneclass.errors import DataError
+
+    train = oneclass.data.load(str(mvtec_dir), "train")
+    with pytest.raises(DataError, match="the outliers hold training images"):
+        oneclass.create("hsc", epochs=1).fit(train, outliers=train)
+    again = oneclass.data.load(str(mvtec_dir), "train")  # the same files, another object
+    with pytest.raises(DataError, match="the outliers hold training images .*000"):
+        oneclass.create("hsc", epochs=1).fit(train, outliers=again.subset([0, 1]))

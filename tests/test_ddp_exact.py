@@ -136,3 +136,28 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
     first, second = ((tmp_path / f"msg.{r}").read_text() for r in (0, 1))
     assert first.startswith("TrainingError:") and "another process in epoch 1" in first
     assert second.startswith("TrainingError: train: loss 'loss' became nan in epoch 1")
+
+
+def test_batches_smaller_than_the_world_are_refused_not_skipped(caplog):
+    """Under torchrun a batch smaller than the number of processes is left out (a process
+    would get no image); with a batch size below it every batch was, and a training that
+    never stepped reported success. It is refused now; a short last batch is warned about."""
+    import logging
+
+    import pytest
+
+    from oneclass.errors import ConfigError
+    from oneclass.train import LoopConfig, _epochs
+
+    task = _Linear(ddp=False)
+    before = task.lin.weight.detach().clone()
+    for bs, data in ((1, _linear_data()), (16, [t[:1] for t in _linear_data()])):
+        with pytest.raises(ConfigError, match="smaller than the 2 processes"):
+            _epochs(task, data, 0, 1, bs, 0, "train", LoopConfig(), False, None, False, 0, 2, 0.0)
+    assert torch.equal(task.lin.weight, before)  # nothing ran
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        with pytest.raises(ValueError, match="process group"):  # none here: the all-reduce fails
+            _epochs(task, [t[:17] for t in _linear_data()], 0, 1, 16, 0, "train", LoopConfig(),
+                    False, None, False, 0, 2, 0.0)
+    assert "the last batch of each epoch, 1 image(s), is smaller than the 2 processes" \
+        in caplog.text

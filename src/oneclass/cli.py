@@ -172,13 +172,14 @@ def _train(args, rank: int, world: int) -> int:
         raise ConfigError("no data given: use --data SPEC (a folder, mnist:C, elpv, ...)")
     params = dict(cfg.get("params", {k: v for k, v in cfg.items()
                                       if k not in (*_CONFIG_TEXT, "anomaly_limit")}))
-    params.update(_parse_sets(args.set))
-    if args.epochs is not None:
-        params["epochs"] = args.epochs
-    if args.seed is not None:
-        params["seed"] = args.seed
-    if args.device:
-        params["device"] = args.device
+    sets = _parse_sets(args.set)
+    params.update(sets)
+    for key, value in (("epochs", args.epochs), ("seed", args.seed), ("device", args.device)):
+        if value is None or value == "":
+            continue
+        if key in sets and sets[key] != value:  # one of them would be ignored
+            raise ConfigError(f"--{key} {value} and --set {key}={sets[key]} disagree: give one")
+        params[key] = value
     root = args.data_root or cfg.get("data_root")
     anomalies = args.anomalies or cfg.get("anomalies")
     limit = args.anomaly_limit if args.anomaly_limit is not None else cfg.get("anomaly_limit")

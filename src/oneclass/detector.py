@@ -191,6 +191,15 @@ def check_save_target(path: Path) -> None:
                          "whole directory, so save to a new directory (or move these away)")
 
 
+def _shared_files(a: ImageSet, b: ImageSet) -> str | None:
+    """The first file both image sets read (by resolved path), or None (sets of files only)."""
+    pa, pb = getattr(a, "paths", None), getattr(b, "paths", None)
+    if not pa or not pb:
+        return None
+    theirs = {os.path.realpath(p) for p in pb}
+    return next((str(p) for p in pa if os.path.realpath(p) in theirs), None)
+
+
 def _image_divisor(x: torch.Tensor) -> float:
     """What to divide ``x`` (as float) by for images in [0, 1]: 255 for uint8 or other integer
     images in 0..255, 1 for float images in [0, 1]; other values are a DataError (an int64
@@ -505,6 +514,17 @@ class Detector:
                     "images (N, H, W) or (N, H, W, C)")
         if len(train) == 0:
             raise DataError(f"{train.description or 'training set'}: no training images")
+        for what, images in (("training", train), ("val", val)):
+            odd = sorted(set(np.unique(images.labels).tolist()) - {-1, 0, 1}) \
+                if images is not None else []
+            if odd:  # e.g. class indices: a 2 would otherwise train as a known normal
+                raise DataError(f"{images.description or what + ' set'}: labels must be 0 "
+                                f"(normal), 1 (anomalous) or -1 (unlabeled), got {odd[:5]}; map "
+                                "class indices or other codes to these first")
+        if outliers is not None and (outliers is train or _shared_files(train, outliers)):
+            raise DataError(f"{self.name}.fit: the outliers hold training images "
+                            f"({_shared_files(train, outliers) or 'the same set'}): they would "
+                            "be trained as anomalies; give images of something else")
         if not np.any(train.labels != 1):
             raise DataError(f"{train.description or 'training set'}: no normal training images")
         loop = loop or LoopConfig()
@@ -616,9 +636,9 @@ class Detector:
                                   f"{float(self.contamination):g}")
 
     # ------------------------------------------------------------------ inference
-    def _check_fitted(self) -> None:
+    def _check_fitted(self, doing: str = "scoring") -> None:
         if not hasattr(self, "model_"):
-            raise ConfigError(f"{self.name}: call fit() or load() before scoring")
+            raise ConfigError(f"{self.name}: call fit() or load() before {doing}")
 
     def batches(self, x, batch_size: int | None = None,
                 progress: str | None = None) -> Iterator[torch.Tensor]:
@@ -649,8 +669,11 @@ class Detector:
         if not isinstance(x, torch.Tensor):
             raise DataError(f"cannot score an object of type {type(x).__name__}")
         divisor = _image_divisor(x)
-        if x.ndim == 3:
-            x = x[None]
+        if x.ndim == 3:  # one (C, H, W) image or N gray (H, W) ones: not guessed
+            raise DataError(
+                f"input of shape {tuple(x.shape)}: arrays are (N, C, H, W), the model's "
+                f"(N, {', '.join(map(str, self.input_shape_))}); one image is x[None], N gray "
+                "images (N, H, W) are x[:, None]; or pass an ImageSet")
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape_):
             raise DataError(
                 f"input of shape {tuple(x.shape)} does not match the model's input "
@@ -702,7 +725,7 @@ class Detector:
     # ------------------------------------------------------------------ persistence
     def describe(self) -> dict[str, Any]:
         """The JSON description saved next to the weights."""
-        self._check_fitted()
+        self._check_fitted("saving or describing it")
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -37,7 +37,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
-from .errors import ModelFileError, TrainingError
+from .errors import ConfigError, ModelFileError, TrainingError
 from .io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -368,6 +368,21 @@ def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
             rank, world, seconds: float) -> list[dict]:
     n = len(data[0])
     history: list[dict] = []
+    if world > 1:
+        # every rank takes a slice of every global batch: a batch smaller than the world
+        # would leave a rank without images, so such batches are left out; batches that are
+        # all of them smaller would leave nothing to train on
+        if int(batch_size) < world or n < world:
+            what = (f"batch size {batch_size}" if int(batch_size) < world
+                    else f"training set of {n} images")
+            raise ConfigError(f"{phase}: a {what} is smaller than the {world} processes, and "
+                              "every process takes a part of each batch, so nothing would "
+                              f"train; use a batch size and at least {world} images (--set "
+                              "batch_size=N), or fewer processes")
+        last = n % int(batch_size)
+        if last and last < world and not drop_last and rank == 0 and start < epochs:
+            log.warning("%s: the last batch of each epoch, %d image(s), is smaller than the %d "
+                        "processes and is left out", phase, last, world)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
