@@ -170,23 +170,23 @@ def _wide(folder: Path, n: int = 1) -> Path:
 
 
 def test_heatmaps_come_from_the_read_that_scored_the_image(run, tmp_path, monkeypatch):
-    """Each image is read once: its heatmap is drawn on the copy read for its score, so a file
-    removed (or replaced) after it was scored neither stops the run nor gets another overlay;
-    a large image's overlay is scaled down to viz.OVERLAY_MAX_SIDE."""
+    """Each image's heatmap is drawn on the copy read for its score, so a file removed (or
+    replaced) after it was scored neither stops the run nor gets another overlay; a large
+    image's overlay is scaled down to viz.OVERLAY_MAX_SIDE."""
     from oneclass import viz
-    from oneclass.data.base import FileSet
+    from oneclass.data.base import Prepared
 
     src = _wide(tmp_path / "in", 3)
     reads = []
-    real = FileSet.read
+    real = Prepared.__getitem__
 
-    def read_then_remove(self, i):
-        sample = real(self, i)
-        reads.append(self.paths[i].name)
-        self.paths[i].unlink()
-        return sample
+    def read_then_remove(self, i):  # the scoring read: the file goes right after it
+        item = real(self, i)
+        reads.append(self.images.paths[i].name)
+        self.images.paths[i].unlink()
+        return item
 
-    monkeypatch.setattr(FileSet, "read", read_then_remove)
+    monkeypatch.setattr(Prepared, "__getitem__", read_then_remove)
     monkeypatch.setattr(viz, "OVERLAY_MAX_SIDE", 26)
     r = predict(run, [str(src)], tmp_path / "p", batch_size=2)
     assert r["scored"] == 3 and sorted(reads) == ["wide0.png", "wide1.png", "wide2.png"]

@@ -809,3 +809,19 @@ def test_a_file_system_without_locks_trains_with_a_warning(mvtec_dir, tmp_path, 
               progress=False)
     assert (out / "model" / "model.json").is_file()
     assert "cannot lock the run folder (No locks available)" in caplog.text
+
+
+def test_training_over_a_finished_run_says_which_model_it_replaces(mvtec_dir, tmp_path, caplog):
+    import logging
+
+    from oneclass.runs import train
+
+    out = tmp_path / "run"
+    params = {"epochs": 1, "pretrain_epochs": 0, "seed": 0}
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        train("deep_svdd", str(mvtec_dir), out, params, progress=False)
+        assert "replaces it" not in caplog.text
+        train("hsc", str(mvtec_dir), out, {"epochs": 1, "seed": 0}, progress=False)
+    assert f"holds a deep_svdd model trained on {mvtec_dir}; this training replaces it" \
+        in caplog.text
+    assert json.loads((out / "config.json").read_text())["method"] == "hsc"

@@ -411,6 +411,8 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
     if main:  # the run folder once the data are read: a wrong --data leaves no folder behind
         out.mkdir(parents=True, exist_ok=True)
         lock.take()
+        if not resume and (out / "model").is_dir():
+            _note_replaced(out)
         write_json(pending, config)
     # The per-epoch log, too, waits in checkpoints/ and replaces RUN/train_log.jsonl with the
     # model: a failed retraining keeps the log of the model that stays.
@@ -465,6 +467,18 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
             log.info("%s: removed %s of the previous model", out, ", ".join(stale))
         shutil.rmtree(ckpt, ignore_errors=True)
     return det
+
+
+def _note_replaced(out: Path) -> None:
+    """Say which model a training into an existing run replaces when it finishes (until
+    then the run stays as it was)."""
+    try:
+        before = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        what = f"a {before['method']} model trained on {before['data']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        what = "a model"
+    log.warning("%s holds %s; this training replaces it when it finishes (use another --out "
+                "to keep it)", out, _text(what))
 
 
 def _model_mismatch(run: Path, cfg: dict[str, Any]) -> tuple[str, str | None] | None:

@@ -607,9 +607,7 @@ async function send(file) {
   $("result").innerHTML = `<p>score <span id="score">${j.score.toPrecision(5)}</span>:
     <span id="label" class="${j.label}">${j.label}</span>
     (threshold ${j.threshold.toPrecision(5)})</p>
-    <p class="err" id="warnings"></p>
     <img id="overlay" alt="anomaly heatmap overlay" src="data:image/png;base64,${j.overlay_png}">`;
-  $("warnings").textContent = (j.warnings || []).join("; ");
 }
 const drop = $("drop");
 drop.onclick = () => $("file").click();
