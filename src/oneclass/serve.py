@@ -478,7 +478,22 @@ def _protocol(timeout: float, max_connections: int | None = None):
             # say): give up on it after ``timeout`` instead of holding the response for ever.
             super().pause_writing()
             if self.write_timer is None:
-                self.write_timer = self.loop.call_later(timeout, self.transport.abort)
+                self.write_timer = self.loop.call_later(timeout, self._abort_stalled)
+
+        def _abort_stalled(self) -> None:
+            """Drop a client that has not read for ``timeout``, with a reset: a plain close
+            would queue a FIN behind the unsent responses, and the kernel would keep them
+            (up to its send buffer, megabytes) for as long as the client does not read."""
+            import socket
+            import struct
+
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:  # linger 0: close discards what is unsent and resets the connection
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            self.transport.abort()
 
         def resume_writing(self) -> None:
             super().resume_writing()
@@ -607,7 +622,9 @@ async function send(file) {
   $("result").innerHTML = `<p>score <span id="score">${j.score.toPrecision(5)}</span>:
     <span id="label" class="${j.label}">${j.label}</span>
     (threshold ${j.threshold.toPrecision(5)})</p>
+    <p class="err" id="warnings"></p>
     <img id="overlay" alt="anomaly heatmap overlay" src="data:image/png;base64,${j.overlay_png}">`;
+  $("warnings").textContent = (j.warnings || []).join("; ");
 }
 const drop = $("drop");
 drop.onclick = () => $("file").click();
