@@ -521,10 +521,11 @@ class Detector:
                 raise DataError(f"{images.description or what + ' set'}: labels must be 0 "
                                 f"(normal), 1 (anomalous) or -1 (unlabeled), got {odd[:5]}; map "
                                 "class indices or other codes to these first")
-        if outliers is not None and (outliers is train or _shared_files(train, outliers)):
-            raise DataError(f"{self.name}.fit: the outliers hold training images "
-                            f"({_shared_files(train, outliers) or 'the same set'}): they would "
-                            "be trained as anomalies; give images of something else")
+        shared = None if outliers is None else \
+            "the same set" if outliers is train else _shared_files(train, outliers)
+        if shared:
+            raise DataError(f"{self.name}.fit: the outliers hold training images ({shared}): "
+                            "they would be trained as anomalies; give images of something else")
         if not np.any(train.labels != 1):
             raise DataError(f"{train.description or 'training set'}: no normal training images")
         loop = loop or LoopConfig()

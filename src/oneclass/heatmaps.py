@@ -138,3 +138,16 @@ def interpolation_matrix(coords: torch.Tensor, n_in: int) -> torch.Tensor:
 def resample(maps: torch.Tensor, my: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
     """Separable resampling of ``(..., h, w)`` with row / column matrices ``(H, h)``, ``(W, w)``."""
     return my.to(maps) @ maps @ mx.to(maps).t()
+
+
+def unit_upsample(maps: torch.Tensor, size: tuple[int, int], scale: tuple[float, float],
+                  stride: int, first: float = 0.0) -> torch.Tensor:
+    """Maps of a network's units ``(N, h, w)`` -> ``(N, H, W)`` on the image, each unit at
+    its centre: the network's input is the image resized by ``scale`` (input pixels per
+    image pixel, rows and columns), and unit i lies on input pixel ``stride * i + first``
+    (pixel-centre coordinates); bilinear between units, clamped beyond the outer ones."""
+    def units(n_out: int, f: float) -> torch.Tensor:  # image pixel -> input pixel -> unit
+        return ((torch.arange(n_out) + 0.5) * f - 0.5 - first) / stride
+
+    return resample(maps, interpolation_matrix(units(size[0], scale[0]), maps.shape[-2]),
+                    interpolation_matrix(units(size[1], scale[1]), maps.shape[-1]))

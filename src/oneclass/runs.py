@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
+from .data.base import is_colour
 from .data.screen import check_policy
 from .detector import Detector, check_save_target
 from .device import resolve_device
@@ -599,7 +600,7 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     run = Path(run)
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
-    _warn_channels(det, test)
+    _warn_unlike_training(det, test)
     show = show_progress(progress)
     t0 = time.perf_counter()
     scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
@@ -772,8 +773,9 @@ def _unique_stems(paths: list[Path], reserved: set[str] = frozenset(),
     for p in paths:
         stem = _safe_stem(p.stem)
         k = depth.get(stem.casefold(), 0)
-        if k and folders(p):
-            stem = "_".join([*(_safe_stem(f) for f in folders(p)[-k:]), stem])
+        front = folders(p)[-k:] if k else ()
+        if front:
+            stem = "_".join([*map(_safe_stem, front), stem])
         name, n = stem, 0
         while name.casefold() in used:
             n += 1
@@ -912,14 +914,15 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
 
     mid = model_id(model_dir(run))
     sidecar = out / "predictions.json"  # which model wrote predictions.csv
-    if resume and csv_path.exists():
-        _check_same_model(sidecar, csv_path, mid)
-        done, columns, n_anom_before = _complete_rows(csv_path)
-        heatmap_size = _same_heatmap_size(sidecar, csv_path, heatmap_size)
-    heatmap_size = heatmap_size or "image"
     # rows are matched by resolved path; a run resumed from another folder writes its rows'
     # paths absolute, as relative ones would be read against the folder of the first run
-    base = _rows_base(sidecar) if resume and csv_path.exists() else os.getcwd()
+    base = os.getcwd()
+    if resume and csv_path.exists():
+        before = _check_same_model(sidecar, csv_path, mid)
+        done, columns, n_anom_before = _complete_rows(csv_path)
+        heatmap_size = _same_heatmap_size(before, csv_path, heatmap_size)
+        base = _rows_base(before)
+    heatmap_size = heatmap_size or "image"
     done_keys = _done_keys(done, base)
     here = os.path.realpath(base) == os.path.realpath(os.getcwd())
     todo = [p for p in paths if _text(os.path.realpath(p)) not in done_keys
@@ -933,7 +936,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
         if len(fs) == 0 and not done:
             raise DataError(f"none of the {len(todo)} input images can be read")
         todo = [Path(n) for n in fs.names]
-        _warn_channels(det, fs)
+        _warn_unlike_training(det, fs)
     reserved = {Path(h).stem for h in done.values() if h}
     stems = dict(zip(map(str, todo), _unique_stems(todo, reserved, among=paths)))
     out.mkdir(parents=True, exist_ok=True)
@@ -1046,7 +1049,7 @@ def far_in_size(ref: list[int] | tuple[int, int], h: int, w: int) -> bool:
 
 def image_notes(det: Detector, image: np.ndarray) -> list[str]:
     """For one decoded uint8 ``(H, W, C)`` image (an upload), the warnings that
-    :func:`_warn_channels` gives a set of images: a size far from the training images', or
+    :func:`_warn_unlike_training` gives a set of images: a size far from the training images', or
     colour against gray training images and the reverse."""
     notes = []
     ref = getattr(det, "train_image_size_", None)
@@ -1055,9 +1058,7 @@ def image_notes(det: Detector, image: np.ndarray) -> list[str]:
         notes.append(f"the image is {h}x{w}, far from the model's training images (median "
                      f"{ref[0]}x{ref[1]}): it is resized to the model's input and scored at "
                      "another scale")
-    colour = image.shape[2] == 3 and not (np.array_equal(image[..., 0], image[..., 1])
-                                          and np.array_equal(image[..., 1], image[..., 2]))
-    if colour and det.preprocess_.channels == 1 and det.channels is None:
+    if is_colour(image) and det.preprocess_.channels == 1 and det.channels is None:
         notes.append("a colour image, but the model was trained on grayscale images: it is "
                      "scored as its luminance")
     if image.shape[2] == 1 and det.preprocess_.channels == 3:
@@ -1078,7 +1079,8 @@ def _warn_sizes(det: Detector, images, limit: int = 256) -> None:
     if len(images) > limit:
         index = sorted({int(j) for j in np.linspace(0, len(images) - 1, limit).round()})
     h0, w0 = ref
-    far = [(i, *images.size(i)) for i in index if far_in_size(ref, *images.size(i))]
+    sizes = ((i, *images.size(i)) for i in index)  # one header read each
+    far = [(i, h, w) for i, h, w in sizes if far_in_size(ref, h, w)]
     if far:
         i, h, w = far[0]
         log.warning("%d of %d images differ much in size from the model's training images "
@@ -1088,13 +1090,14 @@ def _warn_sizes(det: Detector, images, limit: int = 256) -> None:
                     h, w)
 
 
-def _warn_channels(det: Detector, images) -> None:
+def _warn_unlike_training(det: Detector, images) -> None:
     """Warn when a colour model is given grayscale images (by their file headers): each is
     scored as its gray copied to three channels, which a model that learned colour usually
     finds far from normal, so every one of them tends to be flagged. And when a model that
     found its training images gray (``channels`` not set) is given colour ones (up to 16
     files not gray by their headers are decoded: RGB files often hold gray pixels): each is
-    scored as its luminance, so what shows only in colour is not seen."""
+    scored as its luminance, so what shows only in colour is not seen. And when their sizes
+    are far from the training images' (:func:`_warn_sizes`)."""
     from .data.base import GRAY_MODES
 
     if det.preprocess_.channels == 1 and det.channels is None:
@@ -1137,13 +1140,11 @@ def _swap_in(stage: Path, out: Path, sidecar: Path, side: dict[str, Any]) -> Non
     write_json(sidecar, side)
 
 
-def _rows_base(sidecar: Path) -> str:
+def _rows_base(side: dict[str, Any]) -> str:
     """The folder relative paths in ``predictions.csv`` are relative to: the one it was
-    written from (recorded beside it), else (files from before that was recorded) this one."""
-    try:
-        cwd = json.loads(sidecar.read_text(encoding="utf-8")).get("cwd")
-    except (OSError, ValueError, AttributeError):
-        cwd = None
+    written from (recorded in ``side``, its predictions.json), else (files from before that
+    was recorded) this one."""
+    cwd = side.get("cwd")
     # a folder since moved or removed: the rows can only be read against this one
     return cwd if isinstance(cwd, str) and os.path.isdir(cwd) else os.getcwd()
 
@@ -1154,13 +1155,11 @@ def _done_keys(done: dict[str, str], base: str) -> set[str]:
     return {_text(os.path.realpath(os.path.join(base, p))) for p in done}
 
 
-def _same_heatmap_size(sidecar: Path, csv_path: Path, given: str | None) -> str:
-    """The heatmap size the rows of ``csv_path`` were drawn at (files from before it was
-    recorded: ``"model"``); a ``given`` other size is refused, as it would mix sizes."""
-    try:
-        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("heatmap_size")
-    except (OSError, ValueError, AttributeError):  # a missing sidecar: an older version's
-        recorded = None
+def _same_heatmap_size(side: dict[str, Any], csv_path: Path, given: str | None) -> str:
+    """The heatmap size the rows of ``csv_path`` were drawn at (recorded in ``side``, its
+    predictions.json; files from before it was recorded: ``"model"``); a ``given`` other size
+    is refused, as it would mix sizes."""
+    recorded = side.get("heatmap_size")
     recorded = recorded if recorded in HEATMAP_SIZES else "model"
     if given is not None and given != recorded:
         raise ConfigError(f"{csv_path}: its heatmaps were drawn at the {recorded} size, and "
@@ -1169,20 +1168,23 @@ def _same_heatmap_size(sidecar: Path, csv_path: Path, given: str | None) -> str:
     return recorded
 
 
-def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None) -> None:
-    """Refuse to continue a ``predictions.csv`` that another model wrote."""
+def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None) -> dict[str, Any]:
+    """Refuse to continue a ``predictions.csv`` that another model wrote; return the record
+    beside it (``sidecar``, empty when an older version wrote none)."""
     try:
-        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("model_id")
+        side = json.loads(sidecar.read_text(encoding="utf-8"))
+        recorded = side.get("model_id")
     except FileNotFoundError:
         log.warning("%s: no %s beside it (an older version wrote it), so it cannot be checked "
                     "that the same model scored its rows", csv_path, sidecar.name)
-        return
+        return {}
     except (OSError, ValueError, AttributeError) as exc:
         raise DataError(f"{sidecar}: cannot read ({exc}); use --overwrite or another --out") from None
     if recorded != mid:
         raise ConfigError(f"{csv_path} was written by model {recorded}, and this run's model is "
                           f"{mid}: --resume would mix their scores; use --overwrite or another "
                           "--out")
+    return side
 
 
 def _complete_rows(csv_path: Path) -> tuple[dict[str, str], list[str], int]:
@@ -1241,7 +1243,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
-    _warn_channels(det, test)
+    _warn_unlike_training(det, test)
     show = show_progress(progress)
     scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
     mpath = run / "metrics.json"

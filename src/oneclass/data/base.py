@@ -97,13 +97,14 @@ class ImageSet:
         maybe = [i for i in range(len(self)) if self.mode(i) not in GRAY_MODES]
         if len(maybe) > limit:
             maybe = [maybe[int(j)] for j in np.linspace(0, len(maybe) - 1, limit).round()]
-        for i in maybe:
-            img = self.read(i).image
-            if img.shape[2] == 3 and not (
-                np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
-            ):
-                return i
-        return None
+        return next((i for i in maybe if is_colour(self.read(i).image)), None)
+
+
+def is_colour(img: np.ndarray) -> bool:
+    """Whether a decoded ``(H, W, C)`` image holds colour: three channels that differ (RGB
+    files often hold gray pixels)."""
+    return img.shape[2] == 3 and not (
+        np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
 
 
 class Subset(ImageSet):

@@ -47,7 +47,7 @@ from torch import nn
 from ..data.reference import Reference, leaked_classes
 from ..detector import Detector
 from ..errors import ConfigError, DataError
-from ..heatmaps import gradient_map, interpolation_matrix, resample
+from ..heatmaps import gradient_map, unit_upsample
 from ..nets.efficientnet_lite import MEAN, STD, EfficientNetLite0Trunk, Lite0Head
 from ..registry import register
 from ..train import LoopConfig, rank_generator, rank_world, run
@@ -226,11 +226,7 @@ def gradcam_upsample(cam: torch.Tensor, size: tuple[int, int], net_size: int,
     ``net_size``. Plain bilinear resizing took unit i at ``stride * i + 15.5``, and a pasted
     spot's map sat 14-29 pixels down and right of it.
     """
-    def units(n_out: int) -> torch.Tensor:  # image pixel -> trunk-input pixel -> unit
-        return ((torch.arange(n_out) + 0.5) * net_size / n_out - 0.5) / stride
-
-    return resample(cam, interpolation_matrix(units(size[0]), cam.shape[1]),
-                    interpolation_matrix(units(size[1]), cam.shape[2]))
+    return unit_upsample(cam, size, (net_size / size[0], net_size / size[1]), stride)
 
 
 @register("doc")

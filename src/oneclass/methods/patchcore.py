@@ -35,7 +35,7 @@ from torch import nn
 
 from ..detector import Detector
 from ..errors import ConfigError
-from ..heatmaps import gaussian_blur, interpolation_matrix, resample
+from ..heatmaps import gaussian_blur, interpolation_matrix, resample, unit_upsample
 from ..nets.efficientnet_lite import MEAN, STAGES, STD, EfficientNetLite0Trunk
 from ..registry import register
 from ..train import LoopConfig
@@ -176,13 +176,8 @@ class PatchCoreModel(nn.Module):
     def upsample(self, patch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Patch maps ``(N, h, w)`` -> ``(N, H, W)`` at the input, each unit at its centre."""
         stride = STAGE_INFO[self.layers[0]][1]
-
-        def coords(n_out: int) -> torch.Tensor:  # input pixel -> trunk pixel -> unit
-            return ((torch.arange(n_out) + 0.5) * self.scale - 0.5
-                    - self.unit_centre(0, stride)) / stride
-
-        return resample(patch, interpolation_matrix(coords(size[0]), patch.shape[1]),
-                        interpolation_matrix(coords(size[1]), patch.shape[2]))
+        return unit_upsample(patch, size, (self.scale, self.scale), stride,
+                             self.unit_centre(0, stride))
 
 
 @register("patchcore")
