@@ -382,3 +382,20 @@ def test_the_training_set_as_its_own_outliers_is_refused(mvtec_dir):
     again = oneclass.data.load(str(mvtec_dir), "train")  # the same files, another object
     with pytest.raises(DataError, match="the outliers hold training images .*000"):
         oneclass.create("hsc", epochs=1).fit(train, outliers=again.subset([0, 1]))
+
+
+def test_a_threshold_from_the_training_images_scores_them_as_predict_does():
+    """With too few images to hold back the threshold comes from the training images; it
+    must be set on them as ``score``/predict reads them (resized in float), not on the
+    uint8-rounded copies training uses: a threshold from those flagged the very training
+    images it was set on."""
+    from oneclass.data import ArraySet
+    from oneclass.detector import holdout_threshold
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 47, 47), dtype=np.uint8)  # resized to 30x30: not whole values
+    det = oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0, size=30,
+                          contamination=0.0, seed=0).fit(ArraySet(x))
+    scores = det.score(ArraySet(x))
+    assert det.threshold_ == holdout_threshold(scores, 0.0)
+    assert not det.predict(ArraySet(x)).any()

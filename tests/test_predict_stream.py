@@ -292,8 +292,30 @@ def test_an_unfinished_training_is_named_as_such(tmp_path):
     from oneclass.errors import ModelFileError
 
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "r" / "checkpoints" / "epoch_0001.pt").write_bytes(b"")
     with pytest.raises(ModelFileError, match="training has not finished.*--resume"):
         load_model(tmp_path / "r")
+
+
+def test_a_training_that_failed_before_its_first_epoch_is_not_sent_to_resume(tmp_path, capsys):
+    """A training stopped by a bad file left checkpoints/ with its pending configuration only;
+    eval pointed to --resume, which then found nothing to resume."""
+    from oneclass.errors import ModelFileError
+
+    from .conftest import cli
+
+    data = tmp_path / "d"
+    data.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(data / f"{i}.png")
+    (data / "empty.png").write_bytes(b"")
+    run = tmp_path / "r"
+    assert cli("train", "--method", "deep_svdd", "--data", str(data), "--out", str(run),
+               "--epochs", "1", "-q") != 0
+    assert (run / "checkpoints").is_dir()
+    with pytest.raises(ModelFileError, match="stopped before its first epoch") as err:
+        load_model(run)
+    assert "--resume" not in str(err.value)
 
 
 def test_a_subset_of_files_keeps_their_paths(mvtec_dir):

@@ -581,9 +581,9 @@ class Detector:
         self.train_seconds_ = time.perf_counter() - t0 + loop.resumed_seconds - r0
         self.n_train_ = int(len(fit_set))
         self.history_ = list(loop.history[h0:])
-        self._set_threshold(hold_set, x, y)
+        self._set_threshold(hold_set, fit_set)
 
-    def _set_threshold(self, hold_set: ImageSet | None, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _set_threshold(self, hold_set: ImageSet | None, fit_set: ImageSet) -> None:
         if hold_set is not None and len(hold_set):
             ref, what = hold_set, f"{len(hold_set)} held-back normal images"
             few = math.ceil(1.0 / float(self.contamination)) if float(self.contamination) > 0 \
@@ -596,9 +596,12 @@ class Detector:
                             "pass val= to fit() in Python)", self.name,
                             len(hold_set), float(self.contamination), few)
         else:
-            ref = x[y != 1].float() / 255.0
+            # Read again as predict reads them: the training tensors hold the resized images
+            # rounded to uint8, which moves some methods' scores by several percent (a
+            # threshold from them flagged the very training images it was set on).
+            ref = fit_set.subset(np.flatnonzero(fit_set.labels != 1))
             what = f"{len(ref)} training images (too few to hold back)"
-            if not bool((y == 0).any()):  # semi-supervised sets: unlabeled, maybe polluted
+            if not bool((fit_set.labels == 0).any()):  # semi-supervised sets: unlabeled, maybe polluted
                 what = (f"{len(ref)} unlabeled training images (none is labeled normal to hold "
                         "back)")
                 if self.threshold is None:
@@ -613,7 +616,7 @@ class Detector:
                             "images, or pass val= to fit() in Python)", self.name, float(self.holdout))
         # The colour scale of heatmap overlays: from the median to the maximum of the maps
         # of normal images, so normal regions look cold and anomalies saturate.
-        few = ref.subset(np.arange(min(len(ref), 64))) if isinstance(ref, ImageSet) else ref[:64]
+        few = ref.subset(np.arange(min(len(ref), 64)))
         maps = self.anomaly_map(few)
         scores = self.score(ref)
         for name, v in (("scores", scores), ("heatmaps", maps)):

@@ -560,7 +560,12 @@ def load_model(run: Path, device: str = "auto") -> Detector:
     if not Path(run).exists():
         raise ModelFileError(f"{run}: no such run folder (or model folder)")
     path = model_dir(run)
-    if not path.exists() and (Path(run) / "checkpoints").is_dir():
+    ckpt = Path(run) / "checkpoints"
+    if not path.exists() and ckpt.is_dir():
+        if not any(ckpt.glob("*.pt")):  # stopped before its first epoch's checkpoint
+            raise ModelFileError(f"{run}: its training stopped before its first epoch (no "
+                                 "model, no checkpoint to resume from); run the `oneclass "
+                                 "train` command again, after fixing what stopped it")
         raise ModelFileError(f"{run}: its training has not finished (no model yet, only "
                              "checkpoints/); finish it with the same `oneclass train` command "
                              "and --resume")
