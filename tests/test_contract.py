@@ -399,3 +399,54 @@ def test_a_threshold_from_the_training_images_scores_them_as_predict_does():
     scores = det.score(ArraySet(x))
     assert det.threshold_ == holdout_threshold(scores, 0.0)
     assert not det.predict(ArraySet(x)).any()
+
+
+def test_gray_pictures_with_chroma_noise_of_lossy_files_are_gray(tmp_path):
+    """Lossy WebP (and JPEG) files of gray pictures decode with channels 1 level apart: they
+    made colour models, and predict then warned that gray images were unlike training."""
+    from PIL import Image
+
+    from oneclass.data import load
+    from oneclass.data.base import is_colour
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 250, (32, 32), dtype=np.uint8)
+    noisy = np.stack([a, a + rng.integers(0, 2, a.shape).astype(np.uint8), a], axis=-1)
+    assert not is_colour(noisy)
+    tinted = noisy.copy()
+    tinted[5, 5, 2] += 4
+    assert is_colour(tinted)
+    for i in range(3):
+        Image.fromarray(noisy).save(tmp_path / f"{i}.webp", quality=90)
+    assert load(str(tmp_path), "train").channels() == 1
+
+
+def test_a_mostly_gray_training_set_with_colour_strays_is_warned_about(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from oneclass.data import load
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / f"g{i}.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    train = load(str(tmp_path), "train")
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        det = oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0).fit(train)
+    assert det.preprocess_.channels == 3
+    assert "mix colour and gray ones (colour: " in caplog.text and "c.png" in caplog.text
+    assert "gray: 6 or more" in caplog.text
+
+
+def test_small_strip_images_are_squeezed_to_four_to_one_like_large_ones():
+    """1x64 strips kept their size (images up to 64 px are), so PatchCore upsampled them to
+    96x6144 (50 s and 1.3 GB for 8 strips) and Deep SVDD refused them."""
+    from oneclass.data import ArraySet
+
+    x = np.random.default_rng(0).integers(0, 256, (8, 1, 64), dtype=np.uint8)
+    det = oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0).fit(ArraySet(x))
+    assert det.preprocess_.size == (16, 64)
+    assert oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0).fit(
+        ArraySet(x.transpose(0, 2, 1).copy())).preprocess_.size == (64, 16)

@@ -456,14 +456,28 @@ class Detector:
 
     # ------------------------------------------------------------------ fit
     def _resolve_preprocess(self, train: ImageSet) -> Preprocess:
-        channels = self.channels or train.channels()
+        channels = self.channels
+        if not channels:
+            colour, gray = train.colour_survey()
+            channels = 1 if colour is None else 3
+            # a few colour strays make a colour model (one gray image in a colour set, as
+            # natural photo sets have, is not worth a word)
+            if colour is not None and len(gray) >= 2:
+                log.warning("%s: the training images mix colour and gray ones (colour: %s; "
+                            "gray: %d or more, first %s): the model takes colour images and "
+                            "repeats gray ones in three channels; if the colour images "
+                            "are strays, remove them, or set channels=1 for a gray model",
+                            train.description or "training set", train.names[colour],
+                            len(gray), train.names[gray[0]])
         size = self._size_tuple()
         (h, w), kinds = train.typical_size()
         self.train_image_size_ = [h, w]  # predict warns of images far from it
         if size is None:
             d = self.default_size
-            if max(h, w) <= 64:
+            if max(h, w) <= 64 and max(h, w) <= 4 * min(h, w):
                 size = (h, w)
+            elif max(h, w) <= 64:  # a strip (1x64, say): squeezed to 4:1 like larger images
+                size = (max(h, math.ceil(w / 4)), max(w, math.ceil(h / 4)))
             elif self.keep_aspect:  # about d*d pixels, sides multiples of 16
                 # Aspect ratio capped at 4: a 3x3000 strip would otherwise become a 16x7088
                 # input that trains 80 times slower; beyond 4:1 images are squeezed instead.

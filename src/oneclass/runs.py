@@ -816,7 +816,7 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
             # the ground_truth/ of this MVTec-layout folder, or of those below it (a folder of
             # several categories)
             gts = {p.joinpath(*rel[:k + 1]) for rel in (f.relative_to(p).parts for f in found)
-                   for k, part in enumerate(rel[:-1]) if part == "ground_truth"}
+                   for k, part in enumerate(rel[:-1]) if part.lower() == "ground_truth"}
             masks += [os.path.realpath(g) for g in gts if is_mvtec(g.parent)]
         elif p.is_file():
             listed.append((p, False))

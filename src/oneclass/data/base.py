@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .images import image_mode, image_size, read_image, read_mask, to_channels
+from .images import (
+    TURNS,
+    image_mode,
+    image_size,
+    mask_peak,
+    read_image,
+    read_image_upright,
+    read_mask_upright,
+    to_channels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +103,38 @@ class ImageSet:
 
     def first_colour(self, limit: int = 64) -> int | None:
         """The index of the first colour image :meth:`channels` finds, or None."""
-        maybe = [i for i in range(len(self)) if self.mode(i) not in GRAY_MODES]
+        return self.colour_survey(limit)[0]
+
+    def colour_survey(self, limit: int = 64) -> tuple[int | None, list[int]]:
+        """``(first colour image or None, gray images seen)``, as :meth:`channels` looks:
+        the gray ones are those whose header says so and those decoded before the first
+        colour one (a mixed set, say gray photos with a few colour strays, shows in both)."""
+        gray, maybe = [], []
+        for i in range(len(self)):
+            (gray if self.mode(i) in GRAY_MODES else maybe).append(i)
         if len(maybe) > limit:
             maybe = [maybe[int(j)] for j in np.linspace(0, len(maybe) - 1, limit).round()]
-        return next((i for i in maybe if is_colour(self.read(i).image)), None)
+        for i in maybe:
+            if is_colour(self.read(i).image):
+                return i, sorted(gray)
+            gray.append(i)
+        return None, sorted(gray)
+
+
+#: Channels that differ by at most this many levels are gray: lossy WebP and JPEG files of
+#: gray pictures decode with differences of 1 between their channels.
+GRAY_TOLERANCE = 2
 
 
 def is_colour(img: np.ndarray) -> bool:
-    """Whether a decoded ``(H, W, C)`` image holds colour: three channels that differ (RGB
-    files often hold gray pixels)."""
-    return img.shape[2] == 3 and not (
-        np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
+    """Whether a decoded ``(H, W, C)`` image holds colour: three channels that differ by more
+    than :data:`GRAY_TOLERANCE` somewhere (RGB files often hold gray pixels)."""
+    if img.shape[2] != 3:
+        return False
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    if np.array_equal(r, g) and np.array_equal(g, b):  # the common case, without copies
+        return False
+    return any(int(np.abs(p.astype(np.int32) - q).max()) > GRAY_TOLERANCE for p, q in ((r, g), (g, b)))
 
 
 class Subset(ImageSet):
@@ -228,21 +258,26 @@ class FileSet(ImageSet):
         self.names = list(names) if names is not None else [str(p) for p in self.paths]
         self.description = description
 
+    #: Whether the warning about a mask turned unlike its image was given (once per set).
+    _turn_warned: bool = False
+
     def read(self, i: int) -> Sample:
-        path = self.paths[i]
-        img = read_image(path)
-        mask = None
-        if self.mask_paths[i] is not None:
-            mask = read_mask(self.mask_paths[i])
-            if mask.shape != img.shape[:2]:
-                raise DataError(
-                    f"{self.mask_paths[i]}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                    f"{path} is {img.shape[1]}x{img.shape[0]}"
-                )
-            if self.labels[i] == ANOMALOUS:
-                check_defect_mask(mask, self.mask_paths[i])
-        elif self.has_masks and self.labels[i] == NORMAL:
-            mask = np.zeros(img.shape[:2], bool)
+        path, mask_path = self.paths[i], self.mask_paths[i]
+        if mask_path is None:
+            img = read_image(path)
+            normal = self.has_masks and self.labels[i] == NORMAL  # its mask is empty
+            mask = np.zeros(img.shape[:2], bool) if normal else None
+            return Sample(img, int(self.labels[i]), mask, self.names[i], self.kinds[i])
+        img, turn = read_image_upright(path)
+        mask, mask_turn = read_mask_upright(mask_path)
+        if mask.shape != img.shape[:2]:
+            raise DataError(_mask_size_error(path, img.shape[:2], turn, mask_path, mask.shape,
+                                             mask_turn))
+        if turn != mask_turn and not self._turn_warned:
+            self._turn_warned = True
+            _warn_turned_mask(path, turn, mask_path, mask_turn)
+        if self.labels[i] == ANOMALOUS:
+            check_defect_mask(mask, mask_path)
         return Sample(img, int(self.labels[i]), mask, self.names[i], self.kinds[i])
 
     def mode(self, i: int) -> str | None:
@@ -251,6 +286,51 @@ class FileSet(ImageSet):
     def size(self, i: int) -> tuple[int, int]:
         size = image_size(self.paths[i])
         return size if size is not None else super().size(i)  # fails naming the file
+
+
+def _turned(what: str, path, turn: int) -> str:
+    return (f"{what} {path} has EXIF orientation {turn} (read {TURNS[turn]} to stand upright)"
+            if turn != 1 else f"{what} {path} has no EXIF orientation (read as stored)")
+
+
+def _mask_size_error(path, size, turn: int, mask_path, mask_size, mask_turn: int) -> str:
+    """The message of a mask whose size differs from its image's as read: when an EXIF
+    orientation turned one of them by 90 degrees and not the other, the files may well have
+    the same size on disk, so it says so."""
+    (h, w), (mh, mw) = size, mask_size
+    text = f"{mask_path}: mask is {mw}x{mh} but its image {path} is {w}x{h}"
+    if turn == mask_turn or (mh, mw) != (w, h) or max(turn, mask_turn) < 5:
+        return text
+    if turn >= 5:
+        return (f"{text} as read: the image was turned upright by its EXIF orientation tag "
+                f"({turn}, {TURNS[turn]}; it is {h}x{w} as stored) and the mask "
+                f"{'has no such tag' if mask_turn == 1 else f'has orientation {mask_turn}'}. "
+                f"Masks are taken in the upright frame of their image: draw the mask on the "
+                f"upright image ({w}x{h}), or give it the image's orientation tag")
+    return (f"{text} as read: the mask was turned upright by its EXIF orientation tag "
+            f"({mask_turn}, {TURNS[mask_turn]}; it is {mh}x{mw} as stored) and the image "
+            f"{'has no such tag' if turn == 1 else f'has orientation {turn}'}: masks are "
+            f"taken in the upright frame of their image; remove the mask's tag, or give it the "
+            f"image's")
+
+
+def _warn_turned_mask(path, turn: int, mask_path, mask_turn: int) -> None:
+    """Warn (once per set) of a mask turned unlike its image. Of the same size (a square
+    image, or orientations 2-4), the two cannot be told misaligned, but an image turned by
+    its EXIF orientation lines up with a mask without one only if the mask was drawn on the
+    upright image."""
+    if turn != 1:
+        mask = f"has orientation {mask_turn}" if mask_turn != 1 else "has none"
+        log.warning("%s, but its mask %s %s: masks are taken in the upright frame of their "
+                    "image (as the image is read), so a mask drawn on the pixels as stored does "
+                    "not line up with its defect. Draw masks on the upright images, or give "
+                    "each mask its image's orientation tag. Said once, for the first such mask "
+                    "of this set", _turned("image", path, turn), mask_path, mask)
+    else:
+        log.warning("%s, but its image %s has none: the mask is turned and the image is not, "
+                    "so they line up only if the mask's tag is wrong (then remove it). Said "
+                    "once, for the first such mask of this set",
+                    _turned("mask", mask_path, mask_turn), path)
 
 
 #: A mask of an anomalous image covering more than this fraction of it is likely inverted.
@@ -269,7 +349,19 @@ def check_defect_mask(mask: np.ndarray, path) -> None:
     if 0.0 < frac <= FULL_MASK or str(path) in _warned_masks:
         return
     _warned_masks.add(str(path))
+    fmt, peak = None, 0
     if frac == 0.0:
+        try:
+            fmt, peak = mask_peak(path)  # decodes the file again: once, for this warning
+        except DataError:  # changed since it was read: the general message then
+            pass
+    if fmt == "JPEG" and 0 < peak < 128:
+        # 0/1 masks saved as JPEG: the pixels are non-zero, but JPEG's rule is what applies
+        log.warning("%s: the mask of an anomalous image marks no pixel as anomalous: JPEG masks "
+                    "count a pixel from 128 on (their compression spreads faint noise around "
+                    "every drawn defect) and its largest value is %d: save it as PNG, or with "
+                    "255 for anomalous pixels", path, peak)
+    elif frac == 0.0:
         log.warning("%s: the mask of an anomalous image marks no pixel as anomalous (0%% of the "
                     "image); masks mark anomalous pixels non-zero (white) on black: is it "
                     "empty, or drawn in a way that reads as black?", path)
@@ -277,6 +369,38 @@ def check_defect_mask(mask: np.ndarray, path) -> None:
         log.warning("%s: the mask of an anomalous image marks %.1f%% of the image as anomalous: "
                     "an inverted mask (defect black on a white background)? Masks mark "
                     "anomalous pixels non-zero (white) on black", path, 100.0 * frac)
+
+
+def nearest_exact_index(n: int, m: int) -> np.ndarray:
+    """The source index of each of ``m`` outputs resizing ``n`` with torch's "nearest-exact"
+    (the same per axis in 2-D: the masks' resize, see :meth:`Preprocess.mask`)."""
+    ramp = torch.arange(n, dtype=torch.float64).view(1, 1, n, 1)
+    return F.interpolate(ramp, size=(m, 1), mode="nearest-exact").view(-1).long().numpy()
+
+
+def lost_components(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+    """The pixels of the 8-connected components of a bool ``(H, W)`` mask that a
+    "nearest-exact" resize to ``size`` loses entirely (none of their pixels is sampled), or
+    None when it loses none."""
+    if not mask.any():
+        return None
+    rows, cols = nearest_exact_index(mask.shape[0], size[0]), nearest_exact_index(mask.shape[1], size[1])
+    if len(np.unique(rows)) == mask.shape[0] and len(np.unique(cols)) == mask.shape[1]:
+        return None  # every pixel is sampled (no axis shrinks)
+    try:
+        from scipy import ndimage
+    except ImportError:  # scipy is no dependency: the metrics' labelling (numpy)
+        from ..metrics import connected_components
+
+        labels, n = connected_components(mask)
+    else:
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    kept = np.zeros(n + 1, bool)
+    kept[labels[np.ix_(rows, cols)]] = True  # the labels under the output pixels' centres
+    kept[0] = True  # background
+    if kept.all():
+        return None
+    return ~kept[labels]
 
 
 @dataclass
@@ -310,10 +434,20 @@ class Preprocess:
 
         "nearest-exact" takes the source pixel under each output pixel's centre, aligned like
         the image resize; "nearest" takes the top-left one and shifts masks by up to a pixel.
+        A defect (8-connected component) none of whose pixels lies under an output pixel's
+        centre (a thin scratch, a speck, shrunk) would vanish from the mask, and its pixels
+        count as normal: such a component marks instead every output pixel it overlaps (the
+        output pixels' areas, aligned as above). Components nearest-exact keeps are unchanged.
         """
         m = torch.from_numpy(np.array(mask, dtype=np.float32, copy=True))[None, None]
         if self.size is not None and tuple(m.shape[2:]) != tuple(self.size):
-            m = F.interpolate(m, size=tuple(self.size), mode="nearest-exact")
+            size = tuple(self.size)
+            out = F.interpolate(m, size=size, mode="nearest-exact")
+            lost = lost_components(np.asarray(mask) != 0, size)
+            if lost is not None:
+                lost_t = torch.from_numpy(lost.astype(np.float32))[None, None]
+                out = torch.maximum(out, F.adaptive_max_pool2d(lost_t, size))
+            m = out
         return m[0]
 
     def to_json(self) -> dict:

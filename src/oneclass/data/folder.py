@@ -14,9 +14,19 @@ image; a missing one, or two masks for one image, is an error naming the files. 
 normal images (``ground_truth/good/``, shipped by some converted datasets) are ignored: normal
 images have empty masks. Without ``ground_truth/`` pixel metrics are simply not computed.
 A test set on its own (``test/`` and ``ground_truth/``, no ``train/``) is read the same way.
-Images directly in ``test/`` (not in a type folder) and folders that cannot be listed are
+The names ``train``, ``test``, ``ground_truth`` and the normal type names (``good``, ``ok``,
+``normal``) are matched case-insensitively (``Train/``, ``Test/OK``). Training images come
+from the normal-named folders of ``train/`` (or, when it has no sub-folders holding images,
+from ``train/`` itself); another folder of ``train/`` holding images, or images directly in
+``train/`` beside ``train/good``, is an error: training images are normal, labeled anomalies
+are given separately (``--anomalies``). Images directly in ``test/`` (not in a type folder),
+one file (links resolved) under two type folders, and folders that cannot be listed are
 errors, never skipped. A plain folder that holds MVTec-layout folders (the unpacked MVTec AD
-root) is an error too: pass one category folder.
+root) is an error too: pass one category folder; so is a plain training folder whose own
+folders are named like dataset splits (``train/`` with ``val/``, say, but no ``test/``).
+
+Hidden folders and the metadata folders of NAS and operating systems (``@eaDir``,
+``#recycle``, ``$RECYCLE.BIN``, ``__MACOSX``, ...) are never read.
 """
 
 from __future__ import annotations
@@ -33,6 +43,26 @@ log = logging.getLogger(__name__)
 
 NORMAL_DIRS = ("good", "ok", "normal")
 
+#: Folders of the MVTec AD layout, matched case-insensitively.
+SPLIT_DIRS = ("train", "test", "ground_truth")
+#: Folder names that mark a dataset split when a plain training folder holds them.
+_SPLIT_NAMES = (*SPLIT_DIRS, "val", "validation")
+
+#: Metadata folders of NAS systems and operating systems (lower case): thumbnails, recycle
+#: bins, snapshots, resource forks; skipped like hidden folders.
+SYSTEM_DIRS = frozenset({
+    "@eadir", "@tmp", "@sharebin", "#recycle", "#snapshot",  # Synology
+    "@recycle", "@recently-snapshot", "@__thumb",  # QNAP
+    "$recycle.bin", "system volume information",  # Windows
+    "__macosx",  # macOS resource forks in zip files
+    "lost+found",  # fsck's recovered files
+})
+
+
+def skipped_dir(name: str) -> bool:
+    """True for a folder never read: hidden (``.git``) or NAS/OS metadata (``@eaDir``)."""
+    return name.startswith(".") or name.lower() in SYSTEM_DIRS
+
 
 def _unreadable(err: OSError):
     raise DataError(f"{err.filename}: cannot read folder ({err.strerror or err})")
@@ -44,8 +74,9 @@ def list_images(folder: Path) -> list[Path]:
     nothing).
 
     A folder that cannot be listed is an error naming it: skipping it would silently drop,
-    say, a whole defect type from a test set. Files of other formats Pillow reads (``.gif``,
-    ``.pgm``, ``.jfif``, ...) are left out with a warning giving their count and a few names
+    say, a whole defect type from a test set. Hidden folders and NAS/OS metadata folders
+    (:data:`SYSTEM_DIRS`) are not read. Files of other image formats (``.gif``, ``.pgm``,
+    ``.heic``, ``.dng``, ...) are left out with a warning giving their count and a few names
     (hidden files and ``*_mask`` files without one).
     """
     out, other = [], []
@@ -57,13 +88,13 @@ def list_images(folder: Path) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+        dirnames[:] = sorted(d for d in dirnames if not skipped_dir(d)
                              and _new_below(os.path.realpath(os.path.join(dirpath, d)), seen,
                                             top))
         for f in sorted(filenames):
             if is_image_file(Path(f)):
                 out.append(Path(dirpath) / f)
-            elif other_image_suffix(Path(f)) and not Path(f).stem.lower().endswith("_mask"):
+            elif _left_out_image(Path(f)):
                 other.append(Path(dirpath) / f)
     if other:
         shown = ", ".join(str(p.relative_to(folder)) for p in other[:3])
@@ -76,20 +107,87 @@ def list_images(folder: Path) -> list[Path]:
     return out
 
 
+#: Suffixes of image formats Pillow does not read here (HEIF, camera raw, JPEG XL, ...), or
+#: reads only with optional plugins (AVIF, PSD): left out of folders with the same warning.
+FOREIGN_SUFFIXES = frozenset({
+    ".heic", ".heif", ".avif", ".jxl", ".psd", ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw",
+    ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef", ".srw", ".x3f", ".raw", ".exr",
+})
+
+
+def _left_out_image(path: Path) -> bool:
+    """An image file of a format not read (``.gif``, ``.heic``, ...): left out, with a warning
+    (not for hidden files and ``*_mask`` files)."""
+    if path.name.startswith(".") or path.stem.lower().endswith("_mask"):
+        return False
+    return other_image_suffix(path) or path.suffix.lower() in FOREIGN_SUFFIXES
+
+
 def _new_below(real: str, seen: set[str], top: str) -> bool:
     """A folder not read yet and not holding the folder being listed (a link up the tree,
     beyond its top, would read the top's siblings: other defect types, say)."""
     return real not in seen and os.path.commonpath([real, top]) != real
 
 
+def split_dirs(root: Path, names=SPLIT_DIRS) -> dict[str, Path]:
+    """The folders of ``root`` named ``names`` (lower case), matched case-insensitively, by
+    lower-case name: ``{"train": root/"Train", ...}``. Two folders whose names differ in case
+    only (``train/`` and ``Train/``) are an error naming both."""
+    root = Path(root)
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:  # not listable: the exact names only (listing it reports the error)
+        return {n: root / n for n in names if (root / n).is_dir()}
+    found: dict[str, Path] = {}
+    for d in entries:
+        key = d.name.lower()
+        if key not in names or not d.is_dir():
+            continue
+        if key in found:
+            raise DataError(f"{d}: two folders named {key} apart from case, this one and "
+                            f"{found[key]}; merge them into one")
+        found[key] = d
+    return found
+
+
 def is_mvtec(root: Path) -> bool:
-    """``train/`` and ``test/``, or a test set on its own: ``test/`` with ``ground_truth/``."""
-    return (root / "test").is_dir() and ((root / "train").is_dir()
-                                          or (root / "ground_truth").is_dir())
+    """``train/`` and ``test/``, or a test set on its own: ``test/`` with ``ground_truth/``
+    (any case: ``Train/``, ``Test/``)."""
+    dirs = split_dirs(root)
+    return "test" in dirs and ("train" in dirs or "ground_truth" in dirs)
 
 
 def _subdirs(p: Path) -> list[Path]:
-    return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sorted(d for d in p.iterdir() if d.is_dir() and not skipped_dir(d.name))
+
+
+def _train_paths(train: Path) -> tuple[list[Path], Path]:
+    """The training images of an MVTec ``train/`` folder and the folder they were looked for
+    in: its normal-named folders (any case), or ``train/`` itself when no folder of it holds
+    images. Other folders holding images, and images directly in ``train/`` beside a
+    normal-named folder, are errors: training images must all be normal."""
+    normal, other = [], []
+    for d in _subdirs(train):
+        (normal if d.name.lower() in NORMAL_DIRS else other).append(d)
+    for d in other:
+        found = list_images(d)
+        if found:
+            raise DataError(
+                f"{d}: {len(found)} image(s) in a folder of train/ that is not named "
+                f"{'/'.join(NORMAL_DIRS)} (first: {found[0].relative_to(d)}); training images "
+                f"must be normal, in {train / 'good'}: move normal images there, and give "
+                "labeled anomalies separately (--anomalies SPEC)")
+    if not normal:
+        return list_images(train), train
+    loose = sorted(p for p in train.iterdir() if p.is_file() and is_image_file(p))
+    if loose:
+        raise DataError(
+            f"{train}: {len(loose)} image(s) directly in train/ beside {normal[0].name}/ "
+            f"(first: {loose[0].name}); training images must be normal, in "
+            f"{normal[0]}: move normal images there, and give labeled anomalies separately "
+            "(--anomalies SPEC)")
+    paths = [p for d in normal for p in list_images(d)]
+    return paths, normal[0] if len(normal) == 1 else train
 
 
 def _image_key(kind_dir: Path, path: Path) -> tuple[str, str]:
@@ -117,31 +215,41 @@ def _mask_index(gt: Path) -> dict[tuple[str, str], Path]:
 def mvtec(root: Path, split: str) -> FileSet:
     """The ``train`` or ``test`` split of an MVTec-layout folder."""
     root = Path(root)
+    dirs = split_dirs(root)
     if split == "train":
-        if not (root / "train").is_dir():
+        if "train" not in dirs:
             raise DataError(f"{root / 'train'}: no such folder; this MVTec-layout folder holds "
                             "a test set only (test/ and ground_truth/)")
-        good = root / "train" / "good"
-        folder = good if good.is_dir() else root / "train"
-        paths = list_images(folder)
+        paths, folder = _train_paths(dirs["train"])
         if not paths:
             raise DataError(f"{folder}: no training images (expected PNG/JPEG files)")
         return FileSet(paths, [NORMAL] * len(paths), kinds=["good"] * len(paths),
                        names=[str(p.relative_to(root)) for p in paths],
                        description=f"{root} (train)")
-    test = root / "test"
-    gt = root / "ground_truth"
-    masks = _mask_index(gt) if gt.is_dir() else None
+    if "test" not in dirs:
+        raise DataError(f"{root / 'test'}: no such folder; the test split of an MVTec-layout "
+                        "folder is read from test/good and test/<type>")
+    test = dirs["test"]
+    gt = dirs.get("ground_truth")
+    masks = _mask_index(gt) if gt is not None else None
     loose = [p for p in test.iterdir() if p.is_file() and is_image_file(p)]
     if loose:
         raise DataError(f"{test}: {len(loose)} image(s) directly in test/ (first: {sorted(loose)[0].name}); "
                         "put normal images in test/good and anomalies in test/<type>")
     paths, labels, mpaths, kinds = [], [], [], []
+    typed: dict[str, tuple[Path, str]] = {}  # real path -> (path, type folder) of each image
     for kind_dir in _subdirs(test):
         kind = kind_dir.name
         normal = kind.lower() in NORMAL_DIRS
         seen: dict[str, Path] = {}
         for p in list_images(kind_dir):
+            real = os.path.realpath(p)
+            first, first_kind = typed.setdefault(real, (p, kind))
+            if first_kind != kind:
+                raise DataError(
+                    f"{p}: the same file as {first} (links resolved), under two type folders: "
+                    f"it would be evaluated as {_label_word(first_kind)} and as "
+                    f"{_label_word(kind)}; keep it in one type folder")
             key = _image_key(kind_dir, p)
             if masks is not None and not normal and key[1] in seen:
                 raise DataError(f"{p}: same name as {seen[key[1]]} apart from the suffix; masks "
@@ -169,6 +277,10 @@ def mvtec(root: Path, split: str) -> FileSet:
                    description=f"{root} (test)")
 
 
+def _label_word(kind: str) -> str:
+    return f"{kind} (normal)" if kind.lower() in NORMAL_DIRS else f"{kind} (anomalous)"
+
+
 def _mvtec_below(root: Path, paths: list[Path]) -> list[Path]:
     """The MVTec-layout folders strictly below ``root`` that hold some of ``paths`` (images
     listed below ``root``): a folder above a ``train/``, ``test/`` or ``ground_truth/`` on the
@@ -178,7 +290,7 @@ def _mvtec_below(root: Path, paths: list[Path]) -> list[Path]:
     for p in paths:
         parts = p.relative_to(root).parts[:-1]
         for k in range(1, len(parts)):
-            if parts[k] not in ("train", "test", "ground_truth"):
+            if parts[k].lower() not in SPLIT_DIRS:
                 continue
             folder = root.joinpath(*parts[:k])
             if folder not in checked:
@@ -193,7 +305,10 @@ def plain(root: Path, split: str) -> FileSet:
 
     A folder holding folders in MVTec layout (the unpacked MVTec AD root, with one folder per
     category) is an error naming them: read as a plain folder, their test defects and
-    ground-truth masks would be normal training images (or unlabeled ones to score).
+    ground-truth masks would be normal training images (or unlabeled ones to score). So is a
+    training folder whose own folders are named like dataset splits (see
+    :func:`_refuse_split_folders`). Files named ``*_mask`` are masks, not images: they are
+    left out with a warning (a lone file given as ``root`` is read as it is).
     """
     root = Path(root)
     paths = list_images(root) if root.is_dir() else [root]
@@ -210,7 +325,70 @@ def plain(root: Path, split: str) -> FileSet:
             f"{'its' if one else 'their'} test defects and ground-truth masks would be "
             f"{'normal training' if split == 'train' else 'unlabeled test'} images: pass "
             f"{'it' if one else 'one of them'}, e.g. --data {inner[0]}")
+    if root.is_dir():
+        if split == "train":
+            _refuse_split_folders(root, paths)
+        paths = _without_masks(root, paths)
     label = NORMAL if split == "train" else UNLABELED
     return FileSet(paths, [label] * len(paths), names=[str(p) for p in paths],
                    kinds=["good" if label == NORMAL else "unknown"] * len(paths),
                    description=str(root))
+
+
+def _without_masks(root: Path, paths: list[Path]) -> list[Path]:
+    """``paths`` without ``*_mask`` files, with a warning giving their count and a few names.
+
+    Left out rather than refused: a mask beside its image (``000.png``, ``000_mask.png``) is
+    the usual way they end up in a plain folder, and the images themselves are fine to use;
+    read as images, the masks would be normal training images (or scored ones)."""
+    masks = [p for p in paths if p.stem.lower().endswith("_mask")]
+    if not masks:
+        return paths
+    shown = ", ".join(str(p.relative_to(root)) for p in masks[:3])
+    log.warning("%s: %d file%s named *_mask left out (%s%s): masks are not images to train on "
+                "or score; rename a file if it is an image", root, len(masks),
+                "" if len(masks) == 1 else "s", shown, ", ..." if len(masks) > 3 else "")
+    kept = [p for p in paths if not p.stem.lower().endswith("_mask")]
+    if not kept:
+        raise DataError(f"{root}: no images found, only {len(masks)} file(s) named *_mask "
+                        f"(first: {shown.split(', ')[0]}), which are masks, not images")
+    return kept
+
+
+def _refuse_split_folders(root: Path, paths: list[Path]) -> None:
+    """Refuse a plain training folder whose own folders holding images are dataset splits
+    laid out for anomaly detection: named ``train``, ``test``, ``ground_truth``, ``val`` or
+    ``validation`` (any case), with ``ground_truth/`` among them or a normal-named folder
+    (``good``, ``ok``, ``normal``) in one (``train/good`` + ``val/crack``, say). Read as one
+    folder, the defects of a validation or test split would be normal training images.
+
+    Split folders without that sign are read as they are: plain training folders are also
+    outlier and reference sets (``--outliers``, ``imagenet:DIR``), and ImageNet's
+    ``train/<class>/`` + ``val/`` holds no defects; nor do photographs of trains."""
+    tops: dict[str, Path] = {}
+    for p in paths:
+        parts = p.relative_to(root).parts
+        if len(parts) > 1 and parts[0].lower() in _SPLIT_NAMES:
+            tops.setdefault(parts[0].lower(), root / parts[0])
+    normal = {k: [d for d in _subdirs(f) if d.name.lower() in NORMAL_DIRS]
+              for k, f in tops.items()}
+    signs = [d for k in sorted(normal) for d in normal[k]]
+    if "ground_truth" in tops:
+        signs.insert(0, tops["ground_truth"])
+    if not signs:
+        return
+    names = ", ".join(f"{d.name}/" for d in sorted(tops.values()))
+    train = tops.get("train")
+    if len(normal.get("train", [])) == 1:
+        hint = f"pass the folder of normal training images, e.g. --data {normal['train'][0]}"
+    elif train is not None:
+        hint = f"pass the folder of normal training images, e.g. --data {train}"
+    else:
+        hint = "pass a folder of normal training images only"
+    raise DataError(
+        f"{root}: holds dataset split folders ({names} with {signs[0].relative_to(root)}/) "
+        "but is no MVTec-layout folder (train/ and test/); read as one plain folder, all "
+        "their images (the defects of a validation or test split too) would be normal "
+        f"training images: {hint}, or lay the folder out as train/good/ + test/good/ + "
+        "test/<type>/ (val/ and validation/ are not read: rename the one holding defects "
+        "test/)")

@@ -188,6 +188,49 @@ def read_mask(path: str | Path) -> np.ndarray:
     return _decode(path, None, _mask_array)
 
 
+def read_image_upright(path) -> tuple[np.ndarray, int]:
+    """:func:`read_image`, and the EXIF orientation (2-8) that turned it upright as it was
+    read, or 1 when it was kept as stored (no tag, tag 1, or an unreadable EXIF block)."""
+    seen: dict = {}
+    arr = _decode(path, None, lambda img, name: _to_array(img, name, seen))
+    return arr, seen.get("orientation", 1)
+
+
+def read_mask_upright(path) -> tuple[np.ndarray, int]:
+    """:func:`read_mask`, and the EXIF orientation that turned the mask (as
+    :func:`read_image_upright`)."""
+    seen: dict = {}
+    arr = _decode(path, None, lambda img, name: _mask_array(img, name, seen))
+    return arr, seen.get("orientation", 1)
+
+
+#: What each EXIF orientation does to turn the stored pixels upright, for messages.
+TURNS = {2: "mirrored", 3: "turned by 180 degrees", 4: "flipped upside down",
+         5: "mirrored and turned", 6: "turned by 90 degrees clockwise", 7: "mirrored and turned",
+         8: "turned by 90 degrees counter-clockwise"}
+
+
+def mask_peak(path) -> tuple[str | None, int]:
+    """The format of a mask file and the largest value of its colour channels (alpha left out,
+    on the 8-bit scale for 8-bit files), for the message about a mask that reads as empty.
+    Decodes the file again: only for that message, once per file."""
+    source = Path(path) if isinstance(path, (str, os.PathLike)) else path
+    img = _open(source, path)
+    try:
+        fmt = img.format
+        if img.mode not in _RAW_MASK_MODES:
+            img = img.convert("RGBA" if img.mode in ("P", "PA") else "RGB")
+        arr = np.asarray(img)
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        bands = img.getbands()
+        if "A" in bands:
+            arr = np.delete(arr, bands.index("A"), axis=2)
+        arr = np.nan_to_num(arr, nan=0.0) if arr.dtype.kind == "f" else arr
+        return fmt, int(arr.max()) if arr.size else 0
+    finally:
+        img.close()
+
+
 def _decode(path, label, convert) -> np.ndarray:
     """Open ``path`` and turn it into an array with ``convert``; every failure names the file."""
     source = Path(path) if isinstance(path, (str, os.PathLike)) else path
@@ -208,11 +251,17 @@ def _decode(path, label, convert) -> np.ndarray:
     return arr
 
 
-def _upright(img: Image.Image) -> Image.Image:
+def _upright(img: Image.Image, seen: dict | None = None) -> Image.Image:
+    """The image turned upright by its EXIF orientation; the orientation applied (2-8, or 1
+    when none was) goes to ``seen["orientation"]`` when ``seen`` is given."""
     try:
-        return ImageOps.exif_transpose(img)
+        turned = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block should not make a good image unreadable
         return img
+    if seen is not None:  # getexif is cached: exif_transpose has just read it
+        orientation = img.getexif().get(0x0112, 1)
+        seen["orientation"] = orientation if isinstance(orientation, int) and orientation in TURNS else 1
+    return turned
 
 
 _KEYED = ("1", "L", "I", "I;16", "I;16B", "I;16L", "RGB")  # modes a tRNS colour key applies to
@@ -249,9 +298,9 @@ def _min_is_white(img: Image.Image) -> bool:
     return img.mode in _WORDS and tags is not None and tags.get(262) == 0
 
 
-def _to_array(img: Image.Image, path=None) -> np.ndarray:
+def _to_array(img: Image.Image, path=None, seen: dict | None = None) -> np.ndarray:
     white = _min_is_white(img)
-    img = _upright(img)
+    img = _upright(img, seen)
     arr = _colours(img, path, white)
     hidden = _transparent(img)
     if hidden is not None:  # as an alpha of 0 or 255, composited on black like RGBA below
@@ -330,10 +379,10 @@ def _warn_few_bits(path, hi: float, bits: int) -> None:
 _RAW_MASK_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA")
 
 
-def _mask_array(img: Image.Image, path=None) -> np.ndarray:
+def _mask_array(img: Image.Image, path=None, seen: dict | None = None) -> np.ndarray:
     lossy = img.format == "JPEG"  # compression noise around a drawn defect is not anomalous
     white = _min_is_white(img)
-    img = _upright(img)
+    img = _upright(img, seen)
     hidden = _transparent(img)
     if img.mode not in _RAW_MASK_MODES:
         img = img.convert("RGBA" if img.mode in ("P", "PA") else "RGB")

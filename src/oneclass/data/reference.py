@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import DataError
 from .base import UNLABELED, FileSet, ImageSet
 from .classic import ALIASES, CLASSES, all_images
-from .folder import is_mvtec, list_images
+from .folder import is_mvtec, list_images, skipped_dir, split_dirs
 from .images import is_image_file
 
 
@@ -67,7 +67,7 @@ def _classic(name: str, arg: str, spec: str, root) -> Reference:
 
 
 def _class_folders(root: Path, spec: str) -> Reference | None:
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not skipped_dir(d.name))
     if not subdirs:
         return None
     loose = sorted(f for f in root.iterdir() if f.is_file() and is_image_file(f)
@@ -105,7 +105,7 @@ def load_reference(spec: str, root: str | None = None) -> Reference:
     path = Path(spec)
     if path.is_dir():
         if is_mvtec(path):  # train/, test/ and ground_truth/ are not classes: its normal images
-            if not (path / "train").is_dir():
+            if "train" not in split_dirs(path):
                 raise DataError(f"reference {spec}: an MVTec-layout folder without train/; give "
                                 "a folder of images or of class folders")
             return Reference(load(spec, "train", root=root), None, [], spec)

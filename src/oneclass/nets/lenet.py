@@ -67,8 +67,9 @@ class Encoder(nn.Module):
             from ..errors import ConfigError  # a setting of the method, not a broken net
 
             raise ConfigError(f"input {size} is too small for {len(self.widths)} pooling blocks "
-                              f"(widths={list(self.widths)}); give fewer widths or a larger "
-                              "size")
+                              f"(widths={list(self.widths)}); enlarge the images with --set "
+                              f"size=HxW (e.g. size={max(size[0], 2 ** len(self.widths))}x"
+                              f"{max(size[1], 2 ** len(self.widths))}) or give fewer widths")
         self.features = nn.Sequential(*blocks)
         flat = c * h * w
         self.hidden_layer = _hidden(flat, self.hidden, self.slope)  # before the representation
