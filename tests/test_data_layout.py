@@ -267,3 +267,37 @@ def test_predict_leaves_out_the_masks_of_a_ground_truth_folder_in_any_case(tmp_p
         Image.fromarray(img).save(root / p)
     found = _input_paths([str(root)])
     assert not any("Ground_Truth" in str(p) for p in found) and len(found) == 3
+
+
+def test_an_empty_file_is_named_as_empty(tmp_path):
+    from oneclass.data.images import read_image
+    from oneclass.errors import NotAnImageError
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(NotAnImageError, match=r"empty.png: empty file \(0 bytes\)"):
+        read_image(tmp_path / "empty.png")
+
+
+def test_a_multi_frame_file_is_warned_about(tmp_path, caplog):
+    from oneclass.data.images import read_image
+
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 100, 200)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        a = read_image(tmp_path / "stack.tif")
+    assert int(a.max()) == 0  # the first frame
+    assert "stack.tif: holds 3 frames (pages); only the first is read" in caplog.text
+
+
+def test_mask_names_match_the_mask_suffix_in_any_case(tmp_path):
+    root = tmp_path / "m"
+    for sub in ("train/good", "test/good", "test/crack", "ground_truth/crack"):
+        (root / sub).mkdir(parents=True)
+    img = np.zeros((8, 8), np.uint8)
+    for p in ("train/good/0.png", "test/good/0.png", "test/crack/0.png"):
+        Image.fromarray(img).save(root / p)
+    m = img.copy()
+    m[2:4, 2:4] = 255
+    Image.fromarray(m).save(root / "ground_truth/crack/0_MASK.png")
+    test = load(str(root), "test")
+    assert test.mask_paths[list(test.labels).index(ANOMALOUS)].name == "0_MASK.png"

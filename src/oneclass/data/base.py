@@ -91,6 +91,15 @@ class ImageSet:
         h, w = (int(np.floor(v + 0.5)) for v in np.median(sizes, axis=0))
         return (h, w), len({tuple(s) for s in sizes.tolist()})
 
+    def far_sizes(self, ref, limit: int = 256) -> tuple[list[tuple[int, int, int]], int]:
+        """``([(index, height, width), ...], looked at)``: the images :func:`far_in_size` of
+        ``ref`` among at most ``limit`` spread evenly over the set (one header read each)."""
+        index = range(len(self))
+        if len(self) > limit:
+            index = sorted({int(j) for j in np.linspace(0, len(self) - 1, limit).round()})
+        sizes = ((i, *self.size(i)) for i in index)
+        return [(i, h, w) for i, h, w in sizes if far_in_size(ref, h, w)], len(index)
+
     def channels(self, limit: int = 64) -> int:
         """3 if any image is colour, else 1.
 
@@ -119,6 +128,19 @@ class ImageSet:
                 return i, sorted(gray)
             gray.append(i)
         return None, sorted(gray)
+
+
+#: An image this many times off a reference size in a side or in aspect ratio is far
+#: from it (size warnings of predict, eval, serve and training).
+SIZE_FACTOR = 2.0
+
+
+def far_in_size(ref: list[int] | tuple[int, int], h: int, w: int) -> bool:
+    """Whether an ``h`` x ``w`` image is :data:`SIZE_FACTOR` off the size ``ref`` in a side
+    or in aspect ratio."""
+    h0, w0 = ref
+    return max(h / h0, h0 / h, w / w0, w0 / w, (h / w) / (h0 / w0), (h0 / w0) / (h / w)) \
+        > SIZE_FACTOR
 
 
 #: Channels that differ by at most this many levels are gray: lossy WebP and JPEG files of

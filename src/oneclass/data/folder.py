@@ -204,7 +204,7 @@ def _mask_index(gt: Path) -> dict[tuple[str, str], Path]:
             continue
         for m in list_images(kind_dir):
             kind, rel = _image_key(kind_dir, m)
-            key = (kind, rel[:-5] if rel.endswith("_mask") else rel)
+            key = (kind, rel[:-5] if rel.lower().endswith("_mask") else rel)
             if key in index:
                 raise DataError(f"{m}: two masks for the same image, this one and {index[key]}; "
                                 "keep one")

@@ -126,7 +126,10 @@ def _open(source, path) -> Image.Image:
                 try:
                     if img.width * img.height > MAX_PIXELS:  # header only: nothing decoded yet
                         raise _too_many_pixels(path, img.width, img.height)
+                    frames = getattr(img, "n_frames", 1)  # before load: it may seek the file
                     img.load()
+                    if frames > 1:
+                        _warn_frames(path, frames)
                 except BaseException:
                     img.close()  # do not leak the file handle of a corrupt or truncated image
                     raise
@@ -147,6 +150,8 @@ def _open(source, path) -> Image.Image:
         raise DataError(f"{path}: image {size}is over the limit of {MAX_PIXELS} pixels "
                         f"{_BOMB}") from None
     except UnidentifiedImageError:
+        if _empty_file(source):
+            raise NotAnImageError(f"{path}: empty file (0 bytes), not an image") from None
         raise NotAnImageError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except OSError as exc:
         if exc.errno is not None:  # the file system's error (symlink loop, permissions), not PIL's
@@ -157,6 +162,30 @@ def _open(source, path) -> Image.Image:
     except Exception as exc:  # decoders raise struct.error, IndexError, ... on hostile input
         raise NotAnImageError(f"{path}: corrupt image ({type(exc).__name__}: {exc})") from None
     return img
+
+
+def _empty_file(source) -> bool:
+    """Whether ``source`` (a path or a binary file object) holds no bytes."""
+    try:
+        if isinstance(source, (str, Path)):
+            return os.path.getsize(source) == 0
+        if getattr(source, "closed", False):  # a file we opened and closed: its path
+            return os.path.getsize(source.name) == 0
+        return source.seek(0, os.SEEK_END) == 0
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
+_warned_frames: set[str] = set()
+
+
+def _warn_frames(path, n: int) -> None:
+    """A multi-page TIFF or an animated PNG/GIF/WebP: only its first frame is read (once per
+    file)."""
+    if str(path) not in _warned_frames:
+        _warned_frames.add(str(path))
+        log.warning("%s: holds %d frames (pages); only the first is read: save each frame as "
+                    "an image of its own to use the others", path, n)
 
 
 def read_image(path, label: str | None = None) -> np.ndarray:
