@@ -450,3 +450,24 @@ def test_small_strip_images_are_squeezed_to_four_to_one_like_large_ones():
     assert det.preprocess_.size == (16, 64)
     assert oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0).fit(
         ArraySet(x.transpose(0, 2, 1).copy())).preprocess_.size == (64, 16)
+
+
+def test_training_images_far_from_their_median_size_are_warned_about(tmp_path, caplog):
+    """Thumbnails among the training images were trained on without a word (predict then
+    warned about the same files)."""
+    import logging
+
+    from PIL import Image
+
+    from oneclass.data import load
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"t{i}.png")
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0).fit(
+            load(str(tmp_path), "train"))
+    assert "2 of 8 training images differ much in size from their median 32x32" in caplog.text
+    assert "t0.png, 8x8" in caplog.text

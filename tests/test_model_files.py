@@ -278,3 +278,67 @@ def test_a_missing_run_is_named_as_missing_and_resume_of_nothing_says_so(mvtec_d
     assert "nothing to resume" in capsys.readouterr().err
     assert cli(*train) == 0  # a finished run: nothing to say
     assert "nothing to resume" not in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def saved_json(data, tmp_path_factory):
+    """The model.json of a tiny saved model (each test edits a copy)."""
+    path = oneclass.create("deep_svdd", **SMALL).fit(data[0]).save(
+        tmp_path_factory.mktemp("saved") / "m")
+    return path
+
+
+def _load_edited(saved, tmp_path, edit):
+    import shutil
+
+    path = shutil.copytree(saved, tmp_path / "m")
+    meta = json.loads((path / "model.json").read_text())
+    edit(meta)
+    (path / "model.json").write_text(json.dumps(meta))
+    return oneclass.load(path)
+
+
+@pytest.mark.parametrize("edit, words", [
+    # was: "model format version 1 ...; this oneclass reads version 1; retrain"
+    (lambda m: m.update(format_version="1"), "'format_version' must be a whole number, got "
+                                             "'1' (a string)"),
+    # was: a warning of missing values, then "damaged model description (missing entry ...)"
+    (lambda m: m.pop("params"), "missing entry 'params'"),
+    (lambda m: m.update(params=[1]), "'params' must be a JSON object, got [1] (a list)"),
+    # was: "float() argument must be a string or a real number, not 'NoneType'"
+    (lambda m: m["fitted"].update(threshold=None), "'threshold' (in 'fitted') must be a number, "
+                                                   "got null"),
+    (lambda m: m["fitted"].pop("threshold"), "missing entry 'threshold' (in 'fitted')"),
+    # was: taken as 0.5, silently
+    (lambda m: m["fitted"].update(threshold="0.5"), "'threshold' (in 'fitted') must be a "
+                                                    "number, got '0.5' (a string)"),
+    (lambda m: m["fitted"].update(threshold=True), "'threshold' (in 'fitted') must be a number, "
+                                                   "got true"),
+    (lambda m: m["params"].update(threshold="0.5"), "'threshold' (in 'params') must be a number "
+                                                    "or null, got '0.5' (a string)"),
+    (lambda m: m["params"].update(nu="0.1"), "'nu' (in 'params') must be a number, got '0.1'"),
+    (lambda m: m["preprocess"].update(channels="1"), "'channels' (in 'preprocess') must be a "
+                                                     "whole number, got '1' (a string)"),
+    (lambda m: m.update(input_shape=["1", 16, 16]), "'input_shape' must be a list of 3 whole "
+                                                    "numbers"),
+])
+def test_a_damaged_description_names_the_file_the_entry_and_what_is_wrong(saved_json, tmp_path,
+                                                                          caplog, edit, words):
+    import logging
+    import re
+
+    with caplog.at_level(logging.WARNING, logger="oneclass"), \
+            pytest.raises(ModelFileError) as err:
+        _load_edited(saved_json, tmp_path, edit)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'm' / 'model.json'}: damaged model description: "), msg
+    assert re.search(re.escape(words), msg), msg
+    assert "retrain" not in msg and "float()" not in msg
+    assert not caplog.records  # no misleading warning before the error
+
+
+def test_a_description_with_plain_json_values_still_loads(saved_json, tmp_path, data):
+    """An int threshold and a null params threshold are valid JSON for them."""
+    det = _load_edited(saved_json, tmp_path,
+                       lambda m: (m["fitted"].update(threshold=3), m["params"].update(threshold=None)))
+    assert det.threshold_ == 3.0 and det.threshold is None

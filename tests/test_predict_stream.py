@@ -261,6 +261,7 @@ def test_the_all_anomalous_warning_counts_the_rows_of_a_resumed_file(run, tmp_pa
                                                                      caplog):
     """Resumed, the warning that every image is predicted anomalous counts the earlier rows
     too: ten new defect images after three normal rows are not "every image"."""
+    import json
     import logging
 
     import oneclass.runs as runs_mod
@@ -281,6 +282,9 @@ def test_the_all_anomalous_warning_counts_the_rows_of_a_resumed_file(run, tmp_pa
     predict(run, [str(src)], out, heatmaps=False)
     _wide(src, 10)
     monkeypatch.setattr(runs_mod, "load_model", with_threshold(-1e30))  # all anomalous
+    # --resume refuses another threshold than the earlier rows': record this one for them
+    side = json.loads((out / "predictions.json").read_text())
+    (out / "predictions.json").write_text(json.dumps({**side, "threshold": -1e30}))
     with caplog.at_level(logging.WARNING, logger="oneclass"):
         assert predict(run, [str(src)], out, resume=True, heatmaps=False)["scored"] == 10
         assert "predicted anomalous" not in caplog.text
@@ -379,3 +383,76 @@ def test_images_far_from_the_training_images_size_are_named(run, tmp_path, caplo
         predict(run, [str(near), str(far)], tmp_path / "p2", heatmaps=False)
     assert ("1 of 3 images differ much in size from the model's training images (median "
             "24x24; first: " in caplog.text and "strip.png, 30x100)" in caplog.text)
+
+
+def _saved_run(tmp_path: Path, name: str, **params) -> tuple[Path, Path]:
+    """A run folder holding only a tiny model, and a folder of three images to score."""
+    import oneclass
+    from oneclass.data.base import ArraySet
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8)
+    det = oneclass.create(name, epochs=1, batch_size=8, seed=0, **params).fit(ArraySet(x))
+    run = tmp_path / "run"
+    det.save(run / "model")
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(x[k]).save(src / f"im{k}.png")
+    return run, src
+
+
+def _resave(run: Path, change) -> None:
+    """Change a saved model in place (threshold, scoring parameters): its id, a hash of the
+    weights, stays the same."""
+    from oneclass.export import model_id
+
+    before = model_id(run / "model")
+    det = load_model(run, "cpu")
+    change(det)
+    det.save(run / "model")
+    assert model_id(run / "model") == before
+
+
+def test_resume_refuses_rows_decided_by_another_threshold(tmp_path):
+    """The same weights saved with another threshold kept the model id: --resume appended rows
+    labelled by the new threshold to rows labelled by the old one (one image 0 and 1)."""
+    import json
+
+    from oneclass.errors import ConfigError
+
+    run, src = _saved_run(tmp_path, "deep_svdd", pretrain_epochs=0)
+    out = tmp_path / "p"
+    predict(run, [str(src / "im0.png")], out, heatmaps=False, progress=False)
+    old = load_model(run, "cpu").threshold_
+    _resave(run, lambda det: setattr(det, "threshold_", 0.5))
+    with pytest.raises(ConfigError, match=rf"threshold {old!r} -> 0\.5.*--overwrite"):
+        predict(run, [str(src)], out, resume=True, heatmaps=False, progress=False)
+    assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 1  # left as it was
+    # a predictions.json from before the scoring parameters were recorded: its threshold is
+    side = json.loads((out / "predictions.json").read_text())
+    del side["scoring_params"]
+    (out / "predictions.json").write_text(json.dumps(side))
+    with pytest.raises(ConfigError, match="threshold"):
+        predict(run, [str(src)], out, resume=True, heatmaps=False, progress=False)
+    _resave(run, lambda det: setattr(det, "threshold_", old))  # back: it goes on
+    assert predict(run, [str(src)], out, resume=True, heatmaps=False,
+                   progress=False)["scored"] == 2
+
+
+def test_resume_refuses_rows_scored_with_other_scoring_parameters(tmp_path):
+    """AnoGAN saved with another search_steps kept its model id: --resume mixed scores of
+    the two searches in one predictions.csv."""
+    import json
+
+    from oneclass.errors import ConfigError
+
+    run, src = _saved_run(tmp_path, "anogan", search_steps=2, search_candidates=2, width=8)
+    out = tmp_path / "p"
+    predict(run, [str(src / "im0.png")], out, heatmaps=False, progress=False)
+    recorded = json.loads((out / "predictions.json").read_text())["scoring_params"]
+    assert recorded["search_steps"] == 2 and set(recorded) == set(load_model(run).scoring_params)
+    _resave(run, lambda det: det.set_scoring_params(search_steps=3))
+    with pytest.raises(ConfigError, match="scoring parameter search_steps: 2 -> 3"):
+        predict(run, [str(src)], out, resume=True, heatmaps=False, progress=False)
+    assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 1

@@ -961,3 +961,263 @@ def test_an_upload_limit_too_large_to_count_is_refused_at_start(run_dir, mb, cap
 
     assert main(["serve", str(run_dir), "--port", "0", "--max-upload-mb", mb]) == 2
     assert "upload limit" in capsys.readouterr().err
+
+
+# ---- deployment walk-through: empty key, stopping, access log, file parts
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["--api-key", ""], None), (["--api-key", "  \t"], None), ([], ""), ([], " "),
+    (["--api-key", ""], "s3cret"),  # an explicit empty key is not "use the variable"
+])
+def test_an_empty_api_key_is_refused_at_start(run_dir, monkeypatch, capsys, argv, env):
+    """`--api-key "$KEY"` with KEY unset served /model to anyone: an empty key meant none."""
+    from oneclass import serve as serve_mod
+    from oneclass.cli import main
+
+    started = []
+    monkeypatch.setattr(serve_mod, "serve", lambda *a, **k: started.append(k))
+    if env is None:
+        monkeypatch.delenv("ONECLASS_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("ONECLASS_API_KEY", env)
+    assert main(["serve", str(run_dir), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert started == [] and len(err.splitlines()) == 1, err
+    assert "empty: give a key, or" in err and "to serve without one" in err
+    assert ("--api-key is empty" if argv else "ONECLASS_API_KEY is empty") in err
+    # the library refuses it too, rather than serving without a key
+    from oneclass.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="empty"):
+        create_app(run_dir, api_key="")
+
+
+def test_the_startup_line_says_whether_requests_need_a_key(app, run_dir, monkeypatch, caplog):
+    from oneclass import serve as serve_mod
+
+    class NoServer:
+        def run(self, sockets):
+            sockets[0].close()
+
+    monkeypatch.setattr(serve_mod, "make_server", lambda *a, **k: NoServer())
+    monkeypatch.setattr(serve_mod, "Scorer", lambda *a, **k: app.state.scorer)
+    with caplog.at_level(logging.INFO, logger="oneclass"):
+        serve_mod.serve(run_dir, port=0, api_key="k3y")
+        serve_mod.serve(run_dir, port=0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving")]
+    assert len(lines) == 2, lines
+    assert f"requests need the {API_KEY_HEADER} header" in lines[0] and "k3y" not in lines[0]
+    assert "no API key" in lines[1]
+
+
+# A child `oneclass serve` whose model takes SLOW seconds a call (one call at a time), on a
+# port of its choosing: the signal tests need the process's own signal handling.
+_SLOW_SERVER = """
+import sys, time
+from oneclass import serve
+real_init = serve.Scorer.__init__
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    score = self.det._score
+    def slow(x):  # called with the model's lock held: requests queue for it
+        time.sleep({slow})
+        return score(x)
+    self.det._score = slow
+serve.Scorer.__init__ = init
+from oneclass.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@contextlib.contextmanager
+def _slow_server(run_dir, tmp_path, *args, slow=1.5):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.environ.get("PYTHONPATH", src)}  # PYTHONPATH=old/src: the old code
+    err_path = tmp_path / "server.err"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _SLOW_SERVER.format(slow=slow), "serve",
+                                 str(run_dir), "--port", "0", *args],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        port = None
+        for _ in range(600):  # the child imports torch: up to a minute on a busy machine
+            found = re.search(r"http://127\.0\.0\.1:(\d+)", err_path.read_text())
+            if found:
+                port = int(found.group(1))
+                with contextlib.suppress(OSError):
+                    _connect(port, timeout=1).close()
+                    break
+            assert proc.poll() is None, err_path.read_text()
+            time.sleep(0.1)
+        assert port is not None, err_path.read_text()
+        yield proc, port, err_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+def _uploads(port: int, png: bytes, n: int) -> tuple[list[threading.Thread], dict]:
+    """``n`` uploads sent at once, each on its own connection: ``(threads, results)``, a
+    result being the raw bytes the server sent before closing."""
+    results: dict[int, bytes] = {}
+
+    def one(i):
+        with _connect(port, timeout=30) as sock:
+            sock.sendall(_post(_multipart(_file_part(png))))
+            results[i] = _read(sock)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def test_sigterm_logs_a_line_finishes_in_flight_requests_and_stops_within_its_timeout(
+        run_dir, tmp_path, png):
+    import signal
+
+    with _slow_server(run_dir, tmp_path, "--shutdown-timeout", "2", slow=1.5) as (
+            proc, port, err_path):
+        threads, results = _uploads(port, png, 4)  # 6 s of model calls in all
+        time.sleep(1.0)  # all four received, the first being scored
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(HANG_GUARD) == -signal.SIGTERM  # the shell's 143
+        took = time.monotonic() - t0
+        for t in threads:
+            t.join(10)
+    err = err_path.read_text()
+    assert "SIGTERM: shutting down; waiting up to 2 s for 4 request(s) in flight" in err, err
+    statuses = sorted(_parse(raw)[0][0] for raw in results.values())
+    # the first is answered (the second too when its model call ends before the deadline:
+    # a call cannot be interrupted); the last two, still queued at 3 s, get a JSON 503
+    assert statuses[0] == 200 and statuses[2:] == [503, 503], (statuses, err)
+    for raw in results.values():
+        (status, headers, body), = _parse(raw)
+        assert headers["content-type"] == "application/json"
+        if status == 503:
+            assert "shutting down" in json.loads(body)["error"]
+    assert "shutdown timeout reached" in err and "Traceback" not in err, err
+    assert took < 2 + 2.5, took  # not the 6 s the queue needed
+
+
+@pytest.mark.parametrize("first, second", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGINT"),
+                                           ("SIGTERM", "SIGTERM")])
+def test_a_second_signal_stops_at_once_with_one_line(run_dir, tmp_path, png, first, second):
+    """A second Ctrl-C answered text/plain 500s and logged a traceback per request."""
+    import signal
+
+    with _slow_server(run_dir, tmp_path, slow=3) as (proc, port, err_path):
+        threads, results = _uploads(port, png, 3)
+        time.sleep(0.8)
+        proc.send_signal(getattr(signal, first))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(getattr(signal, second))
+        code = proc.wait(HANG_GUARD)
+        took = time.monotonic() - t0
+        for t in threads:
+            t.join(10)
+    err = err_path.read_text()
+    assert code == -getattr(signal, second), (code, err)  # 130 or 143 in a shell
+    assert took < 2, took  # not after the 3 s model call in flight
+    assert f"{second} again: stopping now; 3 request(s) in flight get no answer" in err, err
+    assert "Traceback" not in err and "CancelledError" not in err, err
+    for raw in results.values():  # a closed connection, or JSON: never a text/plain 500
+        for status, headers, _ in _parse(raw):
+            assert status == 503 and headers["content-type"] == "application/json", raw[:300]
+
+
+def test_each_request_gets_one_access_log_line(app, run_dir, png, caplog):
+    """No request was logged, not even the refusals; never the key or the image."""
+    client = _fresh_client(app, run_dir)
+    with caplog.at_level(logging.INFO, logger="oneclass.serve.access"):
+        client.get("/health")
+        client.get("/model", headers={API_KEY_HEADER: "wrong-key-value"})
+        client.post("/predict", headers=KEY, files={"file": ("a.png", png, "image/png")})
+        client.post("/predict", headers=KEY, files={"file": ("a.txt", b"hi", "text/plain")})
+        client.get("/health%0a%0dforged line", headers=KEY)  # a line break stays encoded
+    lines = [r.getMessage() for r in caplog.records if r.name == "oneclass.serve.access"]
+    assert len(lines) == 5, lines
+    expected = [("GET /health 200", ), ("GET /model 401",), ("POST /predict 200",),
+                ("POST /predict 415",), ("GET /health%0a%0dforged%20line 404",)]
+    for line, words in zip(lines, expected):
+        assert all(w in line for w in words), (line, words)
+        assert line.endswith("testclient:50000") and " ms " in line, line
+        assert "s3cret" not in line and "wrong-key-value" not in line and "\n" not in line
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name.startswith("oneclass"))
+    caplog.clear()
+    quiet = TestClient(create_app(run_dir, api_key="s3cret", scorer=app.state.scorer,
+                                  access_log=False))
+    with caplog.at_level(logging.INFO, logger="oneclass.serve.access"):
+        quiet.get("/health")
+    assert not [r for r in caplog.records if r.name == "oneclass.serve.access"]
+
+
+def test_refusals_before_the_app_are_logged_once_and_uvicorn_logs_none(app, run_dir, caplog):
+    """The protocol's own answers (not HTTP, connection limit) are requests too; uvicorn's
+    access log stays off, so no line is doubled."""
+    served = create_app(run_dir, api_key="s3cret", max_upload_mb=0.05, scorer=app.state.scorer)
+    with caplog.at_level(logging.INFO):
+        with _live(served, max_connections=1) as (port, problems):
+            (response,) = _exchange(port, b"GARBAGE\r\n\r\n")
+            assert response[0] == 400
+            with _connect(port):
+                time.sleep(0.2)
+                (response,) = _exchange(port, _get(b"/health"))
+                assert response[0] == 503
+            time.sleep(0.2)
+            (response,) = _exchange(port, _get(b"/health"))
+            assert response[0] == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "oneclass.serve.access"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("- - 400 ") and lines[1].startswith("- - 503 ")
+    assert lines[2].startswith("GET /health 200 ") and "127.0.0.1:" in lines[2]
+    assert not [r for r in caplog.records if r.name.startswith("uvicorn.access")]
+
+
+def test_the_serve_command_passes_its_shutdown_and_access_log_options(monkeypatch, tmp_path):
+    from oneclass import serve as serve_mod
+    from oneclass.cli import main
+
+    seen = []
+    monkeypatch.setattr(serve_mod, "serve", lambda *a, **k: seen.append(k))
+    monkeypatch.delenv("ONECLASS_API_KEY", raising=False)
+    assert main(["serve", str(tmp_path)]) == 0
+    assert main(["serve", str(tmp_path), "--shutdown-timeout", "7", "--no-access-log"]) == 0
+    assert [(k["shutdown_timeout"], k["access_log"]) for k in seen] == [(25.0, True), (7.0, False)]
+    assert seen[0]["api_key"] is None
+
+
+@pytest.mark.parametrize("disposition, ctype, name", [
+    (b'form-data; name="file"', b"image/png", "upload"),  # no filename, an image type
+    (b"form-data; name=\"file\"; filename*=UTF-8''na%C3%AFve.png", b"image/png", "naïve.png"),
+    (b"form-data; name=\"file\"; filename*=UTF-8''scan.png", None, "scan.png"),
+])
+def test_a_file_part_without_a_plain_filename_is_scored(client, png, disposition, ctype, name):
+    """It got 400 "no complete file in the multipart field 'file'"."""
+    head = b"Content-Disposition: " + disposition + (b"\r\nContent-Type: " + ctype if ctype else b"")
+    r = client.post("/predict", headers={**KEY, "content-type": "multipart/form-data; boundary="
+                                         + BOUNDARY.decode()}, content=_multipart((head, png)))
+    assert r.status_code == 200, r.text
+    assert np.isfinite(r.json()["score"])
+    bad = client.post("/predict", headers={**KEY, "content-type": "multipart/form-data; boundary="
+                                           + BOUNDARY.decode()},
+                      content=_multipart((head, b"not an image")))
+    assert bad.status_code == 400 and bad.json()["error"].startswith(name + ":"), bad.text
+
+
+def test_a_text_field_named_file_is_told_to_be_sent_as_a_file(client):
+    r = client.post("/predict", headers=KEY, files={"file": (None, b"x" * 100)})
+    assert r.status_code == 400
+    message = r.json()["error"]
+    assert "'file' is not a file upload" in message and "no filename" in message
+    assert "curl -F file=@image.png" in message

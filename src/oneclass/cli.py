@@ -274,17 +274,25 @@ def cmd_serve(args) -> int:
     import os
 
     from .data.images import check_max_pixels_env, max_pixels_from_env, set_max_pixels
-    from .serve import SERVE_MAX_PIXELS, serve
+    from .serve import SERVE_MAX_PIXELS, check_api_key, serve
 
     if args.max_pixels is None:
         if max_pixels_from_env():
             check_max_pixels_env()  # a bad value stops the service now, not every upload
         else:
             set_max_pixels(SERVE_MAX_PIXELS)  # a few MB of upload can hold that many pixels
-    key = args.api_key or os.environ.get("ONECLASS_API_KEY") or None
+    # An empty key is an error, not "no key": `--api-key "$KEY"` with KEY unset, or
+    # ONECLASS_API_KEY= in a unit file, would otherwise serve the model to anyone.
+    if args.api_key is not None:
+        key = args.api_key
+        check_api_key(key, "--api-key", "leave out --api-key (and ONECLASS_API_KEY)")
+    else:
+        key = os.environ.get("ONECLASS_API_KEY")
+        check_api_key(key, "ONECLASS_API_KEY", "unset it")
     serve(Path(args.run), host=args.host, port=args.port, api_key=key,
           max_upload_mb=args.max_upload_mb, device=args.device or "auto", timeout=args.timeout,
-          max_connections=args.max_connections or None)
+          max_connections=args.max_connections or None, shutdown_timeout=args.shutdown_timeout,
+          access_log=not args.no_access_log)
     return 0
 
 
@@ -540,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_count(0, 65535), default=8000, help="0: any free port")
     s.add_argument("--api-key", help="require this key in the X-API-Key header (all routes but "
-                   "/health and the page); default: the ONECLASS_API_KEY environment variable")
+                   "/health and the page); default: the ONECLASS_API_KEY environment variable. "
+                   "An empty key is an error: leave both out to serve without a key")
     s.add_argument("--max-upload-mb", type=_positive_float, default=20.0,
                    help="larger uploads get 413")
     s.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
@@ -551,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=_count(1), metavar="N",
                    help="uploads with more pixels than N get 400 (decompression bombs; "
                    "default 40000000 or $ONECLASS_MAX_PIXELS)")
+    s.add_argument("--shutdown-timeout", type=_positive_float, default=25.0, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, wait this long for the requests in flight, "
+                   "then answer the rest 503 (default 25: under the 30 s Kubernetes waits "
+                   "before SIGKILL); a second signal stops at once")
+    s.add_argument("--no-access-log", action="store_true",
+                   help="no log line per request (method, path, status, ms, client)")
     common(s, quiet=False)
     s.set_defaults(func=cmd_serve)
 

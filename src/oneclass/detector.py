@@ -127,6 +127,67 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shown(v: Any) -> str:
+    """A value read from JSON as an error shows it: null, true, '0.5' (a string), 3."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f"{v[:60]!r} (a string)"
+    if isinstance(v, (list, dict)):
+        return f"{json.dumps(v)[:60]} ({'a list' if isinstance(v, list) else 'an object'})"
+    return repr(v)
+
+
+def _check_description(meta: dict[str, Any], meta_path: Path, defaults: dict[str, Any]) -> None:
+    """The entries of model.json that :meth:`Detector.load` reads, each of the JSON type it
+    must have (a number is not taken from a string): a ModelFileError naming the file, the
+    entry and what is wrong, before anything else is said about the description."""
+    def bad(entry: str, what: str) -> ModelFileError:
+        return ModelFileError(f"{meta_path}: damaged model description: {entry} {what}")
+
+    def need(d: dict, k: str, where: str, kind: type, what: str) -> Any:
+        entry = f"'{k}'" + (f" (in '{where}')" if where else "")
+        if k not in d:
+            raise ModelFileError(f"{meta_path}: damaged model description: missing entry {entry}")
+        if not isinstance(d[k], kind) or kind is int and isinstance(d[k], bool):
+            raise bad(entry, f"must be {what}, got {_shown(d[k])}")
+        return d[k]
+
+    for k in ("params", "preprocess", "fitted"):
+        need(meta, k, "", dict, "a JSON object")
+    shape = need(meta, "input_shape", "", list, "a list of 3 whole numbers (C, H, W)")
+    if len(shape) != 3 or not all(_is_whole(v) for v in shape):
+        raise bad("'input_shape'", f"must be a list of 3 whole numbers (C, H, W), got "
+                                   f"{_shown(shape)}")
+    pre = meta["preprocess"]
+    need(pre, "channels", "preprocess", int, "a whole number")
+    size = pre.get("size")
+    if size is not None and not (isinstance(size, list) and all(_is_whole(v) for v in size)):
+        raise bad("'size' (in 'preprocess')", f"must be a list of whole numbers or null, got "
+                                              f"{_shown(size)}")
+    fitted = meta["fitted"]
+    need(fitted, "threshold", "fitted", (int, float), "a number")
+    if isinstance(fitted["threshold"], bool):
+        raise bad("'threshold' (in 'fitted')", f"must be a number, got {_shown(fitted['threshold'])}")
+    need(fitted, "threshold_source", "fitted", str, "a string")
+    for k, v in meta["params"].items():
+        d = defaults.get(k)
+        entry = f"'{k}' (in 'params')"
+        if k == "threshold":
+            if v is not None and not _is_number(v):
+                raise bad(entry, f"must be a number or null, got {_shown(v)}")
+        elif _is_number(d) and isinstance(v, (str, bool)):
+            raise bad(entry, f"must be a number, got {_shown(v)}")
+        elif isinstance(d, bool) and isinstance(v, str):
+            raise bad(entry, f"must be true or false, got {_shown(v)}")
+
+
 def as_float(v: Any) -> float:
     """``v`` as a float for a range check: NaN (fails every range) for what is not a number."""
     if isinstance(v, bool):
@@ -472,6 +533,14 @@ class Detector:
         size = self._size_tuple()
         (h, w), kinds = train.typical_size()
         self.train_image_size_ = [h, w]  # predict warns of images far from it
+        far, looked = train.far_sizes((h, w)) if kinds > 1 else ([], 0)
+        if far:  # strays (thumbnails, another camera's shots) among the training images
+            i, fh, fw = far[0]
+            log.warning("%s: %d of %d training images differ much in size from their median "
+                        "%dx%d (first: %s, %dx%d); each is resized to the model's input, so "
+                        "what it shows changes scale: do they belong with the others?",
+                        train.description or "training set", len(far), looked, h, w,
+                        train.names[i], fh, fw)
         if size is None:
             d = self.default_size
             if max(h, w) <= 64 and max(h, w) <= 4 * min(h, w):
@@ -822,7 +891,11 @@ class Detector:
             raise ModelFileError(f"{meta_path}: cannot read ({exc.strerror})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ModelFileError(f"{meta_path}: not a oneclass model description")
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if not _is_whole(version):
+            raise ModelFileError(f"{meta_path}: damaged model description: 'format_version' "
+                                 f"must be a whole number, got {_shown(version)}")
+        if version != FORMAT_VERSION:
             raise ModelFileError(
                 f"{meta_path}: model format version {meta.get('format_version')} (written by "
                 f"oneclass {meta.get('oneclass_version')}); this oneclass "
@@ -835,6 +908,7 @@ class Detector:
             raise ModelFileError(f"{meta_path}: {exc}") from None
         if cls is not Detector and not issubclass(klass, cls):
             raise ModelFileError(f"{path}: holds a {meta['method']} model, not {cls.name}")
+        _check_description(meta, meta_path, klass.all_defaults())
         wpath = path / "weights.safetensors"
         try:
             raw = wpath.read_bytes()

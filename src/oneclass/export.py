@@ -129,6 +129,7 @@ def metadata(det: Detector, input_dtype: str, model_id: str | None) -> dict[str,
         "model_id": model_id,
         "threshold": det.threshold_,
         "threshold_source": det.threshold_source_,
+        "label_rule": "anomalous (label 1) when score >= threshold, else normal (label 0)",
         "map_scale": getattr(det, "map_scale_", None),
         "input": {"name": "image", "layout": "NCHW", "shape": ["N", c, h, w], "dtype": input_dtype,
                   "range": "0..255"},
@@ -188,6 +189,12 @@ def export_onnx(det: Detector, out: str | Path, *, input_dtype: str = "float32",
     if input_dtype not in INPUT_DTYPES:
         raise ConfigError(f"input dtype must be one of {', '.join(INPUT_DTYPES)}, got {input_dtype!r}")
     det._check_fitted()
+    out = Path(out)
+    if out.is_dir():  # before the export: the file is written to the name given
+        from .io import WriteError
+
+        raise WriteError(f"{out}: is a folder; give the file to write, e.g. "
+                         f"{out / 'model.onnx'}; nothing was written")
     cpu = torch.device("cpu")
     if det.device_ != cpu:  # the graph is traced on the CPU; the model is moved back after
         det.model_.to(cpu)
@@ -196,7 +203,6 @@ def export_onnx(det: Detector, out: str | Path, *, input_dtype: str = "float32",
         example = torch.randint(0, 256, (2, *det.input_shape_), dtype=torch.uint8)
         if input_dtype == "float32":
             example = example.float()
-        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
             warnings.simplefilter("ignore")  # and the exporter's "torchvision is not installed"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from .data.base import is_colour
+from .data.base import far_in_size, is_colour
 from .data.screen import check_policy
 from .detector import Detector, check_save_target
 from .device import resolve_device
@@ -923,7 +923,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     # paths absolute, as relative ones would be read against the folder of the first run
     base = os.getcwd()
     if resume and csv_path.exists():
-        before = _check_same_model(sidecar, csv_path, mid)
+        before = _check_same_model(sidecar, csv_path, mid, det)
         done, columns, n_anom_before = _complete_rows(csv_path)
         heatmap_size = _same_heatmap_size(before, csv_path, heatmap_size)
         base = _rows_base(before)
@@ -953,7 +953,10 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     lo, hi = (det.map_scale_ or [None, None])
     n_anom = 0
     state: dict[str, Any] = {}
+    # the threshold decides the labels and the scoring parameters the scores: the model id
+    # (its weights' hash) stays when they change, so --resume compares them too
     side = {"model_id": mid, "run": str(run), "method": det.name, "threshold": det.threshold_,
+            "scoring_params": _scoring_params(det),
             "cwd": os.getcwd(),  # relative paths of the rows are relative to it
             "heatmap_size": heatmap_size}
     # "image": each heatmap drawn on a copy of the image from the read that scored it (a
@@ -1039,19 +1042,6 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
             "anomalous": n_anom, "csv": str(csv_path)}
 
 
-#: An image whose side is this many times longer or shorter than the training images'
-#: median side (or whose aspect ratio differs by as much) is warned about.
-SIZE_FACTOR = 2.0
-
-
-def far_in_size(ref: list[int] | tuple[int, int], h: int, w: int) -> bool:
-    """Whether an ``h`` x ``w`` image is :data:`SIZE_FACTOR` off the size ``ref`` in a side
-    or in aspect ratio."""
-    h0, w0 = ref
-    return max(h / h0, h0 / h, w / w0, w0 / w, (h / w) / (h0 / w0), (h0 / w0) / (h / w)) \
-        > SIZE_FACTOR
-
-
 def image_notes(det: Detector, image: np.ndarray) -> list[str]:
     """For one decoded uint8 ``(H, W, C)`` image (an upload), the warnings that
     :func:`_warn_unlike_training` gives a set of images: a size far from the training images', or
@@ -1080,18 +1070,14 @@ def _warn_sizes(det: Detector, images, limit: int = 256) -> None:
     ref = getattr(det, "train_image_size_", None)
     if not ref or not len(images):
         return
-    index = range(len(images))
-    if len(images) > limit:
-        index = sorted({int(j) for j in np.linspace(0, len(images) - 1, limit).round()})
     h0, w0 = ref
-    sizes = ((i, *images.size(i)) for i in index)  # one header read each
-    far = [(i, h, w) for i, h, w in sizes if far_in_size(ref, h, w)]
+    far, looked = images.far_sizes(ref, limit)
     if far:
         i, h, w = far[0]
         log.warning("%d of %d images differ much in size from the model's training images "
                     "(median %dx%d; first: %s, %dx%d): each is resized to the model's input, "
                     "so what it shows changes scale; are they from the camera, zoom and crop "
-                    "the model was trained on?", len(far), len(index), h0, w0, images.names[i],
+                    "the model was trained on?", len(far), looked, h0, w0, images.names[i],
                     h, w)
 
 
@@ -1173,9 +1159,21 @@ def _same_heatmap_size(side: dict[str, Any], csv_path: Path, given: str | None) 
     return recorded
 
 
-def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None) -> dict[str, Any]:
-    """Refuse to continue a ``predictions.csv`` that another model wrote; return the record
-    beside it (``sidecar``, empty when an older version wrote none)."""
+def _scoring_params(det: Detector) -> dict[str, Any]:
+    """``det``'s scoring parameters (:attr:`Detector.scoring_params`) as JSON values (as
+    predictions.json holds them, so that a recorded and a current value compare equal)."""
+    from .io import json_default
+
+    return json.loads(json.dumps({k: getattr(det, k, None) for k in det.scoring_params},
+                                 default=json_default))
+
+
+def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None,
+                      det: Detector) -> dict[str, Any]:
+    """Refuse to continue a ``predictions.csv`` that another model wrote, or the same weights
+    with another threshold or other scoring parameters (``det``'s; a record from before the
+    scoring parameters were kept is compared on what it holds); return the record beside it
+    (``sidecar``, empty when an older version wrote none)."""
     try:
         side = json.loads(sidecar.read_text(encoding="utf-8"))
         recorded = side.get("model_id")
@@ -1189,6 +1187,21 @@ def _check_same_model(sidecar: Path, csv_path: Path, mid: str | None) -> dict[st
         raise ConfigError(f"{csv_path} was written by model {recorded}, and this run's model is "
                           f"{mid}: --resume would mix their scores; use --overwrite or another "
                           "--out")
+    differ = []
+    recorded_t = side.get("threshold")
+    if recorded_t is not None and recorded_t != det.threshold_:
+        differ.append(f"threshold {recorded_t!r} -> {float(det.threshold_)!r}")
+    recorded_p = side.get("scoring_params")
+    if isinstance(recorded_p, dict):
+        now = _scoring_params(det)
+        for k in sorted(set(recorded_p) | set(now)):
+            if recorded_p.get(k) != now.get(k):
+                differ.append(f"scoring parameter {k}: {recorded_p.get(k)!r} -> {now.get(k)!r}")
+    if differ:
+        raise ConfigError(f"{csv_path} was written by this model with other settings "
+                          f"({'; '.join(differ)}): --resume would mix rows scored or labelled "
+                          "with the two; use --overwrite or another --out (or set the model "
+                          "back to the earlier settings)")
     return side
 
 

@@ -6,7 +6,8 @@ Routes (JSON unless said otherwise):
 - ``GET /model``: method, parameters, threshold, input size and the metrics of ``oneclass
   eval`` when the run has them for the served model (``run_changed`` is true, and the run
   folder's log and metrics are left out, once the run was retrained since the start);
-- ``POST /predict``: one image as the multipart field ``file``; returns score, label,
+- ``POST /predict``: one image as the multipart field ``file`` (a file part: with a
+  ``filename``, a ``filename*`` or an image content type); returns score, label,
   threshold and model id, plus the heatmap overlay as a base64 PNG with ``?heatmap=1``.
   Uploads over the size limit get 413; a file that is not a readable image gets 400, or 415
   when its part declares a type that is not an image. The content decides, not the label: a
@@ -29,6 +30,12 @@ and ``oneclass serve`` refuses images over 40 megapixels unless told otherwise. 
 including a request line or header that is not HTTP, an unexpected failure (500, logged with
 its traceback) and a score that is not finite (500), is a JSON object ``{"error": "..."}``.
 
+Logging and stopping: one access-log line per request at INFO on ``oneclass.serve.access``
+(method, path, status, milliseconds, client; never a header or the body). The first SIGTERM
+or SIGINT logs one line and lets the requests in flight finish for ``shutdown_timeout``
+seconds (25), then answers the rest 503; a second one ends the process at once, by that
+signal (see :func:`make_server`).
+
 FastAPI on uvicorn: the upload parsing, the TestClient for in-process tests, and a server
 that is the usual choice for Python model services. One model call runs at a time (a lock):
 on a few CPU cores concurrent torch calls only compete for the same cores.
@@ -41,6 +48,8 @@ import hmac
 import json
 import logging
 import math
+import re
+import signal
 import threading
 import time
 from io import BytesIO
@@ -53,6 +62,8 @@ import torch
 from .errors import ConfigError, DataError, NotAnImageError, OneclassError
 
 log = logging.getLogger(__name__)
+#: One line per request at INFO (``oneclass serve --no-access-log`` leaves it out).
+access_log = logging.getLogger(__name__ + ".access")
 
 API_KEY_HEADER = "X-API-Key"
 #: Room for the multipart envelope around the file when checking Content-Length.
@@ -68,10 +79,18 @@ DEFAULT_TIMEOUT = 30.0
 MAX_UPLOAD_MB = 1024.0 * 1024.0
 #: Connections open at once; one more gets 503.
 DEFAULT_MAX_CONNECTIONS = 64
+#: Seconds a shutdown (SIGTERM, Ctrl-C) waits for the requests in flight; the ones still
+#: running then get 503. Under the 30 s Kubernetes gives a pod between SIGTERM and SIGKILL
+#: (systemd: 90 s), so they are answered and the process ends before it is killed.
+DEFAULT_SHUTDOWN_TIMEOUT = 25.0
 
 
 class ScoringError(Exception):
     """The model gave no usable answer for an image (a server-side error, 500)."""
+
+
+class ShuttingDown(Exception):
+    """The server stopped waiting for this request (its shutdown timeout): a 503."""
 
 
 def _json_file(path: Path) -> Any:
@@ -166,6 +185,63 @@ class BodyGuard:
         await self.app(scope, guarded_receive, closing_send)
 
 
+def _client(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+def _printable(raw: bytes, limit: int = 200) -> str:
+    """A request path for the log: control and non-ASCII bytes escaped (no forged lines)."""
+    text = "".join(chr(b) if 32 < b < 127 else f"\\x{b:02x}" for b in raw[:limit])
+    return text + ("..." if len(raw) > limit else "")
+
+
+def log_access(method: str, path: str, status: int | str, seconds: float, client: str) -> None:
+    """The access-log line of one request: never its headers (the API key) or body."""
+    access_log.info("%s %s %s %.0f ms %s", method, path, status, seconds * 1000, client)
+
+
+class AccessLog:
+    """ASGI middleware (outermost): one access-log line per request, and a JSON 503 for a
+    request the server stopped waiting for when it shut down.
+
+    A request still running when the shutdown timeout ends is cancelled by uvicorn; without
+    this, uvicorn logs the CancelledError's traceback and answers a text/plain 500.
+    """
+
+    def __init__(self, app, enabled: bool = True, on_cancel=None):
+        self.app, self.enabled, self.on_cancel = app, enabled, on_cancel
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        state: dict[str, Any] = {"status": None}
+
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        except asyncio.CancelledError:
+            if self.on_cancel is not None:
+                self.on_cancel()
+            if state["status"] is not None:
+                raise  # an answer is under way: the connection is closed as it is
+            state["status"] = 503
+            await _json_error(503, "the server is shutting down and did not finish this "
+                                   "request in time; send it again", close=True)(
+                scope, receive, send)
+        finally:
+            if self.enabled:
+                log_access(scope["method"], _printable(scope.get("raw_path") or
+                                                       scope["path"].encode()),
+                           state["status"] or "-", time.perf_counter() - t0, _client(scope))
+
+
 class Scorer:
     """A loaded run: scores one decoded image, renders its overlay."""
 
@@ -179,6 +255,9 @@ class Scorer:
         self.model_id = model_id(model_dir(self.run))
         self.lock = threading.Lock()
         self.decoders = threading.BoundedSemaphore(self.DECODERS)
+        #: Set when the server gives up on its requests (shutdown timeout): uploads still
+        #: waiting for a decoder or for the model stop instead of scoring for no one.
+        self.stopping = threading.Event()
 
     #: Uploads decoded and resized at once (the model itself runs one call at a time).
     DECODERS = 2
@@ -221,12 +300,22 @@ class Scorer:
         """
         from .data.images import read_image
 
-        with self.decoders:
+        self._acquire(self.decoders)
+        try:
             try:
                 return self.predict(read_image(BytesIO(data), label=name), heatmap, name)
             except MemoryError:
                 raise DataError(f"{name}: not enough memory to score this image; send a "
                                 "smaller image") from None
+        finally:
+            self.decoders.release()
+
+    def _acquire(self, lock) -> None:
+        """Wait for ``lock`` (the model or a decoder), or raise :class:`ShuttingDown` once
+        :attr:`stopping` is set."""
+        while not lock.acquire(timeout=0.1):
+            if self.stopping.is_set():
+                raise ShuttingDown("the server is shutting down")
 
     def predict(self, image: np.ndarray, heatmap: bool = False,
                 name: str = "upload") -> dict[str, Any]:
@@ -240,13 +329,16 @@ class Scorer:
         det = self.det
         t0 = time.perf_counter()
         x = det.preprocess_.image(image, name)[None].to(det.device_)
-        with self.lock:
+        self._acquire(self.lock)
+        try:
             if heatmap:
                 s, m = det._score_map(x)
                 score, amap = float(s.float().cpu()[0]), m.detach().float().cpu().numpy()[0]
             else:
                 with torch.no_grad():
                     score, amap = float(det._score(x).float().cpu()[0]), None
+        finally:
+            self.lock.release()
         if not math.isfinite(score):
             raise ScoringError(f"{name}: the model gave a score of {score} for this image; the "
                                "model file may be damaged or the image far outside its data")
@@ -292,18 +384,22 @@ class KeyGuard:
 
 def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: float = 20.0,
                device: str = "auto", scorer: Scorer | None = None,
-               timeout: float = DEFAULT_TIMEOUT):
+               timeout: float = DEFAULT_TIMEOUT, access_log: bool = True):
     """The FastAPI application serving the model of ``run``.
 
+    ``api_key``: None serves without a key; an empty or blank key is refused (ConfigError).
     ``timeout``: seconds a client gets to send a request body (408 after that).
+    ``access_log``: one INFO line per request on the logger ``oneclass.serve.access``.
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
     from starlette.requests import ClientDisconnect
 
+    check_api_key(api_key, "api_key", "pass None")
     if not 0 < max_upload_mb <= MAX_UPLOAD_MB:
         raise ConfigError(f"the upload limit must be above 0 and at most {MAX_UPLOAD_MB:g} MB "
                           f"(1 TiB), got {max_upload_mb:g}")
@@ -311,6 +407,13 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     limit = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="oneclass", version=scorer.det.name, docs_url=None, redoc_url=None)
     app.state.scorer = scorer
+    app.state.shutting_down = False  # set by the server of make_server when it stops
+
+    def cancelled():
+        # uvicorn cancels the requests still running when its shutdown timeout ends: the
+        # uploads still waiting for the model give up too
+        if app.state.shutting_down:
+            scorer.stopping.set()
 
     error = _json_error
 
@@ -325,6 +428,11 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
                          if exc.status_code in (404, 405) else str(exc.detail))
         response.headers.update(exc.headers or {})  # e.g. Allow of a 405
         return response
+
+    @app.exception_handler(ShuttingDown)
+    async def shutting_down(request: Request, exc: ShuttingDown):
+        return error(503, "the server is shutting down and did not finish this request in "
+                          "time; send it again", close=True)
 
     @app.exception_handler(ScoringError)
     async def scoring_error(request: Request, exc: ScoringError):
@@ -372,11 +480,11 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
         if length and length.isdigit() and int(length) > limit + _ENVELOPE:
             return error(413, f"upload of {int(length)} bytes is over the limit of {limit} bytes")
         try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=limit + 1)
-        except HTTPException as exc:  # starlette's multipart parser errors, as 400
-            if "exceeded maximum size" in str(exc.detail):
+            form = await _parse_form(request, limit)
+        except MultiPartException as exc:  # starlette's multipart parser errors, as 400
+            if "exceeded maximum size" in str(exc.message):
                 return error(413, f"upload is over the limit of {limit} bytes")
-            return error(400, f"cannot parse the multipart upload ({exc.detail})")
+            return error(400, f"cannot parse the multipart upload ({exc.message})")
         except ClientDisconnect:
             return error(400, "the client disconnected before the upload was complete")
         except RequestBodyError:
@@ -390,9 +498,13 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
             await form.close()
 
     async def _score_upload(upload, heatmap: bool):
-        if upload is None or isinstance(upload, str):
+        if isinstance(upload, str):
+            return error(400, "the multipart field 'file' is not a file upload: its part has "
+                              "no filename and no image content type; send the image as a "
+                              "file, e.g. curl -F file=@image.png")
+        if upload is None:
             return error(400, "no complete file in the multipart field 'file' (the field is "
-                              "missing, not a file, or the upload was cut short)")
+                              "missing or the upload was cut short)")
         name = upload.filename or "upload"
         data = await upload.read(limit + 1)
         if len(data) > limit:
@@ -408,13 +520,58 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
                                   "data is not a readable image (send image/png, image/jpeg, ...)")
             return error(400, str(exc))
 
-    if api_key:
+    if api_key is not None:
         app.add_middleware(KeyGuard, api_key=api_key)
-    app.add_middleware(BodyGuard, timeout=timeout, max_body=limit + _ENVELOPE)  # outermost
+    app.add_middleware(BodyGuard, timeout=timeout, max_body=limit + _ENVELOPE)
+    # outermost: logs every answer, the 401s and 413s of the guards too
+    app.add_middleware(AccessLog, enabled=access_log, on_cancel=cancelled)
     return app
 
 
-def _protocol(timeout: float, max_connections: int | None = None):
+def check_api_key(api_key: str | None, source: str = "the API key",
+                  remedy: str = "leave it out") -> None:
+    """Refuse an empty or blank key: it would let everyone in, as ``--api-key "$KEY"`` with
+    KEY unset did (an empty key meant no key)."""
+    if api_key is not None and not api_key.strip():
+        raise ConfigError(f"{source} is empty: give a key, or {remedy} to serve without one")
+
+
+async def _parse_form(request, limit: int):
+    """The multipart form of ``request``: at most one file, eight fields, ``limit`` + 1 bytes
+    a part. A part counts as a file also without ``filename=`` when it has ``filename*=``
+    (RFC 5987, which RFC 7578 forbids and the parser ignores) or an image content type, as
+    some HTTP clients send a file; a part with neither stays a text field."""
+    from contextlib import aclosing
+    from urllib.parse import unquote
+
+    from starlette.formparsers import MultiPartParser, parse_options_header
+
+    class Parser(MultiPartParser):
+        def on_headers_finished(self) -> None:
+            part = self._current_part
+            _, options = parse_options_header(part.content_disposition)
+            name = None
+            if b"filename" not in options and b"name" in options:
+                star = re.search(rb';\s*filename\*\s*=\s*"?([^;"]*)', part.content_disposition
+                                 or b"", re.IGNORECASE)
+                ctype = next((v for k, v in part.item_headers if k == b"content-type"), b"")
+                if star:  # charset'language'percent-encoded
+                    name = unquote(star.group(1).split(b"'")[-1].decode("latin-1"),
+                                   errors="replace") or "upload"
+                elif ctype.strip().lower().startswith(b"image/"):
+                    name = "upload"
+                if name is not None:
+                    part.content_disposition += b'; filename=""'
+            super().on_headers_finished()
+            if name is not None and part.file is not None:
+                part.file.filename = name
+
+    async with aclosing(request.stream()) as stream:
+        return await Parser(request.headers, stream, max_files=1, max_fields=8,
+                            max_part_size=limit + 1).parse()
+
+
+def _protocol(timeout: float, max_connections: int | None = None, access: bool = True):
     """uvicorn's h11 protocol (a subclass: it relies on uvicorn's ``H11Protocol`` internals,
     tested with uvicorn 0.54) with a deadline for the request line and headers.
 
@@ -425,7 +582,7 @@ def _protocol(timeout: float, max_connections: int | None = None):
     disconnected. A client that stops reading its responses is disconnected once the
     server's write buffer has been full for ``timeout``. A connection beyond
     ``max_connections`` gets 503 at once. uvicorn's plain-text 400 for unparseable requests
-    becomes JSON too.
+    becomes JSON too. With ``access``, each of these answers gets an access-log line.
     """
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -440,13 +597,20 @@ def _protocol(timeout: float, max_connections: int | None = None):
         write_timer: asyncio.TimerHandle | None = None
         protocol_error = ""
 
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            """Answer ``status`` before any request reached the app, and close."""
+            self.transport.write(raw_response(status, reason, message))
+            self.transport.close()
+            if access:  # no request line to show (none, or not HTTP)
+                peer = self.transport.get_extra_info("peername")
+                log_access("-", "-", status, 0.0, f"{peer[0]}:{peer[1]}" if peer else "-")
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             if max_connections and len(self.connections) > max_connections:
-                self.transport.write(raw_response(
-                    503, "Service Unavailable",
-                    f"the server has {max_connections} connections open; try again later"))
-                self.transport.close()
+                self._refuse(503, "Service Unavailable",
+                             f"the server has {max_connections} connections open; try again "
+                             "later")
                 return
             self._arm()
             next_event = self.conn.next_event
@@ -518,46 +682,115 @@ def _protocol(timeout: float, max_connections: int | None = None):
             self.header_timer = None
             if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
                 return
-            self.transport.write(raw_response(
-                408, "Request Timeout",
-                f"the request headers did not arrive within {timeout:g} s"))
-            self.transport.close()
+            self._refuse(408, "Request Timeout",
+                         f"the request headers did not arrive within {timeout:g} s")
 
         def send_400_response(self, msg: str) -> None:
             self._disarm()
             why = (self.protocol_error or msg.rstrip("."))[:200]
-            self.transport.write(raw_response(400, "Bad Request",
-                                              f"not a valid HTTP request ({why})"))
-            self.transport.close()
+            self._refuse(400, "Bad Request", f"not a valid HTTP request ({why})")
 
     return GuardedH11Protocol
 
 
 def make_server(app, *, host: str = "127.0.0.1", port: int = 8000,
                 timeout: float = DEFAULT_TIMEOUT,
-                max_connections: int | None = DEFAULT_MAX_CONNECTIONS):
+                max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+                shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, access_log: bool = True):
     """A ``uvicorn.Server`` for ``app`` with the deadlines and the connection limit of
-    ``oneclass serve`` (``server.run()`` serves until ``should_exit``)."""
+    ``oneclass serve`` (``server.run()`` serves until ``should_exit``).
+
+    Stopping: the first SIGTERM or SIGINT logs one line and stops taking connections; the
+    requests in flight get ``shutdown_timeout`` seconds to finish, then 503. A second signal
+    ends the process at once, by that signal (see :class:`_Server`).
+    """
     import uvicorn
 
+    # access_log=False: uvicorn's own access lines stay off whatever the logging setup
+    # (ours come from AccessLog and the protocol)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                            http=_protocol(timeout, max_connections),
-                            timeout_keep_alive=min(5, timeout))
-    return uvicorn.Server(config)
+                            http=_protocol(timeout, max_connections, access_log),
+                            timeout_keep_alive=min(5, timeout), access_log=False,
+                            timeout_graceful_shutdown=shutdown_timeout)
+    logging.getLogger("uvicorn.error").addFilter(_CUT_OFF)  # once: a filter is added once
+    server = _server_class()(config)
+    server.app_state = getattr(app, "state", None)
+    return server
+
+
+class _CutOff(logging.Filter):
+    """uvicorn's ERROR line of a shutdown timeout ("Cancel 3 running task(s), ...") as one
+    of ours that says what the clients got."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Cancel %s running task"):
+            log.warning("shutdown timeout reached: %s request(s) still running get 503",
+                        *record.args)
+            return False
+        return True
+
+
+_CUT_OFF = _CutOff()
+
+
+def _server_class():
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn's server with oneclass's stop: a log line, and a second signal that ends
+        the process at once.
+
+        uvicorn forces its shutdown on a second SIGINT only, and then cancels the requests
+        still running, which answer text/plain 500s and log their tracebacks; a second
+        SIGTERM does nothing. Here a second SIGINT or SIGTERM logs one line and kills the
+        process with that signal (default action): clients see their connection closed.
+        """
+
+        app_state = None  # the app's state, told when the server stops
+
+        async def shutdown(self, sockets=None) -> None:
+            if self.app_state is not None:
+                self.app_state.shutting_down = True
+            await super().shutdown(sockets)
+
+        def handle_exit(self, sig: int, frame) -> None:
+            name = signal.Signals(sig).name
+            n = len(self.server_state.tasks)
+            if self.should_exit:
+                log.warning("%s again: stopping now; %d request(s) in flight get no answer",
+                            name, n)
+                for handler in logging.getLogger().handlers + log.handlers:
+                    handler.flush()
+                signal.signal(sig, signal.SIG_DFL)
+                signal.raise_signal(sig)
+                return
+            if n:
+                log.warning("%s: shutting down; waiting up to %g s for %d request(s) in "
+                            "flight (another %s stops at once)", name,
+                            self.config.timeout_graceful_shutdown, n,
+                            "Ctrl-C" if sig == signal.SIGINT else "signal")
+            else:
+                log.warning("%s: shutting down (no requests in flight)", name)
+            super().handle_exit(sig, frame)
+
+    return _Server
 
 
 def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, max_upload_mb: float = 20.0, device: str = "auto",
           timeout: float = DEFAULT_TIMEOUT,
-          max_connections: int | None = DEFAULT_MAX_CONNECTIONS) -> None:
-    """Run the service until interrupted."""
+          max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, access_log: bool = True) -> None:
+    """Run the service until interrupted (SIGINT, SIGTERM; see :func:`make_server`)."""
     app = create_app(run, api_key=api_key, max_upload_mb=max_upload_mb, device=device,
-                     timeout=timeout)
+                     timeout=timeout, access_log=access_log)
     sock = _listen(host, port)  # before saying "serving": a port in use is our error
     port = sock.getsockname()[1]  # port 0: the one the system chose
-    log.info("serving %s (%s) on http://%s:%d", run, app.state.scorer.det.name, host, port)
-    make_server(app, host=host, port=port, timeout=timeout,
-                max_connections=max_connections).run(sockets=[sock])
+    log.info("serving %s (%s) on http://%s:%d; %s", run, app.state.scorer.det.name, host, port,
+             f"requests need the {API_KEY_HEADER} header (all but /health and /)"
+             if api_key is not None else "no API key: open to anyone who can connect")
+    make_server(app, host=host, port=port, timeout=timeout, max_connections=max_connections,
+                shutdown_timeout=shutdown_timeout, access_log=access_log).run(sockets=[sock])
 
 
 def _listen(host: str, port: int):
