@@ -436,8 +436,30 @@ def test_a_mostly_gray_training_set_with_colour_strays_is_warned_about(tmp_path,
     with caplog.at_level(logging.WARNING, logger="oneclass"):
         det = oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0).fit(train)
     assert det.preprocess_.channels == 3
-    assert "mix colour and gray ones (colour: " in caplog.text and "c.png" in caplog.text
-    assert "gray: 6 or more" in caplog.text
+    assert "mix colour and gray ones (colour: 1 or more, first " in caplog.text
+    assert "c.png" in caplog.text and "gray: 6 or more" in caplog.text
+    assert "if the colour images are strays" in caplog.text
+
+
+def test_colour_strays_are_seen_whatever_the_order_of_the_files(tmp_path, caplog):
+    """Gray pictures stored as RGB count as gray only when decoded: a colour stray sorted
+    first ended the survey before any of them was."""
+    import logging
+
+    from PIL import Image
+
+    from oneclass.data import load
+
+    rng = np.random.default_rng(0)
+    for i in range(1, 8):
+        g = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+        Image.fromarray(np.stack([g] * 3, axis=-1)).save(tmp_path / f"{i:03d}.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "000.png")
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        oneclass.create("deep_svdd", epochs=1, pretrain_epochs=0, holdout=0.0).fit(
+            load(str(tmp_path), "train"))
+    assert "mix colour and gray ones (colour: 1 or more, first " in caplog.text
+    assert "gray: 7 or more" in caplog.text
 
 
 def test_small_strip_images_are_squeezed_to_four_to_one_like_large_ones():

@@ -301,3 +301,42 @@ def test_mask_names_match_the_mask_suffix_in_any_case(tmp_path):
     Image.fromarray(m).save(root / "ground_truth/crack/0_MASK.png")
     test = load(str(root), "test")
     assert test.mask_paths[list(test.labels).index(ANOMALOUS)].name == "0_MASK.png"
+
+
+def test_a_phone_jpeg_with_a_preview_image_is_one_picture(tmp_path, caplog):
+    """Pillow opens JPEGs carrying a second (preview, gain-map) image as MPO with two frames:
+    every phone photo was warned about as a multi-frame file."""
+    from oneclass.data.images import read_image
+
+    a = Image.fromarray(np.full((16, 16, 3), 90, np.uint8))
+    a.save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[a.resize((8, 8))])
+    with Image.open(tmp_path / "phone.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        read_image(tmp_path / "phone.jpg")
+    assert "frames" not in caplog.text
+
+
+def test_a_lone_train_good_folder_is_read_and_good_beside_bad_is_refused(tmp_path):
+    """A plain folder holding train/good/ only was refused as a split layout, while good/ +
+    bad/ was read whole, its defects as normal training images."""
+    lone = tmp_path / "lone"
+    _pngs(lone / "train" / "good", 3)
+    assert len(load(str(lone), "train")) == 3
+    mixed = tmp_path / "mixed"
+    _pngs(mixed / "good", 3)
+    _pngs(mixed / "bad", 2, value=250)
+    with pytest.raises(DataError, match=r"holds good/ beside bad/.*--data .*good"):
+        load(str(mixed), "train")
+    assert len(load(str(mixed), "test")) == 5  # scoring all of it, unlabeled, is fine
+
+
+def test_predict_leaves_out_mask_files_of_a_plain_folder_as_load_does(tmp_path, caplog):
+    from oneclass.runs import _input_paths
+
+    _pngs(tmp_path / "p", 3)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "p" / "0_mask.png")
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        found = _input_paths([str(tmp_path / "p")])
+    assert len(found) == 3 and "1 file named *_mask left out" in caplog.text
+    assert _input_paths([str(tmp_path / "p" / "0_mask.png")])  # given itself: scored

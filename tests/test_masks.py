@@ -246,3 +246,18 @@ def test_c_untagged_images_and_masks_do_not_warn(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         ds.read(_anomalous(ds)[0])
     assert caplog.text == ""
+
+
+def test_c_a_mask_drawn_upright_on_a_turned_non_square_image_does_not_warn(tmp_path, caplog):
+    """Stored 40x20 with orientation 6, the image reads 20x40 (w x h); an untagged mask of
+    20x40 matches that only if it was drawn on the upright image: the warning (whose advice,
+    tagging the mask, would then break it) is not for it."""
+    img = np.full((20, 40), 100, np.uint8)  # stored 40 wide, 20 high
+    m = np.zeros((40, 20), np.uint8)  # drawn on the upright image: 20 wide, 40 high
+    m[2:6, 2:12] = 255
+    root = _mvtec(tmp_path / "d", {"000": img}, {"000": m}, image_orientation=6)
+    ds = data.load(str(root), "test")
+    with caplog.at_level(logging.WARNING):
+        s = ds.read(_anomalous(ds)[0])
+    assert s.mask.shape == s.image.shape[:2] == (40, 20)
+    assert "upright frame" not in caplog.text

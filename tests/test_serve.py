@@ -1109,6 +1109,31 @@ def test_sigterm_logs_a_line_finishes_in_flight_requests_and_stops_within_its_ti
     assert took < 2 + 2.5, took  # not the 6 s the queue needed
 
 
+def test_an_upload_still_arriving_at_the_shutdown_deadline_gets_its_503(run_dir, tmp_path):
+    """uvicorn cancels what still runs at the deadline without waiting, and the process then
+    ended before the cancelled upload could answer: its client saw a closed connection while
+    the log said 503."""
+    import signal
+    import socket
+
+    with _slow_server(run_dir, tmp_path, "--shutdown-timeout", "1", slow=0.1) as (
+            proc, port, err_path):
+        body = (b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n" + b"x" * 100)
+        with socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                      b"boundary=XX\r\nContent-Length: 100000\r\n\r\n" + body)
+            time.sleep(0.5)  # the body is being received, and will not be finished
+            proc.send_signal(signal.SIGTERM)
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+        assert proc.wait(HANG_GUARD) == -signal.SIGTERM
+    (status, headers, body), = _parse(raw)
+    assert status == 503 and "shutting down" in json.loads(body)["error"], raw
+    assert "POST /predict 503" in err_path.read_text()
+
+
 @pytest.mark.parametrize("first, second", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGINT"),
                                            ("SIGTERM", "SIGTERM")])
 def test_a_second_signal_stops_at_once_with_one_line(run_dir, tmp_path, png, first, second):

@@ -519,17 +519,19 @@ class Detector:
     def _resolve_preprocess(self, train: ImageSet) -> Preprocess:
         channels = self.channels
         if not channels:
-            colour, gray = train.colour_survey()
+            colour, gray, n_colour = train.colour_survey()
             channels = 1 if colour is None else 3
             # a few colour strays make a colour model (one gray image in a colour set, as
             # natural photo sets have, is not worth a word)
             if colour is not None and len(gray) >= 2:
-                log.warning("%s: the training images mix colour and gray ones (colour: %s; "
-                            "gray: %d or more, first %s): the model takes colour images and "
-                            "repeats gray ones in three channels; if the colour images "
-                            "are strays, remove them, or set channels=1 for a gray model",
-                            train.description or "training set", train.names[colour],
-                            len(gray), train.names[gray[0]])
+                strays = "colour" if len(gray) > n_colour else "gray"
+                log.warning("%s: the training images mix colour and gray ones (colour: %d or "
+                            "more, first %s; gray: %d or more, first %s): the model takes colour "
+                            "images and repeats gray ones in three channels; if the %s images "
+                            "are strays, remove them%s",
+                            train.description or "training set", n_colour, train.names[colour],
+                            len(gray), train.names[gray[0]], strays,
+                            ", or set channels=1 for a gray model" if strays == "colour" else "")
         size = self._size_tuple()
         (h, w), kinds = train.typical_size()
         self.train_image_size_ = [h, w]  # predict warns of images far from it

@@ -802,7 +802,7 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
     (the heatmaps of an earlier run: an --out inside an input folder) or below the
     ``ground_truth/`` of an MVTec-layout folder (masks, not images to score).
     """
-    from .data.folder import is_mvtec, list_images
+    from .data.folder import is_mask_name, is_mvtec, list_images
 
     listed: list[tuple[Path, bool]] = []  # (path, found in a folder)
     masks: list[str] = []
@@ -826,7 +826,7 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
     own = os.path.realpath(Path(out) / "heatmaps") if out is not None else None
     seen: set[Path] = set()
     unique = []
-    n_own = n_masks = 0
+    n_own = n_masks = n_named = 0
     for p, in_folder in listed:
         key = os.path.realpath(p)  # no error on a symlink loop: reading it reports that
         if in_folder and own is not None and _inside(key, own):
@@ -834,6 +834,9 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
             continue
         if in_folder and any(_inside(key, m) for m in masks):
             n_masks += 1
+            continue
+        if in_folder and is_mask_name(p):  # as data.load leaves them out of plain folders
+            n_named += 1
             continue
         if key not in seen:
             seen.add(key)
@@ -844,10 +847,13 @@ def _input_paths(inputs: list[str], out: Path | None = None) -> list[Path]:
     if n_masks:
         log.warning("%d mask%s in ground_truth/ of an MVTec-layout folder left out (masks are not "
                     "scored)", n_masks, "" if n_masks == 1 else "s")
+    if n_named:
+        log.warning("%d file%s named *_mask left out (masks are not scored; give a file itself "
+                    "to score it)", n_named, "" if n_named == 1 else "s")
     if not unique:
         raise DataError(f"no images to score in {', '.join(map(str, inputs))} outside "
-                        "--out's heatmaps/ and ground_truth/")
-    n_dup = len(listed) - n_own - n_masks - len(unique)
+                        "--out's heatmaps/ and ground_truth/ (and *_mask files)")
+    n_dup = len(listed) - n_own - n_masks - n_named - len(unique)
     if n_dup:
         log.warning("%d extra cop%s of images given more than once; each image is scored once",
                     n_dup, "y" if n_dup == 1 else "ies")

@@ -752,6 +752,12 @@ def _server_class():
             if self.app_state is not None:
                 self.app_state.shutting_down = True
             await super().shutdown(sockets)
+            # uvicorn cancels the requests still running at the timeout without waiting for
+            # them: give them a moment to answer their 503 (an upload still arriving too),
+            # or the process ends first and they get a closed connection
+            cut = [t for t in self.server_state.tasks if not t.done()]
+            if cut:
+                await asyncio.wait(cut, timeout=2.0)
 
         def handle_exit(self, sig: int, frame) -> None:
             name = signal.Signals(sig).name

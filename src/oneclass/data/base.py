@@ -112,22 +112,30 @@ class ImageSet:
 
     def first_colour(self, limit: int = 64) -> int | None:
         """The index of the first colour image :meth:`channels` finds, or None."""
-        return self.colour_survey(limit)[0]
+        return self.colour_survey(limit, after=0)[0]
 
-    def colour_survey(self, limit: int = 64) -> tuple[int | None, list[int]]:
-        """``(first colour image or None, gray images seen)``, as :meth:`channels` looks:
-        the gray ones are those whose header says so and those decoded before the first
-        colour one (a mixed set, say gray photos with a few colour strays, shows in both)."""
+    def colour_survey(self, limit: int = 64, after: int = 8) -> tuple[int | None, list[int], int]:
+        """``(first colour image or None, gray images seen, colour images seen)``, as
+        :meth:`channels` looks, and then up to ``after`` more of its sample decoded to tell a
+        mixed set (gray photos with a few colour strays, or the reverse) whatever the order of
+        the files. Gray: by the file header, or decoded."""
         gray, maybe = [], []
         for i in range(len(self)):
             (gray if self.mode(i) in GRAY_MODES else maybe).append(i)
         if len(maybe) > limit:
             maybe = [maybe[int(j)] for j in np.linspace(0, len(maybe) - 1, limit).round()]
+        first, colour = None, 0
         for i in maybe:
+            if first is not None and after <= 0:
+                break
             if is_colour(self.read(i).image):
-                return i, sorted(gray)
-            gray.append(i)
-        return None, sorted(gray)
+                colour += 1
+                first = i if first is None else first
+            else:
+                gray.append(i)
+            if first is not None:
+                after -= 1
+        return first, sorted(gray), colour
 
 
 #: An image this many times off a reference size in a side or in aspect ratio is far
@@ -295,7 +303,10 @@ class FileSet(ImageSet):
         if mask.shape != img.shape[:2]:
             raise DataError(_mask_size_error(path, img.shape[:2], turn, mask_path, mask.shape,
                                              mask_turn))
-        if turn != mask_turn and not self._turn_warned:
+        # Of a non-square image turned by 90 degrees, a mask of the same size as read was
+        # drawn upright (one drawn on the stored pixels has the swapped size: an error above)
+        told_by_size = max(turn, mask_turn) >= 5 and img.shape[0] != img.shape[1]
+        if turn != mask_turn and not told_by_size and not self._turn_warned:
             self._turn_warned = True
             _warn_turned_mask(path, turn, mask_path, mask_turn)
         if self.labels[i] == ANOMALOUS:

@@ -118,7 +118,7 @@ FOREIGN_SUFFIXES = frozenset({
 def _left_out_image(path: Path) -> bool:
     """An image file of a format not read (``.gif``, ``.heic``, ...): left out, with a warning
     (not for hidden files and ``*_mask`` files)."""
-    if path.name.startswith(".") or path.stem.lower().endswith("_mask"):
+    if path.name.startswith(".") or is_mask_name(path):
         return False
     return other_image_suffix(path) or path.suffix.lower() in FOREIGN_SUFFIXES
 
@@ -328,11 +328,17 @@ def plain(root: Path, split: str) -> FileSet:
     if root.is_dir():
         if split == "train":
             _refuse_split_folders(root, paths)
+            _refuse_mixed_labels(root, paths)
         paths = _without_masks(root, paths)
     label = NORMAL if split == "train" else UNLABELED
     return FileSet(paths, [label] * len(paths), names=[str(p) for p in paths],
                    kinds=["good" if label == NORMAL else "unknown"] * len(paths),
                    description=str(root))
+
+
+def is_mask_name(path: Path) -> bool:
+    """A file named ``*_mask.*``: a ground-truth mask, not an image to train on or score."""
+    return path.stem.lower().endswith("_mask")
 
 
 def _without_masks(root: Path, paths: list[Path]) -> list[Path]:
@@ -341,18 +347,46 @@ def _without_masks(root: Path, paths: list[Path]) -> list[Path]:
     Left out rather than refused: a mask beside its image (``000.png``, ``000_mask.png``) is
     the usual way they end up in a plain folder, and the images themselves are fine to use;
     read as images, the masks would be normal training images (or scored ones)."""
-    masks = [p for p in paths if p.stem.lower().endswith("_mask")]
+    masks = [p for p in paths if is_mask_name(p)]
     if not masks:
         return paths
     shown = ", ".join(str(p.relative_to(root)) for p in masks[:3])
     log.warning("%s: %d file%s named *_mask left out (%s%s): masks are not images to train on "
                 "or score; rename a file if it is an image", root, len(masks),
                 "" if len(masks) == 1 else "s", shown, ", ..." if len(masks) > 3 else "")
-    kept = [p for p in paths if not p.stem.lower().endswith("_mask")]
+    kept = [p for p in paths if not is_mask_name(p)]
     if not kept:
         raise DataError(f"{root}: no images found, only {len(masks)} file(s) named *_mask "
                         f"(first: {shown.split(', ')[0]}), which are masks, not images")
     return kept
+
+
+def _holds_other_images(folder: Path, normal: list[Path], paths: list[Path]) -> bool:
+    """Whether some of ``paths`` lie below ``folder`` but outside its ``normal`` folders."""
+    inside = [p for p in paths if folder in p.parents]
+    return any(not any(d in p.parents for d in normal) for p in inside)
+
+
+def _refuse_mixed_labels(root: Path, paths: list[Path]) -> None:
+    """Refuse a plain training folder whose own folders are a normal-named one (``good/``,
+    ``ok/``, ``normal/``) beside others holding images (``bad/``, ``ng/``): read as one
+    folder, the others' images, defects by the look of it, would be normal training images."""
+    tops: dict[str, Path] = {}
+    for p in paths:
+        parts = p.relative_to(root).parts
+        if len(parts) > 1:
+            tops.setdefault(parts[0], root / parts[0])
+    normal = sorted(d for n, d in tops.items() if n.lower() in NORMAL_DIRS)
+    others = sorted(d for n, d in tops.items() if n.lower() not in NORMAL_DIRS)
+    if root.name.lower() == "test" and is_mvtec(root.parent):
+        return  # an MVTec test split given for training: the callers name that themselves
+    if normal and others:
+        raise DataError(
+            f"{root}: holds {normal[0].name}/ beside {', '.join(d.name + '/' for d in others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}; read as one plain folder, all their images "
+            f"would take one label (normal training images; or, as outliers, anomalies): pass "
+            f"the normal ones, e.g. --data {normal[0]}, and give labeled anomalies separately "
+            "(--anomalies SPEC)")
 
 
 def _refuse_split_folders(root: Path, paths: list[Path]) -> None:
@@ -372,7 +406,11 @@ def _refuse_split_folders(root: Path, paths: list[Path]) -> None:
             tops.setdefault(parts[0].lower(), root / parts[0])
     normal = {k: [d for d in _subdirs(f) if d.name.lower() in NORMAL_DIRS]
               for k, f in tops.items()}
-    signs = [d for k in sorted(normal) for d in normal[k]]
+    # a normal-named folder is a sign of a split laid out for anomaly detection when it is
+    # not all there is: beside another split folder, or beside other images in its split
+    # (a lone train/good/ holds normal images only)
+    signs = [d for k in sorted(normal) for d in normal[k]
+             if len(tops) > 1 or _holds_other_images(tops[k], normal[k], paths)]
     if "ground_truth" in tops:
         signs.insert(0, tops["ground_truth"])
     if not signs:

@@ -126,7 +126,9 @@ def _open(source, path) -> Image.Image:
                 try:
                     if img.width * img.height > MAX_PIXELS:  # header only: nothing decoded yet
                         raise _too_many_pixels(path, img.width, img.height)
-                    frames = getattr(img, "n_frames", 1)  # before load: it may seek the file
+                    # before load: counting may seek the file. An MPO is a JPEG with a
+                    # preview or gain map beside the photo (phones, cameras): one picture.
+                    frames = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
                     img.load()
                     if frames > 1:
                         _warn_frames(path, frames)
@@ -182,7 +184,7 @@ _warned_frames: set[str] = set()
 def _warn_frames(path, n: int) -> None:
     """A multi-page TIFF or an animated PNG/GIF/WebP: only its first frame is read (once per
     file)."""
-    if str(path) not in _warned_frames:
+    if str(path) not in _warned_frames and len(_warned_frames) < 10_000:  # a service's uploads
         _warned_frames.add(str(path))
         log.warning("%s: holds %d frames (pages); only the first is read: save each frame as "
                     "an image of its own to use the others", path, n)
