@@ -340,3 +340,13 @@ def test_predict_leaves_out_mask_files_of_a_plain_folder_as_load_does(tmp_path, 
         found = _input_paths([str(tmp_path / "p")])
     assert len(found) == 3 and "1 file named *_mask left out" in caplog.text
     assert _input_paths([str(tmp_path / "p" / "0_mask.png")])  # given itself: scored
+
+
+def test_one_file_under_two_normal_folders_is_said_to_be_evaluated_twice(tmp_path):
+    root = tmp_path / "ds"
+    _pngs(root / "train" / "good", 2)
+    _test_split(root)
+    (root / "test" / "ok").mkdir()
+    (root / "test" / "ok" / "x.png").symlink_to(Path("..") / "good" / "000.png")
+    with pytest.raises(DataError, match=r"evaluated twice \(good/ and ok/\)"):
+        load(str(root), "test")

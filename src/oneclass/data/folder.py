@@ -246,10 +246,13 @@ def mvtec(root: Path, split: str) -> FileSet:
             real = os.path.realpath(p)
             first, first_kind = typed.setdefault(real, (p, kind))
             if first_kind != kind:
+                both_normal = first_kind.lower() in NORMAL_DIRS and normal
                 raise DataError(
                     f"{p}: the same file as {first} (links resolved), under two type folders: "
-                    f"it would be evaluated as {_label_word(first_kind)} and as "
-                    f"{_label_word(kind)}; keep it in one type folder")
+                    + (f"it would be evaluated twice ({first_kind}/ and {kind}/)" if both_normal
+                       else f"it would be evaluated as {_label_word(first_kind)} and as "
+                            f"{_label_word(kind)}")
+                    + "; keep it in one type folder")
             key = _image_key(kind_dir, p)
             if masks is not None and not normal and key[1] in seen:
                 raise DataError(f"{p}: same name as {seen[key[1]]} apart from the suffix; masks "
