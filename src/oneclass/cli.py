@@ -545,7 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="HTTP service and web page scoring uploaded images")
     s.add_argument("run")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 127.0.0.1 (the default) is this machine only, "
+                   "0.0.0.0 every interface (then set --api-key)")
     s.add_argument("--port", type=_count(0, 65535), default=8000, help="0: any free port")
     s.add_argument("--api-key", help="require this key in the X-API-Key header (all routes but "
                    "/health and the page); default: the ONECLASS_API_KEY environment variable. "
