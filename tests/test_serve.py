@@ -1246,3 +1246,14 @@ def test_a_text_field_named_file_is_told_to_be_sent_as_a_file(client):
     message = r.json()["error"]
     assert "'file' is not a file upload" in message and "no filename" in message
     assert "curl -F file=@image.png" in message
+
+
+def test_another_field_with_an_image_type_beside_the_file_stays_a_field(client, png):
+    """Any part with an image content type counted as a file: beside ``file`` it was a
+    second one, and the request got 400 (too many files)."""
+    extra = b'Content-Disposition: form-data; name="note"\r\nContent-Type: image/png'
+    upload = b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png'
+    r = client.post("/predict", headers={**KEY, "content-type": "multipart/form-data; boundary="
+                                         + BOUNDARY.decode()},
+                    content=_multipart((extra, b"x"), (upload, png)))
+    assert r.status_code == 200, r.text

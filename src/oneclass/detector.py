@@ -533,9 +533,10 @@ class Detector:
                             len(gray), train.names[gray[0]], strays,
                             ", or set channels=1 for a gray model" if strays == "colour" else "")
         size = self._size_tuple()
-        (h, w), kinds = train.typical_size()
+        sizes = train.sample_sizes()  # one header read each, for both uses
+        (h, w), kinds = train.typical_size(sizes=sizes)
         self.train_image_size_ = [h, w]  # predict warns of images far from it
-        far, looked = train.far_sizes((h, w)) if kinds > 1 else ([], 0)
+        far, looked = train.far_sizes((h, w), sizes=sizes) if kinds > 1 else ([], 0)
         if far:  # strays (thumbnails, another camera's shots) among the training images
             i, fh, fw = far[0]
             log.warning("%s: %d of %d training images differ much in size from their median "

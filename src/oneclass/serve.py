@@ -538,9 +538,10 @@ def check_api_key(api_key: str | None, source: str = "the API key",
 
 async def _parse_form(request, limit: int):
     """The multipart form of ``request``: at most one file, eight fields, ``limit`` + 1 bytes
-    a part. A part counts as a file also without ``filename=`` when it has ``filename*=``
-    (RFC 5987, which RFC 7578 forbids and the parser ignores) or an image content type, as
-    some HTTP clients send a file; a part with neither stays a text field."""
+    a part. The ``file`` part counts as a file also without ``filename=`` when it has
+    ``filename*=`` (RFC 5987, which RFC 7578 forbids and the parser ignores) or an image
+    content type, as some HTTP clients send a file; a part with neither stays a text field,
+    and so do other parts."""
     from contextlib import aclosing
     from urllib.parse import unquote
 
@@ -551,7 +552,9 @@ async def _parse_form(request, limit: int):
             part = self._current_part
             _, options = parse_options_header(part.content_disposition)
             name = None
-            if b"filename" not in options and b"name" in options:
+            # only the upload's own field: another field with an image type stays a field
+            # (counted as a file it would be a second one, refused as "too many files")
+            if b"filename" not in options and options.get(b"name") == b"file":
                 star = re.search(rb';\s*filename\*\s*=\s*"?([^;"]*)', part.content_disposition
                                  or b"", re.IGNORECASE)
                 ctype = next((v for k, v in part.item_headers if k == b"content-type"), b"")

@@ -80,25 +80,31 @@ class ImageSet:
         h, w = self.read(i).image.shape[:2]
         return int(h), int(w)
 
-    def typical_size(self, limit: int = 256) -> tuple[tuple[int, int], int]:
-        """The median height and width of the images (of at most ``limit`` spread evenly over
-        the set), and how many different sizes those have. The median, not the first image's
-        size: one thumbnail sorted first among large photos would set the input size."""
+    def sample_sizes(self, limit: int = 256) -> list[tuple[int, int, int]]:
+        """``[(index, height, width), ...]`` of at most ``limit`` images spread evenly over the
+        set (one header read each)."""
         index = range(len(self))
         if len(self) > limit:
             index = sorted({int(j) for j in np.linspace(0, len(self) - 1, limit).round()})
-        sizes = np.array([self.size(i) for i in index])
-        h, w = (int(np.floor(v + 0.5)) for v in np.median(sizes, axis=0))
-        return (h, w), len({tuple(s) for s in sizes.tolist()})
+        return [(i, *self.size(i)) for i in index]
 
-    def far_sizes(self, ref, limit: int = 256) -> tuple[list[tuple[int, int, int]], int]:
+    def typical_size(self, limit: int = 256, sizes: list | None = None
+                     ) -> tuple[tuple[int, int], int]:
+        """The median height and width of the images (of at most ``limit`` spread evenly over
+        the set, or of ``sizes`` from :meth:`sample_sizes`), and how many different sizes those
+        have. The median, not the first image's size: one thumbnail sorted first among large
+        photos would set the input size."""
+        hw = np.array([s[1:] for s in (sizes if sizes is not None else self.sample_sizes(limit))])
+        h, w = (int(np.floor(v + 0.5)) for v in np.median(hw, axis=0))
+        return (h, w), len({tuple(s) for s in hw.tolist()})
+
+    def far_sizes(self, ref, limit: int = 256, sizes: list | None = None
+                  ) -> tuple[list[tuple[int, int, int]], int]:
         """``([(index, height, width), ...], looked at)``: the images :func:`far_in_size` of
-        ``ref`` among at most ``limit`` spread evenly over the set (one header read each)."""
-        index = range(len(self))
-        if len(self) > limit:
-            index = sorted({int(j) for j in np.linspace(0, len(self) - 1, limit).round()})
-        sizes = ((i, *self.size(i)) for i in index)
-        return [(i, h, w) for i, h, w in sizes if far_in_size(ref, h, w)], len(index)
+        ``ref`` among at most ``limit`` spread evenly over the set (or among ``sizes`` from
+        :meth:`sample_sizes`)."""
+        sizes = sizes if sizes is not None else self.sample_sizes(limit)
+        return [(i, h, w) for i, h, w in sizes if far_in_size(ref, h, w)], len(sizes)
 
     def channels(self, limit: int = 64) -> int:
         """3 if any image is colour, else 1.
