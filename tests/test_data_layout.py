@@ -350,3 +350,25 @@ def test_one_file_under_two_normal_folders_is_said_to_be_evaluated_twice(tmp_pat
     (root / "test" / "ok" / "x.png").symlink_to(Path("..") / "good" / "000.png")
     with pytest.raises(DataError, match=r"evaluated twice \(good/ and ok/\)"):
         load(str(root), "test")
+
+
+def test_eval_warns_of_test_images_that_are_training_images_too(tmp_path, capsys):
+    import shutil
+
+    from oneclass.data.synthetic import write_mvtec
+
+    from .conftest import cli
+
+    root = write_mvtec(tmp_path / "toy", n_train=12, n_test_good=3, n_test_defect=3, size=16,
+                       seed=0)
+    run = tmp_path / "run"
+    assert cli("train", "--method", "deep_svdd", "--data", str(root), "--out", str(run),
+               "--epochs", "1", "-q") == 0
+    assert cli("eval", str(run)) == 0
+    assert "training images of this run too" not in capsys.readouterr().err
+    first = sorted((root / "train" / "good").iterdir())[0]
+    shutil.copy(first, root / "test" / "good" / "copy.png")
+    assert cli("eval", str(run)) == 0
+    err = capsys.readouterr().err
+    assert "1 of 7 test images are training images of this run too" in err
+    assert "copy.png" in err

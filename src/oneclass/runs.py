@@ -606,6 +606,7 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
     _warn_unlike_training(det, test)
+    _warn_trained_test_images(cfg, test)
     show = show_progress(progress)
     t0 = time.perf_counter()
     scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
@@ -620,6 +621,38 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     write_text(run / "scores.csv", "\n".join(rows) + "\n")
     write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def _warn_trained_test_images(cfg: dict[str, Any], test) -> None:
+    """Warn when test images are among the run's training images: the same file (links
+    resolved) or a byte-identical copy. A model scores the images it trained on lower than
+    new ones, so the metrics come out better than the model is. Files only; the training
+    split is listed again, not read (copies are compared only where the byte sizes match)."""
+    import filecmp
+
+    paths = getattr(test, "paths", None)
+    spec = cfg.get("data_path") or cfg.get("data")
+    if not paths or not spec:
+        return
+    try:
+        train_paths = getattr(data_mod.load(spec, "train", root=cfg.get("data_root")), "paths",
+                              None)
+        if not train_paths:
+            return
+        real = {os.path.realpath(p) for p in train_paths}
+        by_size: dict[int, list] = {}
+        for p in train_paths:
+            by_size.setdefault(os.path.getsize(p), []).append(p)
+        shared = [i for i, p in enumerate(paths) if os.path.realpath(p) in real
+                  or any(filecmp.cmp(p, q, shallow=False)
+                         for q in by_size.get(os.path.getsize(p), ()))]
+    except (DataError, OSError):  # no train split (a test set alone), a file gone: no check
+        return
+    if shared:
+        log.warning("%d of %d test images are training images of this run too (the same file "
+                    "or a copy; first: %s): a model scores the images it trained on lower than "
+                    "new ones, so these metrics are better than the model is; keep the test "
+                    "images out of train/", len(shared), len(paths), test.names[shared[0]])
 
 
 def _test_digest(test, scores: np.ndarray) -> str:
@@ -1268,6 +1301,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
         raise ConfigError(f"--top must be at least 1, got {top}")
     test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
     _warn_unlike_training(det, test)
+    _warn_trained_test_images(cfg, test)
     show = show_progress(progress)
     scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
     mpath = run / "metrics.json"
