@@ -372,3 +372,20 @@ def test_eval_warns_of_test_images_that_are_training_images_too(tmp_path, capsys
     err = capsys.readouterr().err
     assert "1 of 7 test images are training images of this run too" in err
     assert "copy.png" in err
+
+
+def test_eval_of_a_plain_folder_does_not_call_its_images_training_images(tmp_path, capsys):
+    """A plain folder's test split is its training images, scored unlabeled without
+    metrics: nothing to warn of (and the training folder's own warnings are not repeated)."""
+    from .conftest import cli
+
+    _pngs(tmp_path / "p", 8)
+    (tmp_path / "p" / "x.gif").write_bytes(b"GIF89a")
+    run = tmp_path / "run"
+    assert cli("train", "--method", "deep_svdd", "--data", str(tmp_path / "p"), "--out",
+               str(run), "--epochs", "1", "-q") == 0
+    capsys.readouterr()
+    assert cli("eval", str(run)) == 0
+    err = capsys.readouterr().err
+    assert "training images of this run too" not in err
+    assert err.count("x.gif") == 1  # the test split's listing only, not the training one again

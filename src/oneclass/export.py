@@ -165,7 +165,7 @@ def model_id(model_dir: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str, level: int = logging.ERROR):
+def quiet_logger(name: str, level: int = logging.ERROR):
     """Raise the level of logger ``name`` to ``level`` inside the block."""
     logger = logging.getLogger(name)
     before = logger.level
@@ -204,7 +204,7 @@ def export_onnx(det: Detector, out: str | Path, *, input_dtype: str = "float32",
         if input_dtype == "float32":
             example = example.float()
         out.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
+        with warnings.catch_warnings(), quiet_logger("torch.onnx._internal.exporter._registration"):
             warnings.simplefilter("ignore")  # and the exporter's "torchvision is not installed"
             prog = torch.onnx.export(
                 wrapper, (example,), dynamo=True, verbose=False, opset_version=opset,

@@ -630,13 +630,18 @@ def _warn_trained_test_images(cfg: dict[str, Any], test) -> None:
     split is listed again, not read (copies are compared only where the byte sizes match)."""
     import filecmp
 
+    from .export import quiet_logger
+
     paths = getattr(test, "paths", None)
     spec = cfg.get("data_path") or cfg.get("data")
-    if not paths or not spec:
+    # unlabeled test images (a plain folder: its test split is its training images) give no
+    # metrics to be misled by
+    if not paths or not spec or not np.any(test.labels >= 0):
         return
     try:
-        train_paths = getattr(data_mod.load(spec, "train", root=cfg.get("data_root")), "paths",
-                              None)
+        with quiet_logger("oneclass.data"):  # its warnings were given when training read it
+            train_paths = getattr(data_mod.load(spec, "train", root=cfg.get("data_root")),
+                                  "paths", None)
         if not train_paths:
             return
         real = {os.path.realpath(p) for p in train_paths}
