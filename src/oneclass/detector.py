@@ -155,7 +155,7 @@ def _check_description(meta: dict[str, Any], meta_path: Path, defaults: dict[str
         entry = f"'{k}'" + (f" (in '{where}')" if where else "")
         if k not in d:
             raise ModelFileError(f"{meta_path}: damaged model description: missing entry {entry}")
-        if not isinstance(d[k], kind) or kind is int and isinstance(d[k], bool):
+        if not isinstance(d[k], kind) or isinstance(d[k], bool):  # JSON true is no number
             raise bad(entry, f"must be {what}, got {_shown(d[k])}")
         return d[k]
 
@@ -173,8 +173,6 @@ def _check_description(meta: dict[str, Any], meta_path: Path, defaults: dict[str
                                               f"{_shown(size)}")
     fitted = meta["fitted"]
     need(fitted, "threshold", "fitted", (int, float), "a number")
-    if isinstance(fitted["threshold"], bool):
-        raise bad("'threshold' (in 'fitted')", f"must be a number, got {_shown(fitted['threshold'])}")
     need(fitted, "threshold_source", "fitted", str, "a string")
     for k, v in meta["params"].items():
         d = defaults.get(k)

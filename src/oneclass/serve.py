@@ -89,6 +89,11 @@ class ScoringError(Exception):
     """The model gave no usable answer for an image (a server-side error, 500)."""
 
 
+#: The 503 of a request the server stopped waiting for when it shut down.
+SHUTDOWN_MESSAGE = ("the server is shutting down and did not finish this request in time; "
+                    "send it again")
+
+
 class ShuttingDown(Exception):
     """The server stopped waiting for this request (its shutdown timeout): a 503."""
 
@@ -232,9 +237,7 @@ class AccessLog:
             if state["status"] is not None:
                 raise  # an answer is under way: the connection is closed as it is
             state["status"] = 503
-            await _json_error(503, "the server is shutting down and did not finish this "
-                                   "request in time; send it again", close=True)(
-                scope, receive, send)
+            await _json_error(503, SHUTDOWN_MESSAGE, close=True)(scope, receive, send)
         finally:
             if self.enabled:
                 log_access(scope["method"], _printable(scope.get("raw_path") or
@@ -431,8 +434,7 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
 
     @app.exception_handler(ShuttingDown)
     async def shutting_down(request: Request, exc: ShuttingDown):
-        return error(503, "the server is shutting down and did not finish this request in "
-                          "time; send it again", close=True)
+        return error(503, SHUTDOWN_MESSAGE, close=True)
 
     @app.exception_handler(ScoringError)
     async def scoring_error(request: Request, exc: ScoringError):

@@ -426,14 +426,9 @@ def lost_components(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray | Non
     rows, cols = nearest_exact_index(mask.shape[0], size[0]), nearest_exact_index(mask.shape[1], size[1])
     if len(np.unique(rows)) == mask.shape[0] and len(np.unique(cols)) == mask.shape[1]:
         return None  # every pixel is sampled (no axis shrinks)
-    try:
-        from scipy import ndimage
-    except ImportError:  # scipy is no dependency: the metrics' labelling (numpy)
-        from ..metrics import connected_components
+    from ..metrics import connected_components  # AUPRO's 8-connected labelling
 
-        labels, n = connected_components(mask)
-    else:
-        labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    labels, n = connected_components(mask)
     kept = np.zeros(n + 1, bool)
     kept[labels[np.ix_(rows, cols)]] = True  # the labels under the output pixels' centres
     kept[0] = True  # background

@@ -370,19 +370,26 @@ def _holds_other_images(folder: Path, normal: list[Path], paths: list[Path]) -> 
     return any(not any(d in p.parents for d in normal) for p in inside)
 
 
-def _refuse_mixed_labels(root: Path, paths: list[Path]) -> None:
-    """Refuse a plain training folder whose own folders are a normal-named one (``good/``,
-    ``ok/``, ``normal/``) beside others holding images (``bad/``, ``ng/``): read as one
-    folder, the others' images, defects by the look of it, would be normal training images."""
+def _image_folders(root: Path, paths: list[Path]) -> dict[str, Path]:
+    """The folders directly below ``root`` that hold some of ``paths`` (images listed below
+    it), by name, in the order of ``paths``."""
     tops: dict[str, Path] = {}
     for p in paths:
         parts = p.relative_to(root).parts
         if len(parts) > 1:
             tops.setdefault(parts[0], root / parts[0])
-    normal = sorted(d for n, d in tops.items() if n.lower() in NORMAL_DIRS)
-    others = sorted(d for n, d in tops.items() if n.lower() not in NORMAL_DIRS)
+    return tops
+
+
+def _refuse_mixed_labels(root: Path, paths: list[Path]) -> None:
+    """Refuse a plain training folder whose own folders are a normal-named one (``good/``,
+    ``ok/``, ``normal/``) beside others holding images (``bad/``, ``ng/``): read as one
+    folder, the others' images, defects by the look of it, would be normal training images."""
     if root.name.lower() == "test" and is_mvtec(root.parent):
         return  # an MVTec test split given for training: the callers name that themselves
+    tops = _image_folders(root, paths)
+    normal = sorted(d for n, d in tops.items() if n.lower() in NORMAL_DIRS)
+    others = sorted(d for n, d in tops.items() if n.lower() not in NORMAL_DIRS)
     if normal and others:
         raise DataError(
             f"{root}: holds {normal[0].name}/ beside {', '.join(d.name + '/' for d in others[:3])}"
@@ -403,10 +410,9 @@ def _refuse_split_folders(root: Path, paths: list[Path]) -> None:
     outlier and reference sets (``--outliers``, ``imagenet:DIR``), and ImageNet's
     ``train/<class>/`` + ``val/`` holds no defects; nor do photographs of trains."""
     tops: dict[str, Path] = {}
-    for p in paths:
-        parts = p.relative_to(root).parts
-        if len(parts) > 1 and parts[0].lower() in _SPLIT_NAMES:
-            tops.setdefault(parts[0].lower(), root / parts[0])
+    for name, folder in _image_folders(root, paths).items():
+        if name.lower() in _SPLIT_NAMES:
+            tops.setdefault(name.lower(), folder)
     normal = {k: [d for d in _subdirs(f) if d.name.lower() in NORMAL_DIRS]
               for k, f in tops.items()}
     # a normal-named folder is a sign of a split laid out for anomaly detection when it is
