@@ -90,6 +90,20 @@ def test_holdout_threshold_flags_at_most_the_contamination():
     assert int((distinct >= np.float32(thr)).sum()) == 5
 
 
+def test_holdout_threshold_keeps_clear_of_the_scores_it_is_set_on():
+    """One image scored alone or in a batch moves by up to ~1e-4 of its score: a threshold one
+    float32 step above a held-back score flipped that image's label between predict (batches)
+    and serve (one image). It sits in the gap now, and is a float32 value."""
+    from oneclass.detector import holdout_threshold
+
+    held = np.array([18.0, 18.5, 18.822134], np.float32)  # none flagged
+    thr = holdout_threshold(held, 0.05)
+    assert thr > float(held.max()) * (1 + 1e-4) and thr == float(np.float32(thr))
+    assert thr == pytest.approx(18.822134 + 0.5 * 0.822134 / 2, rel=1e-6)
+    # two flagged of 40: halfway between the highest left normal (37) and the lowest flagged
+    assert holdout_threshold(np.arange(40, dtype=np.float32), 0.05) == 37.5
+
+
 def test_fit_refuses_scores_that_are_not_finite(defects_train, monkeypatch):
     from oneclass.errors import TrainingError
 

@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -273,6 +274,24 @@ def test_other_image_suffixes_are_named_in_a_warning(tmp_path, caplog):
     assert len(warned) == 1 and "3 files" in warned[0]
     assert all(n in warned[0] for n in ("y.gif", "z.pgm", "w.jfif"))
     assert not any(n in warned[0] for n in (".hidden", "m_mask", "notes"))
+
+
+def test_written_scores_are_the_models_float32_scores(small, tmp_path, monkeypatch):
+    """scores.csv holds 9 significant digits: every float32 score reads back as itself (with
+    8, neighbours such as 1000.00006 and 1000.00012 were both written 1000.0001), so the
+    label column equals score >= threshold from the file's own numbers."""
+    data, shared = small
+    run = tmp_path / "run"  # its metrics are of made-up scores: not the shared run's
+    shutil.copytree(shared, run)
+    det = runs.load_model(run)
+    n = len(runs.test_set(str(data), None, runs.read_config(run)))
+    given = np.nextafter(np.float32(1000.0), np.float32(2000.0), dtype=np.float32)
+    given = np.array([given, np.nextafter(given, np.float32(2000.0))] * n, np.float32)[:n]
+    monkeypatch.setattr(type(det), "score", lambda self, x, progress=None: given[:len(x)])
+    evaluate(run)
+    with open(run / "scores.csv", newline="", encoding="utf-8") as fh:
+        written = [np.float32(float(r["score"])) for r in csv.DictReader(fh)]
+    assert written == list(given)
 
 
 def test_predict_on_an_mvtec_folder_leaves_its_masks_out(small, tmp_path):

@@ -393,3 +393,10 @@ def test_a_card_shows_the_prediction_at_the_threshold_beside_the_true_label(tmp_
     cards = dict((cap.split()[0], cap) for _, cap in _cards(text))
     assert "predicted anomalous" in cards["false_alarm"] and "true: normal" in cards["false_alarm"]
     assert "predicted normal" in cards["missed"] and "true: anomalous" in cards["missed"]
+
+
+def test_a_score_next_to_the_threshold_is_shown_apart_from_it():
+    """"score 1.5659 predicted normal" beside "threshold 1.5659" read as a wrong prediction."""
+    assert report._apart(1.565912, 1.565918) == ("1.56591", "1.56592")
+    assert report._apart(2.5, 1.25) == ("2.5000", "1.2500")
+    assert report._apart(1.5, 1.5) == ("1.5000", "1.5000")

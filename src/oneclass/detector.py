@@ -35,7 +35,15 @@ import torch
 from torch import nn
 
 from . import __version__
-from .data.base import NORMAL, ImageSet, Prepared, Preprocess, collate, materialize
+from .data.base import (
+    NORMAL,
+    ImageSet,
+    Prepared,
+    Preprocess,
+    collate,
+    materialize,
+    same_files,
+)
 from .device import resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
 from .io import WriteError, atomic_dir, json_default, previous_dir, recover_dir, write_json
@@ -55,16 +63,33 @@ class Output(NamedTuple):
 
 
 def holdout_threshold(scores: np.ndarray, contamination: float) -> float:
-    """The lowest threshold at which ``score >= threshold`` flags at most
-    ``floor(contamination * n)`` of ``n`` scores of normal images: the smallest float32 above
-    the ``(n - k)``-th smallest score. Tied scores land on the same side, so a model whose
-    scores collapsed to one value flags none of its normal images, and ``contamination=0``
-    flags none; with few images fewer than the fraction are flagged, never more."""
+    """A threshold at which ``score >= threshold`` flags at most ``floor(contamination * n)``
+    of ``n`` scores of normal images (``k``), placed in the middle of the gap between the
+    highest score it leaves normal and the lowest it flags; with none flagged, above the
+    highest score by half the mean spacing of the scores (the expected gap to the next).
+
+    The margin keeps an image's label where its score moves in the last digits: the same
+    image scored alone or in a batch of others differs by up to about 1e-4 of its score
+    (BLAS sums in another order), and a threshold one float32 step above a held-back score
+    flipped that image's label between ``predict`` and ``serve``. Tied scores land on the
+    same side, so a model whose scores collapsed to one value flags none of its normal
+    images, and ``contamination=0`` flags none; with few images fewer than the fraction are
+    flagged, never more. The threshold is a float32 value, so it compares the same in
+    float32 and float64."""
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     if len(s) == 0:
         raise ValueError("no scores to set a threshold from")
     k = min(len(s) - 1, int(np.floor(float(contamination) * len(s) + 1e-9)))
-    return float(np.nextafter(np.float32(s[len(s) - k - 1]), np.float32(np.inf)))
+    top = np.float32(s[len(s) - k - 1])  # the highest score left normal
+    above = float(np.nextafter(top, np.float32(np.inf)))  # the lowest threshold that does
+    higher = s[s > float(top)]
+    if len(higher):  # the lowest score flagged, or past a tie at the boundary
+        t = (float(top) + float(higher[0])) / 2
+    elif len(s) > 1:
+        t = float(top) + 0.5 * (s[-1] - s[0]) / (len(s) - 1)
+    else:
+        t = above
+    return max(float(np.float32(t)), above)
 
 
 def gcn_l1(x: torch.Tensor) -> torch.Tensor:
@@ -250,13 +275,19 @@ def check_save_target(path: Path) -> None:
                          "whole directory, so save to a new directory (or move these away)")
 
 
-def _shared_files(a: ImageSet, b: ImageSet) -> str | None:
-    """The first file both image sets read (by resolved path), or None (sets of files only)."""
-    pa, pb = getattr(a, "paths", None), getattr(b, "paths", None)
+def _shared_files(ours: ImageSet, theirs: ImageSet, what: str) -> str | None:
+    """Where images of ``theirs`` are training images of ``ours`` that are not labeled
+    anomalous (the same file, links resolved, or a byte-identical copy): "N of M (first: X,
+    the same as Y)"; None when none is, and for sets that are not files."""
+    pa, pb = getattr(ours, "paths", None), getattr(theirs, "paths", None)
     if not pa or not pb:
         return None
-    theirs = {os.path.realpath(p) for p in pb}
-    return next((str(p) for p in pa if os.path.realpath(p) in theirs), None)
+    hit = same_files([p for p, lab in zip(pa, ours.labels) if lab != 1], pb)
+    if not hit:
+        return None
+    i = min(hit)
+    return (f"{len(hit)} of its {len(pb)} {what}; first: {pb[i]}, the same file as or a copy "
+            f"of {hit[i]}")
 
 
 def _image_divisor(x: torch.Tensor) -> float:
@@ -315,6 +346,9 @@ class Detector:
     #: Whether images labeled anomalous in ``fit`` are learned from (semi-supervised);
     #: the others train on the normal images alone.
     uses_anomalies: ClassVar[bool] = False
+    #: Whether the pixel masks of labeled anomalies are learned from (the CLI reads the masks
+    #: of ``--anomalies`` only then).
+    uses_masks: ClassVar[bool] = False
     #: Whether ``fit(outliers=...)`` is used (outlier exposure).
     uses_outliers: ClassVar[bool] = False
     #: Side used for images larger than 64 pixels when ``size`` is None.
@@ -606,10 +640,17 @@ class Detector:
                                 f"(normal), 1 (anomalous) or -1 (unlabeled), got {odd[:5]}; map "
                                 "class indices or other codes to these first")
         shared = None if outliers is None else \
-            "the same set" if outliers is train else _shared_files(train, outliers)
+            "the same set" if outliers is train else _shared_files(train, outliers, "images")
         if shared:
             raise DataError(f"{self.name}.fit: the outliers hold training images ({shared}): "
                             "they would be trained as anomalies; give images of something else")
+        anomalous = np.flatnonzero(train.labels == 1)
+        if len(anomalous) and np.any(train.labels != 1):
+            shared = _shared_files(train, train.subset(anomalous), "labeled anomalies")
+            if shared:
+                raise DataError(f"{self.name}.fit: labeled anomalies (label 1) are normal "
+                                f"training images too ({shared}): they would be trained as both; "
+                                "take them out of the normal images or the anomalies")
         if not np.any(train.labels != 1):
             raise DataError(f"{train.description or 'training set'}: no normal training images")
         loop = loop or LoopConfig()
@@ -633,7 +674,13 @@ class Detector:
         h0, r0 = len(loop.history), loop.resumed_seconds
         seed_everything(int(self.seed))
         self.device_ = resolve_device(self.device)
-        self.preprocess_ = self._resolve_preprocess(train)
+        anomalous = train.labels == 1
+        if anomalous.any() and not self.uses_anomalies:  # not trained on: not counted either
+            train = train.subset(np.flatnonzero(~anomalous))
+        # the model's channels and size come from the normal images: a few labeled anomalies
+        # in colour, or larger, are converted to fit them, not the other way round
+        self.preprocess_ = self._resolve_preprocess(
+            train.subset(np.flatnonzero(train.labels != 1)) if anomalous.any() else train)
         fit_set, hold_set = self._split_holdout(train, val)
         t0 = time.perf_counter()
         show = show_progress(loop.progress) and is_main_process()

@@ -113,6 +113,17 @@ def _fmt_num(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _apart(score: float, threshold: float) -> tuple[str, str]:
+    """``score`` and ``threshold`` as text, with as many digits as tell them apart (a score
+    just below the threshold shown equal to it read as a wrong prediction)."""
+    a, b = _fmt_num(score), _fmt_num(threshold)
+    digits = 5
+    while a == b and score != threshold and digits <= 17:
+        a, b = f"{score:.{digits}g}", f"{threshold:.{digits}g}"
+        digits += 1
+    return a, b
+
+
 def _plain(value: Any) -> Any:
     """Make ``value`` JSON-friendly (numpy scalars/arrays, paths, tuples)."""
     if isinstance(value, Mapping):
@@ -297,7 +308,8 @@ def _card(ex: Example, vrange: tuple[float, float] | None, threshold: float | No
     said = ""
     if threshold is not None and ex.score is not None:
         flagged = float(ex.score) >= float(threshold)
-        said = (f'<span title="score at or above the threshold {_esc(_fmt_num(threshold))}">'
+        score, shown = _apart(float(ex.score), float(threshold))
+        said = (f'<span title="score at or above the threshold {_esc(shown)}">'
                 f'predicted <b>{"anomalous" if flagged else "normal"}</b></span>')
     caption = (
         f'<div class="cap"><span class="name">{_esc(ex.name)}</span>'

@@ -57,13 +57,46 @@ def _read_json(p: Path, what: str) -> Any:
         raise OneclassError(f"{p}: {what} is not valid JSON ({exc}); the file is damaged") from None
 
 
-def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
-    """Up to ``limit`` anomalous images per defect type from the test split of ``spec``, and
-    the number of its anomalous test images not picked."""
+def anomaly_images(spec: str, root: str | None = None, masks: bool = True):
+    """The images ``--anomalies SPEC`` offers: the test split of an MVTec-layout folder or a
+    benchmark (its anomalous images are used); a folder holding ``test/<type>/`` alone (no
+    ``train/`` or ``ground_truth/``), read as that test set; or a plain folder of defect
+    images, every one anomalous, its type the folder below ``SPEC`` it is in (else SPEC's
+    own name). ``masks=False`` leaves ground-truth masks unread."""
+    from .data.folder import NORMAL_DIRS, is_mvtec, mvtec, split_dirs
+
+    path = Path(spec)
+    if not path.exists() or path.is_dir() and is_mvtec(path):
+        return data_mod.load(spec, "test", root=root, masks=masks)
+    if path.is_dir() and "test" in split_dirs(path):
+        return mvtec(path, "test", masks=False)  # no ground_truth/ to read
+    images = data_mod.load(spec, "test", root=root)  # a plain folder (or file): unlabeled
+    rel = [Path(p).relative_to(path) if path.is_dir() else Path(Path(p).name)
+           for p in images.paths]
+    tops = {r.parts[0] for r in rel if len(r.parts) > 1}
+    normal = sorted(t for t in tops if t.lower() in NORMAL_DIRS)
+    if normal:
+        raise DataError(f"{spec}: a plain folder holding {normal[0]}/; as --anomalies every "
+                        "image of a plain folder is a labeled anomaly: give a folder of defect "
+                        f"images only, or lay it out as {path / 'test'}/good/ + "
+                        f"{path / 'test'}/<type>/")
+    own = path.resolve().name if path.is_dir() else path.resolve().parent.name
+    kinds = [(r.parts[:-1] or (own,))[0] for r in rel]
+    from .data.base import ANOMALOUS, FileSet
+
+    # named below the folder, so a run's record of them does not depend on its spelling
+    return FileSet(images.paths, [ANOMALOUS] * len(images), kinds=kinds,
+                   names=[r.as_posix() for r in rel], description=f"{spec} (labeled anomalies)")
+
+
+def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None,
+                   masks: bool = True):
+    """Up to ``limit`` anomalous images per defect type of :func:`anomaly_images`, and the
+    number of its anomalous images not picked."""
     if int(limit) < 1:
         raise ConfigError(f"anomaly_limit (--anomaly-limit) must be at least 1, got {limit}")
     limit = int(limit)
-    test = data_mod.load(spec, "test", root=root)
+    test = anomaly_images(spec, root, masks)
     rng = np.random.default_rng(seed)
     chosen, short = [], []
     kinds = sorted({k for k, lab in zip(test.kinds, test.labels) if lab == 1})
@@ -74,7 +107,9 @@ def pick_anomalies(spec: str, limit: int, seed: int, root: str | None = None):
             short.append(f"{kind} ({len(idx)})")
         chosen += sorted(rng.permutation(idx)[:limit].tolist())
     if not chosen:
-        raise DataError(f"{spec}: no anomalous test images to use as labeled anomalies")
+        raise DataError(f"{spec}: no anomalous test images to use as labeled anomalies (its "
+                        "test/good/ holds normal images only; defects go in test/<type>/, or "
+                        "give a plain folder of defect images)")
     if short:
         log.warning("%s: fewer anomalous test images than --anomaly-limit %d of type %s: all of "
                     "them are used", spec, limit, ", ".join(short))
@@ -138,45 +173,54 @@ def _check_outliers(data_spec: str, outliers: str) -> None:
                           f"another dataset, a folder, or another class ({name}:C)")
 
 
-def _check_overlap(train_set, outlier_set, data_spec: str, outliers: str,
+def _check_overlap(train_set, given, data_spec: str, option: str, spec: str,
                    root: str | None = None) -> None:
-    """Refuse outlier images that are training or test images of ``data_spec`` (folders,
-    compared by resolved path): normal images would be trained as anomalies, and test images
-    would be evaluated on after training on them."""
-    from .data.base import FileSet
+    """Refuse ``given`` images (``--outliers``, or the picked ``--anomalies``) that are
+    training images of ``data_spec``, and outliers that are its test images: the same file
+    (links resolved) or a byte-identical copy (a copied folder). Normal images would be
+    trained as anomalies, and test images evaluated on after training on them (labeled
+    anomalies come from a test set on purpose: the run's evaluation leaves them out)."""
+    from .data.base import same_files
 
-    if not isinstance(outlier_set, FileSet):
+    theirs = getattr(given, "paths", None)
+    if not theirs:
         return
     test = None
-    if Path(data_spec).is_dir():
+    if option == "--outliers" and Path(data_spec).is_dir():
         try:
             test = data_mod.load(data_spec, "test", root=root)
         except OneclassError:  # a folder without a test split: nothing to leak into
             pass
-    if not isinstance(train_set, FileSet) and not isinstance(test, FileSet):
-        return  # nothing to compare: the outliers' paths need not be resolved
-    theirs = {os.path.realpath(p): p for p in outlier_set.paths}
+    what = "images" if option == "--outliers" else "picked labeled anomalies"
     for split, images, why in (
             ("training", train_set, "they would be trained as anomalies; give images of "
-             "something else"),
+             "something else" if option == "--outliers" else "they would be trained as "
+             "normal and as anomalous; give defect images that are not training images"),
             ("test", test, "training on them makes the evaluation on that test set "
              "meaningless; give images of something else (labeled anomalies of the test "
              "set: --anomalies, which leaves them out of it)")):
-        if not isinstance(images, FileSet):
+        if images is None or not getattr(images, "paths", None):
             continue
-        shared = [theirs[q] for q in map(os.path.realpath, images.paths) if q in theirs]
+        shared = same_files(images.paths, theirs)
         if shared:
-            raise ConfigError(f"--outliers {outliers}: {len(shared)} of its {len(outlier_set)} "
-                              f"images are {split} images of --data {data_spec} (first: "
-                              f"{shared[0]}): {why}")
+            i = min(shared)
+            copy = f" (the same file as {shared[i]})" if os.path.realpath(theirs[i]) == \
+                os.path.realpath(shared[i]) else f" (a copy of {shared[i]})"
+            if os.path.abspath(theirs[i]) == os.path.abspath(shared[i]):
+                copy = ""
+            raise ConfigError(f"{option} {spec}: {len(shared)} of its {len(theirs)} {what} "
+                              f"are {split} images of --data {data_spec} (first: "
+                              f"{theirs[i]}{copy}): {why}")
 
 
 def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str | None = None,
-                  anomalies: str | None = None, anomaly_limit: int = 5, train_set=None):
+                  anomalies: str | None = None, anomaly_limit: int = 5, train_set=None,
+                  masks: bool = True):
     """The training set of a run, its outlier-exposure set and the labeled anomalies used.
 
     ``train_set`` replaces the train split of ``data_spec`` (e.g. a Deep SAD semi-supervised
-    set built from it).
+    set built from it). ``masks=False``: the masks of the labeled anomalies are not read (a
+    method that does not use them; a mask that does not fit its image then stops nothing).
 
     Returns:
         ``(train_set, outlier_set or None, names of the labeled anomalies or None)``; the
@@ -192,7 +236,8 @@ def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str 
     normal_set = train_set
     used = None
     if anomalies:
-        picked, left = pick_anomalies(anomalies, anomaly_limit, seed, root)
+        picked, left = pick_anomalies(anomalies, anomaly_limit, seed, root, masks)
+        _check_overlap(train_set, picked, data_spec, "--anomalies", anomalies, root)
         used = list(picked.names)
         if left == 0 and data_mod.canonical(anomalies) == data_mod.canonical(data_spec):
             log.warning("%s: all %d anomalous test images are used as labeled anomalies, none is "
@@ -201,7 +246,7 @@ def training_data(data_spec: str, root: str | None, seed: int, *, outliers: str 
         train_set = data_mod.concat(train_set, picked)
     outlier_set = data_mod.load(outliers, "train", root=root) if outliers else None
     if outlier_set is not None:
-        _check_overlap(normal_set, outlier_set, data_spec, outliers, root)
+        _check_overlap(normal_set, outlier_set, data_spec, "--outliers", outliers, root)
     return train_set, outlier_set, used
 
 
@@ -227,7 +272,7 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
             log.warning("the run's labeled anomalies came from %s, which is not found from here; "
                         "if it is %s, its %d images the run trained on are in this test set",
                         given, spec, len(used))
-        return test
+        return _without_copies(test, spec, _trained_anomaly_files(cfg, root), given)
     anomalous = int((test.labels == 1).sum())
     n_all = len(test)
     test = test.subset([i for i, n in enumerate(test.names) if n not in used])
@@ -239,6 +284,41 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
                     "left to evaluate on, so the image metrics are n/a; evaluate on other data "
                     "or train with a lower --anomaly-limit", spec, anomalous)
     return test
+
+
+def _trained_anomaly_files(cfg: dict[str, Any], root: str | None) -> list[Path]:
+    """The files of the labeled anomalies a run trained on, when they are files and still
+    found (from the recorded resolved folder, else the spec as given); else none."""
+    from .export import quiet_logger
+
+    used = set(cfg.get("anomalies_used") or [])
+    for spec in (cfg.get("anomalies_source"), cfg.get("anomalies")):
+        if not spec or not Path(spec).exists():
+            continue
+        try:
+            with quiet_logger("oneclass"):  # its warnings were given when training read it
+                images = anomaly_images(spec, root, masks=False)
+        except OneclassError:
+            return []
+        return [p for p, n in zip(getattr(images, "paths", []), images.names) if n in used]
+    return []
+
+
+def _without_copies(test, spec: str, trained: list[Path], given: str | None):
+    """``test`` without the images that are ``trained`` files (labeled anomalies of the run
+    from another folder: the same files under other names, or copies)."""
+    from .data.base import same_files
+
+    paths = getattr(test, "paths", None)
+    if not trained or not paths:
+        return test
+    shared = same_files(trained, paths)
+    if not shared:
+        return test
+    log.info("%s: %d of its %d test images are labeled anomalies this run trained on (from "
+             "%s: the same files or copies) and are left out; %d are evaluated", spec,
+             len(shared), len(test), given, len(test) - len(shared))
+    return test.subset([i for i in range(len(test)) if i not in shared])
 
 
 class RunLock:
@@ -377,7 +457,8 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
             done.finished_before_ = True  # the CLI says so instead of "trained ..."
             return done
     train_set, outlier_set, used = training_data(data_spec, data_root, int(det.seed), outliers=outliers,
-                                                 anomalies=anomalies, anomaly_limit=anomaly_limit)
+                                                 anomalies=anomalies, anomaly_limit=anomaly_limit,
+                                                 masks=det.uses_masks)
     if data_path:
         config["data_path"] = data_path
     if used is not None:
@@ -386,18 +467,37 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
         # data spelled otherwise, still leaves them out
         config["anomalies_source"] = data_mod.source(anomalies)
     show = show_progress(progress) and is_main_process()
+    n_all, n_normal = len(train_set), len(train_set) - len(used or [])  # anomalies come last
     train_set, skipped = data_mod.screen(train_set, on_bad_image, progress=show,
                                          what="training images")
     if skipped:
-        config["skipped_images"] = [name for name, _ in skipped]
+        # a skipped labeled anomaly is named as one (its name is below --anomalies, not
+        # --data) and is no longer among those used
+        kept = set(np.asarray(train_set.index).tolist())
+        bad = [i for i in range(n_all) if i not in kept]
+        config["skipped_images"] = [name if i < n_normal else f"{name} (labeled anomaly "
+                                    f"from {anomalies})" for i, (name, _) in zip(bad, skipped)]
+        if used is not None:
+            used = [n for j, n in enumerate(used) if n_normal + j not in bad]
+            config["anomalies_used"] = used
     if outlier_set is not None:
         outlier_set = data_mod.screen(outlier_set, on_bad_image, what="outlier images")[0]
     if used is not None and not det.uses_anomalies:
         log.warning("%s learns from normal images only; the labeled anomalies of --anomalies "
                     "are left out of training (and, from the same folder, out of its test "
                     "set)", det.name)
+    elif used is not None and is_main_process():
+        kinds: dict[str, int] = {}
+        for k, lab in zip(train_set.kinds, train_set.labels):
+            if lab == 1:
+                kinds[k] = kinds.get(k, 0) + 1
+        log.info("labeled anomalies: %d from %s (%s); an evaluation leaves them out of the "
+                 "test images",
+                 len(used), anomalies, ", ".join(f"{n} {_text(k)}" for k, n in kinds.items()))
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
+    elif outlier_set is not None and is_main_process():
+        log.info("outlier exposure: %d images from %s", len(outlier_set), outliers)
     fit_extra = {}
     if reference:
         from .data.reference import check_specs, load_reference, screen_reference
@@ -615,7 +715,7 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     metrics["score_images_per_second"] = round(len(test) / max(seconds, 1e-9), 1)
     pred = det.flags(scores)
     rows = ["name,kind,label,score,predicted"]
-    rows += [f"{_csv(_text(n))},{_csv(_text(k))},{int(lab)},{s:.8g},{int(p)}"
+    rows += [f"{_csv(_text(n))},{_csv(_text(k))},{int(lab)},{s:.9g},{int(p)}"
              for n, k, lab, s, p in zip(test.names, test.kinds, test.labels, scores, pred)]
     # scores.csv first: metrics.json is the file that says an evaluation is complete
     write_text(run / "scores.csv", "\n".join(rows) + "\n")
@@ -627,9 +727,8 @@ def _warn_trained_test_images(cfg: dict[str, Any], test) -> None:
     """Warn when test images are among the run's training images: the same file (links
     resolved) or a byte-identical copy. A model scores the images it trained on lower than
     new ones, so the metrics come out better than the model is. Files only; the training
-    split is listed again, not read (copies are compared only where the byte sizes match)."""
-    import filecmp
-
+    split is listed again, not read (contents are compared only where byte sizes match)."""
+    from .data.base import same_files
     from .export import quiet_logger
 
     paths = getattr(test, "paths", None)
@@ -644,13 +743,7 @@ def _warn_trained_test_images(cfg: dict[str, Any], test) -> None:
                                   "paths", None)
         if not train_paths:
             return
-        real = {os.path.realpath(p) for p in train_paths}
-        by_size: dict[int, list] = {}
-        for p in train_paths:
-            by_size.setdefault(os.path.getsize(p), []).append(p)
-        shared = [i for i, p in enumerate(paths) if os.path.realpath(p) in real
-                  or any(filecmp.cmp(p, q, shallow=False)
-                         for q in by_size.get(os.path.getsize(p), ()))]
+        shared = sorted(same_files(train_paths, paths))
     except (DataError, OSError):  # no train split (a test set alone), a file gone: no check
         return
     if shared:
@@ -1052,7 +1145,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                         atomic_write(state["maps"] / f"{stem}.png",
                                      lambda p, b=png: p.write_bytes(b), fsync=False)
                     shown = todo[i] if here else os.path.abspath(todo[i])
-                    row = {"path": _text(shown), "score": f"{scores[j]:.8g}", "label": label,
+                    row = {"path": _text(shown), "score": f"{scores[j]:.9g}", "label": label,
                            "heatmap": heatmap}
                     state["writer"].writerow([row.get(c, "") for c in columns])
                 state["fh"].flush()
@@ -1348,6 +1441,14 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
             **({"training epochs": det.train_epochs_}
                if getattr(det, "train_epochs_", None) is not None else {}),
             "input (C, H, W)": list(det.input_shape_), "params": det.get_params()}
+    if cfg.get("anomalies_used"):
+        info["labeled anomalies"] = (
+            f"{len(cfg['anomalies_used'])} from {_text(str(cfg.get('anomalies')))}"
+            + ("" if det.uses_anomalies else ", not trained on (the method learns from "
+               "normal images only)") + "; not among these test images")
+    if cfg.get("outliers"):
+        info["outlier exposure"] = _text(str(cfg["outliers"])) + (
+            "" if det.uses_outliers else " (not used by the method)")
     pick = {"image_auroc": metrics.get("image_auroc"), "image_ap": metrics.get("image_ap"),
             "image_f1 (best over all thresholds)": metrics.get("image_f1"),
             "F1 at the model's threshold": metrics.get("f1_at_threshold"),

@@ -37,15 +37,17 @@ SPLITS = ("train", "test")
 BENCHMARKS = ("mnist", "fashion-mnist", "fashion_mnist", "fmnist", "cifar10", "cifar-10")
 
 
-def load(spec: str, split: str = "train", root: str | None = None) -> ImageSet:
-    """Load the ``split`` ("train" or "test") of the data named by ``spec``."""
+def load(spec: str, split: str = "train", root: str | None = None, *,
+         masks: bool = True) -> ImageSet:
+    """Load the ``split`` ("train" or "test") of the data named by ``spec``; ``masks=False``
+    leaves the ground-truth masks of an MVTec-layout folder unread."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
     spec = str(spec)
     path = Path(spec)
     if path.exists():
         if path.is_dir() and is_mvtec(path):
-            return mvtec(path, split)
+            return mvtec(path, split, masks)
         return plain(path, split)
     name, _, arg = spec.partition(":")
     key = name.lower()

@@ -8,7 +8,9 @@ a raw image into the network's input tensor, and is stored with every model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +209,8 @@ class Concat(ImageSet):
         self.has_masks = any(p.has_masks for p in parts)
         self.description = " + ".join(p.description for p in parts)
         self._offsets = np.cumsum([0] + [len(p) for p in parts])
+        if all(hasattr(p, "paths") for p in parts):  # files still (as FileSet.paths)
+            self.paths = [q for p in parts for q in p.paths]
 
     def read(self, i: int) -> Sample:
         k = int(np.searchsorted(self._offsets, i, side="right") - 1)
@@ -222,6 +226,62 @@ class Concat(ImageSet):
     def size(self, i: int) -> tuple[int, int]:
         k = int(np.searchsorted(self._offsets, i, side="right") - 1)
         return self.parts[k].size(i - int(self._offsets[k]))
+
+
+def same_files(ours: Sequence, theirs: Sequence) -> dict[int, Path]:
+    """The files of ``theirs`` that are files of ``ours`` too, as ``{index in theirs: file of
+    ours}``: the same file (links resolved) or a byte-identical copy (a copied folder).
+
+    Contents are read only for files whose byte size occurs in both lists, each once (a
+    hash), so uncompressed images of one size cost one read each, not a comparison per pair.
+    A file that cannot be read is not matched (reading it for training names it).
+    """
+    real: dict[str, Path] = {}
+    for p in ours:
+        real.setdefault(os.path.realpath(p), Path(p))
+    found: dict[int, Path] = {}
+    rest = []
+    for i, p in enumerate(theirs):
+        q = real.get(os.path.realpath(p))
+        if q is not None:
+            found[i] = q
+        else:
+            rest.append(i)
+    if not rest:
+        return found
+    by_size: dict[int, list[Path]] = {}
+    for r, p in real.items():
+        size = _file_size(r)
+        if size is not None:
+            by_size.setdefault(size, []).append(p)
+    sized = [(i, _file_size(theirs[i])) for i in rest]
+    candidates = [(i, n) for i, n in sized if n in by_size]
+    digests: dict[bytes, Path] = {}
+    for n in {n for _, n in candidates}:
+        for p in by_size[n]:
+            d = _file_digest(p)
+            if d is not None:
+                digests.setdefault(d, p)
+    for i, _ in candidates:
+        d = _file_digest(theirs[i])
+        if d is not None and d in digests:
+            found[i] = digests[d]
+    return found
+
+
+def _file_size(path) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _file_digest(path) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).digest()
+    except OSError:
+        return None
 
 
 class ArraySet(ImageSet):

@@ -212,8 +212,9 @@ def _mask_index(gt: Path) -> dict[tuple[str, str], Path]:
     return index
 
 
-def mvtec(root: Path, split: str) -> FileSet:
-    """The ``train`` or ``test`` split of an MVTec-layout folder."""
+def mvtec(root: Path, split: str, masks: bool = True) -> FileSet:
+    """The ``train`` or ``test`` split of an MVTec-layout folder; with ``masks=False`` its
+    ``ground_truth/`` is not read (for a use that needs no masks)."""
     root = Path(root)
     dirs = split_dirs(root)
     if split == "train":
@@ -221,6 +222,8 @@ def mvtec(root: Path, split: str) -> FileSet:
             raise DataError(f"{root / 'train'}: no such folder; this MVTec-layout folder holds "
                             "a test set only (test/ and ground_truth/)")
         paths, folder = _train_paths(dirs["train"])
+        if paths:
+            paths = _without_masks(dirs["train"], paths)
         if not paths:
             raise DataError(f"{folder}: no training images (expected PNG/JPEG files)")
         return FileSet(paths, [NORMAL] * len(paths), kinds=["good"] * len(paths),
@@ -230,7 +233,7 @@ def mvtec(root: Path, split: str) -> FileSet:
         raise DataError(f"{root / 'test'}: no such folder; the test split of an MVTec-layout "
                         "folder is read from test/good and test/<type>")
     test = dirs["test"]
-    gt = dirs.get("ground_truth")
+    gt = dirs.get("ground_truth") if masks else None
     masks = _mask_index(gt) if gt is not None else None
     loose = [p for p in test.iterdir() if p.is_file() and is_image_file(p)]
     if loose:
@@ -238,11 +241,15 @@ def mvtec(root: Path, split: str) -> FileSet:
                         "put normal images in test/good and anomalies in test/<type>")
     paths, labels, mpaths, kinds = [], [], [], []
     typed: dict[str, tuple[Path, str]] = {}  # real path -> (path, type folder) of each image
+    beside: list[Path] = []  # *_mask files in type folders: masks, not test images
     for kind_dir in _subdirs(test):
         kind = kind_dir.name
         normal = kind.lower() in NORMAL_DIRS
         seen: dict[str, Path] = {}
         for p in list_images(kind_dir):
+            if is_mask_name(p):
+                beside.append(p)
+                continue
             real = os.path.realpath(p)
             first, first_kind = typed.setdefault(real, (p, kind))
             if first_kind != kind:
@@ -270,6 +277,12 @@ def mvtec(root: Path, split: str) -> FileSet:
                     f"{p}: anomalous test image has no mask (expected "
                     f"{gt / kind / (key[1] + '_mask.png')})")
             mpaths.append(m)
+    if beside:
+        shown = ", ".join(str(p.relative_to(test)) for p in beside[:3])
+        log.warning("%s: %d file%s named *_mask in its type folders left out (%s%s): masks are "
+                    "not test images; they are read from ground_truth/<type>/ (move them there "
+                    "to use them)", test, len(beside), "" if len(beside) == 1 else "s", shown,
+                    ", ..." if len(beside) > 3 else "")
     if masks:
         (kind, rel), m = sorted(masks.items())[0]
         raise DataError(f"{m}: mask has no image (expected {test / kind / rel}.png or similar)")

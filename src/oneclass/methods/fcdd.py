@@ -248,6 +248,7 @@ class FCDD(Detector):
     """FCDD, fully convolutional with receptive-field heatmaps (see module docstring)."""
 
     uses_anomalies = True
+    uses_masks = True
 
     fitted_json = ("anomaly_kinds_", "train_epochs_")  # epochs trained: the default is None
 
