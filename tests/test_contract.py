@@ -99,7 +99,9 @@ def test_holdout_threshold_keeps_clear_of_the_scores_it_is_set_on():
     held = np.array([18.0, 18.5, 18.822134], np.float32)  # none flagged
     thr = holdout_threshold(held, 0.05)
     assert thr > float(held.max()) * (1 + 1e-4) and thr == float(np.float32(thr))
-    assert thr == pytest.approx(18.822134 + 0.5 * 0.822134 / 2, rel=1e-6)
+    assert thr == pytest.approx(18.822134 + 0.5 * 0.322134, rel=1e-6)
+    # the margin comes from the upper half of the scores: a stray low one does not widen it
+    assert holdout_threshold(np.array([-1e6, 1.0, 1.1, 1.2]), 0.05) == pytest.approx(1.25)
     # two flagged of 40: halfway between the highest left normal (37) and the lowest flagged
     assert holdout_threshold(np.arange(40, dtype=np.float32), 0.05) == 37.5
 

@@ -179,3 +179,40 @@ def test_a_skipped_labeled_anomaly_is_recorded_as_one(mv, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["anomalies_used"] == ["a.png"]
     assert cfg["skipped_images"] == [f"b.png (labeled anomaly from {folder})"]
+
+
+def test_empty_files_and_links_to_nothing_are_never_copies(tmp_path):
+    """All empty files hash alike and two broken links may resolve to one missing file:
+    neither is an image, so neither is the same image (reading names them instead)."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "empty.png").write_bytes(b"")
+        os.symlink(tmp_path / "gone.png", tmp_path / d / "broken.png")
+    a, b = sorted((tmp_path / "a").iterdir()), sorted((tmp_path / "b").iterdir())
+    assert same_files(a, b) == {}
+    assert same_files(a, a) == {}
+
+
+def test_a_folder_of_normal_images_by_its_name_is_refused_as_anomalies(mv):
+    with pytest.raises(DataError, match=r"a folder named good, of normal images by its name"):
+        runs.pick_anomalies(str(mv / "test" / "good"), 5, seed=0)
+    # the test split of an MVTec folder: the advice is to give the folder itself
+    with pytest.raises(DataError, match=rf"or {mv} laid out as test/good/"):
+        runs.pick_anomalies(str(mv / "test"), 5, seed=0)
+
+
+def test_eval_says_when_the_folder_of_the_anomalies_trained_on_is_gone(mv, tmp_path, caplog):
+    folder = tmp_path / "anom"
+    shutil.copytree(mv / "test" / "scratch" if (mv / "test" / "scratch").is_dir()
+                    else sorted(p for p in (mv / "test").iterdir() if p.name != "good")[0],
+                    folder)
+    picked, _ = runs.pick_anomalies(str(folder), 2, seed=0)
+    cfg = {"anomalies": str(folder), "anomalies_source": data_mod.source(str(folder)),
+           "anomalies_used": list(picked.names)}
+    n = len(data_mod.load(str(mv), "test"))
+    assert len(runs.test_set(str(mv), None, cfg)) == n - 2
+    shutil.rmtree(folder)
+    assert runs.anomalies_missing(cfg)
+    with caplog.at_level(logging.WARNING, logger="oneclass"):
+        assert len(runs.test_set(str(mv), None, cfg)) == n
+    assert "which is not found from here" in caplog.text

@@ -351,7 +351,8 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
             train = semi_supervised(name, int(cls), **job["semi"], seed=det.seed, root=data_root)
         train, outliers, used = training_data(
             spec, data_root, int(det.seed), outliers=outlier_spec, anomalies=anomalies,
-            anomaly_limit=int(job.get("anomaly_limit") or 0), train_set=train)
+            anomaly_limit=int(job.get("anomaly_limit") or 0), train_set=train,
+            masks=det.uses_masks)
         test = test_set(spec, data_root, {"anomalies": anomalies, "anomalies_used": used})
         test = limit_test(test, job.get("test_limit"))
         t0 = time.perf_counter()

@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outliers", metavar="SPEC",
                    help="outlier exposure images (another folder or dataset, e.g. cifar10)")
     s.add_argument("--anomalies", metavar="SPEC",
-                   help="labeled anomalies from this spec's test split (left out of eval)")
+                   help="labeled anomalies: the anomalous test images of an MVTec-layout "
+                   "folder or benchmark, or a plain folder of defect images (left out of eval)")
     s.add_argument("--anomaly-limit", type=_count(1), metavar="N",
                    help="labeled anomalies per defect type (default 5)")
     s.add_argument("--reference", metavar="SPEC",

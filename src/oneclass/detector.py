@@ -66,7 +66,8 @@ def holdout_threshold(scores: np.ndarray, contamination: float) -> float:
     """A threshold at which ``score >= threshold`` flags at most ``floor(contamination * n)``
     of ``n`` scores of normal images (``k``), placed in the middle of the gap between the
     highest score it leaves normal and the lowest it flags; with none flagged, above the
-    highest score by half the mean spacing of the scores (the expected gap to the next).
+    highest score by half the mean spacing of the upper half of the scores (about the gap to
+    the next; a stray low score does not widen it).
 
     The margin keeps an image's label where its score moves in the last digits: the same
     image scored alone or in a batch of others differs by up to about 1e-4 of its score
@@ -86,7 +87,8 @@ def holdout_threshold(scores: np.ndarray, contamination: float) -> float:
     if len(higher):  # the lowest score flagged, or past a tie at the boundary
         t = (float(top) + float(higher[0])) / 2
     elif len(s) > 1:
-        t = float(top) + 0.5 * (s[-1] - s[0]) / (len(s) - 1)
+        m = (len(s) - 1) // 2
+        t = float(top) + 0.5 * (s[-1] - s[m]) / (len(s) - 1 - m)
     else:
         t = above
     return max(float(np.float32(t)), above)

@@ -70,6 +70,12 @@ def anomaly_images(spec: str, root: str | None = None, masks: bool = True):
         return data_mod.load(spec, "test", root=root, masks=masks)
     if path.is_dir() and "test" in split_dirs(path):
         return mvtec(path, "test", masks=False)  # no ground_truth/ to read
+    layout = path.parent if path.name.lower() == "test" else path
+    hint = (f"give a folder of defect images only, or {layout} laid out as test/good/ + "
+            "test/<type>/")
+    if path.is_dir() and path.name.lower() in NORMAL_DIRS:
+        raise DataError(f"{spec}: a folder named {path.name}, of normal images by its name; as "
+                        f"--anomalies every image of a plain folder is a labeled anomaly: {hint}")
     images = data_mod.load(spec, "test", root=root)  # a plain folder (or file): unlabeled
     rel = [Path(p).relative_to(path) if path.is_dir() else Path(Path(p).name)
            for p in images.paths]
@@ -77,9 +83,7 @@ def anomaly_images(spec: str, root: str | None = None, masks: bool = True):
     normal = sorted(t for t in tops if t.lower() in NORMAL_DIRS)
     if normal:
         raise DataError(f"{spec}: a plain folder holding {normal[0]}/; as --anomalies every "
-                        "image of a plain folder is a labeled anomaly: give a folder of defect "
-                        f"images only, or lay it out as {path / 'test'}/good/ + "
-                        f"{path / 'test'}/<type>/")
+                        f"image of a plain folder is a labeled anomaly: {hint}")
     own = path.resolve().name if path.is_dir() else path.resolve().parent.name
     kinds = [(r.parts[:-1] or (own,))[0] for r in rel]
     from .data.base import ANOMALOUS, FileSet
@@ -272,6 +276,12 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
             log.warning("the run's labeled anomalies came from %s, which is not found from here; "
                         "if it is %s, its %d images the run trained on are in this test set",
                         given, spec, len(used))
+        if anomalies_missing(cfg):
+            log.warning("the run's labeled anomalies came from %s, which is not found from here: "
+                        "those of its %d images the run trained on that are in %s are evaluated "
+                        "too (the metrics then come out better than the model is)", given,
+                        len(used), spec)
+            return test
         return _without_copies(test, spec, _trained_anomaly_files(cfg, root), given)
     anomalous = int((test.labels == 1).sum())
     n_all = len(test)
@@ -284,6 +294,14 @@ def test_set(spec: str, root: str | None, cfg: dict[str, Any]):
                     "left to evaluate on, so the image metrics are n/a; evaluate on other data "
                     "or train with a lower --anomaly-limit", spec, anomalous)
     return test
+
+
+def anomalies_missing(cfg: dict[str, Any]) -> bool:
+    """Whether the folder of a run's labeled anomalies is gone (moved, removed): its images
+    can then be left out of a test set of another folder by neither name nor content."""
+    recorded, given = cfg.get("anomalies_source"), cfg.get("anomalies")
+    return bool(cfg.get("anomalies_used")) and bool(recorded) and os.path.isabs(recorded) \
+        and not Path(recorded).exists() and not (given and Path(given).exists())
 
 
 def _trained_anomaly_files(cfg: dict[str, Any], root: str | None) -> list[Path]:
@@ -1445,7 +1463,11 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
         info["labeled anomalies"] = (
             f"{len(cfg['anomalies_used'])} from {_text(str(cfg.get('anomalies')))}"
             + ("" if det.uses_anomalies else ", not trained on (the method learns from "
-               "normal images only)") + "; not among these test images")
+               "normal images only)")
+            + ("; their folder is not found from here, so any of them among these test images "
+               "were evaluated too" if anomalies_missing(cfg) and data_mod.source(
+                   str(cfg.get("anomalies_source"))) != data_mod.source(spec)
+               else "; left out of these test images"))
     if cfg.get("outliers"):
         info["outlier exposure"] = _text(str(cfg["outliers"])) + (
             "" if det.uses_outliers else " (not used by the method)")

@@ -8,6 +8,7 @@ a raw image into the network's input tensor, and is stored with every model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -233,8 +234,9 @@ def same_files(ours: Sequence, theirs: Sequence) -> dict[int, Path]:
     ours}``: the same file (links resolved) or a byte-identical copy (a copied folder).
 
     Contents are read only for files whose byte size occurs in both lists, each once (a
-    hash), so uncompressed images of one size cost one read each, not a comparison per pair.
-    A file that cannot be read is not matched (reading it for training names it).
+    hash, kept while the file's size and time stay the same), so uncompressed images of one
+    size cost one read each, not a comparison per pair. A file that cannot be read, a link
+    to nothing and an empty file are never matched (reading them for training names them).
     """
     real: dict[str, Path] = {}
     for p in ours:
@@ -242,8 +244,9 @@ def same_files(ours: Sequence, theirs: Sequence) -> dict[int, Path]:
     found: dict[int, Path] = {}
     rest = []
     for i, p in enumerate(theirs):
-        q = real.get(os.path.realpath(p))
-        if q is not None:
+        r = os.path.realpath(p)
+        q = real.get(r)
+        if q is not None and _file_size(r):
             found[i] = q
         else:
             rest.append(i)
@@ -252,7 +255,7 @@ def same_files(ours: Sequence, theirs: Sequence) -> dict[int, Path]:
     by_size: dict[int, list[Path]] = {}
     for r, p in real.items():
         size = _file_size(r)
-        if size is not None:
+        if size:
             by_size.setdefault(size, []).append(p)
     sized = [(i, _file_size(theirs[i])) for i in rest]
     candidates = [(i, n) for i, n in sized if n in by_size]
@@ -277,11 +280,23 @@ def _file_size(path) -> int | None:
 
 
 def _file_digest(path) -> bytes | None:
+    """SHA-256 of a file's bytes, None when it cannot be read."""
     try:
-        with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).digest()
+        st = os.stat(path)
+        return _digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
     except OSError:
         return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _digest(real: str, size: int, mtime_ns: int) -> bytes:
+    """The hash of ``real`` as of ``size`` and ``mtime_ns`` (the key: a changed file is
+    read again); read in 1 MB pieces."""
+    h = hashlib.sha256()
+    with open(real, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
 
 
 class ArraySet(ImageSet):
