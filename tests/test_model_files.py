@@ -237,14 +237,23 @@ def test_a_threshold_from_few_held_back_images_is_said_to_be_rough(caplog):
 
 
 def test_an_interrupted_train_says_how_to_resume(monkeypatch, capsys, mvtec_dir, tmp_path):
+    """--resume when an epoch checkpoint was written; else the same command again."""
+    run = tmp_path / "run"
+
     def interrupt(self, *a, **k):
+        if checkpoint:
+            (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run / "checkpoints" / "train.pt").write_bytes(b"")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(DeepSVDD, "fit", interrupt)
-    code = cli("train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out",
-               str(tmp_path / "run"), "-q")
-    assert code == 130
-    assert "--resume continues" in capsys.readouterr().err
+    for checkpoint in (True, False):
+        code = cli("train", "--method", "deep_svdd", "--data", str(mvtec_dir), "--out",
+                   str(run), "-q")
+        assert code == 130
+        err = capsys.readouterr().err
+        assert ("--resume continues" in err) == checkpoint, err
+        assert ("again (without --resume)" in err) == (not checkpoint), err
 
 
 def test_eval_refuses_a_model_folder_and_names_its_run(mvtec_dir, tmp_path, capsys):

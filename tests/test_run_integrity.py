@@ -825,3 +825,111 @@ def test_training_over_a_finished_run_says_which_model_it_replaces(mvtec_dir, tm
     assert f"holds a deep_svdd model trained on {mvtec_dir}; this training replaces it" \
         in caplog.text
     assert json.loads((out / "config.json").read_text())["method"] == "hsc"
+
+
+def test_resume_on_other_training_images_is_refused(tmp_path, monkeypatch):
+    """Epochs so far trained on one set, the rest would train on another (and the held-back
+    images that set the threshold could be images it trained on)."""
+    from oneclass.errors import ConfigError
+    from oneclass.runs import train
+
+    data = write_mvtec(tmp_path / "d", n_train=24, n_test_good=2, n_test_defect=2, size=16,
+                       seed=4)
+    run = tmp_path / "r"
+    params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 8, "seed": 1}
+    undo = _stopped(monkeypatch)
+    with pytest.raises(_Stop):
+        train("deep_svdd", str(data), run, params, progress=False)
+    undo()
+    for p in sorted((data / "train" / "good").iterdir())[:5]:
+        p.unlink()
+    with pytest.raises(ConfigError, match=r"--resume with other training images than the run "
+                       r"started with \(24 files then, 19 now"):
+        train("deep_svdd", str(data), run, params, progress=False, resume=True)
+
+
+def test_interrupted_before_any_checkpoint_the_advice_is_to_run_again(run_copy, capsys,
+                                                                     monkeypatch):
+    """--resume was advised, then refused ("a different configuration than config.json")."""
+    import oneclass.runs as runs_mod
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs_mod, "LoopConfig", stop)
+    data, run = run_copy
+    code = main(["train", "--method", "deep_svdd", "--data", str(data), "--out", str(run),
+                 "--epochs", "1", "--seed", "7", "-q"])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "run the same command again (without --resume)" in err and "continues" not in err
+    monkeypatch.undo()
+    from oneclass.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stopped before its first epoch checkpoint"):
+        runs_mod.train("deep_svdd", str(data), run, {"epochs": 1, "seed": 7}, progress=False,
+                       resume=True)
+
+
+def test_a_resume_after_the_log_moved_keeps_it(tmp_path, monkeypatch):
+    """Stopped after the model's log moved beside it but before checkpoints/ went: the
+    resume finds every epoch done, and deleted the log as if no epoch had run."""
+    import shutil as sh
+
+    from oneclass.runs import train
+
+    data = write_mvtec(tmp_path / "d", n_train=16, n_test_good=2, n_test_defect=2, size=16,
+                       seed=4)
+    run = tmp_path / "r"
+    params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 8, "seed": 1}
+    real = sh.rmtree
+    monkeypatch.setattr(sh, "rmtree", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
+    with pytest.raises(_Stop):
+        train("deep_svdd", str(data), run, params, progress=False)
+    monkeypatch.setattr(sh, "rmtree", real)
+    assert (run / "train_log.jsonl").exists() and list((run / "checkpoints").glob("*.pt"))
+    train("deep_svdd", str(data), run, params, progress=False, resume=True)
+    lines = (run / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def test_a_finished_patchcore_run_stopped_before_its_tidying_is_tidied(tmp_path, monkeypatch):
+    """Stopped after config.json, before the log moved: --resume said "finished" and left
+    checkpoints/ and the run without a log for good."""
+    import os as os_mod
+
+    from oneclass.runs import train
+
+    data = write_mvtec(tmp_path / "d", n_train=16, n_test_good=2, n_test_defect=2, size=16,
+                       seed=4)
+    run = tmp_path / "r"
+    real = os_mod.replace
+
+    def stop(src, dst, *a, **k):
+        if str(dst).endswith("train_log.jsonl"):
+            raise _Stop
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os_mod, "replace", stop)
+    with pytest.raises(_Stop):
+        train("patchcore", str(data), run, {"seed": 0}, progress=False)
+    monkeypatch.setattr(os_mod, "replace", real)
+    assert (run / "checkpoints" / "train_log.jsonl").exists()
+    det = train("patchcore", str(data), run, {"seed": 0}, progress=False, resume=True)
+    assert getattr(det, "finished_before_", False)
+    assert (run / "train_log.jsonl").exists() and not (run / "checkpoints").exists()
+
+
+def test_a_model_saved_without_its_configuration_is_not_used(run_copy):
+    """Stopped between saving the model and writing config.json: predict and export used
+    the new model silently, eval said no data was recorded."""
+    from oneclass.errors import ModelFileError
+    from oneclass.runs import load_model
+
+    _, run = run_copy
+    (run / "checkpoints").mkdir(exist_ok=True)
+    (run / "checkpoints" / "config.json").write_text((run / "config.json").read_text())
+    (run / "config.json").unlink()
+    with pytest.raises(ModelFileError, match="has no config.json yet: its training stopped while "
+                       "saving its results"):
+        load_model(run)

@@ -684,8 +684,11 @@ def _run(args) -> int:
             print(f"oneclass: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        ckpt = Path(str(getattr(args, "out", "") or ".")) / "checkpoints"
+        saved = getattr(args, "command", "") == "train" and any(ckpt.glob("*.pt"))
         hint = {"train": "; the same command with --resume continues from the last epoch "
-                         "checkpoint",
+                         "checkpoint" if saved else "; no epoch checkpoint was written: run the "
+                         "same command again (without --resume) to train from the start",
                 "predict": "; the same command with --resume scores the images not yet "
                            "in predictions.csv",
                 "bench": "; the same command continues with the runs not yet recorded"}

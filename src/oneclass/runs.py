@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 #: What a run's config.json records about the run beside its configuration (not compared
 #: on --resume, not configuration when the file is given to --config).
-RUN_RECORD = ("data_path", "anomalies_used", "anomalies_source", "skipped_images", "model_id")
+RUN_RECORD = ("data_path", "anomalies_used", "anomalies_source", "skipped_images", "model_id",
+              "data_files")
 
 
 def read_config(run: Path) -> dict[str, Any]:
@@ -437,11 +438,16 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
     # a run interrupted before configuration and log waited in checkpoints/ (older versions):
     # its log so far is RUN/train_log.jsonl, which the resumed run continues
     legacy = resume and not pending.is_file() and any(ckpt.glob("*.pt"))
+    had_checkpoints = any(ckpt.glob("*.pt"))
+    # stopped (or failed) before its first epoch checkpoint: nothing of it to resume
+    saved_nothing = pending.is_file() and not had_checkpoints and not unpaired
     # the data's resolved path (eval and report from another folder find it there)
     data_path = os.path.realpath(data_spec) if Path(data_spec).exists() else None
+    before = None
     if resume and not recorded.exists() and not legacy:
         log.warning("%s: nothing to resume (no checkpoints or finished training there); "
                     "training from the start", out)
+        resume = False  # and no log lines of an earlier attempt are kept
     if resume and recorded.exists():
         before = _read_json(recorded, "the run's configuration")
         old = {k: v for k, v in before.items()
@@ -461,9 +467,12 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
         old["params"] = {**added, **recorded_params}
         differ = _config_differences(old, json.loads(json.dumps(config)))
         if differ:
+            why = (" (the training started since stopped before its first epoch checkpoint: "
+                   "nothing of it to resume; run it again without --resume)" if saved_nothing
+                   else "")
             raise ConfigError(f"{out}: --resume with a different configuration than "
-                              f"{recorded.relative_to(out)} ({', '.join(differ)}); use a new "
-                              "--out or the same options")
+                              f"{recorded.relative_to(out)} ({', '.join(differ)}){why}; use a "
+                              "new --out or the same options")
         if before.get("data_path") and data_path != before["data_path"]:
             # the same spec, other data (relative, run from another folder)
             raise ConfigError(f"{out}: --resume with other data: {data_spec} is "
@@ -471,6 +480,8 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
                               f"{before['data_path']}; use a new --out")
         if recorded == out / "config.json" and not any(ckpt.glob("*.pt")) \
                 and (out / "model").is_dir():  # retraining it would only repeat it
+            if is_main_process():
+                _tidy_finished(out, ckpt)
             done = load_model(out, params.get("device", "auto"))
             done.finished_before_ = True  # the CLI says so instead of "trained ..."
             return done
@@ -512,6 +523,16 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
         log.info("labeled anomalies: %d from %s (%s); an evaluation leaves them out of the "
                  "test images",
                  len(used), anomalies, ", ".join(f"{n} {_text(k)}" for k, n in kinds.items()))
+    files = _data_files(train_set, outlier_set)
+    if files:
+        config["data_files"] = files
+        then = (before or {}).get("data_files")
+        if resume and isinstance(then, dict) and then.get("sha256") != files["sha256"]:
+            raise ConfigError(
+                f"{out}: --resume with other training images than the run started with "
+                f"({then.get('n')} files then, {files['n']} now, or some renamed or changed in "
+                "size): its epochs so far trained on those; restore them, or train into a new "
+                "--out")
     if outlier_set is not None and not det.uses_outliers:
         log.warning("%s does not use outlier exposure; --outliers is ignored", det.name)
     elif outlier_set is not None and is_main_process():
@@ -577,7 +598,9 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
         write_json(out / "config.json", {**config, "model_id": model_id(out / "model")})
         if log_path.exists():
             os.replace(log_path, out / "train_log.jsonl")
-        else:  # no epoch ran (epochs=0): no log of an earlier model may stay beside this one
+        elif not (resume and had_checkpoints):  # no epoch ran (epochs=0): no log of an
+            # earlier model may stay beside this one; a resume that found every epoch done
+            # was stopped after this model's log had moved there
             (out / "train_log.jsonl").unlink(missing_ok=True)
         stale = [f for f in DERIVED if (out / f).exists()]
         for f in stale:  # they describe the model this one replaced
@@ -586,6 +609,39 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
             log.info("%s: removed %s of the previous model", out, ", ".join(stale))
         shutil.rmtree(ckpt, ignore_errors=True)
     return det
+
+
+def _data_files(*sets) -> dict[str, Any] | None:
+    """What identifies the image files a training reads: their count and a hash of their
+    names, labels and byte sizes (a resume on other files is refused); None for images
+    that are not files (benchmarks, arrays)."""
+    h, n = hashlib.sha256(), 0
+    for images in sets:
+        if images is None:
+            continue
+        paths = getattr(images, "paths", None)
+        if not paths:
+            return None
+        for name, label, path in zip(images.names, images.labels, paths):
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                size = -1
+            h.update(f"{name}\0{int(label)}\0{size}\n".encode("utf-8", "surrogatepass"))
+            n += 1
+    return {"n": n, "sha256": h.hexdigest()[:16]} if n else None
+
+
+def _tidy_finished(out: Path, ckpt: Path) -> None:
+    """Finish what a finished run's saving left in ``checkpoints/`` (no epoch checkpoints):
+    stopped after config.json was written, its log still waits there (moved beside the model
+    when that has none); a configuration of an attempt that saved nothing goes."""
+    if not ckpt.is_dir() or any(ckpt.glob("*.pt")):
+        return
+    waiting = ckpt / "train_log.jsonl"
+    if waiting.exists() and not (out / "train_log.jsonl").exists():
+        os.replace(waiting, out / "train_log.jsonl")
+    shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def _note_replaced(out: Path) -> None:
@@ -687,6 +743,13 @@ def load_model(run: Path, device: str = "auto") -> Detector:
         raise ModelFileError(f"{run}: its training has not finished (no model yet, only "
                              "checkpoints/); finish it with the same `oneclass train` command "
                              "and --resume")
+    pending = Path(run) / "checkpoints" / "config.json"
+    if path == Path(run) / "model" and pending.is_file() and path.is_dir() and (
+            not (Path(run) / "config.json").exists() or _unpaired(Path(run))):
+        what = ("config.json belongs to another model than " + str(path)
+                if (Path(run) / "config.json").exists() else "the model has no config.json yet")
+        raise ModelFileError(f"{run}: {what}: its training stopped while saving its results; "
+                             "finish it with the same `oneclass train` command and --resume")
     return Detector.load(path, device=device)
 
 
