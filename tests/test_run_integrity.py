@@ -12,6 +12,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,12 @@ def trained(tmp_path_factory):
     data = write_mvtec(base / "toy", n_train=24, n_test_good=6, n_test_defect=6, size=16, seed=4)
     assert _cli("train", "--data", data, "--out", base / "run", *TRAIN) == 0
     return data, base / "run"
+
+
+@pytest.fixture(scope="module")
+def mv_small(tmp_path_factory):
+    return write_mvtec(tmp_path_factory.mktemp("small") / "d", n_train=8, n_test_good=2,
+                       n_test_defect=2, size=16, seed=4)
 
 
 @pytest.fixture
@@ -910,6 +917,9 @@ def test_a_finished_patchcore_run_stopped_before_its_tidying_is_tidied(tmp_path,
             raise _Stop
         return real(src, dst, *a, **k)
 
+    # a retraining over a Deep SVDD run: the log beside the model is the replaced model's
+    train("deep_svdd", str(data), run, {"epochs": 1, "pretrain_epochs": 0, "seed": 0},
+          progress=False)
     monkeypatch.setattr(os_mod, "replace", stop)
     with pytest.raises(_Stop):
         train("patchcore", str(data), run, {"seed": 0}, progress=False)
@@ -917,7 +927,19 @@ def test_a_finished_patchcore_run_stopped_before_its_tidying_is_tidied(tmp_path,
     assert (run / "checkpoints" / "train_log.jsonl").exists()
     det = train("patchcore", str(data), run, {"seed": 0}, progress=False, resume=True)
     assert getattr(det, "finished_before_", False)
-    assert (run / "train_log.jsonl").exists() and not (run / "checkpoints").exists()
+    assert not (run / "checkpoints").exists()
+    assert '"bank"' in (run / "train_log.jsonl").read_text()  # PatchCore's own line
+
+
+def test_the_files_of_a_training_are_recorded_beside_generated_outliers(mv_small):
+    from oneclass import data as data_mod
+    from oneclass.data.base import ArraySet
+    from oneclass.runs import _data_files
+
+    files = data_mod.load(str(mv_small), "train")
+    generated = ArraySet(np.zeros((3, 8, 8), np.uint8), np.full(3, -1))
+    assert _data_files(files, generated) == _data_files(files) != None  # noqa: E711
+    assert _data_files(files)["n"] == len(files) and _data_files(generated) is None
 
 
 def test_a_model_saved_without_its_configuration_is_not_used(run_copy):

@@ -432,7 +432,9 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
     # A training stopped after its model was saved but before config.json was rewritten
     # (the two are paired by model_id) is finished by --resume from the pending
     # configuration too, checkpoints or not (PatchCore writes none).
-    unpaired = pending.is_file() and _unpaired(out)
+    # (a first training stopped so has a model and no config.json at all)
+    unpaired = pending.is_file() and (_unpaired(out) or (
+        (out / "model" / "model.json").is_file() and not (out / "config.json").exists()))
     recorded = pending if pending.is_file() and any(ckpt.glob("*.pt")) or unpaired \
         else out / "config.json"
     # a run interrupted before configuration and log waited in checkpoints/ (older versions):
@@ -613,15 +615,13 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
 
 def _data_files(*sets) -> dict[str, Any] | None:
     """What identifies the image files a training reads: their count and a hash of their
-    names, labels and byte sizes (a resume on other files is refused); None for images
-    that are not files (benchmarks, arrays)."""
+    names, labels and byte sizes (a resume on other files is refused); sets that are not
+    files (benchmarks, generated outliers) are left out, None when no set is files."""
     h, n = hashlib.sha256(), 0
     for images in sets:
-        if images is None:
-            continue
         paths = getattr(images, "paths", None)
-        if not paths:
-            return None
+        if not paths:  # a benchmark or generated set (its own spec is compared)
+            continue
         for name, label, path in zip(images.names, images.labels, paths):
             try:
                 size = os.path.getsize(path)
@@ -634,12 +634,16 @@ def _data_files(*sets) -> dict[str, Any] | None:
 
 def _tidy_finished(out: Path, ckpt: Path) -> None:
     """Finish what a finished run's saving left in ``checkpoints/`` (no epoch checkpoints):
-    stopped after config.json was written, its log still waits there (moved beside the model
-    when that has none); a configuration of an attempt that saved nothing goes."""
+    stopped after config.json was written, its log still waits there (it replaces the log
+    beside the model, which is then the replaced model's); a configuration of an attempt
+    that saved nothing goes."""
     if not ckpt.is_dir() or any(ckpt.glob("*.pt")):
         return
     waiting = ckpt / "train_log.jsonl"
-    if waiting.exists() and not (out / "train_log.jsonl").exists():
+    model = out / "model" / "model.json"
+    # the log of the model saved after it (a log of a failed later attempt is newer)
+    if waiting.exists() and model.exists() and \
+            waiting.stat().st_mtime_ns <= model.stat().st_mtime_ns:
         os.replace(waiting, out / "train_log.jsonl")
     shutil.rmtree(ckpt, ignore_errors=True)
 
