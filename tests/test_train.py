@@ -39,6 +39,32 @@ def test_nan_loss_names_the_epoch():
         run(_Task(3), [torch.randn(10, 1)], epochs=5, batch_size=4, seed=0)
 
 
+class _Blowup(_Task):
+    """A loss that grows by ``factor`` every epoch, without becoming NaN."""
+
+    def __init__(self, factor: float, start: float = 1.0):
+        super().__init__(0)
+        self.factor, self.start = factor, start
+
+    def step(self, batch):
+        loss = self.w(batch[0]).pow(2).mean() * 0 + self.start * self.factor ** self.epoch
+        return {"loss": loss.detach()}
+
+
+def test_a_loss_that_blows_up_without_nan_stops_the_training():
+    """lr=1e6 took Deep SVDD's loss to 3e18 and the run finished with exit 0, replacing the
+    earlier model with one whose threshold was 1.6e19 (AUROC 0.19)."""
+    with pytest.raises(TrainingError, match=r"loss 'loss' grew to 1e\+08 in epoch 5 \(first "
+                       r"epoch: 1\): the training diverged"):
+        run(_Blowup(100.0), [torch.randn(10, 1)], epochs=8, batch_size=4, seed=0)
+    with pytest.raises(TrainingError, match=r"grew to 3e\+18 in epoch 1: the training diverged"):
+        run(_Blowup(1.0, start=3e18), [torch.randn(10, 1)], epochs=2, batch_size=4, seed=0)
+    # a loss that rises, even 1000-fold, or starts large and falls, trains on
+    assert len(run(_Blowup(10.0), [torch.randn(10, 1)], epochs=4, batch_size=4, seed=0)) == 4
+    assert len(run(_Blowup(0.01, start=1e9), [torch.randn(10, 1)], epochs=3, batch_size=4,
+                   seed=0)) == 3
+
+
 def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
     from oneclass.errors import ModelFileError
 
