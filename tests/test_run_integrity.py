@@ -554,16 +554,25 @@ def _stopped(monkeypatch, *, at_once: bool = False, at: tuple[str, int] = ("trai
     return lambda: monkeypatch.setattr(runs_mod, "LoopConfig", real)
 
 
+def _train_stopped(monkeypatch, method: str, data, run, params: dict) -> None:
+    """Train ``method`` on ``data`` into ``run`` until it stops in its second epoch (as
+    :func:`_stopped`; the stop is undone afterwards)."""
+    from oneclass.runs import train
+
+    undo = _stopped(monkeypatch)
+    with pytest.raises(_Stop):
+        train(method, str(data), run, params, progress=False)
+    undo()
+
+
 def test_a_new_training_discards_checkpoints_a_later_resume_would_take_for_its_own(
         mvtec_dir, tmp_path, monkeypatch, caplog):
     from oneclass.runs import train
 
     run = tmp_path / "r"
     params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 16}
-    undo = _stopped(monkeypatch)
-    with pytest.raises(_Stop):  # training A stops in its second epoch
-        train("deep_svdd", str(mvtec_dir), run, {**params, "seed": 1}, progress=False)
-    undo()
+    # training A stops in its second epoch
+    _train_stopped(monkeypatch, "deep_svdd", mvtec_dir, run, {**params, "seed": 1})
     assert list((run / "checkpoints").glob("*.pt"))
     undo = _stopped(monkeypatch, at_once=True)
     with pytest.raises(_Stop):  # training B, another seed, stops before its first checkpoint
@@ -584,10 +593,7 @@ def test_resume_on_another_device_continues_and_a_changed_setting_is_named(mvtec
 
     run = tmp_path / "r"
     params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 16, "seed": 1}
-    undo = _stopped(monkeypatch)
-    with pytest.raises(_Stop):
-        train("deep_svdd", str(mvtec_dir), run, params, progress=False)
-    undo()
+    _train_stopped(monkeypatch, "deep_svdd", mvtec_dir, run, params)
     with pytest.raises(ConfigError, match=r"\(params\.lr\)"):
         train("deep_svdd", str(mvtec_dir), run, {**params, "lr": 0.5}, progress=False,
               resume=True)
@@ -751,10 +757,7 @@ def test_resume_continues_with_the_recorded_parameters_and_ones_added_since(mvte
 
     run = tmp_path / "r"
     params = {"epochs": 3, "batch_size": 16, "seed": 0, "net": "cnn224", "size": 24}
-    undo = _stopped(monkeypatch)
-    with pytest.raises(_Stop):
-        train("fcdd", str(mvtec_dir), run, params, progress=False)
-    undo()
+    _train_stopped(monkeypatch, "fcdd", mvtec_dir, run, params)
     pending = run / "checkpoints" / "config.json"
     cfg = json.loads(pending.read_text())
     del cfg["params"]["min_train_steps"]  # as an earlier oneclass recorded it
@@ -844,10 +847,7 @@ def test_resume_on_other_training_images_is_refused(tmp_path, monkeypatch):
                        seed=4)
     run = tmp_path / "r"
     params = {"epochs": 2, "pretrain_epochs": 0, "batch_size": 8, "seed": 1}
-    undo = _stopped(monkeypatch)
-    with pytest.raises(_Stop):
-        train("deep_svdd", str(data), run, params, progress=False)
-    undo()
+    _train_stopped(monkeypatch, "deep_svdd", data, run, params)
     for p in sorted((data / "train" / "good").iterdir())[:5]:
         p.unlink()
     with pytest.raises(ConfigError, match=r"--resume with other training images than the run "

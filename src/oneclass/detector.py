@@ -677,12 +677,12 @@ class Detector:
         seed_everything(int(self.seed))
         self.device_ = resolve_device(self.device)
         anomalous = train.labels == 1
-        if anomalous.any() and not self.uses_anomalies:  # not trained on: not counted either
-            train = train.subset(np.flatnonzero(~anomalous))
+        normal = train.subset(np.flatnonzero(~anomalous)) if anomalous.any() else train
+        if not self.uses_anomalies:  # the anomalies are not trained on: not counted either
+            train = normal
         # the model's channels and size come from the normal images: a few labeled anomalies
         # in colour, or larger, are converted to fit them, not the other way round
-        self.preprocess_ = self._resolve_preprocess(
-            train.subset(np.flatnonzero(train.labels != 1)) if anomalous.any() else train)
+        self.preprocess_ = self._resolve_preprocess(normal)
         fit_set, hold_set = self._split_holdout(train, val)
         t0 = time.perf_counter()
         show = show_progress(loop.progress) and is_main_process()

@@ -432,15 +432,13 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
     # A training stopped after its model was saved but before config.json was rewritten
     # (the two are paired by model_id) is finished by --resume from the pending
     # configuration too, checkpoints or not (PatchCore writes none).
-    # (a first training stopped so has a model and no config.json at all)
-    unpaired = pending.is_file() and (_unpaired(out) or (
-        (out / "model" / "model.json").is_file() and not (out / "config.json").exists()))
-    recorded = pending if pending.is_file() and any(ckpt.glob("*.pt")) or unpaired \
+    unpaired = pending.is_file() and _unpaired(out)
+    had_checkpoints = any(ckpt.glob("*.pt"))
+    recorded = pending if pending.is_file() and had_checkpoints or unpaired \
         else out / "config.json"
     # a run interrupted before configuration and log waited in checkpoints/ (older versions):
     # its log so far is RUN/train_log.jsonl, which the resumed run continues
-    legacy = resume and not pending.is_file() and any(ckpt.glob("*.pt"))
-    had_checkpoints = any(ckpt.glob("*.pt"))
+    legacy = resume and not pending.is_file() and had_checkpoints
     # stopped (or failed) before its first epoch checkpoint: nothing of it to resume
     saved_nothing = pending.is_file() and not had_checkpoints and not unpaired
     # the data's resolved path (eval and report from another folder find it there)
@@ -480,7 +478,7 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
             raise ConfigError(f"{out}: --resume with other data: {data_spec} is "
                               f"{data_path or 'not a folder here'}, the run's was "
                               f"{before['data_path']}; use a new --out")
-        if recorded == out / "config.json" and not any(ckpt.glob("*.pt")) \
+        if recorded == out / "config.json" and not had_checkpoints \
                 and (out / "model").is_dir():  # retraining it would only repeat it
             if is_main_process():
                 _tidy_finished(out, ckpt)
@@ -674,7 +672,11 @@ def _model_mismatch(run: Path, cfg: dict[str, Any]) -> tuple[str, str | None] | 
 
 
 def _unpaired(run: Path) -> bool:
-    """Whether ``run/config.json`` names another model than ``run``'s (unreadable: no)."""
+    """Whether ``run``'s model is not the one its config.json names: config.json names another
+    model, or there is none beside a saved model (a first training stopped between the two
+    writes); an unreadable config.json: no."""
+    if not (run / "config.json").exists():
+        return (run / "model" / "model.json").is_file()
     try:
         cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -748,8 +750,7 @@ def load_model(run: Path, device: str = "auto") -> Detector:
                              "checkpoints/); finish it with the same `oneclass train` command "
                              "and --resume")
     pending = Path(run) / "checkpoints" / "config.json"
-    if path == Path(run) / "model" and pending.is_file() and path.is_dir() and (
-            not (Path(run) / "config.json").exists() or _unpaired(Path(run))):
+    if path == Path(run) / "model" and pending.is_file() and _unpaired(Path(run)):
         what = ("config.json belongs to another model than " + str(path)
                 if (Path(run) / "config.json").exists() else "the model has no config.json yet")
         raise ModelFileError(f"{run}: {what}: its training stopped while saving its results; "

@@ -371,18 +371,19 @@ DIVERGED = 1e12
 DIVERGED_GROWTH = 1e6
 
 
-def _check_diverged(record: dict, first: dict, phase: str, epoch: int) -> None:
+def _check_diverged(record: dict, first: dict | None, phase: str, epoch: int) -> None:
     """Raise when a mean epoch loss blew up without becoming NaN (a learning rate far too
     high: Deep SVDD at lr=1e6 reached 3e18 and finished with a threshold of 1.6e19, its
     earlier model replaced). The epoch means are those of all processes, so every rank
-    raises alike; the diverged epoch is neither logged nor checkpointed."""
+    raises alike; the diverged epoch is neither logged nor checkpointed. ``first``: the
+    phase's first epoch's record in this process, None for that epoch itself."""
     for k, v in record.items():
         if k in ("phase", "epoch") or not isinstance(v, float):
             continue
-        f = first.get(k)
+        f = (first or {}).get(k)
         grew = isinstance(f, float) and abs(v) > DIVERGED_GROWTH * max(abs(f), 1.0)
         if abs(v) > DIVERGED or grew:
-            since = f" (first epoch: {f:.4g})" if grew and first is not record else ""
+            since = f" (first epoch: {f:.4g})" if grew else ""
             raise TrainingError(
                 f"{phase}: loss '{k}' grew to {v:.4g} in epoch {epoch + 1}{since}: the "
                 "training diverged; lower the learning rate (--set lr=...)")
@@ -448,7 +449,7 @@ def _epochs(task, data, start, epochs, batch_size, seed, phase, loop, drop_last,
             sums, count = dict(zip(keys, t[:-1].tolist())), int(t[-1])
         record = {"phase": phase, "epoch": epoch + 1}
         record.update({k: v / max(count, 1) for k, v in sums.items()})
-        _check_diverged(record, history[0] if history else record, phase, epoch)
+        _check_diverged(record, history[0] if history else None, phase, epoch)
         record.update(task.end_epoch(epoch) or {})
         took = time.perf_counter() - t0
         seconds += took  # the phase's epochs so far, those of resumed runs included

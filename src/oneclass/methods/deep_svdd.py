@@ -19,7 +19,7 @@ from torch import nn
 
 from ..detector import Detector, InputNorm
 from ..errors import ConfigError
-from ..heatmaps import gradient_map
+from ..heatmaps import LENET_MAP_PARITY_TOL, gradient_map
 from ..nets import Decoder, Encoder
 from ..registry import register
 from ..train import LoopConfig, autocast, gather_across_ranks, run
@@ -151,11 +151,7 @@ class DeepSVDD(Detector):
 
     #: Larger images are resized to 64x64 unless ``size`` is set: the score is one vector
     #: per image, and 64 pixels keep training at ~800 images/s on two CPU cores.
-    #: The gradient map jumps where float rounding flips a leaky ReLU or a max pool of the
-    #: LeNet (measured: an input change of 1e-7 moved one or two of 16 maps by 0.3-3.3 % of
-    #: their largest value, torch alone); onnxruntime rounds otherwise, so ``export --check``
-    #: holds maps to 5 % (scores to the default 1e-4): it catches a broken graph, not rounding.
-    map_parity_tol = 5e-2
+    map_parity_tol = LENET_MAP_PARITY_TOL  # the gradient map's kinks
     default_size = 64
     defaults = {
         "objective": "one-class",  # or "soft-boundary"

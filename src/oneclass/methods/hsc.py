@@ -27,7 +27,7 @@ from ..anomalies import NOISE_MODES, AnomalySource
 from ..data.base import ANOMALOUS
 from ..detector import Detector
 from ..errors import ConfigError
-from ..heatmaps import gradient_map
+from ..heatmaps import LENET_MAP_PARITY_TOL, gradient_map
 from ..registry import register
 from ..train import LoopConfig, rank_generator, run
 from ._common import adam
@@ -97,11 +97,7 @@ class HSC(Detector):
     fitted_json = ("anomaly_kinds_",)
 
     default_size = 64  # as Deep SVDD: one vector per image, LeNet-type network
-    #: The gradient map jumps where float rounding flips a leaky ReLU or a max pool of the
-    #: LeNet (measured: an input change of 1e-7 moved one or two of 16 maps by 0.3-3.3 % of
-    #: their largest value, torch alone); onnxruntime rounds otherwise, so ``export --check``
-    #: holds maps to 5 % (scores to the default 1e-4): it catches a broken graph, not rounding.
-    map_parity_tol = 5e-2
+    map_parity_tol = LENET_MAP_PARITY_TOL  # the gradient map's kinks
     uses_outliers = True
     defaults = {
         "epochs": 30,
