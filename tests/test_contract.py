@@ -509,3 +509,88 @@ def test_training_images_far_from_their_median_size_are_warned_about(tmp_path, c
             load(str(tmp_path), "train"))
     assert "2 of 8 training images differ much in size from their median 32x32" in caplog.text
     assert "t0.png, 8x8" in caplog.text
+
+
+def test_fit_gives_the_callers_random_generators_back(defects_train):
+    """fit seeded Python's, NumPy's and torch's global generators and left them so: after
+    every fit the caller's "random" draws were the same, whatever the caller had seeded."""
+    import random
+
+    def draws():
+        return np.random.rand(), torch.rand(1).item(), random.random()
+
+    det = oneclass.create("deep_svdd", **{**fast_params("deep_svdd"), "epochs": 1})
+    for seed in (100, 101):
+        np.random.seed(seed), torch.manual_seed(seed), random.seed(seed)
+        want = draws()
+        np.random.seed(seed), torch.manual_seed(seed), random.seed(seed)
+        det.fit(defects_train)
+        assert draws() == want
+
+
+def test_fit_checks_parameters_set_as_attributes(defects_train):
+    """Attributes set directly (which scikit-learn allows) were never checked: holdout 2.0
+    trained, contamination 5.0 set a threshold, lr -1 gave a raw torch error."""
+    for k, v, words in (("holdout", 2.0, "holdout must be in"),
+                        ("contamination", 5.0, "contamination must be in"),
+                        ("lr", -1, "lr must be a positive number")):
+        det = oneclass.create("deep_svdd", **fast_params("deep_svdd"))
+        setattr(det, k, v)
+        with pytest.raises(ConfigError, match=words):
+            det.fit(defects_train)
+
+
+@pytest.mark.parametrize("k, v", [("epochs", 2.5), ("batch_size", 2.5), ("epochs", True),
+                                  ("search_steps", 10.5)])
+def test_counts_must_be_whole_numbers(k, v):
+    """epochs=2.5 trained 2 epochs and batch_size=2.5 was taken as 2, while seed=1.5 was
+    refused."""
+    with pytest.raises(ConfigError, match=f"{k} must be a whole number"):
+        oneclass.create("anogan", **{k: v})
+    assert oneclass.create("anogan", epochs=3.0, batch_size=16.0).epochs == 3.0  # whole: fine
+
+
+def test_array_parameters_are_plain_lists_and_repr_works():
+    det = oneclass.create("deep_svdd", size=np.array([28, 28]))
+    assert det.get_params()["size"] == [28, 28] and "size=[28, 28]" in repr(det)
+    det.size = np.array([28, 28])  # set as an attribute: repr still works
+    assert "DeepSVDD(" in repr(det)
+
+
+def test_every_numeric_array_encoding_in_range_scores_alike(svdd, defects_test):
+    """uint16/uint32 arrays in 0..255 crashed in torch ("min_all" not implemented), big-endian
+    and long double arrays gave raw torch errors, and a tensor that requires grad warned."""
+    import warnings
+
+    x = _as_tensor(defects_test.subset(range(4)))
+    want = svdd.score(x)
+    for other in (x.numpy().astype(np.uint16), x.numpy().astype(np.uint32),
+                  x.numpy().astype(np.uint64), x.to(torch.uint16), x.to(torch.uint32),
+                  (x.numpy() / 255).astype(">f4"), (x.numpy() / 255).astype(np.longdouble)):
+        np.testing.assert_allclose(svdd.score(other), want, rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(svdd.score((x.float() / 255).requires_grad_(True)), want,
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match="integer images must lie in 0..255"):
+        svdd.score(x.numpy().astype(np.uint16) * 256)
+
+
+def test_labels_that_are_not_whole_numbers_are_refused():
+    """ArraySet truncated labels to integers: 0.9 trained as a known normal."""
+    from oneclass.data.base import ArraySet
+
+    x = np.zeros((4, 8, 8), np.uint8)
+    for bad in ([0.9, 0, 0, 0], [0, 1.5, 0, 0], [0, float("nan"), 0, 0]):
+        with pytest.raises(DataError, match="labels must be whole numbers"):
+            ArraySet(x, labels=bad)
+    with pytest.raises(DataError, match="labels must be numbers"):
+        ArraySet(x, labels=["a", "b", "c", "d"])
+    assert ArraySet(x, labels=[0.0, 1.0, -1.0, 0.0]).labels.tolist() == [0, 1, -1, 0]
+
+
+def test_an_empty_batch_scores_nothing_for_every_method(fitted):
+    """BiGAN raised IndexError on an empty array; the others returned shape (0,)."""
+    empty = torch.zeros(0, *fitted.input_shape_, dtype=torch.uint8)
+    assert fitted.score(empty).shape == (0,)
+    assert fitted.predict(empty).shape == (0,)

@@ -44,7 +44,7 @@ from .data.base import (
     materialize,
     same_files,
 )
-from .device import resolve_device, seed_everything
+from .device import preserved_rng, resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
 from .io import WriteError, atomic_dir, json_default, previous_dir, recover_dir, write_json
 from .train import LoopConfig, is_main_process, show_progress
@@ -223,10 +223,18 @@ def as_float(v: Any) -> float:
         return math.nan
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` as one truth value (arrays set as attributes compare elementwise)."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 def _param_type_cast(default: Any, value: Any, name: str) -> Any:
     """Parse a ``--set key=value`` string by the type of the parameter's default."""
-    if isinstance(value, np.generic):  # numpy scalars: plain Python values, as JSON saves them
-        value = value.item()
+    if isinstance(value, (np.generic, np.ndarray)):  # plain Python values, as JSON saves them
+        value = value.tolist()
     if not isinstance(value, str) or isinstance(default, str):
         return value
     v = value.strip()
@@ -257,6 +265,8 @@ def _param_type_cast(default: Any, value: Any, name: str) -> Any:
 
 
 MODEL_FILES = ("model.json", "weights.safetensors")
+# parameters without a numeric default that are counts when set
+_COUNTS = ("epochs", "bank_size", "rep_dim", "search_part", "width", "channels")
 
 
 def check_save_target(path: Path) -> None:
@@ -483,6 +493,11 @@ class Detector:
             self._size_tuple()
         if isinstance(self.seed, bool) or int(self.seed) != self.seed or not 0 <= int(self.seed) < 2**63:
             raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        for k, d in self.all_defaults().items():  # counts: 2.5 epochs would train 2 silently
+            v = getattr(self, k)
+            count = isinstance(d, int) and not isinstance(d, bool) or d is None and k in _COUNTS
+            if count and v is not None and (isinstance(v, bool) or float(v) != int(v)):
+                raise ConfigError(f"{k} must be a whole number, got {v!r}")
         sigma = getattr(self, "heatmap_sigma", None)
         if sigma is not None and (not _is_number(sigma) or not 0 <= sigma < math.inf):
             raise ConfigError(f"heatmap_sigma must be a number >= 0 or unset (null), got {sigma!r}")
@@ -502,7 +517,8 @@ class Detector:
         return int(s[0]), int(s[1])
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self.get_params().items() if v != self.all_defaults()[k]}
+        changed = {k: v for k, v in self.get_params().items()
+                   if not _equal(v, self.all_defaults()[k])}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     # ------------------------------------------------------------------ hooks
@@ -626,6 +642,7 @@ class Detector:
                 exposure treat them as anomalies, the others ignore them).
             loop: run-time options (checkpoints, resume, progress, epoch callback).
         """
+        self._validate()  # attributes set directly (d.holdout = 2.0) are checked here too
         for what, images in (("train", train), ("val", val), ("outliers", outliers)):
             if images is not None and not isinstance(images, ImageSet):
                 raise DataError(
@@ -660,7 +677,8 @@ class Detector:
         # never new half-trained weights beside the former threshold, which save() would keep.
         before = {k: v for k, v in vars(self).items() if _fitted_attr(k)}
         try:
-            self._fit_all(train, val, outliers, loop)
+            with preserved_rng():  # fit seeds the global generators; the caller's come back
+                self._fit_all(train, val, outliers, loop)
         except BaseException:
             for k in [k for k in vars(self) if _fitted_attr(k)]:
                 delattr(self, k)
@@ -802,9 +820,16 @@ class Detector:
                                        or np.issubdtype(x.dtype, np.floating)):
                 raise DataError(f"cannot score an array of dtype {x.dtype}: images are uint8 "
                                 "(0..255) or float (0..1)")
+            if not x.dtype.isnative:  # big-endian data: torch reads native byte order only
+                x = x.astype(x.dtype.newbyteorder("="))
+            if x.dtype.kind == "f" and x.dtype.itemsize > 8:  # long double: torch has none
+                x = x.astype(np.float64)
             x = torch.from_numpy(np.ascontiguousarray(x))  # flipped views have negative strides
         if not isinstance(x, torch.Tensor):
             raise DataError(f"cannot score an object of type {type(x).__name__}")
+        x = x.detach()
+        if x.dtype in (torch.uint16, torch.uint32, torch.uint64):  # min/max lack these types
+            x = x.to(torch.int64)
         divisor = _image_divisor(x)
         if x.ndim == 3:  # one (C, H, W) image or N gray (H, W) ones: not guessed
             raise DataError(

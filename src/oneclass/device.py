@@ -92,6 +92,24 @@ def seed_everything(seed: int) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+@contextlib.contextmanager
+def preserved_rng():
+    """Restore Python's, NumPy's and torch's global generators on exit: :meth:`Detector.fit`
+    seeds them (:func:`seed_everything`), which would otherwise reset the caller's random
+    streams to the same state after every fit. CUDA generators are kept when CUDA was
+    already started (saving them would start it)."""
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 _THREADS_LOCK = threading.Lock()
 
 

@@ -299,6 +299,19 @@ def _digest(real: str, size: int, mtime_ns: int) -> bytes:
     return h.digest()
 
 
+def _whole_labels(labels, description: str) -> np.ndarray:
+    """``labels`` as int64, refusing values that are not whole numbers (0.9 would become 0,
+    a known normal, without a word)."""
+    raw = np.asarray(labels)
+    if raw.dtype == object or raw.dtype.kind not in "biuf":
+        raise DataError(f"{description}: labels must be numbers, got dtype {raw.dtype}")
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+        odd = raw[~(np.isfinite(raw) & (raw == np.round(raw)))]
+        raise DataError(f"{description}: labels must be whole numbers (0 normal, 1 anomalous, "
+                        f"-1 unlabeled), got {odd[:5].tolist()}")
+    return raw.astype(np.int64)
+
+
 class ArraySet(ImageSet):
     """Images held in memory as a uint8 array ``(N, H, W)`` or ``(N, H, W, C)``."""
 
@@ -323,7 +336,8 @@ class ArraySet(ImageSet):
             raise DataError(f"{description}: images must be uint8, got {images.dtype}")
         n = len(images)
         self.images = images
-        self.labels = np.zeros(n, np.int64) if labels is None else np.asarray(labels, np.int64)
+        self.labels = np.zeros(n, np.int64) if labels is None else _whole_labels(labels,
+                                                                                  description)
         if len(self.labels) != n:
             raise DataError(f"{description}: {n} images but {len(self.labels)} labels")
         if masks is not None and masks.shape != images.shape[:3]:

@@ -54,7 +54,8 @@ class BiGANNet(nn.Module):
         z = self.E(x)
         rec = self.G(z)
         fx, fr = self.D.features(x, z), self.D.features(rec, z)
-        return l1_per_image(x, rec) / x[0].numel(), l1_per_image(fx, fr) / fx.shape[1], rec
+        per_image = x[0].numel() if len(x) else 1  # an empty batch scores nothing
+        return l1_per_image(x, rec) / per_image, l1_per_image(fx, fr) / fx.shape[1], rec
 
 
 def gradient_penalty(D: JointCritic, real: tuple[torch.Tensor, torch.Tensor],
