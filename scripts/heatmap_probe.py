@@ -42,7 +42,7 @@ def raw_maps(det, images) -> np.ndarray:
 def probe(run: Path, worst: int = 5) -> None:
     det, cfg, spec, root = runs._open_run(run, None, None, "cpu")
     test = runs.test_set(spec, root, cfg)
-    masks = runs._masks(test, det)
+    masks = runs.maps_and_masks(test, det)[1]
     m = raw_maps(det, test)
     ref = raw_maps(det, data_mod.load(spec, "train", root=root))
     mu, sd = ref.mean(0), ref.std(0)

@@ -24,7 +24,7 @@ import torch
 from oneclass.bench import SUITES, _resolve, limit_test
 from oneclass.metrics import image_metrics, pixel_metrics
 from oneclass.registry import create
-from oneclass.runs import _masks, test_set, training_data
+from oneclass.runs import maps_and_masks, test_set, training_data
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:
@@ -53,7 +53,8 @@ def run_job(job: dict, data_root: str) -> dict:
         m = image_metrics(test.labels, s)
         rec[f"{prec}_image_auroc"] = round(100 * m["image_auroc"], 2)
         if test.has_masks:
-            pm = pixel_metrics(_masks(test, det), det.anomaly_map(test))
+            maps, masks = maps_and_masks(test, det)
+            pm = pixel_metrics(masks, maps)
             rec[f"{prec}_pixel_auroc"] = round(100 * pm["pixel_auroc"], 2)
             rec[f"{prec}_aupro"] = round(100 * pm["aupro"], 2)
     a, b = scores["fp32"], scores["bf16"]

@@ -110,7 +110,7 @@ def test_fit_refuses_scores_that_are_not_finite(defects_train, monkeypatch):
     from oneclass.errors import TrainingError
 
     det = oneclass.create("deep_svdd", **fast_params("deep_svdd"))
-    monkeypatch.setattr(type(det), "score", lambda self, x: np.full(len(x), np.nan))
+    monkeypatch.setattr(type(det), "score", lambda self, x, **_: np.full(len(x), np.nan))
     with pytest.raises(TrainingError, match="scores of .* held-back normal images are not finite"):
         det.fit(defects_train)
 

@@ -364,7 +364,7 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
             extra["reference"] = load_reference(_resolve(job["reference"], data_root), data_root)
         det.fit(train, outliers=outliers, **extra)
         train_s = time.perf_counter() - t0
-        from .runs import _masks
+        from .runs import maps_and_masks
 
         def scored() -> dict[str, Any]:  # metrics and speed of scoring the test set
             t0 = time.perf_counter()
@@ -372,7 +372,8 @@ def _run_one(job: dict[str, Any], data_root: str | None, queue) -> None:
             score_s = time.perf_counter() - t0
             rec = dict(image_metrics(test.labels, scores))
             if test.has_masks:
-                rec.update(pixel_metrics(_masks(test, det), det.anomaly_map(test)))
+                maps, masks = maps_and_masks(test, det)
+                rec.update(pixel_metrics(masks, maps))
             return {**rec, "score_seconds": round(score_s, 3),
                     "score_images_per_s": round(len(test) / score_s, 1)}
 

@@ -230,8 +230,10 @@ def cmd_predict(args) -> int:
         raise OneclassError(f"{args.out}: cannot write predictions ({why}); {kept}rerun with "
                             "--resume") from None
     bad = f", {r['unreadable']} unreadable skipped" if r["unreadable"] else ""
+    # resumed: the new rows' count alone read as if the file held no anomalous image
+    total = f" ({r['anomalous_total']} in the whole file)" if r["skipped"] else ""
     print(f"scored {r['scored']} images ({r['skipped']} already done{bad}), {r['anomalous']} "
-          f"anomalous; results in {r['csv']}")
+          f"anomalous{total}; results in {r['csv']}")
     return 0
 
 

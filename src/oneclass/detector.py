@@ -732,9 +732,10 @@ class Detector:
         self.train_seconds_ = time.perf_counter() - t0 + loop.resumed_seconds - r0
         self.n_train_ = int(len(fit_set))
         self.history_ = list(loop.history[h0:])
-        self._set_threshold(hold_set, fit_set)
+        self._set_threshold(hold_set, fit_set, progress="threshold" if show else None)
 
-    def _set_threshold(self, hold_set: ImageSet | None, fit_set: ImageSet) -> None:
+    def _set_threshold(self, hold_set: ImageSet | None, fit_set: ImageSet,
+                       progress: str | None = None) -> None:
         if hold_set is not None and len(hold_set):
             ref, what = hold_set, f"{len(hold_set)} held-back normal images"
             few = math.ceil(1.0 / float(self.contamination)) if float(self.contamination) > 0 \
@@ -769,7 +770,7 @@ class Detector:
         # of normal images, so normal regions look cold and anomalies saturate.
         few = ref.subset(np.arange(min(len(ref), 64)))
         maps = self.anomaly_map(few)
-        scores = self.score(ref)
+        scores = self.score(ref, progress=progress)  # read again: it can take a while
         for name, v in (("scores", scores), ("heatmaps", maps)):
             if not np.isfinite(v).all():
                 raise TrainingError(

@@ -510,7 +510,8 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
             used = [n for j, n in enumerate(used) if n_normal + j not in bad]
             config["anomalies_used"] = used
     if outlier_set is not None:
-        outlier_set = data_mod.screen(outlier_set, on_bad_image, what="outlier images")[0]
+        outlier_set = data_mod.screen(outlier_set, on_bad_image, progress=show,
+                                      what="outlier images")[0]
     if used is not None and not det.uses_anomalies:
         log.warning("%s learns from normal images only; the labeled anomalies of --anomalies "
                     "are left out of training (and, from the same folder, out of its test "
@@ -790,10 +791,11 @@ def evaluate(run: Path, data_spec: str | None = None, data_root: str | None = No
     """Score the test split, write ``scores.csv`` and ``metrics.json``; return the metrics."""
     run = Path(run)
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
-    test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
+    show = show_progress(progress)
+    test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, progress=show,
+                                    what="test images")
     _warn_unlike_training(det, test)
     _warn_trained_test_images(cfg, test)
-    show = show_progress(progress)
     t0 = time.perf_counter()
     scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
     seconds = time.perf_counter() - t0
@@ -904,18 +906,30 @@ def _metrics(run: Path, det: Detector, spec: str, test, scores: np.ndarray, skip
                                   if truth.any() and not truth.all() else None)
     metrics["pixel_auroc"] = metrics["aupro"] = None
     if test.has_masks:
-        maps = det.anomaly_map(test, progress="heatmaps" if show else None)
-        masks = _masks(test, det)
+        maps, masks = maps_and_masks(test, det, progress="heatmaps" if show else None)
         pm = pixel_metrics(masks, maps)
         metrics["pixel_auroc"], metrics["aupro"] = pm["pixel_auroc"], pm["aupro"]
     return metrics
 
 
-def _masks(test, det: Detector) -> np.ndarray:
+def maps_and_masks(test, det: Detector, progress: str | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps of ``test`` and its ground-truth masks at the model's input size, both
+    ``(N, H, W)``, from one read of each image (the masks were read in a second pass that
+    decoded every image again, a third of ``eval``'s time on large images, with no output)."""
+    from tqdm.auto import tqdm
+
     from .data.base import loader
 
-    out = [m[:, 0].numpy() > 0.5 for _, _, m, _, _ in loader(test, det.preprocess_, 64)]
-    return np.concatenate(out)
+    maps, masks = [], []
+    with tqdm(total=len(test), desc=progress, disable=progress is None, leave=False) as bar:
+        for x, _, m, _, _ in loader(test, det.preprocess_, int(det.score_batch_size)):
+            maps.append(det.anomaly_map(x))  # the batches anomaly_map(test) would make
+            masks.append(m[:, 0].numpy() > 0.5)
+            bar.update(len(x))
+    if not maps:
+        return np.zeros((0, *det.input_shape_[1:]), np.float32), np.zeros((0, 0, 0), bool)
+    return np.concatenate(maps), np.concatenate(masks)
 
 
 def _text(s) -> str:
@@ -1159,7 +1173,8 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     fs = None
     if todo:  # checked before anything is written: a bad input loses no earlier result
         fs, bad = data_mod.screen(FileSet(todo, [-1] * len(todo), names=[str(p) for p in todo]),
-                                  on_bad_image, what="input images", allow_empty=True)
+                                  on_bad_image, progress=show_progress(progress),
+                                  what="input images", allow_empty=True)
         n_bad = len(bad)
         if len(fs) == 0 and not done:
             raise DataError(f"none of the {len(todo)} input images can be read")
@@ -1262,7 +1277,7 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
                     "threshold may be too low (train with --set threshold=VALUE, or more normal "
                     "images to hold back)", n_rows, det.threshold_)
     return {"scored": len(todo), "skipped": len(paths) - len(todo) - n_bad, "unreadable": n_bad,
-            "anomalous": n_anom, "csv": str(csv_path)}
+            "anomalous": n_anom, "anomalous_total": n_anom + n_anom_before, "csv": str(csv_path)}
 
 
 def image_notes(det: Detector, image: np.ndarray) -> list[str]:
@@ -1483,10 +1498,11 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     det, cfg, spec, root = _open_run(run, data_spec, data_root, device)
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
-    test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, what="test images")
+    show = show_progress(progress)
+    test, skipped = data_mod.screen(test_set(spec, root, cfg), on_bad_image, progress=show,
+                                    what="test images")
     _warn_unlike_training(det, test)
     _warn_trained_test_images(cfg, test)
-    show = show_progress(progress)
     scores = _finite(det.score(test, progress="scoring" if show else None), test.names)
     mpath = run / "metrics.json"
     metrics = {}
@@ -1500,18 +1516,26 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
             or metrics.get("test_digest") != _test_digest(test, scores):
         metrics = _metrics(run, det, spec, test, scores, skipped, show)
     order = np.argsort(-scores, kind="stable")
-    k = min(int(top), len(order))
+    # the two galleries never show an image twice (--top 100 of 150 images showed 50 in both)
+    k = min(int(top), max(1, len(order) // 2))
+    if k < int(top):
+        log.info("--top %d: the test set has %d images, so each gallery shows %d",
+                    int(top), len(order), k)
+    if k > 50:
+        log.warning("--top %d: each example adds about 0.5-1 MB of pictures to report.html", k)
 
-    def examples(idx) -> list[Example]:
+    def examples(idx, what: str) -> list[Example]:
         # each shown as given (its colours, its size up to the report's thumbnails, its mask),
         # the map laid over it as predict does; only the thumbnails are kept
+        from tqdm.auto import tqdm
+
         from . import viz
         from .report import MAX_SIDE
 
         sub = test.subset(idx)
-        maps = det.anomaly_map(sub)
+        maps = det.anomaly_map(sub, progress=f"{what} (maps)" if show else None)
         out = []
-        for j in range(len(sub)):
+        for j in tqdm(range(len(sub)), desc=what, disable=not show, leave=False):
             s = sub.read(j)
             thumb = viz.fit_side(s.image, MAX_SIDE)
             mask = None if s.mask is None else viz.resize_mask(np.asarray(s.mask, bool),
@@ -1546,5 +1570,5 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     figures = det.report_figures(test.subset(np.r_[order[:k], order[::-1][:k]]))
     return build_report(run / "report.html", title=f"oneclass {det.name}: {spec}",
                         scores=scores, labels=test.labels, threshold=det.threshold_,
-                        metrics=pick, most=examples(order[:k]),
-                        least=examples(order[::-1][:k]), info=info, samples=figures or None)
+                        metrics=pick, most=examples(order[:k], "highest scores"),
+                        least=examples(order[::-1][:k], "lowest scores"), info=info, samples=figures or None)

@@ -650,7 +650,8 @@ def materialize(
     it = loader(images, pre, batch_size=64)
     for x, _, m, _, _ in tqdm(it, desc=desc, disable=not progress, leave=False):
         xs.append((x * 255.0).round_().to(torch.uint8))
-        ms.append(m.to(torch.uint8))
+        if images.has_masks:  # else all zeros, a tensor as large as the images for nothing
+            ms.append(m.to(torch.uint8))
     if not xs:
         raise DataError(f"{images.description or 'image set'}: no images")
     x = torch.cat(xs)

@@ -286,12 +286,15 @@ def _upright(img: Image.Image, seen: dict | None = None) -> Image.Image:
     """The image turned upright by its EXIF orientation; the orientation applied (2-8, or 1
     when none was) goes to ``seen["orientation"]`` when ``seen`` is given."""
     try:
-        turned = ImageOps.exif_transpose(img)
+        orientation = img.getexif().get(0x0112, 1)
+        valid = isinstance(orientation, int) and orientation in TURNS
+        # only a turn is done: exif_transpose copies an upright image too (576 MB of a
+        # 12000x12000 RGB photo for nothing)
+        turned = ImageOps.exif_transpose(img) if valid and orientation != 1 else img
     except Exception:  # a broken EXIF block should not make a good image unreadable
         return img
-    if seen is not None:  # getexif is cached: exif_transpose has just read it
-        orientation = img.getexif().get(0x0112, 1)
-        seen["orientation"] = orientation if isinstance(orientation, int) and orientation in TURNS else 1
+    if seen is not None:
+        seen["orientation"] = orientation if valid else 1
     return turned
 
 
@@ -361,10 +364,17 @@ def _colours(img: Image.Image, path=None, min_is_white: bool = False) -> np.ndar
                             "8 or 16 bit unsigned")
         if 0 < hi < FEW_BITS:
             _warn_few_bits(path, hi, 16 if img.mode in _WORDS else 32)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        # in place, the same operations as clip(arr / 65535 * 255 + 0.5): no temporaries of
+        # 8 bytes a pixel (a 10000x10000 16-bit image took 3 GB)
         if min_is_white:
-            arr = 65535.0 - arr
-        arr = np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return arr[..., None]
+            np.subtract(65535.0, arr, out=arr)
+        np.divide(arr, 65535.0, out=arr)
+        np.multiply(arr, 255.0, out=arr)
+        np.add(arr, 0.5, out=arr)
+        np.clip(arr, 0, 255, out=arr)
+        return arr.astype(np.uint8)[..., None]
     if img.mode == "F":
         # One scale for all images, never each image's own range (that made two images that
         # differ only in brightness equal): [0, 1] when every value lies in it, else [0, 255].
@@ -377,15 +387,15 @@ def _colours(img: Image.Image, path=None, min_is_white: bool = False) -> np.ndar
         scale = 255.0 if hi <= 1.0 else 1.0
         arr = np.where(finite, arr * scale, 0.0)
         return np.clip(arr + 0.5, 0, 255).astype(np.uint8)[..., None]
-    if img.mode in ("1", "L"):
-        return np.asarray(img.convert("L"), dtype=np.uint8)[..., None]
+    if img.mode in ("1", "L"):  # convert copies even an image already in the mode
+        return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)[..., None]
     if img.mode == "LA":
         arr = np.asarray(img, dtype=np.float32)
         return (arr[..., :1] * arr[..., 1:] / 255.0 + 0.5).astype(np.uint8)
     if img.mode in ("RGBA", "PA", "P"):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
         return (rgba[..., :3] * rgba[..., 3:] / 255.0 + 0.5).astype(np.uint8)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
 def _warn_few_bits(path, hi: float, bits: int) -> None:

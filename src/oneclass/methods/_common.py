@@ -78,15 +78,24 @@ def pretrain_autoencoder(model: nn.Module, decoder: nn.Module, x: torch.Tensor, 
                phase="pretrain", loop=loop)
 
 
+def normal_only(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x`` without its labeled anomalies (label 1): ``x`` itself, not a copy, when it has
+    none (the copy held a large training set in memory twice for the whole training)."""
+    keep = y != 1
+    return x if bool(keep.all()) else x[keep]
+
+
 @torch.no_grad()
 def mean_embedding(encode, x: torch.Tensor, device: torch.device, batch: int = 512,
-                   eps: float = 0.1) -> torch.Tensor:
+                   eps: float = 0.1, progress: bool = False) -> torch.Tensor:
     """Centre c = mean embedding of ``x``; coordinates too close to 0 are pushed to +-eps.
 
     A coordinate of c near zero can be hit trivially by zero weights (Ruff et al. 2018).
     """
+    from tqdm.auto import tqdm
+
     total, n = None, 0
-    for xb in torch.split(x, batch):
+    for xb in tqdm(torch.split(x, batch), desc="centre", disable=not progress, leave=False):
         z = encode(to_input(xb, device)).cpu().double()  # float64 on the CPU: MPS has none
         total = z.sum(0) if total is None else total + z.sum(0)
         n += len(z)

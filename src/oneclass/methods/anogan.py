@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..nets.dcgan import Discriminator, Generator
 from ..registry import register
 from ..train import LoopConfig, rank_draw, run
-from ._common import check_precision
+from ._common import check_precision, normal_only
 from ._gan import (
     GANDetector,
     TanhScale,
@@ -276,7 +276,7 @@ class AnoGAN(GANDetector):
         return AnoGANNet(input_shape, int(self.z_dim), self._width(input_shape), bool(self.gcn))
 
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
-        x = x[y != 1]  # unsupervised: labeled anomalies are not used
+        x = normal_only(x, y)  # unsupervised: labeled anomalies are not used
         self.model_.prep.fit(x)
         task = _DCGANTask(self)
         self.train_epochs_ = self._train_epochs(len(x))

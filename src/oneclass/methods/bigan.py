@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..nets.dcgan import Encoder, Generator, JointCritic
 from ..registry import register
 from ..train import LoopConfig, rank_draw, run
+from ._common import normal_only
 from ._gan import (
     GANDetector,
     TanhScale,
@@ -54,7 +55,8 @@ class BiGANNet(nn.Module):
         z = self.E(x)
         rec = self.G(z)
         fx, fr = self.D.features(x, z), self.D.features(rec, z)
-        per_image = x[0].numel() if len(x) else 1  # an empty batch scores nothing
+        per_image = x.shape[1:].numel()  # not x[0]: an empty batch has none (and no branch
+        # on len(x), which would fix the batch size of an exported graph)
         return l1_per_image(x, rec) / per_image, l1_per_image(fx, fr) / fx.shape[1], rec
 
 
@@ -165,7 +167,7 @@ class BiGAN(GANDetector):
         return BiGANNet(input_shape, int(self.z_dim), self._width(input_shape), bool(self.gcn))
 
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
-        x = x[y != 1]  # unsupervised: labeled anomalies are not used
+        x = normal_only(x, y)  # unsupervised: labeled anomalies are not used
         self.model_.prep.fit(x)
         self.train_epochs_ = self._train_epochs(len(x))
         run(_BiGANTask(self), [x], epochs=self.train_epochs_, batch_size=int(self.batch_size),

@@ -22,8 +22,8 @@ from ..errors import ConfigError
 from ..heatmaps import LENET_MAP_PARITY_TOL, gradient_map
 from ..nets import Decoder, Encoder
 from ..registry import register
-from ..train import LoopConfig, autocast, gather_across_ranks, run
-from ._common import adam, check_precision, mean_embedding, pretrain_autoencoder, to_input
+from ..train import LoopConfig, autocast, gather_across_ranks, is_main_process, run, show_progress
+from ._common import adam, check_precision, mean_embedding, normal_only, pretrain_autoencoder, to_input
 
 
 def one_class_loss(dist: torch.Tensor) -> torch.Tensor:
@@ -197,10 +197,11 @@ class DeepSVDD(Detector):
                              seed=int(self.seed), device=self.device_, loop=loop,
                              precision=self.train_precision)
         model.eval()
-        model.c.copy_(mean_embedding(model.embed, x, self.device_))
+        show = show_progress(loop.progress) and is_main_process()
+        model.c.copy_(mean_embedding(model.embed, x, self.device_, progress=show))
 
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
-        x = x[y != 1]  # Deep SVDD is unsupervised: labeled anomalies are not used
+        x = normal_only(x, y)  # Deep SVDD is unsupervised: labeled anomalies are not used
         self._pretrain_and_centre(x, loop)
         task = _SVDDTask(self, self.model_)
         run(task, [x], epochs=int(self.epochs), batch_size=int(self.batch_size),

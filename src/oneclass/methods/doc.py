@@ -51,7 +51,7 @@ from ..heatmaps import gradient_map, unit_upsample
 from ..nets.efficientnet_lite import MEAN, STD, EfficientNetLite0Trunk, Lite0Head
 from ..registry import register
 from ..train import LoopConfig, rank_generator, rank_world, run
-from ._common import to_input
+from ._common import normal_only, to_input
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ class DOC(Detector):
                 "must not be in the reference set (leave it out, e.g. NAME:-C)")
 
     def _fit(self, x, y, masks, loop: LoopConfig) -> None:
-        x = x[y != 1]  # one-class: labeled anomalies are not used
+        x = normal_only(x, y)  # one-class: labeled anomalies are not used
         model: DOCNet = self.model_
         h_t = self._lower_all(x)
         if int(self.epochs) > 0 and int(self.trainable_blocks) > 0:

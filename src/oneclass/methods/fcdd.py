@@ -33,7 +33,7 @@ from ..nets import fcdd_nets
 from ..nets.receptive import ReceptiveField, receptive_field
 from ..registry import register
 from ..train import LoopConfig, autocast, epochs_for_steps, rank_generator, run
-from ._common import check_precision
+from ._common import check_precision, normal_only
 
 log = logging.getLogger(__name__)
 
@@ -355,11 +355,12 @@ class FCDD(Detector):
                               "--outliers SPEC or labeled --anomalies SPEC")
         self.anomaly_kinds_ = source.kinds
         epochs = self.train_epochs_ = self._train_epochs(int(normal.sum()))
-        run(_FCDDTask(self, source, epochs), [x[normal]], epochs=epochs,
+        x = normal_only(x, y)
+        run(_FCDDTask(self, source, epochs), [x], epochs=epochs,
             batch_size=int(self.batch_size), seed=int(self.seed), phase="train", loop=loop,
             drop_last=True)
         if self.map_norm == "position":
-            self._fit_map_reference(x[normal])
+            self._fit_map_reference(x)
 
     def _train_epochs(self, n: int) -> int:
         """Epochs to train on ``n`` normal images: ``epochs`` if set, else 40, or as many as

@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..heatmaps import LENET_MAP_PARITY_TOL, gradient_map
 from ..registry import register
 from ..train import LoopConfig, rank_generator, run
-from ._common import adam
+from ._common import adam, normal_only
 from .deep_svdd import SVDDNet, check_encoder_params, encoder_params
 from .fcdd import _neg_log_one_minus_exp
 
@@ -136,7 +136,7 @@ class HSC(Detector):
             raise ConfigError("hsc needs anomalies to train: give --outliers SPEC or labeled "
                               "--anomalies SPEC, or keep noise=auto")
         self.anomaly_kinds_ = source.kinds
-        run(_HSCTask(self, source), [x[normal]], epochs=int(self.epochs),
+        run(_HSCTask(self, source), [normal_only(x, y)], epochs=int(self.epochs),
             batch_size=int(self.batch_size), seed=int(self.seed), phase="train", loop=loop)
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:

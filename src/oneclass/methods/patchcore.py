@@ -39,7 +39,7 @@ from ..heatmaps import gaussian_blur, interpolation_matrix, resample, unit_upsam
 from ..nets.efficientnet_lite import MEAN, STAGES, STD, EfficientNetLite0Trunk
 from ..registry import register
 from ..train import LoopConfig
-from ._common import to_input
+from ._common import normal_only, to_input
 
 #: Trunk stages PatchCore can read features from: index -> (channels, stride). Stages 0-4 of
 #: EfficientNet-Lite0 are the ones up to stride 16.
@@ -240,7 +240,7 @@ class PatchCore(Detector):
             model.trunk.load_imagenet()
         model.eval()
         feats = []
-        for xb in torch.split(x[y != 1], int(self.batch_size)):
+        for xb in torch.split(normal_only(x, y), int(self.batch_size)):
             f = model.features(to_input(xb, self.device_))
             feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         feats = torch.cat(feats)
