@@ -24,6 +24,7 @@ import torch
 
 from oneclass import data as data_mod
 from oneclass import runs
+from oneclass.data.base import loader
 from oneclass.heatmaps import receptive_upsample
 from oneclass.metrics import pixel_metrics
 
@@ -42,7 +43,8 @@ def raw_maps(det, images) -> np.ndarray:
 def probe(run: Path, worst: int = 5) -> None:
     det, cfg, spec, root = runs._open_run(run, None, None, "cpu")
     test = runs.test_set(spec, root, cfg)
-    masks = runs.maps_and_masks(test, det)[1]
+    masks = np.concatenate([m[:, 0].numpy() > 0.5 for _, _, m, _, _ in
+                            loader(test, det.preprocess_, 64)])
     m = raw_maps(det, test)
     ref = raw_maps(det, data_mod.load(spec, "train", root=root))
     mu, sd = ref.mean(0), ref.std(0)

@@ -594,3 +594,34 @@ def test_an_empty_batch_scores_nothing_for_every_method(fitted):
     empty = torch.zeros(0, *fitted.input_shape_, dtype=torch.uint8)
     assert fitted.score(empty).shape == (0,)
     assert fitted.predict(empty).shape == (0,)
+
+
+def test_whole_number_check_keeps_large_integers_and_older_models(defects_train, tmp_path,
+                                                                   caplog):
+    """The count check compared float(v) with int(v), refusing seeds above 2**53 and
+    coreset_max=sys.maxsize; and a model saved with epochs 1.5 (accepted before the check,
+    trained with 1) no longer loaded."""
+    import sys
+
+    assert oneclass.create("deep_svdd", seed=2**62 + 1).seed == 2**62 + 1
+    assert oneclass.create("patchcore", coreset_max=sys.maxsize).coreset_max == sys.maxsize
+    det = oneclass.create("deep_svdd", **{**fast_params("deep_svdd"), "epochs": 1})
+    det.fit(defects_train)
+    det.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["params"]["epochs"] = 1.5
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        back = oneclass.Detector.load(tmp_path / "m")
+    assert "epochs=1.5 in the saved model is not a whole number" in caplog.text
+    back.set_scoring_params(score_batch_size=8)  # the history is not checked again
+    with pytest.raises(ConfigError, match="epochs must be a whole number"):
+        back.fit(defects_train)  # a new training is
+
+
+def test_labels_given_as_objects_or_digit_strings_still_load():
+    from oneclass.data.base import ArraySet
+
+    x = np.zeros((3, 8, 8), np.uint8)
+    assert ArraySet(x, labels=np.array([0, 1, -1], dtype=object)).labels.tolist() == [0, 1, -1]
+    assert ArraySet(x, labels=["0", "1", "-1"]).labels.tolist() == [0, 1, -1]

@@ -137,3 +137,13 @@ def test_sixteen_bit_images_are_read_without_large_temporaries(tmp_path):
     want = np.clip(arr.astype(np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
     assert np.array_equal(got[..., 0], want)
     assert peak < 2.5 * arr.size * 8  # one float64 copy and small change, not four
+
+
+def test_report_of_a_single_test_image_shows_it_once(small, monkeypatch):
+    data, run = small
+    real = runs.test_set
+    monkeypatch.setattr(runs, "test_set", lambda *a, **k: real(*a, **k).subset([0]))
+    got = {}
+    monkeypatch.setattr("oneclass.report.build_report", lambda path, **kw: got.update(kw))
+    runs.report(run, progress=False)
+    assert len(got["most"]) == 1 and got["least"] == []

@@ -19,6 +19,7 @@ anomalous" when none are labeled or when a model gives every image the same scor
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import hashlib
 import json
@@ -267,6 +268,10 @@ def _param_type_cast(default: Any, value: Any, name: str) -> Any:
 MODEL_FILES = ("model.json", "weights.safetensors")
 # parameters without a numeric default that are counts when set
 _COUNTS = ("epochs", "bank_size", "rep_dim", "search_part", "width", "channels")
+#: "load" while :meth:`Detector.load` rebuilds a saved model, "scoring" while scoring
+#: parameters change: the training parameters are then history, not checked as new values.
+_SAVED_PARAMS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "oneclass_saved_params", default=None)
 
 
 def check_save_target(path: Path) -> None:
@@ -300,6 +305,10 @@ def _shared_files(ours: ImageSet, theirs: ImageSet, what: str) -> str | None:
     i = min(hit)
     return (f"{len(hit)} of its {len(pb)} {what}; first: {pb[i]}, the same file as or a copy "
             f"of {hit[i]}")
+
+
+# torch's unsigned types wider than 8 bits (torch 2.3 and later)
+_WIDE_UNSIGNED = tuple(t for t in (getattr(torch, f"uint{b}", None) for b in (16, 32, 64)) if t)
 
 
 def _image_divisor(x: torch.Tensor) -> float:
@@ -426,7 +435,11 @@ class Detector:
         for k, v in new.items():
             setattr(self, k, v)
         try:
-            self._validate()
+            token = _SAVED_PARAMS.set("scoring")
+            try:
+                self._validate()
+            finally:
+                _SAVED_PARAMS.reset(token)
         except ConfigError:
             for k, v in old.items():
                 setattr(self, k, v)
@@ -493,10 +506,17 @@ class Detector:
             self._size_tuple()
         if isinstance(self.seed, bool) or int(self.seed) != self.seed or not 0 <= int(self.seed) < 2**63:
             raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        saved = _SAVED_PARAMS.get()
         for k, d in self.all_defaults().items():  # counts: 2.5 epochs would train 2 silently
             v = getattr(self, k)
             count = isinstance(d, int) and not isinstance(d, bool) or d is None and k in _COUNTS
-            if count and v is not None and (isinstance(v, bool) or float(v) != int(v)):
+            if not count or v is None or saved == "scoring" and k not in self.scoring_params:
+                continue  # a trained model's training parameters are its history
+            if isinstance(v, bool) or isinstance(v, float) and not v.is_integer():
+                if saved == "load" and k not in self.scoring_params:  # saved before this
+                    log.warning("%s: %s=%r in the saved model is not a whole number (it "
+                                "trained with %d)", self.name, k, v, int(v))
+                    continue
                 raise ConfigError(f"{k} must be a whole number, got {v!r}")
         sigma = getattr(self, "heatmap_sigma", None)
         if sigma is not None and (not _is_number(sigma) or not 0 <= sigma < math.inf):
@@ -825,11 +845,17 @@ class Detector:
                 x = x.astype(x.dtype.newbyteorder("="))
             if x.dtype.kind == "f" and x.dtype.itemsize > 8:  # long double: torch has none
                 x = x.astype(np.float64)
+            if x.dtype.kind == "u" and x.dtype.itemsize > 1:  # uint16..64: torch lacks (or,
+                hi = int(x.max()) if x.size else 0  # before 2.3, has no) min/max for them
+                if hi > 255:
+                    raise DataError(f"integer images must lie in 0..255, got values in "
+                                    f"[{int(x.min())}, {hi}]")
+                x = x.astype(np.uint8)
             x = torch.from_numpy(np.ascontiguousarray(x))  # flipped views have negative strides
         if not isinstance(x, torch.Tensor):
             raise DataError(f"cannot score an object of type {type(x).__name__}")
         x = x.detach()
-        if x.dtype in (torch.uint16, torch.uint32, torch.uint64):  # min/max lack these types
+        if x.dtype in _WIDE_UNSIGNED:  # min/max lack these types
             x = x.to(torch.int64)
         divisor = _image_divisor(x)
         if x.ndim == 3:  # one (C, H, W) image or N gray (H, W) ones: not guessed
@@ -1010,7 +1036,11 @@ class Detector:
             log.warning("%s: no saved value for %s; using the current default(s)", meta_path,
                         ", ".join(f"{k}={defaults[k]!r}" for k in missing))
         try:  # a damaged or hand-edited description: one clear error, not a KeyError
-            det = klass(**{**dict(meta["params"]), "device": device})
+            token = _SAVED_PARAMS.set("load")
+            try:
+                det = klass(**{**dict(meta["params"]), "device": device})
+            finally:
+                _SAVED_PARAMS.reset(token)
             det.device_ = device_
             det.preprocess_ = Preprocess.from_json(meta["preprocess"])
             det.input_shape_ = tuple(int(v) for v in meta["input_shape"])

@@ -928,7 +928,8 @@ def maps_and_masks(test, det: Detector, progress: str | None = None
             masks.append(m[:, 0].numpy() > 0.5)
             bar.update(len(x))
     if not maps:
-        return np.zeros((0, *det.input_shape_[1:]), np.float32), np.zeros((0, 0, 0), bool)
+        shape = (0, *det.input_shape_[1:])
+        return np.zeros(shape, np.float32), np.zeros(shape, bool)
     return np.concatenate(maps), np.concatenate(masks)
 
 
@@ -1517,8 +1518,9 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
         metrics = _metrics(run, det, spec, test, scores, skipped, show)
     order = np.argsort(-scores, kind="stable")
     # the two galleries never show an image twice (--top 100 of 150 images showed 50 in both)
-    k = min(int(top), max(1, len(order) // 2))
-    if k < int(top):
+    k = min(int(top), len(order) // 2)
+    k_most = k if len(order) != 1 else 1  # a single test image: among the highest only
+    if k < int(top) and len(order) > 1:
         log.info("--top %d: the test set has %d images, so each gallery shows %d",
                     int(top), len(order), k)
     if k > 50:
@@ -1567,8 +1569,8 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
             "image_f1 (best over all thresholds)": metrics.get("image_f1"),
             "F1 at the model's threshold": metrics.get("f1_at_threshold"),
             "pixel_auroc": metrics.get("pixel_auroc"), "aupro": metrics.get("aupro")}
-    figures = det.report_figures(test.subset(np.r_[order[:k], order[::-1][:k]]))
+    figures = det.report_figures(test.subset(np.r_[order[:k_most], order[::-1][:k]]))
     return build_report(run / "report.html", title=f"oneclass {det.name}: {spec}",
                         scores=scores, labels=test.labels, threshold=det.threshold_,
-                        metrics=pick, most=examples(order[:k], "highest scores"),
+                        metrics=pick, most=examples(order[:k_most], "highest scores"),
                         least=examples(order[::-1][:k], "lowest scores"), info=info, samples=figures or None)

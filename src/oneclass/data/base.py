@@ -303,7 +303,13 @@ def _whole_labels(labels, description: str) -> np.ndarray:
     """``labels`` as int64, refusing values that are not whole numbers (0.9 would become 0,
     a known normal, without a word)."""
     raw = np.asarray(labels)
-    if raw.dtype == object or raw.dtype.kind not in "biuf":
+    if raw.dtype.kind in "OUS":  # e.g. a pandas object column, or "0" / "1" read from a file
+        try:
+            raw = raw.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{description}: labels must be numbers, got "
+                            f"{raw.ravel()[:3].tolist()}...") from None
+    if raw.dtype.kind not in "biuf":
         raise DataError(f"{description}: labels must be numbers, got dtype {raw.dtype}")
     if raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
         odd = raw[~(np.isfinite(raw) & (raw == np.round(raw)))]
