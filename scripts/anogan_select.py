@@ -96,6 +96,8 @@ def run_class(cls: int, root: str, params: dict, out: Path) -> None:
 
 
 def summary(out: Path) -> None:
+    if not out.is_file():
+        raise SystemExit(f"{out}: no finished class yet")
     recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     table: dict[tuple, dict[str, float]] = {}
     for r in recs:
