@@ -625,3 +625,11 @@ def test_labels_given_as_objects_or_digit_strings_still_load():
     x = np.zeros((3, 8, 8), np.uint8)
     assert ArraySet(x, labels=np.array([0, 1, -1], dtype=object)).labels.tolist() == [0, 1, -1]
     assert ArraySet(x, labels=["0", "1", "-1"]).labels.tolist() == [0, 1, -1]
+
+
+def test_a_misspelt_device_is_refused_when_set_not_at_fit():
+    """device="bogus" constructed fine and failed only at fit; a device this machine lacks
+    (cuda here) is still accepted until fit, for a model set up for another machine."""
+    with pytest.raises(ConfigError, match="device 'bogus' is not a valid torch device"):
+        oneclass.create("deep_svdd", device="bogus")
+    assert oneclass.create("deep_svdd", device="cuda:1").device == "cuda:1"

@@ -506,6 +506,12 @@ class Detector:
             self._size_tuple()
         if isinstance(self.seed, bool) or int(self.seed) != self.seed or not 0 <= int(self.seed) < 2**63:
             raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if isinstance(self.device, str) and self.device != "auto":  # spelling now; whether
+            try:  # this machine has it, at fit (a model may be set up for another machine)
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ConfigError(f"device {self.device!r} is not a valid torch device: "
+                                  f"{exc}") from None
         saved = _SAVED_PARAMS.get()
         for k, d in self.all_defaults().items():  # counts: 2.5 epochs would train 2 silently
             v = getattr(self, k)
