@@ -19,6 +19,7 @@ anomalous" when none are labeled or when a model gives every image the same scor
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import hashlib
@@ -45,7 +46,7 @@ from .data.base import (
     materialize,
     same_files,
 )
-from .device import preserved_rng, resolve_device, seed_everything
+from .device import parse_device, preserved_rng, resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
 from .io import WriteError, atomic_dir, json_default, previous_dir, recover_dir, write_json
 from .train import LoopConfig, is_main_process, show_progress
@@ -274,6 +275,16 @@ _SAVED_PARAMS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "oneclass_saved_params", default=None)
 
 
+@contextlib.contextmanager
+def _saved_params(mode: str):
+    """Check parameters as :data:`_SAVED_PARAMS` ``mode`` says inside the block."""
+    token = _SAVED_PARAMS.set(mode)
+    try:
+        yield
+    finally:
+        _SAVED_PARAMS.reset(token)
+
+
 def check_save_target(path: Path) -> None:
     """A WriteError unless ``path`` is free or a saved model's directory (which save replaces
     as a whole: other files in it would be deleted)."""
@@ -435,11 +446,8 @@ class Detector:
         for k, v in new.items():
             setattr(self, k, v)
         try:
-            token = _SAVED_PARAMS.set("scoring")
-            try:
+            with _saved_params("scoring"):
                 self._validate()
-            finally:
-                _SAVED_PARAMS.reset(token)
         except ConfigError:
             for k, v in old.items():
                 setattr(self, k, v)
@@ -507,11 +515,7 @@ class Detector:
         if isinstance(self.seed, bool) or int(self.seed) != self.seed or not 0 <= int(self.seed) < 2**63:
             raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if isinstance(self.device, str) and self.device != "auto":  # spelling now; whether
-            try:  # this machine has it, at fit (a model may be set up for another machine)
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ConfigError(f"device {self.device!r} is not a valid torch device: "
-                                  f"{exc}") from None
+            parse_device(self.device)  # this machine has it, at fit (set up for another one)
         saved = _SAVED_PARAMS.get()
         for k, d in self.all_defaults().items():  # counts: 2.5 epochs would train 2 silently
             v = getattr(self, k)
@@ -1042,11 +1046,8 @@ class Detector:
             log.warning("%s: no saved value for %s; using the current default(s)", meta_path,
                         ", ".join(f"{k}={defaults[k]!r}" for k in missing))
         try:  # a damaged or hand-edited description: one clear error, not a KeyError
-            token = _SAVED_PARAMS.set("load")
-            try:
+            with _saved_params("load"):
                 det = klass(**{**dict(meta["params"]), "device": device})
-            finally:
-                _SAVED_PARAMS.reset(token)
             det.device_ = device_
             det.preprocess_ = Preprocess.from_json(meta["preprocess"])
             det.input_shape_ = tuple(int(v) for v in meta["input_shape"])

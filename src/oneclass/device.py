@@ -25,12 +25,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def _checked_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device this machine has, or a ConfigError saying why not."""
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device (spelling only, not whether this machine has it)."""
     try:
-        dev = torch.device(device)
+        return torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"device {device!r} is not a valid torch device: {exc}") from None
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this machine has, or a ConfigError saying why not."""
+    dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but CUDA is not available here")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

@@ -311,8 +311,8 @@ def _whole_labels(labels, description: str) -> np.ndarray:
                             f"{raw.ravel()[:3].tolist()}...") from None
     if raw.dtype.kind not in "biuf":
         raise DataError(f"{description}: labels must be numbers, got dtype {raw.dtype}")
-    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
-        odd = raw[~(np.isfinite(raw) & (raw == np.round(raw)))]
+    odd = raw[~(np.isfinite(raw) & (raw == np.round(raw)))] if raw.dtype.kind == "f" else []
+    if len(odd):
         raise DataError(f"{description}: labels must be whole numbers (0 normal, 1 anomalous, "
                         f"-1 unlabeled), got {odd[:5].tolist()}")
     return raw.astype(np.int64)
