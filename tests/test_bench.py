@@ -96,14 +96,17 @@ def test_compare_table_and_missing_environment(tmp_path, mvtec_dir):
         compare_python(str(tmp_path / "nope" / "python"))
     assert input_size(str(mvtec_dir)) == (24, 24)  # small images keep their size
     ours = [{"method": "patchcore", "data": "/x/kolektorsdd", "image_auroc": 0.9, "pixel_auroc": 0.95,
-             "aupro": 0.8, "train_seconds": 12.0, "score_images_per_s": 20.0, "peak_rss_mb": 300.0}]
+             "aupro": 0.8, "train_seconds": 12.0, "score_images_per_s": 20.0, "peak_rss_mb": 300.0,
+             "n_train": 219, "n_test": 156, "machine": "x86_64, 2 cores, torch 2.13.0+cpu, 2 threads"}]
     theirs = [{**ours[0], "method": "padim", "aupro": None, "anomalib_version": "2.7.0",
-               "weights": "random"}]
+               "weights": "random", "n_train": 243, "machine": None, "torch": "2.14.1+cu130"}]
     md = table(ours, theirs).splitlines()
     assert len(md) == 4
+    # the image counts and torch builds of both sides are shown: they may differ
     assert md[2].startswith("| oneclass | patchcore | kolektorsdd | EfficientNet-Lite0 ImageNet | "
-                            "90.0 | 95.0 | 80.0")
-    assert md[3].startswith("| anomalib 2.7.0 | padim | kolektorsdd | random | 90.0 | 95.0 | - |")
+                            "219 / 156 | 2.13.0+cpu | 90.0 | 95.0 | 80.0")
+    assert md[3].startswith("| anomalib 2.7.0 | padim | kolektorsdd | random | 243 / 156 | "
+                            "2.14.1+cu130 | 90.0 | 95.0 | - |")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "compare.md").write_text("\n".join(md) + "\n")
     text = write_docs([tmp_path / "c"], tmp_path / "bench.md").read_text()

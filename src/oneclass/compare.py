@@ -10,6 +10,7 @@ The metrics of both come from :mod:`oneclass.metrics` on the maps and scores eac
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -99,12 +100,24 @@ def _tail(text: str, lines: int = 5) -> str:
 
 
 def table(ours: list[dict], theirs: list[dict]) -> str:
-    """One markdown table: a row per (library, method, data)."""
-    lines = ["| library | method | data | weights | image AUROC % | pixel AUROC % | AUPRO % | "
-             "fit s | score img/s | peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """One markdown table: a row per (library, method, data). The training and test image
+    counts and the torch build are shown, as the two sides may differ in them (oneclass holds
+    back part of the normal images for its threshold; anomalib runs in its own environment)."""
+    lines = ["| library | method | data | weights | train / test images | torch | "
+             "image AUROC % | pixel AUROC % | AUPRO % | fit s | score img/s | peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}"
+
+    def count(v):
+        return "-" if v is None else str(v)
+
+    def torch_build(r):
+        if r.get("torch"):
+            return r["torch"]
+        found = re.search(r"torch (\S+?),", r.get("machine") or "")
+        return found.group(1) if found else "-"
 
     rows = [("oneclass", r, "EfficientNet-Lite0 ImageNet" if r["method"] == "patchcore" or
              r.get("params", {}).get("net") == "effnet" else "from scratch") for r in ours]
@@ -113,6 +126,7 @@ def table(ours: list[dict], theirs: list[dict]) -> str:
         label = f" ({r['label']})" if r.get("label") else ""
         lines.append(
             f"| {lib} | {r['method']}{label} | {Path(r['data']).name} | {weights} | "
+            f"{count(r.get('n_train'))} / {count(r.get('n_test'))} | {torch_build(r)} | "
             f"{pct(r.get('image_auroc'))} | {pct(r.get('pixel_auroc'))} | {pct(r.get('aupro'))} | "
             f"{r['train_seconds']:.1f} | {r['score_images_per_s']:.1f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
