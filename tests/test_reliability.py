@@ -640,3 +640,80 @@ def test_an_fcdd_model_from_before_min_train_steps_loads_without_a_warning(tmp_p
     with caplog.at_level("WARNING"):
         oneclass.load(tmp_path / "m")
     assert "no saved value for lr=" in caplog.text and "min_train_steps" not in caplog.text
+
+
+def test_a_description_asking_for_huge_tensors_allocates_nothing(saved, tmp_path, monkeypatch):
+    # model.json edited to build a 400 MB layer (1024 x 100,000 floats), the weights left as
+    # they are (so their checksum still holds): the network is sized on the meta device
+    # first, and the mismatch is refused before any real tensor of that size is made.
+    d = _copy(saved[1], tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    meta["params"]["rep_dim"] = 100_000
+    (d / "model.json").write_text(json.dumps(meta))
+    built = []
+    real_build = type(saved[0])._build
+
+    def build(self, shape):
+        net = real_build(self, shape)
+        built.append(next(net.parameters()).device.type)
+        return net
+
+    monkeypatch.setattr(type(saved[0]), "_build", build)
+    with pytest.raises(ModelFileError, match="do not fit the network model.json describes"):
+        oneclass.load(d)
+    assert built == ["meta"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_weights_that_are_not_a_regular_file_are_refused_without_reading(saved, tmp_path):
+    # /dev/zero linked in would be read until memory runs out, a FIFO would block for ever
+    d = _copy(saved[1], tmp_path / "m")
+    (d / "weights.safetensors").unlink()
+    os.mkfifo(d / "weights.safetensors")
+    with pytest.raises(ModelFileError, match="cannot read weights .not a regular file"):
+        oneclass.load(d)
+    (d / "weights.safetensors").unlink()
+    (d / "weights.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        oneclass.load(d)
+
+
+def test_a_save_swapping_the_folder_between_the_two_reads_is_not_damage(saved, tmp_path,
+                                                                       monkeypatch):
+    # A service loading a run while it is retrained: the model folder is swapped for a new
+    # one (rename, then the old one removed) between the reads of model.json and of the
+    # weights. Both files come from one folder, so the load gives one model or the other,
+    # never "weights do not match their checksum".
+    import oneclass.detector as detector
+
+    d = _copy(saved[1], tmp_path / "m")
+    other = oneclass.create("deep_svdd", **fast_params("deep_svdd"))
+    other.fit(make_defects(40, 0, size=16, seed=2))
+    real_read = detector._read_regular
+    swapped = []
+
+    def read(name, dir_fd, where):
+        if name == "weights.safetensors" and not swapped:
+            swapped.append(name)
+            other.save(d)  # the swap, between the two reads
+        return real_read(name, dir_fd, where)
+
+    monkeypatch.setattr(detector, "_read_regular", read)
+    det = oneclass.load(d)
+    assert swapped
+    assert det.weights_sha256_ == json.loads((d / "model.json").read_text())["weights_sha256"]
+    x = make_defects(4, 0, size=16, seed=3)
+    np.testing.assert_array_equal(det.score(x), other.score(x))
+
+
+def test_the_model_id_of_a_loaded_model_is_its_own_after_a_retrain(saved, tmp_path):
+    from oneclass.export import loaded_model_id, model_id
+
+    d = _copy(saved[1], tmp_path / "m")
+    first = oneclass.load(d)
+    before = model_id(d)
+    other = oneclass.create("deep_svdd", **fast_params("deep_svdd"))
+    other.fit(make_defects(40, 0, size=16, seed=2))
+    other.save(d)  # the run is retrained while `first` is being served
+    assert loaded_model_id(first, d) == before != model_id(d)
+    assert loaded_model_id(other) == model_id(d)

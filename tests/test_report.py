@@ -290,6 +290,16 @@ def test_report_escapes_names(tmp_path):
                                                "predicted anomalous true: anomalous")]
 
 
+def test_report_shows_bidirectional_controls_in_names_as_escapes(tmp_path):
+    """U+202E in a file name reversed the rest of the caption ("scan\u202egnp.exe" showed as
+    "scanexe.png"); the report now shows such characters as escapes."""
+    name = "scan\u202egnp.exe"
+    path = _build(tmp_path / "r.html", most=[_example(name, 1.0, 1)], title=name, info={"data": name})
+    text = path.read_text(encoding="utf-8")
+    assert "\u202e" not in text
+    assert text.count("scan\\u202egnp.exe") >= 3  # title, run table, caption
+
+
 def test_report_only_normal_labels_has_no_roc(tmp_path):
     labels = np.zeros(12, dtype=int)
     most = [_example("a.png", 1.0, 0)]

@@ -443,13 +443,13 @@ def _post(body: bytes, ctype: bytes = b"multipart/form-data; boundary=" + BOUNDA
           length: bytes | None = None, extra: bytes = b"", close: bool = True,
           target: bytes = b"/predict") -> bytes:
     cl = str(len(body)).encode() if length is None else length
-    return (b"POST " + target + b" HTTP/1.1\r\nHost: t\r\nX-API-Key: s3cret\r\nContent-Type: "
+    return (b"POST " + target + b" HTTP/1.1\r\nHost: localhost\r\nX-API-Key: s3cret\r\nContent-Type: "
             + ctype + b"\r\nContent-Length: " + cl + b"\r\n" + extra
             + (b"Connection: close\r\n" if close else b"") + b"\r\n" + body)
 
 
 def _get(target: bytes, key: bool = True) -> bytes:
-    return (b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n" + (b"X-API-Key: s3cret\r\n" if key else b"")
+    return (b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + (b"X-API-Key: s3cret\r\n" if key else b"")
             + b"Connection: close\r\n\r\n")
 
 
@@ -511,7 +511,7 @@ _MALFORMED = {  # name: (request from a valid PNG, status, words in the error)
         lambda p: _post(b"zz\r\n" + p, length=b"0", extra=b"Transfer-Encoding: chunked\r\n")
         .replace(b"Content-Length: 0\r\n", b""), 400, ["illegal chunk header"]),
     "not HTTP": (lambda p: b"GARBAGE\r\n\r\n", 400, ["illegal request line"]),
-    "1 MB header": (lambda p: b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 2**20
+    "1 MB header": (lambda p: b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 2**20
                     + b"\r\n\r\n", 400, ["not a valid HTTP request"]),
 }
 
@@ -593,10 +593,10 @@ def test_a_client_that_sends_nothing_gets_408_after_the_deadline(live):
 @pytest.mark.parametrize("second", [False, True], ids=["first request", "kept-alive connection"])
 def test_headers_a_byte_at_a_time_are_cut_off(live, second):
     port, problems = live
-    request = b"GET /health HTTP/1.1\r\nHost: t\r\nUser-Agent: " + b"s" * 100 + b"\r\n\r\n"
+    request = b"GET /health HTTP/1.1\r\nHost: localhost\r\nUser-Agent: " + b"s" * 100 + b"\r\n\r\n"
     with _connect(port) as sock:
         if second:  # one quick request first: the clock must start again for the next one
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             time.sleep(0.2)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         t0 = time.monotonic()
@@ -631,7 +631,7 @@ def _stalled(port: int, n: int = 8) -> list[socket.socket]:
     """``n`` connections that sent part of a request's headers and then nothing."""
     slow = [_connect(port) for _ in range(n)]
     for sock in slow:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nX-Api")
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nX-Api")
     return slow
 
 
@@ -670,7 +670,7 @@ def test_slow_clients_do_not_hold_up_the_others_and_idle_connections_are_closed(
     # Kept alive after an answer: closed by the server when idle. _read stops at the close or
     # after HANG_GUARD of silence; only a closed socket then reads b"" at once.
     with _connect(port, timeout=TIMEOUT + HANG_GUARD) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         (response,) = _parse(_read(sock))
         assert response[0] == 200
         sock.setblocking(False)
@@ -689,7 +689,7 @@ def test_a_client_that_does_not_read_its_responses_is_disconnected(live, client,
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.settimeout(10)
         sock.connect(("127.0.0.1", port))
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * n)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * n)
         # The server writes until the buffers are full, then waits TIMEOUT and resets the
         # connection; the socket's pending error says when (at most 30 s, whatever the load).
         reset = 0
@@ -1121,7 +1121,7 @@ def test_an_upload_still_arriving_at_the_shutdown_deadline_gets_its_503(run_dir,
         body = (b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
                 b"Content-Type: image/png\r\n\r\n" + b"x" * 100)
         with socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD) as s:
-            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; "
                       b"boundary=XX\r\nContent-Length: 100000\r\n\r\n" + body)
             time.sleep(0.5)  # the body is being received, and will not be finished
             proc.send_signal(signal.SIGTERM)
@@ -1257,3 +1257,54 @@ def test_another_field_with_an_image_type_beside_the_file_stays_a_field(client, 
                                          + BOUNDARY.decode()},
                     content=_multipart((extra, b"x"), (upload, png)))
     assert r.status_code == 200, r.text
+
+
+def test_a_loopback_service_answers_to_loopback_host_names_only(app, run_dir, monkeypatch):
+    """DNS rebinding: a web page whose domain is rebound to 127.0.0.1 reaches a service on
+    this machine with its own domain as the Host; it got the model's description and could
+    send images. A service on a loopback address now answers to loopback names only."""
+    import oneclass.serve as serve_mod
+
+    made = []
+    monkeypatch.setattr(serve_mod, "_listen", lambda host, port: (_ for _ in ()).throw(
+        OSError("stop here")))
+    real = serve_mod.create_app
+    monkeypatch.setattr(serve_mod, "create_app", lambda *a, **k: made.append(k) or real(
+        *a, **{**k, "scorer": app.state.scorer}))
+    for host in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        with pytest.raises(OSError):
+            serve_mod.serve(run_dir, host=host, port=0)
+    assert [k["allowed_hosts"] is not None for k in made] == [True, True, True, False]
+    guarded = TestClient(real(run_dir, scorer=app.state.scorer,
+                              allowed_hosts=made[0]["allowed_hosts"]))
+    for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000"):
+        assert guarded.get("/model", headers={"host": host}).status_code == 200, host
+    for host in ("attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example", ""):
+        r = guarded.get("/model", headers={"host": host})
+        assert r.status_code == 400 and "invalid Host header" in r.json()["error"], host
+        assert "threshold" not in r.text
+    # a service bound to all interfaces is reached by any name: no check (use --api-key)
+    assert TestClient(real(run_dir, scorer=app.state.scorer)).get(
+        "/model", headers={"host": "inspection.example"}).status_code == 200
+
+
+def test_every_answer_refuses_sniffing_and_framing(client, png):
+    for r in (client.get("/"), client.get("/model", headers=KEY), client.get("/model"),
+              client.post("/predict", headers=KEY, files={"file": ("a.png", png, "image/png")})):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+
+
+def test_an_upload_name_cannot_forge_log_lines_or_reorder_text(client, caplog):
+    """``filename*`` is percent-decoded: %0A was a real newline in the log and the answer."""
+    head = (b"Content-Disposition: form-data; name=\"file\"; "
+            b"filename*=UTF-8''x%0AINFO%20forged%20line%E2%80%AE.png\r\nContent-Type: image/png")
+    with caplog.at_level(logging.INFO):
+        r = client.post("/predict", headers={**KEY, "content-type": "multipart/form-data; "
+                                             "boundary=" + BOUNDARY.decode()},
+                        content=_multipart((head, b"not an image")))
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("x\\x0aINFO forged line\\u202e.png:"), r.text
+    assert not any("\n" in rec.getMessage() or "\u202e" in rec.getMessage()
+                   for rec in caplog.records)

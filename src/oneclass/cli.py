@@ -245,7 +245,7 @@ def _writing(exc: Exception) -> bool:
 
 
 def cmd_export(args) -> int:
-    from .export import export_onnx, model_id, parity, parity_problems
+    from .export import export_onnx, loaded_model_id, parity, parity_problems
     from .runs import load_model, model_dir
 
     if args.format != "onnx":
@@ -253,7 +253,8 @@ def cmd_export(args) -> int:
     run = Path(args.run)
     det = load_model(run, "cpu")
     out = Path(args.out) if args.out else run / "model.onnx"
-    export_onnx(det, out, input_dtype=args.input_dtype, model_id=model_id(model_dir(run)))
+    export_onnx(det, out, input_dtype=args.input_dtype,
+                model_id=loaded_model_id(det, model_dir(run)))
     print(f"exported {det.name} to {out}")
     if args.check:
         import torch

@@ -345,6 +345,69 @@ def _image_divisor(x: torch.Tensor) -> float:
     return 1.0
 
 
+def _read_regular(name: str, dir_fd: int | None, where: Path) -> bytes:
+    """The bytes of the regular file ``name`` in the folder ``dir_fd`` (or ``where``). A FIFO,
+    device or folder under that name is refused before reading: ``/dev/zero`` linked in as
+    weights would be read until memory runs out, a FIFO would block for ever."""
+    import stat
+
+    fd = os.open(name if dir_fd is not None else where / name,
+                 os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(0, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def _read_model_files(path: Path) -> tuple[bytes | OSError, bytes | OSError]:
+    """``model.json`` and ``weights.safetensors`` of the saved model ``path``, each as its bytes
+    or the error that reading it raised (reported by the caller, in its order).
+
+    Both are read through one handle on the folder, so a save that swaps a new folder in
+    meanwhile (:func:`oneclass.io.atomic_dir`) cannot pair one model's description with the
+    other's weights. A file found missing is looked for twice more, 50 ms apart: the swap
+    renames the folder away and back and then deletes the old one, which may be the folder
+    being read.
+    """
+    use_fd = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+    for attempt in range(3):
+        dir_fd = None
+        try:
+            if use_fd:
+                dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            out: list[bytes | OSError] = []
+            for name in MODEL_FILES:
+                try:
+                    out.append(_read_regular(name, dir_fd, path))
+                except OSError as exc:
+                    out.append(exc)
+        except OSError as exc:  # the folder itself: no such folder, no permission
+            out = [exc, exc]
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
+        if not any(isinstance(v, FileNotFoundError) for v in out) or attempt == 2:
+            return out[0], out[1]
+        time.sleep(0.05)  # perhaps a save swapping the folder: read the new one
+    raise AssertionError("unreachable")
+
+
+def _fit_weights(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps the tensors ``state`` from loading into ``net`` (built on the meta device,
+    so a description asking for huge tensors allocates nothing), or None when they fit."""
+    want = net.state_dict()
+    problems = [f"missing {k}" for k in want if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in want]
+    problems += [f"size mismatch for {k}: the weights hold {list(state[k].shape)}, model.json "
+                 f"builds {list(v.shape)}" for k, v in want.items()
+                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    return "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5
+                                       else "") if problems else None
+
+
 class Detector:
     """Base class of all methods. Subclasses set ``defaults`` and implement the hooks."""
 
@@ -970,12 +1033,16 @@ class Detector:
         desc = self.describe()
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
 
+        digests = []
+
         def fill(tmp: Path) -> None:
             save_file(state, str(tmp / "weights.safetensors"))
-            digest = hashlib.sha256((tmp / "weights.safetensors").read_bytes()).hexdigest()
-            write_json(tmp / "model.json", {**desc, "weights_sha256": digest})
+            digests.append(hashlib.sha256((tmp / "weights.safetensors").read_bytes()).hexdigest())
+            write_json(tmp / "model.json", {**desc, "weights_sha256": digests[-1]})
 
-        return atomic_dir(path, fill)
+        out = atomic_dir(path, fill)
+        self.weights_sha256_ = digests[-1]
+        return out
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Detector:
@@ -985,6 +1052,10 @@ class Detector:
         from .registry import get
 
         path = Path(path)
+        if not path.exists() and previous_dir(path).is_dir():
+            # a save between its two renames (microseconds apart) looks like a killed one:
+            # give it a moment before putting the previous model back in its way
+            time.sleep(0.2)
         try:
             if recover_dir(path):
                 log.warning("%s: a save was interrupted; the previous model was put back", path)
@@ -993,14 +1064,15 @@ class Detector:
                         "(%s); reading it from %s", path, exc.strerror or exc, previous_dir(path))
             path = previous_dir(path)
         meta_path = path / "model.json"
-        if not meta_path.is_file():
+        text, raw = _read_model_files(path)
+        if isinstance(text, (FileNotFoundError, NotADirectoryError)):
             raise ModelFileError(f"{path}: not a saved model (no model.json)")
+        if isinstance(text, OSError):
+            raise ModelFileError(f"{meta_path}: cannot read ({text.strerror})")
         try:  # NaN and Infinity are read: the checks below name the entry that holds them
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(text.decode("utf-8"))
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
             raise ModelFileError(f"{meta_path}: not valid JSON ({str(exc)[:200]})") from None
-        except OSError as exc:
-            raise ModelFileError(f"{meta_path}: cannot read ({exc.strerror})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ModelFileError(f"{meta_path}: not a oneclass model description")
         version = meta.get("format_version")
@@ -1022,10 +1094,8 @@ class Detector:
             raise ModelFileError(f"{path}: holds a {meta['method']} model, not {cls.name}")
         _check_description(meta, meta_path, klass.all_defaults())
         wpath = path / "weights.safetensors"
-        try:
-            raw = wpath.read_bytes()
-        except OSError as exc:
-            raise ModelFileError(f"{wpath}: cannot read weights ({exc.strerror})") from None
+        if isinstance(raw, OSError):
+            raise ModelFileError(f"{wpath}: cannot read weights ({raw.strerror})")
         if not meta.get("weights_sha256"):  # every saved model has one: removed by hand
             raise ModelFileError(f"{meta_path}: no weights_sha256 entry, so the weights "
                                  "cannot be checked (damaged or edited description)")
@@ -1074,19 +1144,33 @@ class Detector:
             det.train_image_size_ = [int(v) for v in size] if isinstance(size, list) and \
                 len(size) == 2 and all(_is_number(v) and v >= 1 for v in size) else None
             det._load_fitted_extra(fitted)
-            det._restoring = True  # the saved weights replace every pretrained one: not read
-            try:
-                det.model_ = det._build(det.input_shape_)
-            finally:
-                det._restoring = False
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError,
                 OverflowError) as exc:
             what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
             raise ModelFileError(f"{meta_path}: damaged model description ({what})") from None
         try:  # the bytes checked above, not the file again: a save may have replaced it since
             state = safetensors_load(raw)
-            det.model_.load_state_dict(state, strict=True)
         except Exception as exc:  # safetensors raises its own error types
+            why = " ".join(str(exc).split())
+            raise ModelFileError(f"{wpath}: cannot load weights ({why[:600]})") from None
+        det._restoring = True  # the saved weights replace every pretrained one: not read
+        try:  # first on the meta device: the sizes the description asks for cost no memory
+            with torch.device("meta"):  # until the weights are known to fit them
+                misfit = _fit_weights(det._build(det.input_shape_), state)
+            if misfit:
+                raise ModelFileError(f"{wpath}: cannot load weights: they do not fit the "
+                                     f"network model.json describes ({misfit[:600]})")
+            det.model_ = det._build(det.input_shape_)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError,
+                OverflowError) as exc:
+            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise ModelFileError(f"{meta_path}: damaged model description ({what})") from None
+        finally:
+            det._restoring = False
+        det.weights_sha256_ = meta["weights_sha256"]
+        try:
+            det.model_.load_state_dict(state, strict=True)
+        except Exception as exc:  # e.g. a tensor whose dtype cannot be copied in
             # torch's first line is only a header ("Error(s) in loading state_dict for X:"):
             # the lines after it name the tensors
             why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -155,13 +155,24 @@ def metadata(det: Detector, input_dtype: str, model_id: str | None) -> dict[str,
 
 
 def model_id(model_dir: Path) -> str | None:
-    """Short id of a saved model: the first 12 hex digits of its weights' sha256."""
+    """Short id of a saved model: the first 12 hex digits of its weights' sha256. For a
+    loaded model use :func:`loaded_model_id`: the folder may hold another model by now."""
     p = Path(model_dir) / "model.json"
     try:
         digest = json.loads(p.read_text()).get("weights_sha256")
     except (OSError, json.JSONDecodeError):
         return None
     return digest[:12] if digest else None
+
+
+def loaded_model_id(det, model_dir: Path | None = None) -> str | None:
+    """:func:`model_id` of the model ``det`` was loaded from (or last saved as), read from
+    ``det`` itself: a run retrained after the load has another model on disk. Falls back to
+    ``model_dir`` for a model that was neither loaded nor saved."""
+    digest = getattr(det, "weights_sha256_", None)
+    if digest:
+        return str(digest)[:12]
+    return model_id(model_dir) if model_dir is not None else None
 
 
 @contextlib.contextmanager

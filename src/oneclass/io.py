@@ -287,3 +287,19 @@ def append_jsonl(path: str | os.PathLike, rec: dict[str, Any]) -> None:
         fh.write(json.dumps(rec) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+#: Unicode's bidirectional controls: shown as escapes, they cannot reorder a name's text
+#: (``photo\u202egnp.exe`` would show as ``photoexe.png``).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                  "\u2066\u2067\u2068\u2069")
+
+
+def printable(name: str, limit: int | None = None, controls: bool = True) -> str:
+    """A name from outside (a file name, an upload's name) as logs, answers and reports show
+    it: control characters (``controls``: a newline would start a forged log line) and
+    bidirectional controls escaped; longer than ``limit`` characters, cut with "...". Other
+    characters, accents and scripts included, are kept."""
+    text = "".join(f"\\x{ord(ch):02x}" if controls and (ord(ch) < 32 or ord(ch) == 127) else
+                   f"\\u{ord(ch):04x}" if ch in _BIDI else ch for ch in name[:limit])
+    return text + ("..." if limit is not None and len(name) > limit else "")

@@ -97,7 +97,9 @@ def _auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
 
 
 def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """Text for the page: HTML-escaped, bidirectional controls shown as escapes (a file name
+    cannot reorder what the report shows)."""
+    return html.escape(_io.printable(str(value), controls=False), quote=True)
 
 
 def _fmt_num(v: float) -> str:

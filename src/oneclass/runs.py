@@ -868,11 +868,11 @@ def _finite(scores: np.ndarray, names) -> np.ndarray:
 def _metrics(run: Path, det: Detector, spec: str, test, scores: np.ndarray, skipped,
              show: bool) -> dict[str, Any]:
     """Image (and, with masks, pixel) metrics of ``scores`` on ``test``."""
-    from .export import model_id
+    from .export import loaded_model_id
 
     labels = test.labels
     known = labels >= 0
-    metrics: dict[str, Any] = {"data": spec, "model_id": model_id(model_dir(run)),
+    metrics: dict[str, Any] = {"data": spec, "model_id": loaded_model_id(det, model_dir(run)),
                                "test_digest": _test_digest(test, scores),
                                "n_test": int(len(test)), "n_anomalous": int((labels == 1).sum())}
     if skipped:
@@ -1153,9 +1153,9 @@ def predict(run: Path, inputs: list[str], out: Path, *, resume: bool = False,
     done: dict[str, str] = {}
     n_anom_before = 0  # earlier rows labelled anomalous (resumed)
     columns = PREDICTION_COLUMNS
-    from .export import model_id
+    from .export import loaded_model_id
 
-    mid = model_id(model_dir(run))
+    mid = loaded_model_id(det, model_dir(run))
     sidecar = out / "predictions.json"  # which model wrote predictions.csv
     # rows are matched by resolved path; a run resumed from another folder writes its rows'
     # paths absolute, as relative ones would be read against the folder of the first run

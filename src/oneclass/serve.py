@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError, NotAnImageError, OneclassError
+from .io import printable
 
 log = logging.getLogger(__name__)
 #: One line per request at INFO (``oneclass serve --no-access-log`` leaves it out).
@@ -249,13 +250,13 @@ class Scorer:
     """A loaded run: scores one decoded image, renders its overlay."""
 
     def __init__(self, run: Path, device: str = "auto"):
-        from .export import model_id
+        from .export import loaded_model_id
         from .runs import load_model, model_dir
 
         self.run = Path(run)
         self.stamp = self._model_stamp()  # before loading: a model replaced meanwhile shows
         self.det = load_model(self.run, device)
-        self.model_id = model_id(model_dir(self.run))
+        self.model_id = loaded_model_id(self.det, model_dir(self.run))
         self.lock = threading.Lock()
         self.decoders = threading.BoundedSemaphore(self.DECODERS)
         #: Set when the server gives up on its requests (shutdown timeout): uploads still
@@ -385,12 +386,84 @@ class KeyGuard:
         await self.app(scope, receive, send)
 
 
+#: Host names a service bound to a loopback address answers to (any port).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the bind address ``host`` is reachable from this machine only."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(raw: bytes) -> str:
+    """The host of a ``Host`` header, without its port: ``[::1]:8000`` -> ``::1``."""
+    text = raw.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:text.find("]")] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+class HostGuard:
+    """ASGI middleware: requests whose ``Host`` header names another host get 400.
+
+    A service on a loopback address is reachable from this machine's browser: a web page
+    whose domain is rebound to 127.0.0.1 (DNS rebinding) could otherwise read ``/model`` and
+    send images to ``/predict`` from the user's browser; such requests carry the page's
+    domain as their host. Checked before anything else, the API key too.
+    """
+
+    def __init__(self, app, hosts):
+        self.app, self.hosts = app, {h.lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            given = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"")
+            if _host_name(given) not in self.hosts:
+                response = _json_error(400, "invalid Host header: this service answers to "
+                                            f"{', '.join(sorted(self.hosts))} only", close=True)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class SafetyHeaders:
+    """ASGI middleware: every response says not to sniff its type and not to be framed by
+    another site's page (the upload page's buttons cannot be overlaid: clickjacking)."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+               (b"content-security-policy", b"frame-ancestors 'none'")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: float = 20.0,
                device: str = "auto", scorer: Scorer | None = None,
-               timeout: float = DEFAULT_TIMEOUT, access_log: bool = True):
+               timeout: float = DEFAULT_TIMEOUT, access_log: bool = True,
+               allowed_hosts=None):
     """The FastAPI application serving the model of ``run``.
 
     ``api_key``: None serves without a key; an empty or blank key is refused (ConfigError).
+    ``allowed_hosts``: host names the ``Host`` header may give (None: any); :func:`serve`
+    sets :data:`LOOPBACK_HOSTS` when it listens on a loopback address.
     ``timeout``: seconds a client gets to send a request body (408 after that).
     ``access_log``: one INFO line per request on the logger ``oneclass.serve.access``.
     """
@@ -507,7 +580,7 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
         if upload is None:
             return error(400, "no complete file in the multipart field 'file' (the field is "
                               "missing or the upload was cut short)")
-        name = upload.filename or "upload"
+        name = printable(upload.filename or "upload", 200)
         data = await upload.read(limit + 1)
         if len(data) > limit:
             return error(413, f"{name}: upload is over the limit of {limit} bytes")
@@ -525,7 +598,10 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     if api_key is not None:
         app.add_middleware(KeyGuard, api_key=api_key)
     app.add_middleware(BodyGuard, timeout=timeout, max_body=limit + _ENVELOPE)
-    # outermost: logs every answer, the 401s and 413s of the guards too
+    if allowed_hosts is not None:
+        app.add_middleware(HostGuard, hosts=allowed_hosts)
+    app.add_middleware(SafetyHeaders)
+    # outermost: logs every answer, the 400s, 401s and 413s of the guards too
     app.add_middleware(AccessLog, enabled=access_log, on_cancel=cancelled)
     return app
 
@@ -794,7 +870,8 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, access_log: bool = True) -> None:
     """Run the service until interrupted (SIGINT, SIGTERM; see :func:`make_server`)."""
     app = create_app(run, api_key=api_key, max_upload_mb=max_upload_mb, device=device,
-                     timeout=timeout, access_log=access_log)
+                     timeout=timeout, access_log=access_log,
+                     allowed_hosts=LOOPBACK_HOSTS if is_loopback(host) else None)
     sock = _listen(host, port)  # before saying "serving": a port in use is our error
     port = sock.getsockname()[1]  # port 0: the one the system chose
     log.info("serving %s (%s) on http://%s:%d; %s", run, app.state.scorer.det.name, host, port,
