@@ -717,3 +717,5 @@ def test_the_model_id_of_a_loaded_model_is_its_own_after_a_retrain(saved, tmp_pa
     other.save(d)  # the run is retrained while `first` is being served
     assert loaded_model_id(first, d) == before != model_id(d)
     assert loaded_model_id(other) == model_id(d)
+    first.fit(make_defects(40, 0, size=16, seed=4))  # refitted: not the loaded weights any more
+    assert loaded_model_id(first) is None

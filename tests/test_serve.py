@@ -449,8 +449,8 @@ def _post(body: bytes, ctype: bytes = b"multipart/form-data; boundary=" + BOUNDA
 
 
 def _get(target: bytes, key: bool = True) -> bytes:
-    return (b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + (b"X-API-Key: s3cret\r\n" if key else b"")
-            + b"Connection: close\r\n\r\n")
+    return (b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n"
+            + (b"X-API-Key: s3cret\r\n" if key else b"") + b"Connection: close\r\n\r\n")
 
 
 @pytest.fixture(scope="module")
@@ -1277,7 +1277,8 @@ def test_a_loopback_service_answers_to_loopback_host_names_only(app, run_dir, mo
     assert [k["allowed_hosts"] is not None for k in made] == [True, True, True, False]
     guarded = TestClient(real(run_dir, scorer=app.state.scorer,
                               allowed_hosts=made[0]["allowed_hosts"]))
-    for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000"):
+    for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000", "localhost.:80",
+                 "127.0.0.2:8000", "[0:0:0:0:0:0:0:1]"):  # any loopback address is local
         assert guarded.get("/model", headers={"host": host}).status_code == 200, host
     for host in ("attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example", ""):
         r = guarded.get("/model", headers={"host": host})
@@ -1286,6 +1287,22 @@ def test_a_loopback_service_answers_to_loopback_host_names_only(app, run_dir, mo
     # a service bound to all interfaces is reached by any name: no check (use --api-key)
     assert TestClient(real(run_dir, scorer=app.state.scorer)).get(
         "/model", headers={"host": "inspection.example"}).status_code == 200
+    # --allowed-host adds names (a reverse proxy on this machine forwarding its own); '*': any
+    assert "proxy.example" in serve_mod.serve_hosts("127.0.0.1", ("proxy.example",))
+    assert serve_mod.serve_hosts("127.0.0.1", ("*",)) is None
+    assert serve_mod.HostGuard(None, serve_mod.serve_hosts("127.0.0.1")).allows(None)  # HTTP/1.0
+
+
+def test_serve_passes_allowed_hosts_from_the_command_line(monkeypatch, tmp_path):
+    import oneclass.serve as serve_mod
+    from oneclass.cli import main
+
+    seen = []
+    monkeypatch.setattr(serve_mod, "serve", lambda *a, **k: seen.append(k))
+    monkeypatch.delenv("ONECLASS_API_KEY", raising=False)
+    assert main(["serve", str(tmp_path), "--allowed-host", "a.example",
+                 "--allowed-host", "b.example"]) == 0
+    assert seen[0]["allowed_hosts"] == ["a.example", "b.example"]
 
 
 def test_every_answer_refuses_sniffing_and_framing(client, png):

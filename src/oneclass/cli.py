@@ -295,7 +295,7 @@ def cmd_serve(args) -> int:
     serve(Path(args.run), host=args.host, port=args.port, api_key=key,
           max_upload_mb=args.max_upload_mb, device=args.device or "auto", timeout=args.timeout,
           max_connections=args.max_connections or None, shutdown_timeout=args.shutdown_timeout,
-          access_log=not args.no_access_log)
+          access_log=not args.no_access_log, allowed_hosts=args.allowed_host)
     return 0
 
 
@@ -572,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "before SIGKILL); a second signal stops at once")
     s.add_argument("--no-access-log", action="store_true",
                    help="no log line per request (method, path, status, ms, client)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="on a loopback --host, also answer requests whose Host header is NAME "
+                   "(repeatable; e.g. the name a reverse proxy on this machine forwards). "
+                   "Other names get 400, so web pages cannot reach the service by DNS "
+                   "rebinding; '*' answers any name")
     common(s, quiet=False)
     s.set_defaults(func=cmd_serve)
 

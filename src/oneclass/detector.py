@@ -351,8 +351,10 @@ def _read_regular(name: str, dir_fd: int | None, where: Path) -> bytes:
     weights would be read until memory runs out, a FIFO would block for ever."""
     import stat
 
+    # O_BINARY: Windows opens in text mode otherwise (CRLF and 0x1A would change the bytes)
     fd = os.open(name if dir_fd is not None else where / name,
-                 os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+                 os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0),
+                 dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise IsADirectoryError(0, "not a regular file")
@@ -373,11 +375,16 @@ def _read_model_files(path: Path) -> tuple[bytes | OSError, bytes | OSError]:
     being read.
     """
     use_fd = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+    # O_PATH (Linux): a folder that may be entered but not listed (mode 711) opens too
+    dir_flags = os.O_DIRECTORY | getattr(os, "O_PATH", os.O_RDONLY) if use_fd else 0
     for attempt in range(3):
         dir_fd = None
         try:
             if use_fd:
-                dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    dir_fd = os.open(path, dir_flags)
+                except PermissionError:  # no O_PATH and no read permission: by path
+                    dir_fd = None
             out: list[bytes | OSError] = []
             for name in MODEL_FILES:
                 try:
@@ -806,6 +813,7 @@ class Detector:
                                          desc="loading outliers")[0]
         try:
             self.model_ = self._build(self.input_shape_).to(self.device_)
+            self.weights_sha256_ = None  # new weights: no saved model's id is theirs
             norm = getattr(self.model_, "norm", None)
             if isinstance(norm, InputNorm):
                 keep = y != 1

@@ -295,11 +295,17 @@ _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
                   "\u2066\u2067\u2068\u2069")
 
 
+def _is_control(ch: str) -> bool:
+    """C0 and C1 control characters (U+0085 ends a line for ``str.splitlines``)."""
+    return ord(ch) < 32 or 127 <= ord(ch) < 160
+
+
 def printable(name: str, limit: int | None = None, controls: bool = True) -> str:
     """A name from outside (a file name, an upload's name) as logs, answers and reports show
     it: control characters (``controls``: a newline would start a forged log line) and
     bidirectional controls escaped; longer than ``limit`` characters, cut with "...". Other
     characters, accents and scripts included, are kept."""
-    text = "".join(f"\\x{ord(ch):02x}" if controls and (ord(ch) < 32 or ord(ch) == 127) else
+    text = "".join(f"\\x{ord(ch):02x}" if controls and _is_control(ch) else
+                   f"\\u{ord(ch):04x}" if controls and ch in "\u2028\u2029" else
                    f"\\u{ord(ch):04x}" if ch in _BIDI else ch for ch in name[:limit])
     return text + ("..." if limit is not None and len(name) > limit else "")

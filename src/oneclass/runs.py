@@ -594,9 +594,9 @@ def _train(method: str, data_spec: str, out: Path, params: dict[str, Any], lock:
         det.save(out / "model")
         # the model's id pairs the two: a stop between these writes leaves a config.json of
         # the earlier model, which _open_run then refuses instead of mixing the two
-        from .export import model_id
+        from .export import loaded_model_id
 
-        write_json(out / "config.json", {**config, "model_id": model_id(out / "model")})
+        write_json(out / "config.json", {**config, "model_id": loaded_model_id(det)})
         if log_path.exists():
             os.replace(log_path, out / "train_log.jsonl")
         elif not (resume and had_checkpoints):  # no epoch ran (epochs=0): no log of an
@@ -1492,7 +1492,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
     these test images, with these labels and scores; otherwise they are computed for the
     report alone (``metrics.json`` is left as it is: it stays the run's own evaluation).
     """
-    from .export import model_id
+    from .export import loaded_model_id
     from .report import Example, build_report
 
     run = Path(run)
@@ -1513,7 +1513,7 @@ def report(run: Path, data_spec: str | None = None, data_root: str | None = None
         except (ValueError, UnicodeDecodeError):
             log.warning("%s: not valid JSON; computing the report's metrics afresh", mpath)
     if not isinstance(metrics, dict) or metrics.get("data") != spec \
-            or metrics.get("model_id") != model_id(model_dir(run)) \
+            or metrics.get("model_id") != loaded_model_id(det, model_dir(run)) \
             or metrics.get("test_digest") != _test_digest(test, scores):
         metrics = _metrics(run, det, spec, test, scores, skipped, show)
     order = np.argsort(-scores, kind="stable")

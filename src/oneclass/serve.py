@@ -403,11 +403,14 @@ def is_loopback(host: str) -> bool:
 
 
 def _host_name(raw: bytes) -> str:
-    """The host of a ``Host`` header, without its port: ``[::1]:8000`` -> ``::1``."""
+    """The host of a ``Host`` header, without its port or a final dot: ``[::1]:8000`` ->
+    ``::1``, ``LocalHost.:80`` -> ``localhost``."""
     text = raw.decode("latin-1").strip().lower()
     if text.startswith("["):
-        return text[1:text.find("]")] if "]" in text else text
-    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+        text = text[1:text.find("]")] if "]" in text else text
+    elif text.count(":") == 1:
+        text = text.rsplit(":", 1)[0]
+    return text.rstrip(".") if text not in ("", ".") else text
 
 
 class HostGuard:
@@ -416,16 +419,24 @@ class HostGuard:
     A service on a loopback address is reachable from this machine's browser: a web page
     whose domain is rebound to 127.0.0.1 (DNS rebinding) could otherwise read ``/model`` and
     send images to ``/predict`` from the user's browser; such requests carry the page's
-    domain as their host. Checked before anything else, the API key too.
+    domain as their host. Loopback IP addresses (``127.0.0.2``, ``0:0:0:0:0:0:0:1``) and a
+    request without a ``Host`` (HTTP/1.0, never a browser) pass. Checked before anything
+    else, the API key too.
     """
 
     def __init__(self, app, hosts):
-        self.app, self.hosts = app, {h.lower() for h in hosts}
+        self.app, self.hosts = app, {_host_name(h.encode("latin-1")) for h in hosts}
+
+    def allows(self, given: bytes | None) -> bool:
+        if given is None:
+            return True
+        name = _host_name(given)
+        return name in self.hosts or is_loopback(name)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            given = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"")
-            if _host_name(given) not in self.hosts:
+            given = next((v for k, v in scope["headers"] if k.lower() == b"host"), None)
+            if not self.allows(given):
                 response = _json_error(400, "invalid Host header: this service answers to "
                                             f"{', '.join(sorted(self.hosts))} only", close=True)
                 await response(scope, receive, send)
@@ -453,6 +464,14 @@ class SafetyHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def serve_hosts(host: str, extra=()) -> tuple[str, ...] | None:
+    """The ``Host`` names a service bound to ``host`` answers to (None: any): on a loopback
+    address, the loopback names, ``host`` itself and ``extra`` (``"*"`` in it: any)."""
+    if not is_loopback(host) or "*" in extra:
+        return None
+    return (*LOOPBACK_HOSTS, host, *extra)
 
 
 def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: float = 20.0,
@@ -867,11 +886,14 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, max_upload_mb: float = 20.0, device: str = "auto",
           timeout: float = DEFAULT_TIMEOUT,
           max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
-          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, access_log: bool = True) -> None:
-    """Run the service until interrupted (SIGINT, SIGTERM; see :func:`make_server`)."""
+          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, access_log: bool = True,
+          allowed_hosts=()) -> None:
+    """Run the service until interrupted (SIGINT, SIGTERM; see :func:`make_server`).
+    ``allowed_hosts``: more ``Host`` names to answer on a loopback address (see
+    :func:`serve_hosts`)."""
     app = create_app(run, api_key=api_key, max_upload_mb=max_upload_mb, device=device,
                      timeout=timeout, access_log=access_log,
-                     allowed_hosts=LOOPBACK_HOSTS if is_loopback(host) else None)
+                     allowed_hosts=serve_hosts(host, tuple(allowed_hosts or ())))
     sock = _listen(host, port)  # before saying "serving": a port in use is our error
     port = sock.getsockname()[1]  # port 0: the one the system chose
     log.info("serving %s (%s) on http://%s:%d; %s", run, app.state.scorer.det.name, host, port,
