@@ -457,7 +457,22 @@ def test_anogan_cifar10_width64_rows_are_rescored_with_the_papers_500_steps():
         assert name == "search_steps=500"
         assert v["params"] == {**j["params"], "search_steps": 500}
         assert v["label"] == j["label"] + ", search_steps=500" and _key(v) != _key(j)
-    assert not any("score_variants" in j for j in SUITES["anogan-cifar10"] if j not in rows)
+    chosen = [j for j in SUITES["anogan-cifar10"] if "search chosen on validation" in j.get("label", "")]
+    assert not any("score_variants" in j for j in SUITES["anogan-cifar10"]
+                   if j not in rows and j not in chosen)
+
+
+def test_anogan_cifar10_chosen_search_row_is_rescored_with_the_defaults_on_the_same_models():
+    from oneclass.bench import SUITES, _key, _variant_jobs
+
+    w64 = {j["data"]: j for j in SUITES["anogan-cifar10"] if j.get("label", "").endswith("width 64")}
+    rows = [j for j in SUITES["anogan-cifar10"] if "search chosen on validation" in j.get("label", "")]
+    assert len(rows) == 10
+    for j in rows:  # the width-64 row's training, the validation's choice for the search
+        assert j["params"] == {**w64[j["data"]]["params"], "lam": 0.1, "search_steps": 0}
+        ((v, name),) = _variant_jobs(j)
+        assert name == "lam=0.1, search_steps=100"
+        assert _key(v) not in (_key(j), _key(w64[j["data"]]))
 
 
 class _FakeRun:
