@@ -402,6 +402,18 @@ def _read_model_files(path: Path) -> tuple[bytes | OSError, bytes | OSError]:
     raise AssertionError("unreachable")
 
 
+#: What rebuilding a model from a damaged or hand-edited description raises (a KeyError for
+#: a missing entry, ConfigError for a bad setting, ...): reported by :func:`_damaged`.
+_DESCRIPTION_ERRORS = (KeyError, TypeError, ValueError, AttributeError, RuntimeError,
+                       OverflowError)
+
+
+def _damaged(meta_path: Path, exc: BaseException) -> ModelFileError:
+    """The one-line error of a description that cannot be rebuilt (see _DESCRIPTION_ERRORS)."""
+    what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+    return ModelFileError(f"{meta_path}: damaged model description ({what})")
+
+
 def _fit_weights(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     """What keeps the tensors ``state`` from loading into ``net`` (built on the meta device,
     so a description asking for huge tensors allocates nothing), or None when they fit."""
@@ -1152,10 +1164,8 @@ class Detector:
             det.train_image_size_ = [int(v) for v in size] if isinstance(size, list) and \
                 len(size) == 2 and all(_is_number(v) and v >= 1 for v in size) else None
             det._load_fitted_extra(fitted)
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError,
-                OverflowError) as exc:
-            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
-            raise ModelFileError(f"{meta_path}: damaged model description ({what})") from None
+        except _DESCRIPTION_ERRORS as exc:
+            raise _damaged(meta_path, exc) from None
         try:  # the bytes checked above, not the file again: a save may have replaced it since
             state = safetensors_load(raw)
         except Exception as exc:  # safetensors raises its own error types
@@ -1169,10 +1179,8 @@ class Detector:
                 raise ModelFileError(f"{wpath}: cannot load weights: they do not fit the "
                                      f"network model.json describes ({misfit[:600]})")
             det.model_ = det._build(det.input_shape_)
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError,
-                OverflowError) as exc:
-            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
-            raise ModelFileError(f"{meta_path}: damaged model description ({what})") from None
+        except _DESCRIPTION_ERRORS as exc:
+            raise _damaged(meta_path, exc) from None
         finally:
             det._restoring = False
         det.weights_sha256_ = meta["weights_sha256"]

@@ -481,8 +481,8 @@ def create_app(run: str | Path, *, api_key: str | None = None, max_upload_mb: fl
     """The FastAPI application serving the model of ``run``.
 
     ``api_key``: None serves without a key; an empty or blank key is refused (ConfigError).
-    ``allowed_hosts``: host names the ``Host`` header may give (None: any); :func:`serve`
-    sets :data:`LOOPBACK_HOSTS` when it listens on a loopback address.
+    ``allowed_hosts``: host names the ``Host`` header may give besides loopback addresses
+    (None: any, no check); :func:`serve` passes :func:`serve_hosts` of its address.
     ``timeout``: seconds a client gets to send a request body (408 after that).
     ``access_log``: one INFO line per request on the logger ``oneclass.serve.access``.
     """
