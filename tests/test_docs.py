@@ -5,6 +5,8 @@ names a real subcommand, real options and (for `bench`) a real suite."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,11 @@ from oneclass.bench import SUITES
 from oneclass.cli import build_parser
 
 from .conftest import write_fake_mnist
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "Makefile"]
@@ -111,3 +118,40 @@ def test_readme_library_example_runs(tmp_path):
     assert np.array_equal(labels, (scores >= ns["det"].threshold_).astype(labels.dtype))
     assert np.array_equal(ns["det2"].score(test), scores)  # "identical scores"
     assert (tmp_path / "model" / "model.json").is_file()
+
+
+def test_install_hints_use_a_checkout_and_name_real_extras():
+    """oneclass is not on a package index: an install hint for an extra, in the docs or in
+    an error message, is ``pip install '.[extra]'`` (from a checkout) and names an extra
+    pyproject.toml declares; ``'oneclass[extra]'`` would look oneclass up on an index."""
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["project"]["optional-dependencies"])
+    texts = {p: p.read_text() for p in [*DOCS, *sorted((ROOT / "src").rglob("*.py"))]}
+    found, bad = 0, []
+    for path, text in texts.items():
+        for m in re.finditer(r"pip install (?:-e )?'([^'\[]*)\[([^\]]*)\]'", text):
+            found += 1
+            line = text[:m.start()].count("\n") + 1
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if m.group(1) != ".":
+                bad.append(f"{where}: {m.group(0)!r} is not the checkout form '.[...]'")
+            bad += [f"{where}: no extra {e!r} in pyproject.toml"
+                    for e in m.group(2).split(",") if e.strip() not in extras]
+    assert found >= 4  # the README's export and serve lines, the natural hint at least
+    assert not bad, "\n".join(bad)
+
+
+def test_the_code_runs_on_the_oldest_python_pyproject_declares():
+    """``requires-python`` is a promise: no module, in the package, the tests or the
+    scripts, uses a feature of a later Python (``tomllib`` is 3.11; 3.10 reads TOML with
+    tomli). vermin reads the sources; it runs nothing."""
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    oldest = re.fullmatch(r">=\s*(3\.\d+)", spec)
+    assert oldest, f"requires-python {spec!r}: expected '>=3.N'"
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from vermin.main import main; sys.exit(main())",
+         "--no-tips", "--violations", "--eval-annotations", f"-t={oldest.group(1)}-",
+         "src/oneclass", "tests", "scripts"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "Analyzing" in out.stdout, out.stdout + out.stderr  # it read the files
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -39,7 +39,8 @@ def photo_dir() -> Path:
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("natural: needs scikit-image, whose sample photographs it crops "
-                        "(pip install scikit-image, or pip install 'oneclass[natural]')")
+                        "(pip install scikit-image, or pip install '.[natural]' in a checkout "
+                        "of oneclass)")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
