@@ -286,6 +286,46 @@ def test_result_lines_record_the_code_version():
     assert rec["commit"] == git.stdout.strip()
 
 
+def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
+    """A copy of the package in a virtual environment that lies in some other git
+    checkout is not that checkout's code: no commit. As src/oneclass of a checkout, the
+    checkout's commit."""
+    import shutil
+    import subprocess
+
+    import oneclass
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "other"
+    site = repo / ".venv" / "lib" / "site-packages"
+    src = repo / "src"
+    for dest in (site, src):
+        shutil.copytree(pathlib.Path(oneclass.__file__).parent, dest / "oneclass",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": __import__("os").environ["PATH"]}
+    for args in (["init", "-q"], ["add", "src"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from oneclass.bench import _commit; " \
+           "import oneclass; assert oneclass.__file__.startswith(sys.argv[1]); print(_commit())"
+    seen = [subprocess.run([sys.executable, "-c", code, str(where)], capture_output=True,
+                           text=True, check=True).stdout.strip() for where in (site, src)]
+    assert seen[0] == "None"
+    assert seen[1] == head
+
+
+def test_python_m_oneclass_is_the_command():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "oneclass", "--version"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith(__import__("oneclass").__version__)
+
+
 def test_table_dates_come_from_git_not_from_the_checkout_time(tmp_path):
     import os
     import shutil

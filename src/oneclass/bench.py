@@ -606,13 +606,22 @@ def _commit() -> str | None:
     """The code a run used: ``git describe`` of the checkout (``-dirty`` with local changes),
     taken by the run's process when it starts; None outside a git checkout. Result lines are
     reused on resume whatever the code version: after a change that moves figures, run into a
-    new ``--out``."""
-    try:
-        r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=10"],
-                           cwd=Path(__file__).parent, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
+    new ``--out``. An installed copy (site-packages) inside some other git checkout is not
+    that checkout's code: the checkout must hold this package as ``src/oneclass``."""
+    pkg = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], cwd=pkg, capture_output=True, text=True,
+                               timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() or None if r.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() / "src" / "oneclass" != pkg:
         return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+    return git("describe", "--always", "--dirty", "--abbrev=10")
 
 
 def _variant_jobs(job: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
