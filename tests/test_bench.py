@@ -275,12 +275,15 @@ def test_result_lines_record_the_code_version():
     from oneclass.bench import _record
 
     rec = _record({"method": "fcdd", "data": "x", "seed": 0, "params": {}}, "k", "smoke", {})
-    src = pathlib.Path(oneclass.__file__).parent
-    git = shutil.which("git") and subprocess.run(
+    src = pathlib.Path(oneclass.__file__).resolve().parent
+    top = shutil.which("git") and subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=src, capture_output=True, text=True)
+    git = top and top.returncode == 0 and subprocess.run(
         ["git", "describe", "--always", "--dirty", "--abbrev=10"], cwd=src, capture_output=True,
         text=True)
-    if not git or git.returncode != 0:  # not a git checkout (an installed package)
-        assert rec["commit"] is None
+    if (not git or git.returncode != 0  # not a git checkout
+            or pathlib.Path(top.stdout.strip()).resolve() / "src" / "oneclass" != src):
+        assert rec["commit"] is None  # or an installed copy that lies inside one
         return
     assert re.fullmatch(r"[0-9a-zA-Z._-]*[0-9a-f]{10}(-dirty)?", rec["commit"])
     assert rec["commit"] == git.stdout.strip()
