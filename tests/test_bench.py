@@ -293,6 +293,7 @@ def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
     """A copy of the package in a virtual environment that lies in some other git
     checkout is not that checkout's code: no commit. As src/oneclass of a checkout, the
     checkout's commit."""
+    import os
     import shutil
     import subprocess
 
@@ -307,7 +308,7 @@ def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
         shutil.copytree(pathlib.Path(oneclass.__file__).parent, dest / "oneclass",
                         ignore=shutil.ignore_patterns("__pycache__"))
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "PATH": __import__("os").environ["PATH"]}
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": os.environ["PATH"]}
     for args in (["init", "-q"], ["add", "src"], ["commit", "-q", "-m", "x"]):
         subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=repo, check=True,
@@ -323,10 +324,12 @@ def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
 def test_python_m_oneclass_is_the_command():
     import subprocess
 
+    import oneclass
+
     out = subprocess.run([sys.executable, "-m", "oneclass", "--version"], capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith(__import__("oneclass").__version__)
+    assert out.stdout.strip().endswith(oneclass.__version__)
 
 
 def test_table_dates_come_from_git_not_from_the_checkout_time(tmp_path):

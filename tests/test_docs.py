@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 
 from oneclass.bench import SUITES
-from oneclass.cli import build_parser
+from oneclass.cli import build_parser, tomllib  # tomli on Python 3.10
 
 from .conftest import write_fake_mnist
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "Makefile"]
@@ -133,10 +128,10 @@ def test_install_hints_use_a_checkout_and_name_real_extras():
         # any flags and quoting: -e '.[dev]', $(PIPFLAGS) -U ".[a,b]", .[serve]>=0.1, ...
         for cmd in re.finditer(r"pip3?\s+install\b[^\n`]*", text):
             args = cmd.group(0).split(" #")[0]  # not a shell comment after it
+            line = text[:cmd.start()].count("\n") + 1
+            where = f"{path.relative_to(ROOT)}:{line}"
             for m in re.finditer(r"(?<![\w.\[])['\"]?([^\s'\"\[=<>(),]*)\[([^\]]*)\]", args):
                 found += 1
-                line = text[:cmd.start()].count("\n") + 1
-                where = f"{path.relative_to(ROOT)}:{line}"
                 if m.group(1) != ".":
                     bad.append(f"{where}: {m.group(0)!r} is not the checkout form '.[...]'")
                 bad += [f"{where}: no extra {e!r} in pyproject.toml"
