@@ -709,12 +709,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
     Runs of the ``defaults`` suite come first, as one method-by-dataset matrix."""
     records = list({_row_id(r): r for r in records}.values())  # a rerun line replaces its row
     matrix = [r for r in records if r.get("suite") == "defaults"]
-    records = [r for r in records if r.get("suite") != "defaults"]
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        ds = Path(r["data"]).name.split(":")[0]
-        label = f" ({r['label']})" if r.get("label") else ""
-        groups.setdefault((r["method"] + label, ds), []).append(r)
+    groups = _tables(records)
     parts = []
     for (method, ds), rs in sorted(groups.items()):
         rescored = any(x.get("scored_after_auroc") is not None for x in rs)
@@ -753,13 +748,9 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 f"{np.mean([x['train_images_per_s'] for x in g]):.0f} | "
                 f"{np.mean([x['score_images_per_s'] for x in g]):.0f} | "
                 f"{max(x['peak_rss_mb'] for x in g):.0f} |")
-        pub = PUBLISHED.get((method, ds), PUBLISHED.get((method.split(" (")[0], ds)))
+        pub = _published(method, ds)
         expected = CLASSES.get(ds)
-        caveats = []
-        if expected and len(means) < expected:
-            caveats.append(f"only {len(means)} of the {expected} classes")
-        if len(set(counts)) > 1:
-            caveats.append(f"classes with {min(counts)} to {max(counts)} runs")
+        caveats = _caveats(ds, counts)
         pub_s = f" (published: {pub})" if pub is not None and not caveats else ""
         caveat_s = f" ({'; '.join(caveats)}: not comparable with a full mean)" if caveats else ""
         known = [(m, f) for m, f in zip(means, firsts) if np.isfinite(f)]
@@ -777,6 +768,66 @@ def markdown(records: list[dict[str, Any]]) -> str:
             parts.append(f"\nPublished image AUROC: {pub}\n")
     text = "\n".join(parts) + "\n" if parts else ""
     return (defaults_matrix(matrix) + ("\n" if text else "") if matrix else "") + text
+
+
+def _tables(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict]]:
+    """The lines of each table, outside the ``defaults`` suite's matrix: (method with its
+    label in brackets, dataset) -> lines."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        if r.get("suite") == "defaults":
+            continue
+        ds = Path(r["data"]).name.split(":")[0]
+        label = f" ({r['label']})" if r.get("label") else ""
+        groups.setdefault((r["method"] + label, ds), []).append(r)
+    return groups
+
+
+def _published(method: str, ds: str) -> float | None:
+    """The published mean AUROC set beside a table: its row's own, else its method's."""
+    return PUBLISHED.get((method, ds), PUBLISHED.get((method.split(" (")[0], ds)))
+
+
+def _caveats(ds: str, counts: list[int]) -> list[str]:
+    """Why a mean over classes with ``counts`` runs each is not a dataset's full mean."""
+    expected = CLASSES.get(ds)
+    caveats = []
+    if expected and len(counts) < expected:
+        caveats.append(f"only {len(counts)} of the {expected} classes")
+    if len(set(counts)) > 1:
+        caveats.append(f"classes with {min(counts)} to {max(counts)} runs")
+    return caveats
+
+
+def published_summary(records_by_dir: dict[str, list[dict[str, Any]]]) -> str:
+    """One table of every mean set beside a published figure in the tables below (all
+    classes of the dataset, equal runs per class): ours, the published figure and the
+    difference, in the order of the tables. Empty when there is none."""
+    lines = []
+    for d, records in records_by_dir.items():
+        records = list({_row_id(r): r for r in records}.values())
+        for (method, ds), rs in sorted(_tables(records).items()):
+            pub = _published(method, ds)
+            by_data: dict[str, list[float]] = {}
+            for r in rs:
+                by_data.setdefault(r["data"], []).append(_pct_value(r.get("image_auroc")))
+            counts = [len(v) for v in by_data.values()]
+            if pub is None or len(by_data) < 2 or _caveats(ds, counts):
+                continue
+            mean = float(np.mean([np.mean(v) for v in by_data.values()]))
+            seeds = len({r.get("seed", 0) for r in rs})
+            lines.append(f"| {method} | {ds} | `{d}` | {len(rs)} | {seeds} | {mean:.1f} | "
+                         f"{pub} | {mean - pub:+.1f} |")
+    if not lines:
+        return ""
+    return ("## Published image AUROC beside ours\n\n"
+            "Generated from the result lines: every table below whose mean covers all the "
+            "dataset's classes with as many runs each and has a published figure. Mean "
+            "image AUROC %; difference in points (ours minus published, from the unrounded "
+            "mean). Several rows of one method are settings or protocols tried in turn; the "
+            "notes say which row is an issue's figure and how it was chosen.\n\n"
+            "| table | data | results | runs | seeds | mean % | published % | difference |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
 
 
 def defaults_matrix(records: list[dict[str, Any]]) -> str:
@@ -910,6 +961,10 @@ def write_docs(result_dirs: list[Path], out: Path, notes: Path | None = None) ->
     parts = ["# Benchmarks", "",
              "Generated by `oneclass bench docs` from the results of the commands below; "
              "the notes section is kept in `docs/benchmark-notes.md`.", ""]
+    summary = published_summary({str(d): read_jsonl(Path(d) / "results.jsonl")
+                                 for d in result_dirs if (Path(d) / "results.jsonl").exists()})
+    if summary:
+        parts += [summary]
     if notes is not None and Path(notes).exists():
         parts += [Path(notes).read_text().strip(), ""]
     for d in result_dirs:
