@@ -222,7 +222,9 @@ def test_published_summary_lists_full_means_beside_their_published_figure(tmp_pa
     base = {"label": "", "image_ap": 0.5, "train_seconds": 1.0, "train_images_per_s": 1.0,
             "score_images_per_s": 1.0, "peak_rss_mb": 1.0}
     full = [{**base, "method": "deep_svdd", "data": f"mnist:{c}", "seed": s, "key": f"a{c}{s}",
-             "image_auroc": 0.9 + 0.01 * c + 0.002 * s} for c in range(10) for s in (0, 1)]
+             "image_auroc": 0.9025 + 0.01 * c + 0.0002 * s} for c in range(10) for s in (0, 1)]
+    full.append(dict(full[0]))  # a rerun line replaces its row: still 2 runs of class 0
+    full.append({**full[1], "key": "z", "suite": "defaults"})  # the defaults matrix's own
     part = [{**base, "method": "deep_svdd", "data": f"cifar10:{c}", "seed": 0, "key": f"b{c}",
              "image_auroc": 0.7} for c in range(9)]  # 9 of 10 classes: no full mean
     uneven = [{**base, "method": "anogan", "data": f"mnist:{c}", "seed": 0, "key": f"c{c}",
@@ -231,17 +233,18 @@ def test_published_summary_lists_full_means_beside_their_published_figure(tmp_pa
     unpublished = [{**base, "method": "hsc", "data": f"mnist:{c}", "seed": 0, "key": f"d{c}",
                     "image_auroc": 0.9} for c in range(10)]
     text = published_summary({"r1": full + part, "r2": uneven + unpublished})
-    # mean of 90.1 ... 99.1 = 94.6; the published 94.8: 0.2 below
-    assert "| deep_svdd | mnist | `r1` | 20 | 2 | 94.6 | 94.8 | -0.2 |" in text, text
+    # class means 90.26 ... 99.26, mean 94.76 (shown 94.8); the published 94.8: 0.04 below,
+    # so -0.0 (from the rounded mean it would read +0.0)
+    assert "| deep_svdd | mnist | `r1` | 20 | 2 | 94.8 | 94.8 | -0.0 |" in text, text
     assert "cifar10" not in text and "anogan" not in text and "hsc" not in text
     assert published_summary({"r2": uneven + unpublished}) == ""
     d = tmp_path / "b"
     d.mkdir()
-    (d / "results.jsonl").write_text("".join(json.dumps({**r, "suite": "x", "date": "d",
+    (d / "results.jsonl").write_text("".join(json.dumps({"suite": "x", **r, "date": "d",
                                                          "machine": "m"}) + "\n" for r in full))
     doc = write_docs([d], tmp_path / "bench.md").read_text()
     assert doc.index("## Published image AUROC beside ours") < doc.index("## Results in")
-    assert f"| deep_svdd | mnist | `{d}` | 20 | 2 | 94.6 | 94.8 | -0.2 |" in doc
+    assert f"| deep_svdd | mnist | `{d}` | 20 | 2 | 94.8 | 94.8 | -0.0 |" in doc
 
 
 def test_markdown_counts_runs_and_seeds_apart_and_uses_the_sample_std():
