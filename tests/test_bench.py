@@ -233,9 +233,9 @@ def test_published_summary_lists_full_means_beside_their_published_figure(tmp_pa
     unpublished = [{**base, "method": "hsc", "data": f"mnist:{c}", "seed": 0, "key": f"d{c}",
                     "image_auroc": 0.9} for c in range(10)]
     text = published_summary({"r1": full + part, "r2": uneven + unpublished})
-    # class means 90.26 ... 99.26, mean 94.76 (shown 94.8); the published 94.8: 0.04 below,
-    # so -0.0 (from the rounded mean it would read +0.0)
-    assert "| deep_svdd | mnist | `r1` | 20 | 2 | 94.8 | 94.8 | -0.0 |" in text, text
+    # class means 90.26 ... 99.26, mean 94.76 (shown 94.8); the published 94.8: 0.04 below
+    # (from the rounded mean it would read +0.00)
+    assert "| deep_svdd | mnist | `r1` | 20 | 2 | 94.8 | 94.8 | -0.04 |" in text, text
     assert "cifar10" not in text and "anogan" not in text and "hsc" not in text
     assert published_summary({"r2": uneven + unpublished}) == ""
     d = tmp_path / "b"
@@ -244,7 +244,7 @@ def test_published_summary_lists_full_means_beside_their_published_figure(tmp_pa
                                                          "machine": "m"}) + "\n" for r in full))
     doc = write_docs([d], tmp_path / "bench.md").read_text()
     assert doc.index("## Published image AUROC beside ours") < doc.index("## Results in")
-    assert f"| deep_svdd | mnist | `{d}` | 20 | 2 | 94.8 | 94.8 | -0.0 |" in doc
+    assert f"| deep_svdd | mnist | `{d}` | 20 | 2 | 94.8 | 94.8 | -0.04 |" in doc
 
 
 def test_markdown_counts_runs_and_seeds_apart_and_uses_the_sample_std():

@@ -817,7 +817,7 @@ def published_summary(records_by_dir: dict[str, list[dict[str, Any]]]) -> str:
             mean = float(np.mean([np.mean(v) for v in by_data.values()]))
             seeds = len({r.get("seed", 0) for r in rs})
             lines.append(f"| {method} | {ds} | `{d}` | {len(rs)} | {seeds} | {mean:.1f} | "
-                         f"{pub} | {mean - pub:+.1f} |")
+                         f"{pub} | {mean - pub:+.2f} |")
     if not lines:
         return ""
     return ("## Published image AUROC beside ours\n\n"
