@@ -310,14 +310,15 @@ def test_result_lines_record_the_code_version():
     top = shutil.which("git") and subprocess.run(
         ["git", "rev-parse", "--show-toplevel"], cwd=src, capture_output=True, text=True)
     git = top and top.returncode == 0 and subprocess.run(
-        ["git", "describe", "--always", "--dirty", "--abbrev=10"], cwd=src, capture_output=True,
-        text=True)
+        ["git", "describe", "--always", "--abbrev=10"], cwd=src, capture_output=True, text=True)
     if (not git or git.returncode != 0  # not a git checkout
             or pathlib.Path(top.stdout.strip()).resolve() / "src" / "oneclass" != src):
         assert rec["commit"] is None  # or an installed copy that lies inside one
         return
     assert re.fullmatch(r"[0-9a-zA-Z._-]*[0-9a-f]{10}(-dirty)?", rec["commit"])
-    assert rec["commit"] == git.stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--",
+                              str(src)], cwd=src, capture_output=True, text=True).stdout.strip()
+    assert rec["commit"] == git.stdout.strip() + ("-dirty" if changed else "")
 
 
 def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
@@ -340,16 +341,30 @@ def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
                         ignore=shutil.ignore_patterns("__pycache__"))
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "PATH": os.environ["PATH"]}
-    for args in (["init", "-q"], ["add", "src"], ["commit", "-q", "-m", "x"]):
+    (repo / "notes.md").write_text("a")
+    for args in (["init", "-q"], ["add", "src", "notes.md"], ["commit", "-q", "-m", "x"]):
         subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=repo, check=True,
                           capture_output=True, text=True).stdout.strip()
     code = "import sys; sys.path.insert(0, sys.argv[1]); from oneclass.bench import _commit; " \
            "import oneclass; assert oneclass.__file__.startswith(sys.argv[1]); print(_commit())"
-    seen = [subprocess.run([sys.executable, "-c", code, str(where)], capture_output=True,
-                           text=True, check=True).stdout.strip() for where in (site, src)]
-    assert seen[0] == "None"
-    assert seen[1] == head
+
+    def seen(where):
+        return subprocess.run([sys.executable, "-c", code, str(where)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert seen(site) == "None"
+    assert seen(src) == head
+    # edits outside the package (docs, result lines) are not the code a run used; an edit
+    # to the package, or a file added to it, is
+    (repo / "notes.md").write_text("b")
+    assert seen(src) == head
+    (src / "oneclass" / "extra.py").write_text("x = 1\n")
+    assert seen(src) == head + "-dirty"
+    (src / "oneclass" / "extra.py").unlink()
+    with open(src / "oneclass" / "bench.py", "a") as f:
+        f.write("\n# edited\n")
+    assert seen(src) == head + "-dirty"
 
 
 def test_python_m_oneclass_is_the_command():

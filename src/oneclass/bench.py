@@ -603,8 +603,10 @@ def _record(job: dict[str, Any], key: str, suite: str, payload: dict[str, Any]) 
 
 
 def _commit() -> str | None:
-    """The code a run used: ``git describe`` of the checkout (``-dirty`` with local changes),
-    taken by the run's process when it starts; None outside a git checkout. Result lines are
+    """The code a run used: ``git describe`` of the checkout, ``-dirty`` when the package's
+    own files (``src/oneclass``) differ from it (edits to docs or result files, as a
+    benchmark's own lines, are not the code), taken by the run's process when it starts;
+    None outside a git checkout. Result lines are
     reused on resume whatever the code version: after a change that moves figures, run into a
     new ``--out``. An installed copy (site-packages) inside some other git checkout is not
     that checkout's code: the checkout must hold this package as ``src/oneclass``."""
@@ -621,7 +623,11 @@ def _commit() -> str | None:
     top = git("rev-parse", "--show-toplevel")
     if top is None or Path(top).resolve() / "src" / "oneclass" != pkg:
         return None
-    return git("describe", "--always", "--dirty", "--abbrev=10")
+    described = git("describe", "--always", "--abbrev=10")
+    if described is None:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=all", "--", str(pkg))
+    return described + "-dirty" if changed else described
 
 
 def _variant_jobs(job: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
