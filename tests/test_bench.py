@@ -342,7 +342,9 @@ def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "PATH": os.environ["PATH"]}
     (repo / "notes.md").write_text("a")
-    for args in (["init", "-q"], ["add", "src", "notes.md"], ["commit", "-q", "-m", "x"]):
+    (repo / ".gitignore").write_text("__pycache__/\n")  # as the project's own
+    for args in (["init", "-q"], ["add", "src", "notes.md", ".gitignore"],
+                 ["commit", "-q", "-m", "x"]):
         subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=repo, check=True,
                           capture_output=True, text=True).stdout.strip()
