@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from oneclass.methods.anogan import AnoGAN
+from oneclass.speed import untrained_anogan
 
 
 def main() -> None:
@@ -27,10 +27,8 @@ def main() -> None:
     for shape in ((1, 28, 28), (1, 64, 64)):
         for precision in ("fp32", "bf16"):
             for part in (int(p) for p in args.parts.split(",")):
-                det = AnoGAN(search_steps=100, precision=precision, search_part=part)
-                det.device_ = torch.device("cpu")
-                det.input_shape_ = shape
-                det.model_ = det._build(shape).eval()
+                det = untrained_anogan(shape, search_steps=100, precision=precision,
+                                       search_part=part)
                 x = torch.rand(256, *shape, generator=torch.Generator().manual_seed(0))
                 det.search(x[:2], steps=2)  # warm-up
                 times = []

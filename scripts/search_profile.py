@@ -73,13 +73,11 @@ def profile() -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from oneclass.methods.anogan import AnoGAN
+    from oneclass.speed import untrained_anogan
 
     torch.set_num_threads(2)
     shape = (1, 64, 64)
-    det = AnoGAN()
-    det.device_, det.input_shape_ = torch.device("cpu"), shape
-    det.model_ = det._build(shape).eval()
+    det = untrained_anogan(shape)
     x = torch.rand(256, *shape, generator=torch.Generator().manual_seed(0))
     det.search(x[:2], steps=2)  # warm-up
     with torch_profile(activities=[ProfilerActivity.CPU]) as p:

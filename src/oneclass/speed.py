@@ -276,6 +276,18 @@ def anogan_search_flops(det, steps: int) -> float:
     return steps * step_flops / 2
 
 
+def untrained_anogan(shape: tuple[int, ...], **params):
+    """An AnoGAN with ``params`` and untrained default networks for ``shape`` on the CPU,
+    ready to search: a search costs the same whatever the networks learned."""
+    from .methods.anogan import AnoGAN
+
+    det = AnoGAN(**params)
+    det.device_ = torch.device("cpu")
+    det.input_shape_ = tuple(shape)
+    det.model_ = det._build(tuple(shape)).eval()
+    return det
+
+
 def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int = 8,
                        shapes=((1, 28, 28), (1, 64, 64)),
                        precisions=("fp32", "bf16"), flops: bool = False) -> list[dict]:
@@ -299,10 +311,7 @@ def anogan_search_rows(steps: int = 100, batch: int | None = None, single: int =
     single = min(int(single), batch)  # one-at-a-time searches of the batch's own images
     rows, raw = [], []  # raw: (batched, one-at-a-time) seconds per image, unrounded
     for shape, precision in [(s, p) for s in shapes for p in precisions]:
-        det = AnoGAN(search_steps=steps, precision=precision)
-        det.device_ = torch.device("cpu")
-        det.input_shape_ = tuple(shape)
-        det.model_ = det._build(tuple(shape)).eval()
+        det = untrained_anogan(shape, search_steps=steps, precision=precision)
         x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
         det.search(x[:2], steps=2)  # warm-up
         t0 = time.perf_counter()
