@@ -41,7 +41,7 @@ def raw_maps(det, images) -> np.ndarray:
 
 
 def probe(run: Path, worst: int = 5) -> None:
-    det, cfg, spec, root = runs._open_run(run, None, None, "cpu")
+    det, cfg, spec, root = runs.layout._open_run(run, None, None, "cpu")
     test = runs.test_set(spec, root, cfg)
     masks = np.concatenate([m[:, 0].numpy() > 0.5 for _, _, m, _, _ in
                             loader(test, det.preprocess_, 64)])

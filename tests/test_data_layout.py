@@ -256,7 +256,7 @@ def test_one_file_under_two_defect_types_is_refused(tmp_path):
 
 
 def test_predict_leaves_out_the_masks_of_a_ground_truth_folder_in_any_case(tmp_path):
-    from oneclass.runs import _input_paths
+    from oneclass.runs.prediction import _input_paths
 
     root = tmp_path / "cap"
     for sub in ("Train/good", "Test/good", "Test/crack", "Ground_Truth/crack"):
@@ -332,7 +332,7 @@ def test_a_lone_train_good_folder_is_read_and_good_beside_bad_is_refused(tmp_pat
 
 
 def test_predict_leaves_out_mask_files_of_a_plain_folder_as_load_does(tmp_path, caplog):
-    from oneclass.runs import _input_paths
+    from oneclass.runs.prediction import _input_paths
 
     _pngs(tmp_path / "p", 3)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "p" / "0_mask.png")

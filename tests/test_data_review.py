@@ -22,7 +22,8 @@ from oneclass.data.folder import list_images
 from oneclass.data.semi import semi_counts
 from oneclass.data.synthetic import write_mvtec
 from oneclass.errors import ConfigError, DataError, OneclassError
-from oneclass.runs import _input_paths, evaluate, predict, train, training_data
+from oneclass.runs import evaluate, predict, train, training_data
+from oneclass.runs.prediction import _input_paths
 
 from .conftest import write_fake_mnist
 

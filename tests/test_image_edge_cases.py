@@ -333,7 +333,7 @@ def test_nested_plain_folders_still_load(tmp_path):
 
 def test_predict_on_a_folder_of_categories_skips_the_masks(tmp_path):
     """predict lists its inputs itself (it scores whatever is below a folder): unchanged."""
-    from oneclass.runs import _input_paths
+    from oneclass.runs.prediction import _input_paths
 
     m = np.zeros((10, 10), bool)
     m[1, 1] = True

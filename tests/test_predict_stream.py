@@ -264,7 +264,7 @@ def test_the_all_anomalous_warning_counts_the_rows_of_a_resumed_file(run, tmp_pa
     import json
     import logging
 
-    import oneclass.runs as runs_mod
+    import oneclass.runs.prediction as runs_mod  # where predict looks load_model up
 
     src = tmp_path / "in"
     _images(src, [f"a{k}.png" for k in range(3)])
@@ -333,7 +333,7 @@ def test_a_subset_of_files_keeps_their_paths(mvtec_dir):
 
 
 def test_heatmap_names_take_as_many_folders_as_tell_them_apart(tmp_path):
-    from oneclass.runs import _unique_stems
+    from oneclass.runs.prediction import _unique_stems
 
     paths = [tmp_path / "x/good/000.png", tmp_path / "y/good/000.png", tmp_path / "good/000.png",
              tmp_path / "a/img.png", tmp_path / "a/IMG.png", tmp_path / "b/one.png"]

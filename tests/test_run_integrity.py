@@ -359,7 +359,7 @@ def test_a_resumed_retraining_logs_only_its_own_epochs(run_copy):
         pass
 
     params = {"epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "seed": 7}
-    import oneclass.runs as runs_mod
+    import oneclass.runs.training as runs_mod
 
     real_loop = runs_mod.LoopConfig
 
@@ -535,7 +535,7 @@ def _stopped(monkeypatch, *, at_once: bool = False, at: tuple[str, int] = ("trai
     """Make the next training stop: before its first checkpoint (``at_once``), or when it
     logs epoch ``at`` (phase, epoch): the epoch is neither logged nor checkpointed (nor, with
     the checkpoint written before the line, as before 5 Dec 2026, logged only)."""
-    import oneclass.runs as runs_mod
+    import oneclass.runs.training as runs_mod
 
     real = runs_mod.LoopConfig
 
@@ -718,7 +718,7 @@ def test_a_stop_between_saving_the_model_and_its_config_is_caught_then_resumed(
     written left the new model beside the old run's configuration; eval used both. Now the
     mismatch is refused, and --resume with the same options finishes the run, also for a
     method that writes no epoch checkpoints."""
-    import oneclass.runs as runs_mod
+    import oneclass.runs.training as runs_mod
 
     out = tmp_path / "run"
     base = ["train", "--method", method, "--data", mvtec_dir, "--out", out, *extra, "-q"]
@@ -858,7 +858,7 @@ def test_resume_on_other_training_images_is_refused(tmp_path, monkeypatch):
 def test_interrupted_before_any_checkpoint_the_advice_is_to_run_again(run_copy, capsys,
                                                                      monkeypatch):
     """--resume was advised, then refused ("a different configuration than config.json")."""
-    import oneclass.runs as runs_mod
+    import oneclass.runs.training as runs_mod
 
     def stop(*a, **k):
         raise KeyboardInterrupt
@@ -934,7 +934,7 @@ def test_a_finished_patchcore_run_stopped_before_its_tidying_is_tidied(tmp_path,
 def test_the_files_of_a_training_are_recorded_beside_generated_outliers(mv_small):
     from oneclass import data as data_mod
     from oneclass.data.base import ArraySet
-    from oneclass.runs import _data_files
+    from oneclass.runs.training import _data_files
 
     files = data_mod.load(str(mv_small), "train")
     generated = ArraySet(np.zeros((3, 8, 8), np.uint8), np.full(3, -1))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from oneclass import data as oneclass_data
 from oneclass import runs
 from oneclass.cli import main
 from oneclass.data.base import FileSet, loader, materialize
@@ -54,13 +55,13 @@ def test_bad_image_screening_shows_progress_in_eval_predict_and_report(small, tm
     images)."""
     data, run = small
     asked = []
-    real = runs.data_mod.screen
+    real = oneclass_data.screen
 
     def spy(images, on_bad="error", *, progress=False, **kw):
         asked.append((kw.get("what"), progress))
         return real(images, on_bad, progress=progress, **kw)
 
-    monkeypatch.setattr(runs.data_mod, "screen", spy)
+    monkeypatch.setattr(oneclass_data, "screen", spy)
     runs.evaluate(run, on_bad_image="skip", progress=True)
     runs.predict(run, [str(data / "test" / "good")], tmp_path / "p", on_bad_image="skip",
                  progress=True)
@@ -142,7 +143,7 @@ def test_sixteen_bit_images_are_read_without_large_temporaries(tmp_path):
 def test_report_of_a_single_test_image_shows_it_once(small, monkeypatch):
     data, run = small
     real = runs.test_set
-    monkeypatch.setattr(runs, "test_set", lambda *a, **k: real(*a, **k).subset([0]))
+    monkeypatch.setattr(runs.reporting, "test_set", lambda *a, **k: real(*a, **k).subset([0]))
     got = {}
     monkeypatch.setattr("oneclass.report.build_report", lambda path, **kw: got.update(kw))
     runs.report(run, progress=False)

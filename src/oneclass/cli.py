@@ -315,7 +315,8 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     import time
 
-    from .runs import _text, evaluate, format_metrics, report, train
+    from .runs import evaluate, format_metrics, report, train
+    from .runs.layout import _text
 
     t0 = time.perf_counter()
     out = Path(args.out)
