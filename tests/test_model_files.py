@@ -154,7 +154,7 @@ def test_load_reads_the_previous_model_when_it_cannot_be_put_back(data, tmp_path
     def read_only(*_a):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(D, "recover_dir", read_only)
+    monkeypatch.setattr(oneclass.model_files, "recover_dir", read_only)  # where load reads it
     loaded = oneclass.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.score(data[1]), det.score(data[1]))
 

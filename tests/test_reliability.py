@@ -684,12 +684,12 @@ def test_a_save_swapping_the_folder_between_the_two_reads_is_not_damage(saved, t
     # one (rename, then the old one removed) between the reads of model.json and of the
     # weights. Both files come from one folder, so the load gives one model or the other,
     # never "weights do not match their checksum".
-    import oneclass.detector as detector
+    import oneclass.model_files as model_files
 
     d = _copy(saved[1], tmp_path / "m")
     other = oneclass.create("deep_svdd", **fast_params("deep_svdd"))
     other.fit(make_defects(40, 0, size=16, seed=2))
-    real_read = detector._read_regular
+    real_read = model_files._read_regular
     swapped = []
 
     def read(name, dir_fd, where):
@@ -698,7 +698,7 @@ def test_a_save_swapping_the_folder_between_the_two_reads_is_not_damage(saved, t
             other.save(d)  # the swap, between the two reads
         return real_read(name, dir_fd, where)
 
-    monkeypatch.setattr(detector, "_read_regular", read)
+    monkeypatch.setattr(model_files, "_read_regular", read)
     det = oneclass.load(d)
     assert swapped
     assert det.weights_sha256_ == json.loads((d / "model.json").read_text())["weights_sha256"]

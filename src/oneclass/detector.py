@@ -48,13 +48,22 @@ from .data.base import (
 )
 from .device import parse_device, preserved_rng, resolve_device, seed_everything
 from .errors import ConfigError, DataError, ModelFileError, TrainingError
-from .io import WriteError, atomic_dir, json_default, previous_dir, recover_dir, write_json
+from .io import atomic_dir, json_default, write_json
+from .model_files import (
+    DESCRIPTION_ERRORS,
+    FORMAT,
+    FORMAT_VERSION,
+    check_description,
+    check_save_target,
+    check_weights,
+    damaged,
+    fit_weights,
+    is_number,
+    read_saved,
+)
 from .train import LoopConfig, is_main_process, show_progress
 
 log = logging.getLogger(__name__)
-
-FORMAT = "oneclass-model"
-FORMAT_VERSION = 1
 
 
 class Output(NamedTuple):
@@ -152,69 +161,6 @@ def _fitted_attr(name: str) -> bool:
     return name.endswith("_") and not name.startswith("_")
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _shown(v: Any) -> str:
-    """A value read from JSON as an error shows it: null, true, '0.5' (a string), 3."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f"{v[:60]!r} (a string)"
-    if isinstance(v, (list, dict)):
-        return f"{json.dumps(v)[:60]} ({'a list' if isinstance(v, list) else 'an object'})"
-    return repr(v)
-
-
-def _check_description(meta: dict[str, Any], meta_path: Path, defaults: dict[str, Any]) -> None:
-    """The entries of model.json that :meth:`Detector.load` reads, each of the JSON type it
-    must have (a number is not taken from a string): a ModelFileError naming the file, the
-    entry and what is wrong, before anything else is said about the description."""
-    def bad(entry: str, what: str) -> ModelFileError:
-        return ModelFileError(f"{meta_path}: damaged model description: {entry} {what}")
-
-    def need(d: dict, k: str, where: str, kind: type, what: str) -> Any:
-        entry = f"'{k}'" + (f" (in '{where}')" if where else "")
-        if k not in d:
-            raise ModelFileError(f"{meta_path}: damaged model description: missing entry {entry}")
-        if not isinstance(d[k], kind) or isinstance(d[k], bool):  # JSON true is no number
-            raise bad(entry, f"must be {what}, got {_shown(d[k])}")
-        return d[k]
-
-    for k in ("params", "preprocess", "fitted"):
-        need(meta, k, "", dict, "a JSON object")
-    shape = need(meta, "input_shape", "", list, "a list of 3 whole numbers (C, H, W)")
-    if len(shape) != 3 or not all(_is_whole(v) for v in shape):
-        raise bad("'input_shape'", f"must be a list of 3 whole numbers (C, H, W), got "
-                                   f"{_shown(shape)}")
-    pre = meta["preprocess"]
-    need(pre, "channels", "preprocess", int, "a whole number")
-    size = pre.get("size")
-    if size is not None and not (isinstance(size, list) and all(_is_whole(v) for v in size)):
-        raise bad("'size' (in 'preprocess')", f"must be a list of whole numbers or null, got "
-                                              f"{_shown(size)}")
-    fitted = meta["fitted"]
-    need(fitted, "threshold", "fitted", (int, float), "a number")
-    need(fitted, "threshold_source", "fitted", str, "a string")
-    for k, v in meta["params"].items():
-        d = defaults.get(k)
-        entry = f"'{k}' (in 'params')"
-        if k == "threshold":
-            if v is not None and not _is_number(v):
-                raise bad(entry, f"must be a number or null, got {_shown(v)}")
-        elif _is_number(d) and isinstance(v, (str, bool)):
-            raise bad(entry, f"must be a number, got {_shown(v)}")
-        elif isinstance(d, bool) and isinstance(v, str):
-            raise bad(entry, f"must be true or false, got {_shown(v)}")
-
-
 def as_float(v: Any) -> float:
     """``v`` as a float for a range check: NaN (fails every range) for what is not a number."""
     if isinstance(v, bool):
@@ -266,7 +212,6 @@ def _param_type_cast(default: Any, value: Any, name: str) -> Any:
     return value
 
 
-MODEL_FILES = ("model.json", "weights.safetensors")
 # parameters without a numeric default that are counts when set
 _COUNTS = ("epochs", "bank_size", "rep_dim", "search_part", "width", "channels")
 #: "load" while :meth:`Detector.load` rebuilds a saved model, "scoring" while scoring
@@ -283,24 +228,6 @@ def _saved_params(mode: str):
         yield
     finally:
         _SAVED_PARAMS.reset(token)
-
-
-def check_save_target(path: Path) -> None:
-    """A WriteError unless ``path`` is free or a saved model's directory (which save replaces
-    as a whole: other files in it would be deleted)."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_dir():
-        raise WriteError(f"{path}: exists and is not a directory; a model is saved to a "
-                         "directory of its own")
-    try:
-        other = sorted(f.name for f in path.iterdir() if f.name not in MODEL_FILES)
-    except OSError as exc:
-        raise WriteError(f"{path}: cannot list ({exc.strerror})") from None
-    if other:
-        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
-        raise WriteError(f"{path}: holds {shown}, not only a saved model; saving replaces the "
-                         "whole directory, so save to a new directory (or move these away)")
 
 
 def _shared_files(ours: ImageSet, theirs: ImageSet, what: str) -> str | None:
@@ -343,88 +270,6 @@ def _image_divisor(x: torch.Tensor) -> float:
         raise DataError(f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
                         "pass images in 0..255 as uint8")
     return 1.0
-
-
-def _read_regular(name: str, dir_fd: int | None, where: Path) -> bytes:
-    """The bytes of the regular file ``name`` in the folder ``dir_fd`` (or ``where``). A FIFO,
-    device or folder under that name is refused before reading: ``/dev/zero`` linked in as
-    weights would be read until memory runs out, a FIFO would block for ever."""
-    import stat
-
-    # O_BINARY: Windows opens in text mode otherwise (CRLF and 0x1A would change the bytes)
-    fd = os.open(name if dir_fd is not None else where / name,
-                 os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0),
-                 dir_fd=dir_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(0, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
-
-
-def _read_model_files(path: Path) -> tuple[bytes | OSError, bytes | OSError]:
-    """``model.json`` and ``weights.safetensors`` of the saved model ``path``, each as its bytes
-    or the error that reading it raised (reported by the caller, in its order).
-
-    Both are read through one handle on the folder, so a save that swaps a new folder in
-    meanwhile (:func:`oneclass.io.atomic_dir`) cannot pair one model's description with the
-    other's weights. A file found missing is looked for twice more, 50 ms apart: the swap
-    renames the folder away and back and then deletes the old one, which may be the folder
-    being read.
-    """
-    use_fd = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
-    # O_PATH (Linux): a folder that may be entered but not listed (mode 711) opens too
-    dir_flags = os.O_DIRECTORY | getattr(os, "O_PATH", os.O_RDONLY) if use_fd else 0
-    for attempt in range(3):
-        dir_fd = None
-        try:
-            if use_fd:
-                try:
-                    dir_fd = os.open(path, dir_flags)
-                except PermissionError:  # no O_PATH and no read permission: by path
-                    dir_fd = None
-            out: list[bytes | OSError] = []
-            for name in MODEL_FILES:
-                try:
-                    out.append(_read_regular(name, dir_fd, path))
-                except OSError as exc:
-                    out.append(exc)
-        except OSError as exc:  # the folder itself: no such folder, no permission
-            out = [exc, exc]
-        finally:
-            if dir_fd is not None:
-                os.close(dir_fd)
-        if not any(isinstance(v, FileNotFoundError) for v in out) or attempt == 2:
-            return out[0], out[1]
-        time.sleep(0.05)  # perhaps a save swapping the folder: read the new one
-    raise AssertionError("unreachable")
-
-
-#: What rebuilding a model from a damaged or hand-edited description raises (a KeyError for
-#: a missing entry, ConfigError for a bad setting, ...): reported by :func:`_damaged`.
-_DESCRIPTION_ERRORS = (KeyError, TypeError, ValueError, AttributeError, RuntimeError,
-                       OverflowError)
-
-
-def _damaged(meta_path: Path, exc: BaseException) -> ModelFileError:
-    """The one-line error of a description that cannot be rebuilt (see _DESCRIPTION_ERRORS)."""
-    what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
-    return ModelFileError(f"{meta_path}: damaged model description ({what})")
-
-
-def _fit_weights(net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """What keeps the tensors ``state`` from loading into ``net`` (built on the meta device,
-    so a description asking for huge tensors allocates nothing), or None when they fit."""
-    want = net.state_dict()
-    problems = [f"missing {k}" for k in want if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in want]
-    problems += [f"size mismatch for {k}: the weights hold {list(state[k].shape)}, model.json "
-                 f"builds {list(v.shape)}" for k, v in want.items()
-                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    return "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5
-                                       else "") if problems else None
 
 
 class Detector:
@@ -553,7 +398,7 @@ class Detector:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             odd = [f"{k}={getattr(self, k)!r}" for k, d in self.all_defaults().items()
-                   if _is_number(d) and not (_is_number(getattr(self, k))
+                   if is_number(d) and not (is_number(getattr(self, k))
                                              and math.isfinite(getattr(self, k)))
                    or k == "size" and isinstance(getattr(self, k), str)]
             which = f" ({', '.join(odd)})" if odd else ""
@@ -611,7 +456,7 @@ class Detector:
                     continue
                 raise ConfigError(f"{k} must be a whole number, got {v!r}")
         sigma = getattr(self, "heatmap_sigma", None)
-        if sigma is not None and (not _is_number(sigma) or not 0 <= sigma < math.inf):
+        if sigma is not None and (not is_number(sigma) or not 0 <= sigma < math.inf):
             raise ConfigError(f"heatmap_sigma must be a number >= 0 or unset (null), got {sigma!r}")
 
     def _size_tuple(self) -> tuple[int, int] | None:
@@ -1071,57 +916,16 @@ class Detector:
 
         from .registry import get
 
-        path = Path(path)
-        if not path.exists() and previous_dir(path).is_dir():
-            # a save between its two renames (microseconds apart) looks like a killed one:
-            # give it a moment before putting the previous model back in its way
-            time.sleep(0.2)
-        try:
-            if recover_dir(path):
-                log.warning("%s: a save was interrupted; the previous model was put back", path)
-        except OSError as exc:  # a read-only folder: read the complete previous model in place
-            log.warning("%s: a save was interrupted and the previous model cannot be put back "
-                        "(%s); reading it from %s", path, exc.strerror or exc, previous_dir(path))
-            path = previous_dir(path)
-        meta_path = path / "model.json"
-        text, raw = _read_model_files(path)
-        if isinstance(text, (FileNotFoundError, NotADirectoryError)):
-            raise ModelFileError(f"{path}: not a saved model (no model.json)")
-        if isinstance(text, OSError):
-            raise ModelFileError(f"{meta_path}: cannot read ({text.strerror})")
-        try:  # NaN and Infinity are read: the checks below name the entry that holds them
-            meta = json.loads(text.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise ModelFileError(f"{meta_path}: not valid JSON ({str(exc)[:200]})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ModelFileError(f"{meta_path}: not a oneclass model description")
-        version = meta.get("format_version")
-        if not _is_whole(version):
-            raise ModelFileError(f"{meta_path}: damaged model description: 'format_version' "
-                                 f"must be a whole number, got {_shown(version)}")
-        if version != FORMAT_VERSION:
-            raise ModelFileError(
-                f"{meta_path}: model format version {meta.get('format_version')} (written by "
-                f"oneclass {meta.get('oneclass_version')}); this oneclass "
-                f"({__version__}) reads version {FORMAT_VERSION}; retrain the model with this "
-                "version, or load it with the oneclass version that wrote it"
-            )
+        path, meta_path, meta, raw = read_saved(path)
         try:
             klass = get(str(meta.get("method")))
         except ConfigError as exc:
             raise ModelFileError(f"{meta_path}: {exc}") from None
         if cls is not Detector and not issubclass(klass, cls):
             raise ModelFileError(f"{path}: holds a {meta['method']} model, not {cls.name}")
-        _check_description(meta, meta_path, klass.all_defaults())
+        check_description(meta, meta_path, klass.all_defaults())
         wpath = path / "weights.safetensors"
-        if isinstance(raw, OSError):
-            raise ModelFileError(f"{wpath}: cannot read weights ({raw.strerror})")
-        if not meta.get("weights_sha256"):  # every saved model has one: removed by hand
-            raise ModelFileError(f"{meta_path}: no weights_sha256 entry, so the weights "
-                                 "cannot be checked (damaged or edited description)")
-        if hashlib.sha256(raw).hexdigest() != meta["weights_sha256"]:
-            raise ModelFileError(f"{wpath}: weights do not match their checksum in model.json "
-                                 "(file changed or damaged)")
+        check_weights(meta, meta_path, raw, wpath)
         device_ = resolve_device(device)
         defaults = klass.all_defaults()
         params = meta.get("params")
@@ -1157,15 +961,15 @@ class Detector:
             det.map_scale_ = fitted.get("map_scale")
             scale = det.map_scale_
             if scale is not None and not (isinstance(scale, list) and len(scale) == 2 and all(
-                    _is_number(v) and math.isfinite(v) for v in scale)):
+                    is_number(v) and math.isfinite(v) for v in scale)):
                 raise ValueError(f"map_scale must be two finite numbers, got {scale!r}")
             det.train_seconds_ = fitted.get("train_seconds", 0.0)
             size = fitted.get("train_image_size")  # the training images' median (h, w)
             det.train_image_size_ = [int(v) for v in size] if isinstance(size, list) and \
-                len(size) == 2 and all(_is_number(v) and v >= 1 for v in size) else None
+                len(size) == 2 and all(is_number(v) and v >= 1 for v in size) else None
             det._load_fitted_extra(fitted)
-        except _DESCRIPTION_ERRORS as exc:
-            raise _damaged(meta_path, exc) from None
+        except DESCRIPTION_ERRORS as exc:
+            raise damaged(meta_path, exc) from None
         try:  # the bytes checked above, not the file again: a save may have replaced it since
             state = safetensors_load(raw)
         except Exception as exc:  # safetensors raises its own error types
@@ -1174,13 +978,13 @@ class Detector:
         det._restoring = True  # the saved weights replace every pretrained one: not read
         try:  # first on the meta device: the sizes the description asks for cost no memory
             with torch.device("meta"):  # until the weights are known to fit them
-                misfit = _fit_weights(det._build(det.input_shape_), state)
+                misfit = fit_weights(det._build(det.input_shape_), state)
             if misfit:
                 raise ModelFileError(f"{wpath}: cannot load weights: they do not fit the "
                                      f"network model.json describes ({misfit[:600]})")
             det.model_ = det._build(det.input_shape_)
-        except _DESCRIPTION_ERRORS as exc:
-            raise _damaged(meta_path, exc) from None
+        except DESCRIPTION_ERRORS as exc:
+            raise damaged(meta_path, exc) from None
         finally:
             det._restoring = False
         det.weights_sha256_ = meta["weights_sha256"]

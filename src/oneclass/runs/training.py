@@ -15,10 +15,11 @@ import numpy as np
 
 from .. import data as data_mod
 from ..data.screen import check_policy
-from ..detector import Detector, check_save_target
+from ..detector import Detector
 from ..device import resolve_device
 from ..errors import ConfigError, DataError
 from ..io import write_json, write_text
+from ..model_files import check_save_target
 from ..registry import create
 from ..train import LoopConfig, is_main_process, show_progress
 from .inputs import training_data
