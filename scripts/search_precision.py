@@ -21,7 +21,8 @@ import time
 import numpy as np
 import torch
 
-from oneclass.bench import SUITES, _resolve, limit_test
+from oneclass.bench import SUITES, limit_test
+from oneclass.bench.running import _resolve
 from oneclass.metrics import image_metrics, pixel_metrics
 from oneclass.registry import create
 from oneclass.runs import maps_and_masks, test_set, training_data

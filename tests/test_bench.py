@@ -267,7 +267,8 @@ def test_markdown_counts_runs_and_seeds_apart_and_uses_the_sample_std():
 
 
 def test_docs_commands_are_derived_from_the_recorded_lines():
-    from oneclass.bench import SUITES, _key, suite_commands
+    from oneclass.bench import SUITES, suite_commands
+    from oneclass.bench.suites import _key
 
     jobs = SUITES["fcdd-kolektor-seeds"]
     recs = []
@@ -290,7 +291,7 @@ def test_docs_commands_are_derived_from_the_recorded_lines():
 
 
 def test_failed_runs_make_the_suite_fail_after_recording_the_others(tmp_path, monkeypatch):
-    import oneclass.bench as bench
+    import oneclass.bench.running as bench  # where a suite runs
 
     monkeypatch.setattr(bench, "_run_jobs", lambda *a: ["fcdd x seed 0: boom"])
     with pytest.raises(bench.BenchError, match="1 of 1 runs of smoke failed.*boom"):
@@ -303,7 +304,7 @@ def test_result_lines_record_the_code_version():
     import subprocess
 
     import oneclass
-    from oneclass.bench import _record
+    from oneclass.bench.running import _record
 
     rec = _record({"method": "fcdd", "data": "x", "seed": 0, "params": {}}, "k", "smoke", {})
     src = pathlib.Path(oneclass.__file__).resolve().parent
@@ -348,7 +349,7 @@ def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
         subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=repo, check=True,
                           capture_output=True, text=True).stdout.strip()
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from oneclass.bench import _commit; " \
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from oneclass.bench.running import _commit; " \
            "import oneclass; assert oneclass.__file__.startswith(sys.argv[1]); print(_commit())"
 
     def seen(where):
@@ -364,7 +365,7 @@ def test_an_installed_copy_inside_another_checkout_records_no_commit(tmp_path):
     (src / "oneclass" / "extra.py").write_text("x = 1\n")
     assert seen(src) == head + "-dirty"
     (src / "oneclass" / "extra.py").unlink()
-    with open(src / "oneclass" / "bench.py", "a") as f:
+    with open(src / "oneclass" / "bench" / "running.py", "a") as f:
         f.write("\n# edited\n")
     assert seen(src) == head + "-dirty"
 
@@ -385,7 +386,7 @@ def test_table_dates_come_from_git_not_from_the_checkout_time(tmp_path):
     import shutil
     import subprocess
 
-    from oneclass.bench import _table_date
+    from oneclass.bench.tables import _table_date
 
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -405,7 +406,7 @@ def test_table_dates_come_from_git_not_from_the_checkout_time(tmp_path):
 
 
 def test_label_filter_keeps_only_the_matching_rows(tmp_path, monkeypatch):
-    import oneclass.bench as bench
+    import oneclass.bench.running as bench  # where a suite runs
     from oneclass.errors import ConfigError
 
     seen = []
@@ -428,7 +429,8 @@ def test_label_filter_keeps_only_the_matching_rows(tmp_path, monkeypatch):
 def test_deep_sad_suites_follow_the_papers_scenarios():
     """Scenario (i) of Ruff et al. 2020 leaves the unlabeled data unpolluted; the published
     figures belong to those rows, and the polluted twins keep the older jobs unchanged."""
-    from oneclass.bench import PUBLISHED, SUITES, _key
+    from oneclass.bench import PUBLISHED, SUITES
+    from oneclass.bench.suites import _key
 
     for name, ds in (("sad-mnist", "mnist"), ("sad-fmnist", "fashion-mnist"),
                      ("sad-cifar10", "cifar10")):
@@ -494,7 +496,7 @@ def test_defaults_suite_runs_every_registered_method_untouched():
 
 
 def test_machine_names_the_cpu_model(monkeypatch, tmp_path):
-    import oneclass.bench as bench
+    import oneclass.bench.running as bench  # where a suite runs
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Some  CPU 9000\nflags\t: a b\n")
@@ -509,7 +511,7 @@ def test_machine_names_the_cpu_model(monkeypatch, tmp_path):
 
 def test_score_variants_rescore_the_trained_model_as_a_run_with_those_params(tmp_path,
                                                                             monkeypatch):
-    import oneclass.bench as bench
+    import oneclass.bench.running as bench  # where a suite runs
 
     base = {"method": "anogan", "data": "synthetic", "label": "tiny", "test_limit": 24,
             "params": {"epochs": 1, "width": 8, "z_dim": 4, "batch_size": 16,
@@ -542,7 +544,8 @@ def test_score_variants_rescore_the_trained_model_as_a_run_with_those_params(tmp
 
 
 def test_anogan_cifar10_width64_rows_are_rescored_with_the_papers_500_steps():
-    from oneclass.bench import SUITES, _key, _variant_jobs
+    from oneclass.bench import SUITES
+    from oneclass.bench.suites import _key, _variant_jobs
 
     rows = [j for j in SUITES["anogan-cifar10"] if j.get("label", "").endswith("width 64")]
     assert len(rows) == 10 and all(j["params"]["search_steps"] == 100 for j in rows)
@@ -557,7 +560,8 @@ def test_anogan_cifar10_width64_rows_are_rescored_with_the_papers_500_steps():
 
 
 def test_anogan_cifar10_chosen_search_row_is_rescored_with_the_defaults_on_the_same_models():
-    from oneclass.bench import SUITES, _key, _variant_jobs
+    from oneclass.bench import SUITES
+    from oneclass.bench.suites import _key, _variant_jobs
 
     w64 = {j["data"]: j for j in SUITES["anogan-cifar10"] if j.get("label", "").endswith("width 64")}
     rows = [j for j in SUITES["anogan-cifar10"] if "search chosen on validation" in j.get("label", "")]
@@ -592,7 +596,7 @@ def fake_runs(monkeypatch):
     import queue
     import types
 
-    import oneclass.bench as bench
+    import oneclass.bench.running as bench  # where a suite runs
 
     started: list[dict] = []
 
@@ -650,7 +654,7 @@ def test_runs_with_set_overrides_are_a_row_of_their_own(tmp_path, fake_runs):
 
 def test_a_run_recorded_by_another_suite_is_reused_as_a_row_of_this_one(tmp_path, fake_runs,
                                                                        monkeypatch):
-    import oneclass.bench as bench
+    import oneclass.bench.running as bench  # where a suite runs
 
     job = {"method": "fcdd", "data": "synthetic", "params": {"epochs": 1}}
     monkeypatch.setitem(bench.SUITES, "x-a", [{**job, "label": "a"}])
@@ -813,7 +817,8 @@ def test_a_zero_auroc_is_shown_in_the_defaults_matrix_not_taken_as_missing():
 
 
 def test_docs_command_of_a_row_run_on_some_datasets_names_them():
-    from oneclass.bench import SUITES, _key, suite_commands
+    from oneclass.bench import SUITES, suite_commands
+    from oneclass.bench.suites import _key
 
     jobs = [j for j in SUITES["svdd-mnist"]][:2]
     recs = [{"suite": "svdd-mnist", "seed": 0, "key": _key({**j, "seed": 0})} for j in jobs]
@@ -886,7 +891,7 @@ def test_anogan_speed_rows_time_as_many_single_searches_as_there_are_images(monk
 def test_docs_carry_the_notes_and_every_throughput_table(tmp_path):
     """The notes file and the speed, export, serve and predict tables of a results folder
     land in docs/benchmarks.md with their headings and commands."""
-    from oneclass.bench import _TABLES
+    from oneclass.bench.tables import _TABLES
 
     d = tmp_path / "d"
     d.mkdir()

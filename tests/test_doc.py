@@ -265,7 +265,8 @@ def test_cli_refuses_the_training_folder_as_reference(mvtec_dir, tmp_path, capsy
 
 
 def test_bench_key_names_the_reference_only_when_set():
-    from oneclass.bench import SUITES, _key
+    from oneclass.bench import SUITES
+    from oneclass.bench.suites import _key
 
     job = {"method": "doc", "data": "cifar10:0", "params": {}, "seed": 0}
     assert _key(job) == '["doc", "cifar10:0", 0, {}]'  # as before references existed

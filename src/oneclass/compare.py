@@ -135,7 +135,8 @@ def table(ours: list[dict], theirs: list[dict]) -> str:
 def run_compare(folders: list[str], out: Path, data_root: str | None = None,
                 methods: list[str] | None = None, models: str = "patchcore,padim",
                 python: str | None = None, log=print) -> Path:
-    from .bench import _resolve, run_suite
+    from .bench import run_suite
+    from .bench.running import _resolve
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
