@@ -729,7 +729,7 @@ def test_connections_over_the_limit_get_503(app, run_dir, png):
 def test_a_chunked_upload_over_the_limit_is_refused_after_reading_at_most_the_limit(app, png):
     """In process: the app pulls the body of an endless chunked upload from ASGI ``receive``
     and must stop after the limit."""
-    from oneclass.serve import _ENVELOPE
+    from oneclass.serve.app import _ENVELOPE
 
     first = _multipart(_file_part(png), end=False)
     chunk = b"\0" * 16384
@@ -994,14 +994,15 @@ def test_an_empty_api_key_is_refused_at_start(run_dir, monkeypatch, capsys, argv
 
 
 def test_the_startup_line_says_whether_requests_need_a_key(app, run_dir, monkeypatch, caplog):
-    from oneclass import serve as serve_mod
+    import oneclass.serve.app as app_module
+    import oneclass.serve.server as serve_mod
 
     class NoServer:
         def run(self, sockets):
             sockets[0].close()
 
     monkeypatch.setattr(serve_mod, "make_server", lambda *a, **k: NoServer())
-    monkeypatch.setattr(serve_mod, "Scorer", lambda *a, **k: app.state.scorer)
+    monkeypatch.setattr(app_module, "Scorer", lambda *a, **k: app.state.scorer)
     with caplog.at_level(logging.INFO, logger="oneclass"):
         serve_mod.serve(run_dir, port=0, api_key="k3y")
         serve_mod.serve(run_dir, port=0)
@@ -1263,7 +1264,8 @@ def test_a_loopback_service_answers_to_loopback_host_names_only(app, run_dir, mo
     """DNS rebinding: a web page whose domain is rebound to 127.0.0.1 reaches a service on
     this machine with its own domain as the Host; it got the model's description and could
     send images. A service on a loopback address now answers to loopback names only."""
-    import oneclass.serve as serve_mod
+    import oneclass.serve as serve_pkg
+    import oneclass.serve.server as serve_mod  # where serve() looks up _listen and create_app
 
     made = []
     monkeypatch.setattr(serve_mod, "_listen", lambda host, port: (_ for _ in ()).throw(
@@ -1288,9 +1290,9 @@ def test_a_loopback_service_answers_to_loopback_host_names_only(app, run_dir, mo
     assert TestClient(real(run_dir, scorer=app.state.scorer)).get(
         "/model", headers={"host": "inspection.example"}).status_code == 200
     # --allowed-host adds names (a reverse proxy on this machine forwarding its own); '*': any
-    assert "proxy.example" in serve_mod.serve_hosts("127.0.0.1", ("proxy.example",))
-    assert serve_mod.serve_hosts("127.0.0.1", ("*",)) is None
-    assert serve_mod.HostGuard(None, serve_mod.serve_hosts("127.0.0.1")).allows(None)  # HTTP/1.0
+    assert "proxy.example" in serve_pkg.serve_hosts("127.0.0.1", ("proxy.example",))
+    assert serve_pkg.serve_hosts("127.0.0.1", ("*",)) is None
+    assert serve_pkg.HostGuard(None, serve_pkg.serve_hosts("127.0.0.1")).allows(None)  # HTTP/1.0
 
 
 def test_serve_passes_allowed_hosts_from_the_command_line(monkeypatch, tmp_path):
