@@ -11,31 +11,10 @@ The package: `suites` (what runs), `running` (how a suite runs and is recorded) 
 (docs/benchmarks.md from the records).
 """
 
-from .running import (
-    BenchError,
-    _run_one,  # noqa: F401  the target a run's spawned process looks up here
-    cpu_model,
-    limit_test,
-    machine,
-    run_suite,
-    wait_for,
-)
-from .suites import (
-    CLASSES,
-    DEFAULT_METHODS,
-    PUBLISHED,
-    SAD_ALL_LABEL,
-    SAD_LABEL,
-    SAD_LONG_ALL_LABEL,
-    SAD_LONG_KNOWN2_LABEL,
-    SAD_LONG_LABEL,
-    SAD_POLLUTED_LABEL,
-    SUITES,
-)
+from .running import BenchError, cpu_model, limit_test, machine, run_suite, wait_for
+from .suites import CLASSES, PUBLISHED, SUITES
 from .tables import defaults_matrix, markdown, published_summary, suite_commands, write_docs
 
-__all__ = ["BenchError", "CLASSES", "DEFAULT_METHODS", "PUBLISHED", "SAD_ALL_LABEL",
-           "SAD_LABEL", "SAD_LONG_ALL_LABEL", "SAD_LONG_KNOWN2_LABEL", "SAD_LONG_LABEL",
-           "SAD_POLLUTED_LABEL", "SUITES", "cpu_model", "defaults_matrix", "limit_test",
-           "machine", "markdown", "published_summary", "run_suite", "suite_commands",
-           "wait_for", "write_docs"]
+__all__ = ["BenchError", "CLASSES", "PUBLISHED", "SUITES", "cpu_model", "defaults_matrix",
+           "limit_test", "machine", "markdown", "published_summary", "run_suite",
+           "suite_commands", "wait_for", "write_docs"]

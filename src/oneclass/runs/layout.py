@@ -5,16 +5,12 @@ names of the files derived from it.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from ..detector import Detector
 from ..errors import ConfigError, ModelFileError, OneclassError
-
-log = logging.getLogger(__name__)
-
 
 #: What a run's config.json records about the run beside its configuration (not compared
 #: on --resume, not configuration when the file is given to --config).

@@ -44,36 +44,9 @@ The package: `app` (the routes and the model), `guards` (the middleware every re
 and `server` (uvicorn, limits and shutdown).
 """
 
-from .app import (
-           DEFAULT_TIMEOUT,
-           MAX_UPLOAD_MB,
-           PAGE,
-           SERVE_MAX_PIXELS,
-           Scorer,
-           ScoringError,
-           ShuttingDown,
-           check_api_key,
-           create_app,
-)
-from .guards import (
-           API_KEY_HEADER,
-           LOOPBACK_HOSTS,
-           SHUTDOWN_MESSAGE,
-           AccessLog,
-           BodyGuard,
-           HostGuard,
-           KeyGuard,
-           RequestBodyError,
-           SafetyHeaders,
-           is_loopback,
-           log_access,
-           serve_hosts,
-)
-from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT, make_server, serve
+from .app import SERVE_MAX_PIXELS, Scorer, check_api_key, create_app
+from .guards import API_KEY_HEADER, HostGuard, serve_hosts
+from .server import make_server, serve
 
-__all__ = ["API_KEY_HEADER", "AccessLog", "BodyGuard", "DEFAULT_MAX_CONNECTIONS",
-           "DEFAULT_SHUTDOWN_TIMEOUT", "DEFAULT_TIMEOUT", "HostGuard", "KeyGuard",
-           "LOOPBACK_HOSTS", "MAX_UPLOAD_MB", "PAGE", "RequestBodyError",
-           "SERVE_MAX_PIXELS", "SHUTDOWN_MESSAGE", "SafetyHeaders", "Scorer",
-           "ScoringError", "ShuttingDown", "check_api_key", "create_app", "is_loopback",
-           "log_access", "make_server", "serve", "serve_hosts"]
+__all__ = ["API_KEY_HEADER", "HostGuard", "SERVE_MAX_PIXELS", "Scorer", "check_api_key",
+           "create_app", "make_server", "serve", "serve_hosts"]

@@ -30,8 +30,6 @@ from .guards import (
 )
 
 log = logging.getLogger("oneclass.serve")
-#: One line per request at INFO (``oneclass serve --no-access-log`` leaves it out).
-access_log = logging.getLogger("oneclass.serve.access")
 #: Room for the multipart envelope around the file when checking Content-Length.
 _ENVELOPE = 64 * 1024
 #: Pixel limit of ``oneclass serve`` unless --max-pixels or ONECLASS_MAX_PIXELS says otherwise:

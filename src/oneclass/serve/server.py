@@ -13,8 +13,6 @@ from .app import DEFAULT_TIMEOUT, create_app
 from .guards import API_KEY_HEADER, log_access, serve_hosts
 
 log = logging.getLogger("oneclass.serve")
-#: One line per request at INFO (``oneclass serve --no-access-log`` leaves it out).
-access_log = logging.getLogger("oneclass.serve.access")
 #: Connections open at once; one more gets 503.
 DEFAULT_MAX_CONNECTIONS = 64
 #: Seconds a shutdown (SIGTERM, Ctrl-C) waits for the requests in flight; the ones still
