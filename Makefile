@@ -44,8 +44,8 @@ bench: install
 	$(VENV)/bin/oneclass bench serve --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench predict --out runs/bench-deploy
 	$(VENV)/bin/oneclass bench docs --results runs/bench runs/bench-fcdd runs/bench-sad \
-	    runs/bench-sad9 runs/bench-sad-allk runs/bench-industrial runs/bench-defaults runs/bench-gan runs/bench-doc runs/bench-speed runs/bench-deploy \
-	    runs/bench-compare
+	    runs/bench-sad9 runs/bench-sad-allk runs/bench-industrial runs/bench-defaults \
+	    runs/bench-gan runs/bench-doc runs/bench-speed runs/bench-deploy runs/bench-compare
 
 # anomalib for `oneclass bench compare`, in its own environment: it brings torch 2.14.1, which must
 # never replace the project's torch in .venv.
