@@ -182,3 +182,101 @@ def test_soft_boundary_radius_follows_the_batches_only_after_warmup(defects_trai
     expected = torch.quantile(last.sqrt(), 0.9)
     assert float(det.model_.R) == pytest.approx(float(expected), rel=1e-6)
     assert float(torch.quantile(last.sqrt(), 0.1)) < 0.99 * float(expected)  # nu != 1 - nu
+
+
+def test_reference_decoder_has_the_reference_cifar10_layers_and_outputs_images_in_0_1():
+    from oneclass.nets import ReferenceDecoder
+
+    enc = Encoder(3, (32, 32), slope=0.01)
+    dec = ReferenceDecoder(enc, 3)
+    convs = [m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)]
+    # the reference: code (128) -> 8 maps of 4x4 -> 128 -> 64 -> 32 -> 3 channels, 5x5, no bias
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(8, 128), (128, 64), (64, 32),
+                                                                (32, 3)]
+    assert all(m.kernel_size == (5, 5) and m.bias is None for m in convs)
+    assert dec.seed == (8, 4, 4) and not dec.bn.affine
+    out = dec(torch.randn(5, 128) * 10)
+    assert out.shape == (5, 3, 32, 32) and bool(((out > 0) & (out < 1)).all())
+    # other sizes and codes that 16 does not divide (1x1 seed maps) reach the input's size
+    for shape, rep in [((1, 28, 28), None), ((3, 20, 36), 24)]:
+        e = Encoder(shape[0], shape[1:], rep_dim=rep)
+        assert ReferenceDecoder(e, shape[0])(torch.randn(2, e.rep_dim)).shape == (2, *shape)
+
+
+def test_reference_autoencoder_initialises_convolutions_with_xavier_uniform():
+    from oneclass.nets import ReferenceDecoder, xavier_init_encoder_
+
+    torch.manual_seed(0)
+    enc = Encoder(3, (32, 32), slope=0.01)
+    xavier_init_encoder_(enc)
+    gain = (2.0 / (1 + 0.01**2)) ** 0.5  # torch's leaky_relu gain for slope 0.01
+    convs = [m for m in enc.features if isinstance(m, torch.nn.Conv2d)]
+    convs += [m for m in ReferenceDecoder(enc, 3).modules() if isinstance(m, torch.nn.Conv2d)]
+    for m in convs:
+        fan_in = m.in_channels * 25
+        fan_out = m.out_channels * 25
+        bound = gain * (6.0 / (fan_in + fan_out)) ** 0.5
+        w = m.weight.abs().max().item()
+        assert 0.9 * bound < w <= bound + 1e-6  # uniform on [-bound, bound]
+
+
+def test_autoencoder_loss_targets_the_image_for_a_raw_target_decoder():
+    from oneclass.detector import InputNorm
+    from oneclass.methods._common import AutoencoderTask
+
+    class Half(torch.nn.Module):  # "reconstructs" every pixel as 0.5
+        def __init__(self, raw):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            if raw:
+                self.raw_target = True
+
+        def forward(self, z):
+            return torch.full((z.shape[0], 1, 2, 2), 0.5) + 0 * self.w
+
+    norm = InputNorm(1)
+    norm.mean.fill_(0.25)
+    norm.std.fill_(0.5)
+    img = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)  # 0, 1, 0.2, 0.4
+    raw = torch.tensor([0.0, 1.0, 0.2, 0.4])
+    for flag, target in ((True, raw), (False, (raw - 0.25) / 0.5)):
+        task = AutoencoderTask(norm, torch.nn.Identity(), Half(flag), torch.device("cpu"),
+                               1e-3, 0.0)
+        expected = ((0.5 - target) ** 2).mean()
+        assert torch.isclose(task.step([img])["rec_loss"], expected)
+
+
+def test_reference_autoencoder_pretrains_and_its_model_saves_and_loads(tmp_path):
+    from oneclass.methods._common import pretrain_autoencoder
+    from oneclass.methods.deep_svdd import SVDDNet
+    from oneclass.nets import ReferenceDecoder
+    from oneclass.train import LoopConfig
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
+    x = torch.from_numpy(imgs)
+    torch.manual_seed(0)
+    model = SVDDNet((3, 16, 16), slope=0.01)
+    model.norm.fit(x)
+    hist = pretrain_autoencoder(model, ReferenceDecoder(model.encoder, 3), x, epochs=8,
+                                batch_size=16, lr=1e-3, weight_decay=0.0, seed=0,
+                                device=torch.device("cpu"), loop=LoopConfig(progress=False))
+    losses = [h["rec_loss"] for h in hist]
+    assert losses[-1] < 0.8 * losses[0]  # it learns to reconstruct
+    # through the detector: a parameter that changes the model and survives save and load
+    data = ArraySet(np.moveaxis(imgs[:24], 1, -1))
+    kw = dict(slope=0.01, epochs=1, pretrain_epochs=1, batch_size=8, seed=0)
+    a = oneclass.create("deep_sad", autoencoder="reference", **kw).fit(data)
+    b = oneclass.create("deep_sad", **kw).fit(data)
+    assert not np.allclose(a.score(data), b.score(data))
+    a.save(tmp_path / "m")
+    again = oneclass.load(tmp_path / "m")
+    assert again.autoencoder == "reference"
+    np.testing.assert_allclose(again.score(data), a.score(data), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [({"autoencoder": "vae"}, "autoencoder"),
+                                       ({"autoencoder": "reference", "gcn": True}, "gcn")])
+def test_bad_autoencoder_settings_are_named(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        oneclass.create("deep_svdd", **bad).fit(ArraySet(np.zeros((4, 28, 28), np.uint8)))

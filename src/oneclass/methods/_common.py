@@ -33,7 +33,8 @@ def adam(params, lr: float, weight_decay: float, milestones: Sequence[int] = ())
 
 
 class AutoencoderTask:
-    """Pretraining of ``norm -> encoder -> decoder`` with the mean squared error.
+    """Pretraining of ``norm -> encoder -> decoder`` with the mean squared error to the
+    normalised input (to the image in [0, 1] for a decoder with ``raw_target``).
 
     Deep SVDD and Deep SAD initialise their encoder this way (Ruff et al. 2018, Sec. 4).
     """
@@ -44,15 +45,18 @@ class AutoencoderTask:
                  device: torch.device, lr: float, weight_decay: float, precision: str = "fp32"):
         self.norm, self.device, self.precision = norm, device, precision
         self.modules = {"encoder": encoder, "decoder": decoder}
+        self.raw_target = bool(getattr(decoder, "raw_target", False))
         params = list(encoder.parameters()) + list(decoder.parameters())
         opt, sched = adam(params, lr, weight_decay)
         self.optimizers, self.schedulers = {"ae": opt}, {"ae": sched}
 
     def step(self, batch):
-        x = self.norm(to_input(batch[0], self.device))
+        raw = to_input(batch[0], self.device)
+        x = self.norm(raw)
         with autocast(self.device, self.precision):
             rec = self.modules["decoder"](self.modules["encoder"](x))
-        loss = F.mse_loss(rec.float(), x)
+        # a decoder with ``raw_target`` (ReferenceDecoder) reconstructs the image in [0, 1]
+        loss = F.mse_loss(rec.float(), raw if self.raw_target else x)
         opt = self.optimizers["ae"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

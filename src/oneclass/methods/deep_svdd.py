@@ -20,7 +20,7 @@ from torch import nn
 from ..detector import Detector, InputNorm
 from ..errors import ConfigError
 from ..heatmaps import LENET_MAP_PARITY_TOL, gradient_map
-from ..nets import Decoder, Encoder
+from ..nets import Decoder, Encoder, ReferenceDecoder, xavier_init_encoder_
 from ..registry import register
 from ..train import LoopConfig, autocast, gather_across_ranks, is_main_process, run, show_progress
 from ._common import adam, check_precision, mean_embedding, normal_only, pretrain_autoencoder, to_input
@@ -169,6 +169,11 @@ class DeepSVDD(Detector):
         "rep_dim": None,
         "hidden": 0,
         "slope": 0.1,  # negative slope of the encoder's and decoder's leaky ReLUs
+        # autoencoder of the pretraining: "mirror" (a linear layer, then the encoder mirrored;
+        # reconstructs the normalised input) or "reference" (the Deep SAD reference code's:
+        # Xavier-initialised convolutions, batch-normed code reshaped to 4x4 maps, a sigmoid
+        # reconstructing the image in [0, 1]; needs gcn off)
+        "autoencoder": "mirror",
         # training precision (autoencoder and objective): fp32, or bf16 autocast (CIFAR-10
         # LeNet: about 2x the images/s on CPUs with AMX); distances stay float32
         "train_precision": "fp32",
@@ -183,6 +188,12 @@ class DeepSVDD(Detector):
         if not (0.0 < float(self.nu) <= 1.0):
             raise ConfigError(f"nu must be in (0, 1], got {self.nu}")
         check_precision(self, "train_precision")
+        if self.autoencoder not in ("mirror", "reference"):
+            raise ConfigError(
+                f"autoencoder must be 'mirror' or 'reference', got {self.autoencoder!r}")
+        if self.autoencoder == "reference" and self.gcn:
+            raise ConfigError("autoencoder='reference' reconstructs images in [0, 1] with a "
+                              "sigmoid; it needs gcn=false (GCN maps images outside [0, 1])")
 
     def _build(self, input_shape):
         return SVDDNet(input_shape, **encoder_params(self))
@@ -190,7 +201,12 @@ class DeepSVDD(Detector):
     def _pretrain_and_centre(self, x: torch.Tensor, loop: LoopConfig) -> None:
         """Autoencoder pretraining of phi on ``x``, then c = mean embedding of ``x``."""
         model: SVDDNet = self.model_
-        decoder = Decoder(model.encoder, x.shape[1])
+        if self.autoencoder == "reference":
+            if int(self.pretrain_epochs) > 0:
+                xavier_init_encoder_(model.encoder)
+            decoder = ReferenceDecoder(model.encoder, x.shape[1])
+        else:
+            decoder = Decoder(model.encoder, x.shape[1])
         pretrain_autoencoder(model, decoder, x, epochs=int(self.pretrain_epochs),
                              batch_size=int(self.batch_size), lr=float(self.pretrain_lr),
                              weight_decay=float(self.pretrain_weight_decay),

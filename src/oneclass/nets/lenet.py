@@ -18,6 +18,11 @@ layer with batch norm before the representation) and ``slope`` (of the leaky ReL
 SAD reference code uses 0.01) replace the defaults; widths (16, 32),
 hidden 128 and rep_dim 64 give the Fashion-MNIST net of the Deep SAD code (as read in a
 fork of it; it did worse than the default here, see docs/benchmark-notes.md).
+
+Two decoders pretrain the encoder as an autoencoder: :class:`Decoder` (the default) mirrors
+the encoder from a linear layer and reconstructs the standardised input;
+:class:`ReferenceDecoder` follows the Deep SAD reference code instead (batch-normed code
+reshaped to small maps, no linear layer, a sigmoid that reconstructs the image in [0, 1]).
 """
 
 from __future__ import annotations
@@ -142,3 +147,57 @@ class Decoder(nn.Module):
             x = F.leaky_relu(up["bn"](up["conv"](x)), self.slope)
         x = F.interpolate(x, size=self.out_sizes[-1], mode="nearest")
         return self.out(x)
+
+
+class ReferenceDecoder(nn.Module):
+    """The autoencoder's decoder of the Deep SAD reference code, for any encoder.
+
+    The code goes through batch norm (no affine parameters) and is reshaped to
+    ``rep_dim / 16`` maps of 4x4 (``rep_dim`` maps of 1x1 when 16 does not divide it), then a
+    leaky ReLU; each of the encoder's widths, in reverse, gives a bias-free 5x5 (the encoder's
+    kernel) convolution, batch norm, leaky ReLU and nearest upsampling to the next encoder
+    size; a last convolution maps to the image, and a sigmoid to [0, 1].
+    ``raw_target``: the autoencoder reconstructs the image in [0, 1], not its normalised form.
+    For 32x32 inputs this is the reference's CIFAR-10 decoder (its transposed convolutions of
+    stride 1 with padding 2 are convolutions of the same shape).
+    """
+
+    raw_target = True
+
+    def __init__(self, encoder: Encoder, out_channels: int):
+        super().__init__()
+        self.slope = encoder.slope
+        r = encoder.rep_dim
+        self.seed = (r // 16, 4, 4) if r % 16 == 0 else (r, 1, 1)
+        self.bn = BatchNorm1d(r, eps=1e-4, affine=False)
+        k = encoder.kernel
+        widths = [self.seed[0], *encoder.widths[::-1]]
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "conv": nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2, bias=False),
+            "bn": BatchNorm2d(widths[i + 1], eps=1e-4, affine=False),
+        }) for i in range(len(widths) - 1))
+        self.out_sizes = encoder.sizes[-2::-1]  # the encoder's sizes in reverse, to the input
+        self.out = nn.Conv2d(widths[-1], out_channels, k, padding=k // 2, bias=False)
+        for m in [*(b["conv"] for b in self.blocks), self.out]:
+            xavier_init_(m, self.slope)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.bn(z).view(z.shape[0], *self.seed), self.slope)
+        for block, size in zip(self.blocks, self.out_sizes):
+            x = F.leaky_relu(block["bn"](block["conv"](x)), self.slope)
+            x = F.interpolate(x, size=size, mode="nearest")
+        return torch.sigmoid(self.out(x))
+
+
+def xavier_init_(conv: nn.Module, slope: float) -> None:
+    """Xavier-uniform weights with the gain of a leaky ReLU of ``slope`` (as the reference
+    code initialises its autoencoders' convolutions)."""
+    nn.init.xavier_uniform_(conv.weight, gain=nn.init.calculate_gain("leaky_relu", slope))
+
+
+def xavier_init_encoder_(encoder: Encoder) -> None:
+    """:func:`xavier_init_` on every convolution of ``encoder`` (its linear layers keep
+    PyTorch's initialisation, as in the reference)."""
+    for m in encoder.features:
+        if isinstance(m, nn.Conv2d):
+            xavier_init_(m, encoder.slope)
