@@ -115,6 +115,15 @@ def _hidden(n_in: int, n_out: int, slope: float) -> nn.Module:
                          BatchNorm1d(n_out, eps=1e-4, affine=False), nn.LeakyReLU(slope))
 
 
+def _conv_bn_blocks(widths: list[int], k: int) -> nn.ModuleList:
+    """The decoders' stages: a bias-free k x k convolution from each width to the next, and
+    batch norm without affine parameters (``{"conv", "bn"}`` per stage)."""
+    return nn.ModuleList(nn.ModuleDict({
+        "conv": nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
+        "bn": BatchNorm2d(c_out, eps=1e-4, affine=False),
+    }) for c_in, c_out in zip(widths[:-1], widths[1:]))
+
+
 class Decoder(nn.Module):
     """Mirror of :class:`Encoder` for autoencoder pretraining (also bias-free)."""
 
@@ -127,14 +136,9 @@ class Decoder(nn.Module):
         self.hidden_layer = _hidden(encoder.rep_dim, encoder.hidden, self.slope)
         self.fc = nn.Linear(encoder.hidden or encoder.rep_dim,
                             self.c0 * self.start[0] * self.start[1], bias=False)
-        ups, k = [], encoder.kernel
+        k = encoder.kernel
         widths = list(encoder.widths[::-1])
-        for i in range(len(widths) - 1):
-            ups.append(nn.ModuleDict({
-                "conv": nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2, bias=False),
-                "bn": BatchNorm2d(widths[i + 1], eps=1e-4, affine=False),
-            }))
-        self.ups = nn.ModuleList(ups)
+        self.ups = _conv_bn_blocks(widths, k)
         self.out_sizes = sizes[-2::-1]
         # The last stage maps straight to the image: no full-resolution hidden layer, which
         # would cost more than the whole encoder.
@@ -172,10 +176,7 @@ class ReferenceDecoder(nn.Module):
         self.bn = BatchNorm1d(r, eps=1e-4, affine=False)
         k = encoder.kernel
         widths = [self.seed[0], *encoder.widths[::-1]]
-        self.blocks = nn.ModuleList(nn.ModuleDict({
-            "conv": nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2, bias=False),
-            "bn": BatchNorm2d(widths[i + 1], eps=1e-4, affine=False),
-        }) for i in range(len(widths) - 1))
+        self.blocks = _conv_bn_blocks(widths, k)
         self.out_sizes = encoder.sizes[-2::-1]  # the encoder's sizes in reverse, to the input
         self.out = nn.Conv2d(widths[-1], out_channels, k, padding=k // 2, bias=False)
         for m in [*(b["conv"] for b in self.blocks), self.out]:
