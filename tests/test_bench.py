@@ -237,6 +237,12 @@ def test_published_summary_lists_full_means_beside_their_published_figure(tmp_pa
     # (from the rounded mean it would read +0.00)
     assert "| deep_svdd | mnist | `r1` | 20 | 2 | 94.8 | 94.8 | -0.04 |" in text, text
     assert "cifar10" not in text and "anogan" not in text and "hsc" not in text
+    assert "JPEG" not in text  # no CIFAR-10 figure, so no word about its JPEG copy
+    cifar = [{**r, "data": r["data"].replace("mnist", "cifar10"), "key": "e" + r["key"]}
+             for r in full]
+    with_cifar = published_summary({"r1": full, "r3": cifar})
+    assert "| deep_svdd | cifar10 | `r3` | 20 | 2 |" in with_cifar
+    assert "JPEG copy (`cifar10_jpeg.npz`: quality 75" in with_cifar
     assert published_summary({"r2": uneven + unpublished}) == ""
     d = tmp_path / "b"
     d.mkdir()

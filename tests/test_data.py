@@ -592,6 +592,43 @@ def test_cifar10_from_jpeg_bytes_and_offsets(tmp_path):
     assert np.abs(test.read(0).image.astype(int) - [0, 0, 255]).max() <= 8
 
 
+def test_jpeg_copy_script_degrades_both_splits_in_the_same_layout(tmp_path):
+    """scripts/jpeg_copy.py (the JPEG probe of issue 4): a gray set goes through one JPEG
+    round trip, CIFAR-10's JPEG bytes through another; the copy loads like the original."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "jpeg_copy", Path(__file__).resolve().parents[1] / "scripts" / "jpeg_copy.py")
+    jpeg_copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jpeg_copy)
+    root, out = tmp_path / "bench", tmp_path / "q30"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    gray = {f"x_{s}": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+            for s, n in (("train", 6), ("test", 4))}
+    np.savez(root / "mnist.npz", **gray, y_train=np.array([0, 1, 0, 1, 0, 1]),
+             y_test=np.array([1, 0, 1, 0]))
+    arrays = {}
+    for split, n in (("train", 6), ("test", 4)):
+        blobs = [np.frombuffer(jpeg_copy.jpeg_bytes(
+            rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 75), np.uint8) for _ in range(n)]
+        arrays[f"{split}_jpeg"] = np.concatenate(blobs)
+        arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
+        arrays[f"y_{split}"] = np.arange(n) % 2
+    np.savez(root / "cifar10_jpeg.npz", **arrays)
+
+    assert jpeg_copy.main(["--data-root", str(root), "--out", str(out), "--quality", "30",
+                           "--sets", "mnist", "cifar10"]) == 0
+    for name in ("mnist:0", "cifar10:1"):
+        for split in ("train", "test"):
+            a, b = load(name, split, root=str(root)), load(name, split, root=str(out))
+            assert a.labels.tolist() == b.labels.tolist() and a.names == b.names
+            x, y = (np.stack([d.read(i).image for i in range(len(d))]).astype(int) for d in (a, b))
+            assert x.shape == y.shape
+            assert 1 < np.sqrt(np.mean((x - y) ** 2)) < 80  # degraded, not replaced
+    assert not list(out.glob("*.tmp.npz"))
+
+
 def test_dataset_without_class_is_every_image_unlabeled(classic_root):
     d = np.load(classic_root / "mnist.npz")
     train = load("mnist", "train", root=str(classic_root))
